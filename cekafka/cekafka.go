@@ -1,0 +1,110 @@
+// Package cekafka maps Spate events to Kafka records and back, following the
+// CloudEvents Kafka protocol binding in binary mode: every attribute is a
+// ce_* header (datacontenttype is content-type), data is the record value and
+// subject is the record key, so events of one subject share a partition and
+// keep their order. Any Kafka client can read such records without Spate.
+package cekafka
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+)
+
+// Header names of the binding.
+const (
+	HeaderSpecVersion = "ce_specversion"
+	HeaderID          = "ce_id"
+	HeaderSource      = "ce_source"
+	HeaderType        = "ce_type"
+	HeaderSubject     = "ce_subject"
+	HeaderTime        = "ce_time"
+	HeaderDataSchema  = "ce_dataschema"
+	HeaderContentType = "content-type"
+
+	prefix      = "ce_"
+	specVersion = "1.0"
+)
+
+// ErrNotEvent is returned for a record that is not a CloudEvent in binary mode.
+var ErrNotEvent = errors.New("not a binary-mode CloudEvent")
+
+// Record returns the Kafka record of an event for topic.
+func Record(topic string, ev *spatev1.Event) *kgo.Record {
+	hs := make([]kgo.RecordHeader, 0, 8+len(ev.Extensions))
+	add := func(k, v string) {
+		if v != "" {
+			hs = append(hs, kgo.RecordHeader{Key: k, Value: []byte(v)})
+		}
+	}
+	add(HeaderSpecVersion, specVersion)
+	add(HeaderID, ev.Id)
+	add(HeaderSource, ev.Source)
+	add(HeaderType, ev.Type)
+	add(HeaderSubject, ev.Subject)
+	if ev.Time != nil {
+		add(HeaderTime, ev.Time.AsTime().UTC().Format(time.RFC3339Nano))
+	}
+	add(HeaderContentType, ev.Datacontenttype)
+	add(HeaderDataSchema, ev.Dataschema)
+	for k, v := range ev.Extensions {
+		add(prefix+k, v)
+	}
+	r := &kgo.Record{Topic: topic, Value: ev.Data, Headers: hs}
+	if ev.Subject != "" {
+		r.Key = []byte(ev.Subject)
+	}
+	return r
+}
+
+// Event returns the event a record carries. The record must have ce_id,
+// ce_source and ce_type headers.
+func Event(r *kgo.Record) (*spatev1.Event, error) {
+	ev := &spatev1.Event{Data: r.Value}
+	for _, h := range r.Headers {
+		v := string(h.Value)
+		switch h.Key {
+		case HeaderSpecVersion:
+		case HeaderID:
+			ev.Id = v
+		case HeaderSource:
+			ev.Source = v
+		case HeaderType:
+			ev.Type = v
+		case HeaderSubject:
+			ev.Subject = v
+		case HeaderTime:
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return nil, fmt.Errorf("%w: header %s: %v", ErrNotEvent, HeaderTime, err)
+			}
+			ev.Time = timestamppb.New(t)
+		case HeaderContentType:
+			ev.Datacontenttype = v
+		case HeaderDataSchema:
+			ev.Dataschema = v
+		default:
+			if name, ok := strings.CutPrefix(h.Key, prefix); ok && name != "" {
+				if ev.Extensions == nil {
+					ev.Extensions = make(map[string]string)
+				}
+				ev.Extensions[name] = v
+			}
+		}
+	}
+	switch {
+	case ev.Id == "":
+		return nil, fmt.Errorf("%w: no %s header", ErrNotEvent, HeaderID)
+	case ev.Source == "":
+		return nil, fmt.Errorf("%w: no %s header", ErrNotEvent, HeaderSource)
+	case ev.Type == "":
+		return nil, fmt.Errorf("%w: no %s header", ErrNotEvent, HeaderType)
+	}
+	return ev, nil
+}

@@ -1,0 +1,368 @@
+// Package consumers runs the Kafka consumer groups behind Spate's sinks.
+//
+// A Group polls, hands each partition's records to the sink's Handler
+// (partitions in parallel, joined), commits, and only then allows a
+// rebalance. The sink, not Kafka, holds the truth about what was consumed:
+// Handler.Apply stores the partition's next offset atomically with its
+// writes, and on every assignment the group resumes from Handler.Offsets.
+// Kafka commits are made for lag monitoring only. Together with a Handler
+// that ignores records below its stored offset, each record is applied
+// exactly once across crashes, restarts and rebalances.
+//
+// Errors: a Handler wraps a record it can never apply in a PoisonError; the
+// group writes that record to the dead-letter topic (<topic>.dlq) with the
+// reason in headers and moves on. Any other error is retried with backoff
+// until it succeeds or the group stops: nothing is skipped, and while a sink
+// is down the group stops polling, so the backlog waits in Kafka.
+package consumers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+)
+
+// Batch is a run of records of one partition, in offset order.
+type Batch struct {
+	Topic     string
+	Partition int32
+	Records   []*kgo.Record
+	// Next is the offset to store with the batch: one past its last record,
+	// or past records the group sent to the dead-letter topic. Records may be
+	// empty when only the offset moves.
+	Next int64
+}
+
+// Handler is a sink.
+type Handler interface {
+	// Offsets returns the stored next offset of each partition of topic that
+	// has one. Partitions without one start at the group's StartAt.
+	Offsets(ctx context.Context, topic string, partitions []int32) (map[int32]int64, error)
+	// Apply writes the batch and stores b.Next as the partition's offset, in
+	// one atomic step. It must ignore records below the offset it has stored
+	// (they were applied before: a redelivery after a crash or rebalance).
+	// It returns an error wrapping a PoisonError for a record that can never
+	// be applied, and any other error for one that is worth retrying.
+	Apply(ctx context.Context, b Batch) error
+}
+
+// ErrPoison matches every PoisonError.
+var ErrPoison = errors.New("poison record")
+
+// PoisonError reports a record that a sink can never apply.
+type PoisonError struct {
+	Record *kgo.Record
+	// Class names the kind of failure for operators, e.g. "decode" or "constraint".
+	Class string
+	Err   error
+}
+
+// Poison returns a PoisonError for r.
+func Poison(r *kgo.Record, class string, err error) error {
+	return &PoisonError{Record: r, Class: class, Err: err}
+}
+
+func (e *PoisonError) Error() string {
+	return fmt.Sprintf("poison record %s/%d@%d (%s): %v", e.Record.Topic, e.Record.Partition, e.Record.Offset, e.Class, e.Err)
+}
+
+func (e *PoisonError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrPoison) true.
+func (e *PoisonError) Is(target error) bool { return target == ErrPoison }
+
+// Dead-letter headers added to a record written to <topic>.dlq, besides the
+// record's own.
+const (
+	HeaderDLQGroup     = "spate_dlq_group"
+	HeaderDLQClass     = "spate_dlq_class"
+	HeaderDLQReason    = "spate_dlq_reason"
+	HeaderDLQTopic     = "spate_dlq_topic"
+	HeaderDLQPartition = "spate_dlq_partition"
+	HeaderDLQOffset    = "spate_dlq_offset"
+	HeaderDLQTime      = "spate_dlq_time"
+)
+
+// DLQTopic returns the dead-letter topic of topic.
+func DLQTopic(topic string) string { return topic + ".dlq" }
+
+// Config tunes a Group. Group is required; the zero value of the rest works.
+type Config struct {
+	// Group is the Kafka consumer group.
+	Group string
+	// Topics to consume. Zero: spate.events.
+	Topics []string
+	// StartAt is where a partition with no stored offset starts: "earliest"
+	// or "latest". Zero: earliest.
+	StartAt string
+	// MaxPollRecords caps the records of one poll. Zero: 10000.
+	MaxPollRecords int
+	// DrainTimeout is how long batches in flight may take to finish once the
+	// group is told to stop. Zero: 10 s.
+	DrainTimeout time.Duration
+	// MaxBackoff caps the wait between retries of a failing batch. Zero: 10 s.
+	MaxBackoff time.Duration
+	// Logger receives retries, dead letters and group events. Zero: none.
+	Logger *slog.Logger
+	// Metrics registers the group's metrics. Zero: not registered.
+	Metrics prometheus.Registerer
+}
+
+// Group consumes topics into a Handler. Create it with New.
+type Group struct {
+	h       Handler
+	cfg     Config
+	cl      *kgo.Client
+	log     *slog.Logger
+	metrics *metrics
+
+	started     chan struct{} // closed at the first resume
+	startedOnce sync.Once
+}
+
+// New returns a group that feeds h. opts are passed to kgo.NewClient after
+// the group's own, so they carry seed brokers, TLS, SASL and the like.
+func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
+	if cfg.Group == "" {
+		return nil, errors.New("consumers: Config.Group is required")
+	}
+	if len(cfg.Topics) == 0 {
+		cfg.Topics = []string{"spate.events"}
+	}
+	reset := kgo.NewOffset().AtStart()
+	switch cfg.StartAt {
+	case "", "earliest":
+	case "latest":
+		reset = kgo.NewOffset().AtEnd()
+	default:
+		return nil, fmt.Errorf("consumers: StartAt %q: want earliest or latest", cfg.StartAt)
+	}
+	if cfg.MaxPollRecords == 0 {
+		cfg.MaxPollRecords = 10000
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 10 * time.Second
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group), started: make(chan struct{})}
+	own := []kgo.Opt{
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topics...),
+		kgo.ConsumeResetOffset(reset),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offs map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+			return g.resume(ctx, offs, reset)
+		}),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
+			g.log.Info("partitions assigned", "partitions", tps)
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
+			g.log.Info("partitions revoked", "partitions", tps)
+			g.metrics.forget(tps)
+		}),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
+			g.log.Warn("partitions lost", "partitions", tps)
+			g.metrics.forget(tps)
+		}),
+	}
+	cl, err := kgo.NewClient(append(own, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("consumer group %s: %w", cfg.Group, err)
+	}
+	g.cl = cl
+	return g, nil
+}
+
+// Started is closed once the group was first assigned partitions and
+// resumed them from the sink's offsets.
+func (g *Group) Started() <-chan struct{} { return g.started }
+
+// Ping checks that Kafka answers.
+func (g *Group) Ping(ctx context.Context) error { return g.cl.Ping(ctx) }
+
+// resume replaces the offsets Kafka has for newly assigned partitions with
+// the ones the sink stored. It retries until the sink answers or the group
+// session ends, so a sink that is down at assignment delays consumption
+// instead of failing it.
+func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset, reset kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	for topic, parts := range offs {
+		ps := make([]int32, 0, len(parts))
+		for p := range parts {
+			ps = append(ps, p)
+		}
+		var stored map[int32]int64
+		err := g.retry(ctx, "load offsets", func() error {
+			var err error
+			stored, err = g.h.Offsets(ctx, topic, ps)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			if o, ok := stored[p]; ok {
+				parts[p] = kgo.NewOffset().At(o).WithEpoch(-1)
+			} else {
+				parts[p] = reset
+			}
+		}
+		g.log.Info("resuming", "topic", topic, "stored", stored)
+	}
+	g.startedOnce.Do(func() { close(g.started) })
+	return offs, nil
+}
+
+// Run consumes until ctx ends, then lets batches in flight finish (up to
+// DrainTimeout), leaves the group and closes the client.
+func (g *Group) Run(ctx context.Context) error {
+	defer g.cl.CloseAllowingRebalance()
+	// Batches run on their own context so that a stop lets them finish.
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(g.cfg.DrainTimeout, cancel) })
+	defer stop()
+
+	for {
+		fetches := g.cl.PollRecords(ctx, g.cfg.MaxPollRecords)
+		if fetches.IsClientClosed() || ctx.Err() != nil {
+			return nil
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				g.log.Error("fetch", "topic", topic, "partition", p, "err", err)
+			}
+		})
+		var eg errgroup.Group
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) == 0 {
+				return
+			}
+			eg.Go(func() error {
+				if err := g.process(pctx, p.Topic, p.Partition, p.Records); err != nil {
+					return err
+				}
+				g.metrics.lag(p.Topic, p.Partition, p.HighWatermark-p.Records[len(p.Records)-1].Offset-1)
+				return nil
+			})
+		})
+		if err := eg.Wait(); err != nil {
+			if pctx.Err() != nil {
+				return nil // stopped while a batch was failing; the sink kept its offset
+			}
+			return err
+		}
+		if err := g.cl.CommitUncommittedOffsets(pctx); err != nil {
+			g.log.Warn("commit offsets for monitoring", "err", err)
+		}
+		g.cl.AllowRebalance()
+	}
+}
+
+// process applies one partition's records, routing poison records to the
+// dead-letter topic.
+func (g *Group) process(ctx context.Context, topic string, partition int32, recs []*kgo.Record) error {
+	for len(recs) > 0 {
+		err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Records: recs, Next: recs[len(recs)-1].Offset + 1})
+		var pe *PoisonError
+		if !errors.As(err, &pe) {
+			return err
+		}
+		i := slices.IndexFunc(recs, func(r *kgo.Record) bool { return r.Offset == pe.Record.Offset })
+		if i < 0 {
+			return fmt.Errorf("apply %s/%d: handler reported poison offset %d outside its batch", topic, partition, pe.Record.Offset)
+		}
+		if i > 0 { // the records before it keep their order
+			if err := g.process(ctx, topic, partition, recs[:i]); err != nil {
+				return err
+			}
+		}
+		if err := g.deadLetter(ctx, pe); err != nil {
+			return err
+		}
+		// Move past it at once, so a crash now does not dead-letter it twice.
+		if err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Next: pe.Record.Offset + 1}); err != nil {
+			return err
+		}
+		recs = recs[i+1:]
+	}
+	return nil
+}
+
+// apply hands b to the handler, retrying failures that are not poison.
+func (g *Group) apply(ctx context.Context, b Batch) error {
+	start := time.Now()
+	err := g.retry(ctx, "apply", func() error {
+		err := g.h.Apply(ctx, b)
+		if err != nil && !errors.Is(err, ErrPoison) {
+			g.metrics.retries.Inc()
+		}
+		return err
+	})
+	if err == nil {
+		g.metrics.applied(b, time.Since(start))
+	}
+	return err
+}
+
+// deadLetter writes a poison record to the dead-letter topic, retrying
+// until Kafka acknowledges it or ctx ends.
+func (g *Group) deadLetter(ctx context.Context, pe *PoisonError) error {
+	r := pe.Record
+	hs := append(slices.Clip(r.Headers),
+		kgo.RecordHeader{Key: HeaderDLQGroup, Value: []byte(g.cfg.Group)},
+		kgo.RecordHeader{Key: HeaderDLQClass, Value: []byte(pe.Class)},
+		kgo.RecordHeader{Key: HeaderDLQReason, Value: []byte(pe.Err.Error())},
+		kgo.RecordHeader{Key: HeaderDLQTopic, Value: []byte(r.Topic)},
+		kgo.RecordHeader{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
+		kgo.RecordHeader{Key: HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
+		kgo.RecordHeader{Key: HeaderDLQTime, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
+	)
+	dl := &kgo.Record{Topic: DLQTopic(r.Topic), Key: r.Key, Value: r.Value, Headers: hs}
+	g.log.Warn("dead-lettering", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "class", pe.Class, "err", pe.Err)
+	err := g.retry(ctx, "dead-letter", func() error { return g.cl.ProduceSync(ctx, dl).FirstErr() })
+	if err == nil {
+		g.metrics.deadLettered.Inc()
+	}
+	return err
+}
+
+// retry calls fn until it returns nil or a poison error, or ctx ends,
+// backing off exponentially with jitter between failures.
+func (g *Group) retry(ctx context.Context, op string, fn func() error) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || errors.Is(err, ErrPoison) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		g.log.Warn("retrying", "op", op, "attempt", attempt, "wait", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, g.cfg.MaxBackoff)
+	}
+}

@@ -1,0 +1,213 @@
+// Package fanout writes events to Redis Streams exactly once.
+//
+// Each event goes to the stream of its type (<prefix><type>, "spate:" by
+// default). The XADDs of a run of a partition's records and that partition's
+// next offset are written by one Lua script, which Redis runs atomically: it
+// skips records below the stored offset, so a batch redelivered after a crash
+// or rebalance, or resent by go-redis after a reply was lost, adds nothing
+// twice. On assignment the consumer group resumes from the offsets in Redis.
+//
+// An entry's fields are the event's CloudEvents attributes (id, source, type,
+// subject, time, datacontenttype, dataschema when set, extensions by name)
+// and data, the payload as protojson with the .proto field names.
+//
+// The script touches the offsets key and the streams together, so on Redis
+// Cluster they must share a hash slot: give a prefix with a hash tag.
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spate-io/spate/cekafka"
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/schemas"
+)
+
+// DefaultGroup is the consumer group of fan-out writers unless configured otherwise.
+const DefaultGroup = "spate-fanout"
+
+// Config tunes a Writer. Its zero value works.
+type Config struct {
+	// Group is the consumer group whose offsets the writer stores; it must
+	// match the group consuming into it. Zero: DefaultGroup.
+	Group string
+	// Prefix of every key the writer touches. Zero: "spate:".
+	Prefix string
+	// ChunkSize caps the entries one script call adds, to keep Redis
+	// responsive to others. Zero: 500.
+	ChunkSize int
+	// Logger. Zero: none.
+	Logger *slog.Logger
+}
+
+// Writer is a consumers.Handler that adds events to Redis Streams.
+type Writer struct {
+	rdb redis.UniversalClient
+	reg *schemas.Registry
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a writer adding to rdb and decoding with reg.
+func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) *Writer {
+	if cfg.Group == "" {
+		cfg.Group = DefaultGroup
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "spate:"
+	}
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = 500
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Writer{rdb: rdb, reg: reg, cfg: cfg, log: log}
+}
+
+// Stream returns the stream key of an event type.
+func (w *Writer) Stream(eventType string) string { return w.cfg.Prefix + eventType }
+
+// offsetsKey is the hash holding the next offset of each topic/partition.
+func (w *Writer) offsetsKey() string { return w.cfg.Prefix + "offsets:" + w.cfg.Group }
+
+func offsetField(topic string, partition int32) string {
+	return topic + "/" + strconv.Itoa(int(partition))
+}
+
+// Ping checks that Redis answers.
+func (w *Writer) Ping(ctx context.Context) error { return w.rdb.Ping(ctx).Err() }
+
+// Offsets implements consumers.Handler.
+func (w *Writer) Offsets(ctx context.Context, topic string, partitions []int32) (map[int32]int64, error) {
+	fields := make([]string, len(partitions))
+	for i, p := range partitions {
+		fields[i] = offsetField(topic, p)
+	}
+	vals, err := w.rdb.HMGet(ctx, w.offsetsKey(), fields...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("load offsets of %s: %w", topic, err)
+	}
+	offs := make(map[int32]int64, len(partitions))
+	for i, v := range vals {
+		s, ok := v.(string)
+		if !ok {
+			continue
+		}
+		o, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("load offsets of %s: field %s holds %q", topic, fields[i], s)
+		}
+		offs[partitions[i]] = o
+	}
+	return offs, nil
+}
+
+// addScript adds the entries at or above the stored offset and stores the
+// next offset, atomically.
+//
+// KEYS[1] is the offsets hash, KEYS[2..] the stream of each entry.
+// ARGV[1] is the hash field, ARGV[2] the next offset; then, per entry, its
+// offset, its number of field/value arguments, and those.
+var addScript = redis.NewScript(`
+local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local a = 3
+local added = 0
+for k = 2, #KEYS do
+	local off = tonumber(ARGV[a])
+	local n = tonumber(ARGV[a + 1])
+	if off >= stored then
+		redis.call('XADD', KEYS[k], '*', unpack(ARGV, a + 2, a + 1 + n))
+		added = added + 1
+	end
+	a = a + 2 + n
+end
+local nxt = tonumber(ARGV[2])
+if nxt > stored then
+	redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return added
+`)
+
+// Apply implements consumers.Handler.
+func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
+	type entry struct {
+		stream string
+		offset int64
+		fields []any
+	}
+	entries := make([]entry, len(b.Records))
+	for i, r := range b.Records {
+		ev, fields, err := w.entry(r)
+		if err != nil {
+			return err
+		}
+		entries[i] = entry{w.Stream(ev), r.Offset, fields}
+	}
+	field := offsetField(b.Topic, b.Partition)
+	for start := 0; start == 0 || start < len(entries); start += w.cfg.ChunkSize {
+		chunk := entries[start:min(start+w.cfg.ChunkSize, len(entries))]
+		next := b.Next
+		if start+len(chunk) < len(entries) {
+			next = chunk[len(chunk)-1].offset + 1
+		}
+		keys := make([]string, 1, 1+len(chunk))
+		keys[0] = w.offsetsKey()
+		args := make([]any, 0, 2+len(chunk)*20)
+		args = append(args, field, next)
+		for _, e := range chunk {
+			keys = append(keys, e.stream)
+			args = append(args, e.offset, len(e.fields))
+			args = append(args, e.fields...)
+		}
+		if err := addScript.Run(ctx, w.rdb, keys, args...).Err(); err != nil {
+			return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, next, err)
+		}
+	}
+	return nil
+}
+
+// entry decodes a record into its stream entry's fields. A record that is not
+// a Spate event, or whose payload does not decode, is poison.
+func (w *Writer) entry(r *kgo.Record) (eventType string, fields []any, err error) {
+	ev, err := cekafka.Event(r)
+	if err != nil {
+		return "", nil, consumers.Poison(r, "envelope", err)
+	}
+	data, err := w.reg.JSON(ev.Type, ev.Datacontenttype, ev.Data)
+	switch {
+	case errors.Is(err, schemas.ErrUnknownType):
+		return "", nil, consumers.Poison(r, "unknown-type", err)
+	case err != nil:
+		return "", nil, consumers.Poison(r, "payload", err)
+	}
+	t := r.Timestamp
+	if ev.Time != nil {
+		t = ev.Time.AsTime()
+	}
+	fields = append(make([]any, 0, 16+2*len(ev.Extensions)),
+		"id", ev.Id,
+		"source", ev.Source,
+		"type", ev.Type,
+		"subject", ev.Subject,
+		"time", t.UTC().Format(time.RFC3339Nano),
+		"datacontenttype", schemas.ContentTypeJSON,
+		"data", data,
+	)
+	if ev.Dataschema != "" {
+		fields = append(fields, "dataschema", ev.Dataschema)
+	}
+	for k, v := range ev.Extensions {
+		fields = append(fields, k, v)
+	}
+	return ev.Type, fields, nil
+}

@@ -1,0 +1,234 @@
+// Package edge is Spate's ingestion server. On one port it takes CloudEvents
+// over HTTP (POST /v1/events as application/cloudevents+json,
+// application/cloudevents-batch+json or a protobuf PublishRequest) and the
+// Connect/gRPC/gRPC-Web IngestService, over HTTP/1.1 and cleartext HTTP/2.
+//
+// Guarantees: every event of a request is validated against its registered
+// schema before any of it is published, so a request with one bad event is
+// refused whole and nothing of it reaches Kafka; a 202 (or a Connect success)
+// is sent only after Kafka acknowledged every event of the request.
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/spate-io/spate/producers"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+	"github.com/spate-io/spate/schemas"
+)
+
+// Config tunes a Server. Its zero value works.
+type Config struct {
+	// Topic events are published to. Zero: producers.DefaultTopic.
+	Topic string
+	// MaxBodyBytes caps a request body; larger ones get 413. Zero: 4 MiB.
+	MaxBodyBytes int64
+	// MaxEvents caps the events of one request. Zero: 1000.
+	MaxEvents int
+	// PublishTimeout bounds the wait for Kafka's acknowledgement; past it the
+	// request gets 503 with Retry-After. Zero: 10 s.
+	PublishTimeout time.Duration
+	// Logger receives request failures. Zero: no logging.
+	Logger *slog.Logger
+	// Metrics registers the edge's metrics. Zero: not registered.
+	Metrics prometheus.Registerer
+}
+
+// Server is the ingestion edge. Create it with New.
+type Server struct {
+	cl      *kgo.Client
+	reg     *schemas.Registry
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	handler http.Handler
+}
+
+// New returns an edge that validates with reg and publishes with cl.
+func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
+	if cfg.Topic == "" {
+		cfg.Topic = producers.DefaultTopic
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 4 << 20
+	}
+	if cfg.MaxEvents == 0 {
+		cfg.MaxEvents = 1000
+	}
+	if cfg.PublishTimeout == 0 {
+		cfg.PublishTimeout = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cl: cl, reg: reg, cfg: cfg, log: log, metrics: newMetrics(cfg.Metrics)}
+
+	mux := http.NewServeMux()
+	mux.Handle("POST /v1/events", s.metrics.instrument("http", http.HandlerFunc(s.serveEvents)))
+	path, h := spatev1connect.NewIngestServiceHandler(ingest{s}, connect.WithReadMaxBytes(int(cfg.MaxBodyBytes)))
+	mux.Handle(path, s.metrics.instrument("connect", h))
+	s.handler = mux
+	return s
+}
+
+// Handler returns the edge's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Serve serves the edge on ln until ctx ends, then shuts down gracefully:
+// requests in flight get up to 15 s to finish.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:           s.handler,
+		Protocols:         protos,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      s.cfg.PublishTimeout + 30*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve edge on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-errc
+	if err != nil {
+		return fmt.Errorf("shut down edge: %w", err)
+	}
+	return nil
+}
+
+// publish validates every event and, when all are valid, publishes them.
+// It returns the field errors of a refused request, or the publish error.
+func (s *Server) publish(ctx context.Context, evs []*spatev1.Event) ([]*spatev1.Receipt, []FieldError, error) {
+	var errs []FieldError
+	now := timestamppb.Now()
+	for i, ev := range evs {
+		errs = append(errs, s.validate(i, ev, now)...)
+	}
+	if len(errs) > 0 {
+		s.metrics.events.WithLabelValues("invalid").Add(float64(len(evs)))
+		return nil, errs, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+	defer cancel()
+	rs, err := producers.Publish(ctx, s.cl, s.cfg.Topic, evs)
+	if err != nil {
+		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
+		return nil, nil, err
+	}
+	s.metrics.events.WithLabelValues("published").Add(float64(len(evs)))
+	return rs, nil, nil
+}
+
+// validate checks one event and rewrites its payload to the canonical
+// protobuf encoding, and its time to now when absent.
+func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) []FieldError {
+	var errs []FieldError
+	bad := func(field, detail string) {
+		errs = append(errs, FieldError{Index: i, Field: field, Detail: detail})
+	}
+	if ev.Id == "" {
+		bad(attrID, "is required")
+	}
+	if ev.Source == "" {
+		bad(attrSource, "is required")
+	}
+	for name := range ev.Extensions {
+		if msg := checkExtensionName(name); msg != "" {
+			bad(name, msg)
+		}
+	}
+	switch {
+	case ev.Type == "":
+		bad(attrType, "is required")
+	default:
+		data, err := s.reg.Canonical(ev.Type, ev.Datacontenttype, ev.Data)
+		switch {
+		case errors.Is(err, schemas.ErrUnknownType):
+			bad(attrType, fmt.Sprintf("%q is not a registered event type", ev.Type))
+		case errors.Is(err, schemas.ErrContentType):
+			bad(attrDataContentType, err.Error())
+		case err != nil:
+			bad(attrData, fmt.Sprintf("does not match %s: %v", ev.Type, err))
+		default:
+			ev.Data = data
+			ev.Datacontenttype = schemas.ContentTypeProtobuf
+		}
+	}
+	if ev.Time == nil {
+		ev.Time = now
+	}
+	return errs
+}
+
+// ingest implements the Connect IngestService.
+type ingest struct{ s *Server }
+
+func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
+	evs := req.Msg.GetEvents()
+	if err := in.s.checkCount(len(evs)); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	rs, errs, err := in.s.publish(ctx, evs)
+	switch {
+	case len(errs) > 0:
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New(summary(errs)))
+	case err != nil:
+		in.s.log.WarnContext(ctx, "publish", "events", len(evs), "err", err)
+		return nil, connect.NewError(connect.CodeUnavailable, publishErr(err))
+	}
+	return connect.NewResponse(&spatev1.PublishResponse{Receipts: rs}), nil
+}
+
+func (s *Server) checkCount(n int) error {
+	switch {
+	case n == 0:
+		return errors.New("the request holds no events")
+	case n > s.cfg.MaxEvents:
+		return fmt.Errorf("the request holds %d events; at most %d are taken", n, s.cfg.MaxEvents)
+	}
+	return nil
+}
+
+// publishErr is what a client is told of a failed publish: no broker detail.
+func publishErr(err error) error {
+	if errors.Is(err, producers.ErrUnknownOutcome) {
+		return errors.New("kafka did not acknowledge in time; the events may have been written: retry with the same ids")
+	}
+	return errors.New("kafka refused or is unavailable; nothing was acknowledged: retry later")
+}
+
+// summary joins field errors into one message.
+func summary(errs []FieldError) string {
+	msg := fmt.Sprintf("%d invalid: ", len(errs))
+	for i, e := range errs {
+		if i > 0 {
+			msg += "; "
+		}
+		msg += e.Error()
+	}
+	return msg
+}

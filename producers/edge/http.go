@@ -1,0 +1,153 @@
+package edge
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+)
+
+// Content types taken by POST /v1/events.
+const (
+	contentTypeEvent    = "application/cloudevents+json"
+	contentTypeBatch    = "application/cloudevents-batch+json"
+	contentTypeProtobuf = "application/x-protobuf"
+	contentTypeProblem  = "application/problem+json"
+)
+
+// Problem is an RFC 9457 problem details body.
+type Problem struct {
+	Type   string       `json:"type"`
+	Title  string       `json:"title"`
+	Status int          `json:"status"`
+	Detail string       `json:"detail,omitempty"`
+	Errors []FieldError `json:"errors,omitempty"`
+}
+
+type receiptJSON struct {
+	ID        string `json:"id"`
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+	Offset    int64  `json:"offset"`
+}
+
+func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch ct {
+	case contentTypeEvent, contentTypeBatch, contentTypeProtobuf, "application/protobuf":
+	default:
+		writeProblem(w, http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type",
+			fmt.Sprintf("Content-Type %q is not taken; use %s, %s or %s", ct, contentTypeEvent, contentTypeBatch, contentTypeProtobuf), nil)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			writeProblem(w, http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large",
+				fmt.Sprintf("the body exceeds %d bytes", mbe.Limit), nil)
+			return
+		}
+		writeProblem(w, http.StatusBadRequest, "unreadable-body", "Unreadable body", "the request body could not be read", nil)
+		return
+	}
+
+	var evs []*spatev1.Event
+	var errs []FieldError
+	switch ct {
+	case contentTypeEvent:
+		if !json.Valid(body) {
+			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is not valid JSON", nil)
+			return
+		}
+		ev, e := decodeJSONEvent(0, body)
+		evs, errs = []*spatev1.Event{ev}, e
+	case contentTypeBatch:
+		var raws []json.RawMessage
+		if err := json.Unmarshal(body, &raws); err != nil {
+			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body must be a JSON array of CloudEvents", nil)
+			return
+		}
+		evs = make([]*spatev1.Event, len(raws))
+		for i, raw := range raws {
+			ev, e := decodeJSONEvent(i, raw)
+			evs[i], errs = ev, append(errs, e...)
+		}
+	default:
+		var req spatev1.PublishRequest
+		if err := proto.Unmarshal(body, &req); err != nil {
+			writeProblem(w, http.StatusBadRequest, "malformed-protobuf", "Malformed protobuf", "the body is not a spate.v1.PublishRequest", nil)
+			return
+		}
+		evs = req.Events
+	}
+	if err := s.checkCount(len(evs)); err != nil {
+		writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events", err.Error(), nil)
+		return
+	}
+	if len(errs) == 0 {
+		var rs []*spatev1.Receipt
+		rs, errs, err = s.publish(r.Context(), evs)
+		if err != nil {
+			s.log.WarnContext(r.Context(), "publish", "events", len(evs), "err", err)
+			w.Header().Set("Retry-After", "1")
+			writeProblem(w, http.StatusServiceUnavailable, "kafka-unavailable", "Kafka unavailable", publishErr(err).Error(), nil)
+			return
+		}
+		if len(errs) == 0 {
+			writeReceipts(w, ct, rs)
+			return
+		}
+	}
+	writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
+		fmt.Sprintf("%d problems in %d events; none was published", len(errs), len(evs)), errs)
+}
+
+func writeReceipts(w http.ResponseWriter, ct string, rs []*spatev1.Receipt) {
+	if ct == contentTypeProtobuf || ct == "application/protobuf" {
+		b, err := proto.Marshal(&spatev1.PublishResponse{Receipts: rs})
+		if err != nil {
+			panic(err) // a PublishResponse always marshals
+		}
+		w.Header().Set("Content-Type", ct)
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.WriteHeader(http.StatusAccepted)
+		w.Write(b)
+		return
+	}
+	out := struct {
+		Receipts []receiptJSON `json:"receipts"`
+	}{make([]receiptJSON, len(rs))}
+	for i, r := range rs {
+		out.Receipts[i] = receiptJSON{ID: r.Id, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+	}
+	writeJSON(w, http.StatusAccepted, "application/json", out)
+}
+
+func writeProblem(w http.ResponseWriter, status int, kind, title, detail string, errs []FieldError) {
+	writeJSON(w, status, contentTypeProblem, Problem{
+		Type:   "urn:spate:problem:" + kind,
+		Title:  title,
+		Status: status,
+		Detail: detail,
+		Errors: errs,
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, ct string, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // our own types always marshal
+	}
+	b = append(b, '\n')
+	w.Header().Set("Content-Type", ct)
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}

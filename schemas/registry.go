@@ -1,0 +1,238 @@
+// Package schemas is Spate's event-type registry. It maps each event type
+// (domain.entity.verb.vN) to the protobuf message of its payload, decodes and
+// validates payloads, and transcodes JSON with protojson.
+//
+// A message joins the registry through the spate.v1.event_type option:
+//
+//	message OrderPlaced {
+//	  option (spate.v1.event_type) = "shop.order.placed.v1";
+//	  ...
+//	}
+//
+// The canonical encoding of a payload, the one that travels in Kafka, is the
+// deterministic protobuf binary encoding of its message.
+package schemas
+
+import (
+	"errors"
+	"fmt"
+	"mime"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/dynamicpb"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+)
+
+// Content types of payloads.
+const (
+	ContentTypeProtobuf = "application/protobuf"
+	ContentTypeJSON     = "application/json"
+)
+
+var (
+	// ErrUnknownType is returned for an event type that is not registered.
+	ErrUnknownType = errors.New("unknown event type")
+	// ErrContentType is returned for a payload content type that is neither
+	// protobuf nor JSON.
+	ErrContentType = errors.New("unsupported datacontenttype")
+)
+
+// Registry maps event types to payload messages. It is safe for concurrent
+// use once built.
+type Registry struct {
+	types map[string]protoreflect.MessageType
+}
+
+// Builtin returns the registry of the schemas compiled into Spate: the
+// example domain shop.v1.
+func Builtin() *Registry {
+	r, err := New(shopv1.File_shop_v1_shop_proto)
+	if err != nil {
+		panic(err) // the compiled-in schemas are fixed; a failure is a build defect
+	}
+	return r
+}
+
+// New builds a registry from the messages of files that carry the
+// spate.v1.event_type option. Compiled-in messages use their generated Go
+// types; others are dynamic. Two messages claiming one type is an error.
+func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
+	r := &Registry{types: make(map[string]protoreflect.MessageType)}
+	for _, fd := range files {
+		if err := r.addMessages(fd.Messages()); err != nil {
+			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
+		}
+	}
+	return r, nil
+}
+
+func (r *Registry) addMessages(mds protoreflect.MessageDescriptors) error {
+	for i := range mds.Len() {
+		md := mds.Get(i)
+		if err := r.addMessages(md.Messages()); err != nil {
+			return err
+		}
+		opts := md.Options()
+		if opts == nil || !proto.HasExtension(opts, spatev1.E_EventType) {
+			continue
+		}
+		typ, _ := proto.GetExtension(opts, spatev1.E_EventType).(string)
+		if typ == "" {
+			continue
+		}
+		if prev, ok := r.types[typ]; ok {
+			return fmt.Errorf("event type %q claimed by both %s and %s", typ, prev.Descriptor().FullName(), md.FullName())
+		}
+		mt, err := protoregistry.GlobalTypes.FindMessageByName(md.FullName())
+		if err != nil || mt.Descriptor() != md {
+			mt = dynamicpb.NewMessageType(md)
+		}
+		r.types[typ] = mt
+	}
+	return nil
+}
+
+// Types returns the registered event types, sorted.
+func (r *Registry) Types() []string {
+	ts := make([]string, 0, len(r.types))
+	for t := range r.types {
+		ts = append(ts, t)
+	}
+	slices.Sort(ts)
+	return ts
+}
+
+// Message returns the payload message type of an event type.
+func (r *Registry) Message(eventType string) (protoreflect.MessageType, error) {
+	mt, ok := r.types[eventType]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownType, eventType)
+	}
+	return mt, nil
+}
+
+// Decode decodes a payload of the given content type as the event type's
+// message. JSON is read with protojson and may not hold unknown or duplicate
+// fields; protobuf may not hold fields the schema does not know either. An
+// empty content type means protobuf.
+func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Message, error) {
+	mt, err := r.Message(eventType)
+	if err != nil {
+		return nil, err
+	}
+	m := mt.New().Interface()
+	switch kind, err := contentKind(contentType); {
+	case err != nil:
+		return nil, err
+	case kind == ContentTypeJSON:
+		if err := protojson.Unmarshal(data, m); err != nil {
+			return nil, cleanErr(err)
+		}
+	default:
+		if err := proto.Unmarshal(data, m); err != nil {
+			return nil, cleanErr(err)
+		}
+		if err := noUnknown(m.ProtoReflect(), ""); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Canonical decodes a payload like Decode and returns its canonical protobuf
+// encoding.
+func (r *Registry) Canonical(eventType, contentType string, data []byte) ([]byte, error) {
+	m, err := r.Decode(eventType, contentType, data)
+	if err != nil {
+		return nil, err
+	}
+	return proto.MarshalOptions{Deterministic: true}.Marshal(m)
+}
+
+// jsonOut writes protojson with the .proto field names and every field
+// present, which suits SQL (payload->>'amount_cents') and subscribers alike.
+var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+
+// JSON returns a payload of the given content type as protojson.
+func (r *Registry) JSON(eventType, contentType string, data []byte) ([]byte, error) {
+	m, err := r.Decode(eventType, contentType, data)
+	if err != nil {
+		return nil, err
+	}
+	return jsonOut.Marshal(m)
+}
+
+// contentKind maps a content type to ContentTypeProtobuf or ContentTypeJSON.
+func contentKind(contentType string) (string, error) {
+	if contentType == "" {
+		return ContentTypeProtobuf, nil
+	}
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return "", fmt.Errorf("%w %q", ErrContentType, contentType)
+	}
+	switch {
+	case mt == ContentTypeProtobuf, mt == "application/x-protobuf":
+		return ContentTypeProtobuf, nil
+	case mt == ContentTypeJSON, strings.HasSuffix(mt, "+json"):
+		return ContentTypeJSON, nil
+	}
+	return "", fmt.Errorf("%w %q: want %s or %s", ErrContentType, contentType, ContentTypeProtobuf, ContentTypeJSON)
+}
+
+// noUnknown reports the first field, at any depth, that the schema does not know.
+func noUnknown(m protoreflect.Message, path string) error {
+	if len(m.GetUnknown()) > 0 {
+		name := path
+		if name == "" {
+			name = string(m.Descriptor().FullName())
+		}
+		return fmt.Errorf("%s: unknown field in protobuf payload", name)
+	}
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
+			return true
+		}
+		p := string(fd.Name())
+		if path != "" {
+			p = path + "." + p
+		}
+		switch {
+		case fd.IsList():
+			l := v.List()
+			for i := range l.Len() {
+				if err = noUnknown(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i)); err != nil {
+					return false
+				}
+			}
+		case fd.IsMap():
+			if fd.MapValue().Kind() == protoreflect.MessageKind {
+				v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+					err = noUnknown(mv.Message(), fmt.Sprintf("%s[%v]", p, k.Interface()))
+					return err == nil
+				})
+			}
+		default:
+			err = noUnknown(v.Message(), p)
+		}
+		return err == nil
+	})
+	return err
+}
+
+// cleanErr drops the "proto:" prefix (protobuf-go varies its spacing on
+// purpose) and keeps the rest, which names the field and, for JSON, its line
+// and column.
+func cleanErr(err error) error {
+	msg := strings.TrimPrefix(err.Error(), "proto:")
+	msg = strings.TrimSpace(strings.ReplaceAll(msg, "\u00a0", " "))
+	return errors.New(msg)
+}
