@@ -1,0 +1,275 @@
+package consumers_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/spatetest"
+)
+
+func TestMain(m *testing.M) { spatetest.Main(m) }
+
+// memSink is a consumers.Handler that keeps what it applied in memory and
+// honours the contract: it skips records below its stored offset.
+type memSink struct {
+	mu      sync.Mutex
+	next    map[int32]int64
+	applied map[int32][]int64 // offsets, in the order applied
+	fail    func(b consumers.Batch) error
+}
+
+func newMemSink() *memSink {
+	return &memSink{next: map[int32]int64{}, applied: map[int32][]int64{}}
+}
+
+func (s *memSink) Offsets(_ context.Context, _ string, ps []int32) (map[int32]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[int32]int64{}
+	for _, p := range ps {
+		if o, ok := s.next[p]; ok {
+			out[p] = o
+		}
+	}
+	return out, nil
+}
+
+func (s *memSink) Apply(_ context.Context, b consumers.Batch) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		if err := s.fail(b); err != nil {
+			return err
+		}
+	}
+	for _, r := range b.Records {
+		if r.Offset >= s.next[b.Partition] {
+			s.applied[b.Partition] = append(s.applied[b.Partition], r.Offset)
+		}
+	}
+	s.next[b.Partition] = max(s.next[b.Partition], b.Next)
+	return nil
+}
+
+func (s *memSink) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, offs := range s.applied {
+		n += len(offs)
+	}
+	return n
+}
+
+// produce writes n records with values "0".."n-1" spread over partitions.
+func produce(t *testing.T, brokers []string, topic string, from, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	recs := make([]*kgo.Record, n)
+	for i := range recs {
+		v := strconv.Itoa(from + i)
+		recs[i] = &kgo.Record{Key: []byte("k" + strconv.Itoa((from+i)%7)), Value: []byte(v)}
+	}
+	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runGroup runs a group into h until the returned stop is called.
+func runGroup(t *testing.T, brokers []string, topic string, h consumers.Handler) (stop func()) {
+	t.Helper()
+	g, err := consumers.New(h, consumers.Config{Group: "g", Topics: []string{topic}, MaxBackoff: 200 * time.Millisecond}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// checkExactlyOnce fails unless every partition's applied offsets are
+// 0..n-1 in order, n records in all.
+func checkExactlyOnce(t *testing.T, s *memSink, total int) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for p, offs := range s.applied {
+		for i, o := range offs {
+			if o != int64(i) {
+				t.Fatalf("partition %d: applied offsets %v, want 0..%d in order, each once", p, offs, len(offs)-1)
+			}
+		}
+		n += len(offs)
+	}
+	if n != total {
+		t.Fatalf("applied %d records, want %d", n, total)
+	}
+}
+
+func TestResumesFromSinkAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 4, "t")
+	sink := newMemSink()
+	produce(t, brokers, "t", 0, 2000)
+
+	stop := runGroup(t, brokers, "t", sink)
+	spatetest.Eventually(t, 20*time.Second, func() string {
+		if n := sink.count(); n < 2000 {
+			return fmt.Sprintf("applied %d of 2000", n)
+		}
+		return ""
+	})
+	stop()
+
+	// A new member of the same group resumes from the sink's offsets: what
+	// arrives meanwhile is applied, nothing is applied twice.
+	produce(t, brokers, "t", 2000, 1000)
+	runGroup(t, brokers, "t", sink)
+	spatetest.Eventually(t, 20*time.Second, func() string {
+		if n := sink.count(); n < 3000 {
+			return fmt.Sprintf("applied %d of 3000", n)
+		}
+		return ""
+	})
+	checkExactlyOnce(t, sink, 3000)
+}
+
+func TestSinkOffsetsWinOverKafka(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 100)
+	sink := newMemSink()
+	sink.next[0] = 60 // the sink already holds 0..59
+	runGroup(t, brokers, "t", sink)
+	spatetest.Eventually(t, 20*time.Second, func() string {
+		if n := sink.count(); n < 40 {
+			return fmt.Sprintf("applied %d of 40", n)
+		}
+		return ""
+	})
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if got := sink.applied[0]; got[0] != 60 || len(got) != 40 {
+		t.Fatalf("applied %v, want offsets 60..99", got)
+	}
+}
+
+func TestTransientErrorsAreRetried(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 2, "t")
+	produce(t, brokers, "t", 0, 500)
+	sink := newMemSink()
+	failures := 0
+	sink.fail = func(consumers.Batch) error {
+		if failures < 5 {
+			failures++
+			return errors.New("sink down")
+		}
+		return nil
+	}
+	runGroup(t, brokers, "t", sink)
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		if n := sink.count(); n < 500 {
+			return fmt.Sprintf("applied %d of 500", n)
+		}
+		return ""
+	})
+	checkExactlyOnce(t, sink, 500)
+	if failures != 5 {
+		t.Fatalf("failed %d times, want 5", failures)
+	}
+}
+
+func TestPoisonGoesToDeadLetterTopic(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t", consumers.DLQTopic("t"))
+	produce(t, brokers, "t", 0, 300)
+	sink := newMemSink()
+	sink.fail = func(b consumers.Batch) error {
+		for _, r := range b.Records {
+			if string(r.Value) == "123" && r.Offset >= sink.next[b.Partition] {
+				return fmt.Errorf("apply: %w", consumers.Poison(r, "test", errors.New("value 123 is cursed")))
+			}
+		}
+		return nil
+	}
+	runGroup(t, brokers, "t", sink)
+	spatetest.Eventually(t, 20*time.Second, func() string {
+		if n := sink.count(); n < 299 {
+			return fmt.Sprintf("applied %d of 299", n)
+		}
+		return ""
+	})
+	sink.mu.Lock()
+	applied := slices.Clone(sink.applied[0])
+	next := sink.next[0]
+	sink.mu.Unlock()
+	if len(applied) != 299 || slices.Contains(applied, 123) || next != 300 {
+		t.Fatalf("applied %d records (123 among them: %v), next offset %d; want 299 without 123, next 300",
+			len(applied), slices.Contains(applied, 123), next)
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(consumers.DLQTopic("t")),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fs := cl.PollFetches(ctx)
+	if err := fs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	recs := fs.Records()
+	if len(recs) != 1 {
+		t.Fatalf("dead letters: %d records, want 1", len(recs))
+	}
+	want := map[string]string{
+		consumers.HeaderDLQGroup:     "g",
+		consumers.HeaderDLQClass:     "test",
+		consumers.HeaderDLQReason:    "value 123 is cursed",
+		consumers.HeaderDLQTopic:     "t",
+		consumers.HeaderDLQPartition: "0",
+		consumers.HeaderDLQOffset:    "123",
+	}
+	got := map[string]string{}
+	for _, h := range recs[0].Headers {
+		got[h.Key] = string(h.Value)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("header %s = %q, want %q", k, got[k], v)
+		}
+	}
+	if string(recs[0].Value) != "123" {
+		t.Errorf("dead letter value %q, want the original %q", recs[0].Value, "123")
+	}
+}
