@@ -54,7 +54,9 @@ func Record(topic string, ev *spatev1.Event) *kgo.Record {
 	add(HeaderContentType, ev.Datacontenttype)
 	add(HeaderDataSchema, ev.Dataschema)
 	for k, v := range ev.Extensions {
-		add(prefix+k, v)
+		// An extension is present even when empty, unlike the attributes
+		// above, whose empty value means absent.
+		hs = append(hs, kgo.RecordHeader{Key: prefix + k, Value: []byte(v)})
 	}
 	r := &kgo.Record{Topic: topic, Value: ev.Data, Headers: hs}
 	if ev.Subject != "" {
@@ -85,6 +87,9 @@ func Event(r *kgo.Record) (*spatev1.Event, error) {
 				return nil, fmt.Errorf("%w: header %s: %v", ErrNotEvent, HeaderTime, err)
 			}
 			ev.Time = timestamppb.New(t)
+			if err := ev.Time.CheckValid(); err != nil {
+				return nil, fmt.Errorf("%w: header %s: %v", ErrNotEvent, HeaderTime, err)
+			}
 		case HeaderContentType:
 			ev.Datacontenttype = v
 		case HeaderDataSchema:

@@ -27,15 +27,21 @@ var ErrUnknownOutcome = errors.New("outcome unknown: events may have been writte
 // kgo.NewClient with the caller's own (seed brokers, logger, ...). franz-go
 // producers are idempotent by default; these make the durability settings
 // explicit so that a caller cannot weaken them by accident.
+//
+// Linger is zero: a publisher waits for the acknowledgement, so lingering
+// would add its whole length to every request, while records that arrive
+// during a produce request in flight are batched anyway.
 func Opts() []kgo.Opt {
 	return []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.NoCompression()),
+		kgo.ProducerLinger(0),
 	}
 }
 
 // Publish writes events to topic and returns their receipts, in order, once
-// Kafka acknowledged all of them. On error, some of the events may have been
+// Kafka acknowledged all of them. It does not validate: callers publish
+// events that passed the edge's checks (registered type, canonical payload,
+// extension names that are not core attributes). On error, some of the events may have been
 // written; if the context ended first the error wraps ErrUnknownOutcome.
 func Publish(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event) ([]*spatev1.Receipt, error) {
 	recs := make([]*kgo.Record, len(evs))

@@ -95,10 +95,14 @@ func decodeJSONEvent(i int, raw json.RawMessage) (*spatev1.Event, []FieldError) 
 	case !bytes.Equal(sv, []byte(`"1.0"`)):
 		bad(attrSpecVersion, `must be "1.0", got %s`, sv)
 	}
-	if t := str(attrTime); t != "" {
-		ts, err := time.Parse(time.RFC3339Nano, t)
-		if err != nil {
+	if raw, ok := attrs[attrTime]; ok {
+		var t string
+		if err := json.Unmarshal(raw, &t); err != nil {
+			bad(attrTime, "must be a string")
+		} else if ts, err := time.Parse(time.RFC3339Nano, t); err != nil {
 			bad(attrTime, "must be an RFC 3339 timestamp, got %q", t)
+		} else if err := timestamppb.New(ts).CheckValid(); err != nil {
+			bad(attrTime, "must be between 0001-01-01 and 9999-12-31 UTC, got %q", t)
 		} else {
 			ev.Time = timestamppb.New(ts)
 		}

@@ -178,8 +178,11 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 			ev.Datacontenttype = schemas.ContentTypeProtobuf
 		}
 	}
-	if ev.Time == nil {
+	switch {
+	case ev.Time == nil:
 		ev.Time = now
+	case ev.Time.CheckValid() != nil:
+		bad(attrTime, "must be a valid timestamp between 0001-01-01 and 9999-12-31 UTC")
 	}
 	return errs
 }

@@ -105,8 +105,12 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	bad := map[int]bool{}
+	for _, e := range errs {
+		bad[e.Index] = true
+	}
 	writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
-		fmt.Sprintf("%d problems in %d events; none was published", len(errs), len(evs)), errs)
+		fmt.Sprintf("%d of %d events are invalid; none was published", len(bad), len(evs)), errs)
 }
 
 func writeReceipts(w http.ResponseWriter, ct string, rs []*spatev1.Receipt) {

@@ -1,0 +1,67 @@
+# Spate. `make dev` runs the whole pipeline; `make test` runs every check CI runs.
+
+GO       ?= go
+BIN      := $(CURDIR)/.bin
+PG_BIN   := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
+
+# Pinned code generators, installed into .bin by `make proto`.
+BUF_VERSION             := v1.75.0
+PROTOC_GEN_GO_VERSION   := v1.36.12
+CONNECT_GO_VERSION      := v1.21.1
+
+.PHONY: dev test deps build proto proto-check fuzz lint
+
+## dev: run edge, projector and fan-out on embedded Kafka and throwaway Postgres and Redis
+dev: deps
+	$(GO) run ./cmd/spate dev
+
+## test: vet, gofmt, and every test with the race detector, on real Postgres and Redis
+test: deps
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+## deps: install the local servers tests and dev need (redis-server, PostgreSQL) when missing
+deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v postgres >/dev/null || [ -n "$(PG_BIN)" ] || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "missing:$$missing. Install them (Debian: sudo apt-get install$$missing) and run again."; exit 1; \
+		fi; \
+	fi
+
+## build: the spate binary in .bin/
+build:
+	$(GO) build -o $(BIN)/spate ./cmd/spate
+
+$(BIN)/buf:
+	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+$(BIN)/protoc-gen-go:
+	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(BIN)/protoc-gen-connect-go:
+	GOBIN=$(BIN) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(CONNECT_GO_VERSION)
+
+## proto: lint the .proto files and regenerate the Go code
+proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go
+	$(BIN)/buf lint
+	$(BIN)/buf generate
+
+## proto-check: fail if the committed generated code differs from what `make proto` writes
+proto-check: proto
+	@git diff --exit-code -- '*.pb.go' '*.connect.go' || \
+		{ echo "generated code is stale: run make proto and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- '*.pb.go' '*.connect.go'); \
+		if [ -n "$$untracked" ]; then echo "generated but not committed: $$untracked"; exit 1; fi
+
+## fuzz: run each fuzz target for FUZZTIME (default 20s)
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./schemas/
+	$(GO) test -run='^$$' -fuzz='^FuzzEvent$$' -fuzztime=$(FUZZTIME) ./cekafka/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeJSONEvent$$' -fuzztime=$(FUZZTIME) ./producers/edge/

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/consumers/fanout"
+	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/schemas"
+	"github.com/spate-io/spate/throwaway"
+)
+
+// devFlags are the flags of spate dev.
+type devFlags struct {
+	roleFlags
+	edgeAddr     string
+	kafkaPort    int
+	partitions   int
+	retention    time.Duration
+	postgresURL  string
+	redisURL     string
+	streamPrefix string
+}
+
+func newDevCmd() *cobra.Command {
+	var f devFlags
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run the whole pipeline in one process, on embedded Kafka and throwaway Postgres and Redis",
+		Long: `spate dev runs the edge, the projector and the fan-out in one process.
+
+Unless told otherwise it brings its own services: an in-process Kafka-protocol
+broker (franz-go's kfake; records kept in memory with time and size retention),
+and a throwaway PostgreSQL and redis-server started from the binaries installed
+on this machine. Set --kafka-brokers, --postgres-url or --redis-url (or their
+SPATE_* variables) to use real ones instead. Ctrl-C stops everything and
+removes the throwaway data.`,
+		Example: `  spate dev
+  SPATE_POSTGRES_URL=postgres://localhost/spate spate dev --edge-addr 127.0.0.1:8081`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDev(cmd.Context(), &f, cmd.OutOrStdout())
+		},
+	}
+	fs := cmd.Flags()
+	f.roleFlags.register(fs, nil)
+	fs.Lookup("kafka-brokers").Usage = "Kafka seed brokers, comma-separated host:port (default: an embedded broker)"
+	fs.StringVar(&f.edgeAddr, "edge-addr", "127.0.0.1:8080", "address of the ingestion edge")
+	fs.IntVar(&f.kafkaPort, "kafka-port", 9092, "port of the embedded broker on 127.0.0.1 (0: any free port)")
+	fs.IntVar(&f.partitions, "partitions", 4, "partitions of the topics the embedded broker creates")
+	fs.DurationVar(&f.retention, "kafka-retention", 6*time.Hour, "how long the embedded broker keeps records (it also keeps at most 256 MiB a partition)")
+	fs.StringVar(&f.postgresURL, "postgres-url", "", "PostgreSQL URL (default: a throwaway server)")
+	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (default: a throwaway redis-server)")
+	fs.StringVar(&f.streamPrefix, "stream-prefix", "spate:", "prefix of the Redis stream keys")
+	annotateEnv(fs)
+	return cmd
+}
+
+func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
+	log, kafkaLog, err := f.loggers(os.Stderr)
+	if err != nil {
+		return err
+	}
+	started := time.Now()
+
+	// Services, in order of dependency; closed in reverse by the defers.
+	brokers, kafkaNote := f.brokers, "external"
+	if len(brokers) == 0 {
+		c, err := kfake.NewCluster(
+			kfake.NumBrokers(1),
+			kfake.Ports(f.kafkaPort),
+			kfake.BrokerConfigs(map[string]string{"log.cleaner.backoff.ms": "60000"}),
+		)
+		if err != nil {
+			return fmt.Errorf("embedded kafka on 127.0.0.1:%d: %w (set --kafka-port 0 for any free port)", f.kafkaPort, err)
+		}
+		defer c.Close()
+		brokers, kafkaNote = c.ListenAddrs(), "embedded"
+	}
+	if err := createTopics(ctx, brokers, f.topic, f.partitions, f.retention); err != nil {
+		return err
+	}
+
+	pgURL, pgNote := f.postgresURL, "external"
+	if pgURL == "" {
+		log.Info("starting a throwaway postgres")
+		pg, err := throwaway.StartPostgres(ctx, throwaway.PostgresConfig{})
+		if err != nil {
+			return err
+		}
+		defer stopLogged(log, "postgres", pg.Stop)
+		pgURL, pgNote = pg.URL(), "throwaway"
+	}
+	redisURL, redisNote := f.redisURL, "external"
+	if redisURL == "" {
+		rs, err := throwaway.StartRedis(ctx, throwaway.RedisConfig{})
+		if err != nil {
+			return err
+		}
+		defer stopLogged(log, "redis", rs.Stop)
+		redisURL, redisNote = rs.URL(), "throwaway"
+	}
+
+	e := &env{log: log, kafkaLog: kafkaLog, reg: schemas.Builtin(), metrics: newMetrics(), brokers: brokers, topic: f.topic}
+	srv, cl, err := e.newEdge()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	fan, rdb, err := e.newFanout(redisURL, fanout.DefaultGroup, f.streamPrefix)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	projGroup, err := e.newGroup("project", projection.DefaultGroup, "earliest", proj)
+	if err != nil {
+		return err
+	}
+	fanGroup, err := e.newGroup("fanout", fanout.DefaultGroup, "earliest", fan)
+	if err != nil {
+		return err
+	}
+
+	ln, err := listen("edge-addr", f.edgeAddr)
+	if err != nil {
+		return err
+	}
+	aln, err := listen("admin-addr", f.adminAddr)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	checks := []check{{"kafka", cl.Ping}, {"postgres", proj.Ping}, {"redis", fan.Ping}}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(gctx, ln) })
+	g.Go(func() error { return projGroup.Run(gctx) })
+	g.Go(func() error { return fanGroup.Run(gctx) })
+	g.Go(func() error { return serveHTTP(gctx, aln, adminHandler(e.metrics, checks), log) })
+	g.Go(func() error {
+		if err := awaitStarted(gctx, projGroup, fanGroup); err != nil {
+			return nil // stopping
+		}
+		printBanner(stdout, bannerInfo{
+			edge: ln.Addr().String(), admin: aln.Addr().String(),
+			kafka: brokers[0], kafkaNote: kafkaNote, topic: f.topic,
+			postgres: pgURL, postgresNote: pgNote, redis: redisURL, redisNote: redisNote,
+			prefix: f.streamPrefix, took: time.Since(started),
+		})
+		return nil
+	})
+	err = g.Wait()
+	log.Info("stopped; removing throwaway data")
+	return err
+}
+
+// awaitStarted waits until every group has resumed its partitions.
+func awaitStarted(ctx context.Context, groups ...*consumers.Group) error {
+	for _, g := range groups {
+		select {
+		case <-g.Started():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// createTopics creates the events topic and its dead-letter topic with
+// retention, unless they exist.
+func createTopics(ctx context.Context, brokers []string, topic string, partitions int, retention time.Duration) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return fmt.Errorf("kafka admin client: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ms := strconv.FormatInt(retention.Milliseconds(), 10)
+	bytes := strconv.Itoa(256 << 20)
+	cfg := map[string]*string{"retention.ms": &ms, "retention.bytes": &bytes}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resps, err := adm.CreateTopics(ctx, int32(partitions), 1, cfg, topic, consumers.DLQTopic(topic))
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	for _, r := range resps.Sorted() {
+		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
+		}
+	}
+	return nil
+}
+
+func stopLogged(log *slog.Logger, what string, stop func() error) {
+	if err := stop(); err != nil {
+		log.Error("stop "+what, "err", err)
+	}
+}
+
+type bannerInfo struct {
+	edge, admin              string
+	kafka, kafkaNote, topic  string
+	postgres, postgresNote   string
+	redis, redisNote, prefix string
+	took                     time.Duration
+}
+
+func printBanner(w io.Writer, b bannerInfo) {
+	fmt.Fprintf(w, `
+Spate dev is ready (%.1fs).
+
+  edge      http://%s   POST /v1/events, Connect spate.v1.IngestService
+  admin     http://%s   /metrics /healthz /readyz /debug/pprof/
+  kafka     %s (%s), topic %s
+  postgres  %s (%s)
+  redis     %s (%s)
+
+Send an event:
+
+  curl -i http://%s/v1/events \
+    -H 'Content-Type: application/cloudevents+json' \
+    -d '{"specversion":"1.0","id":"order-1001-placed","source":"/shop/checkout","type":"shop.order.placed.v1","subject":"order-1001","data":{"orderId":"order-1001","customerId":"cust-7","amountCents":4200,"currency":"EUR","items":[{"sku":"tea-1","quantity":2,"priceCents":2100}]}}'
+
+See it arrive:
+
+  psql '%s' -c 'SELECT id, type, subject, payload FROM event_log ORDER BY time DESC LIMIT 5'
+  redis-cli -u '%s' XRANGE %sshop.order.placed.v1 - +
+
+Ctrl-C stops everything and removes the throwaway data.
+`, b.took.Seconds(), b.edge, b.admin, b.kafka, b.kafkaNote, b.topic, b.postgres, b.postgresNote, b.redis, b.redisNote,
+		b.edge, b.postgres, b.redis, b.prefix)
+}

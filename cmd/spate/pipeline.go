@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/pflag"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/consumers/fanout"
+	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/producers"
+	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/schemas"
+)
+
+// kafkaFlags are the flags of every role that talks to Kafka.
+type kafkaFlags struct {
+	brokers []string
+	topic   string
+}
+
+func (k *kafkaFlags) register(fs *pflag.FlagSet, defaultBrokers []string) {
+	fs.StringSliceVar(&k.brokers, "kafka-brokers", defaultBrokers, "Kafka seed brokers, comma-separated host:port")
+	fs.StringVar(&k.topic, "topic", producers.DefaultTopic, "Kafka topic of events; dead letters go to <topic>.dlq")
+}
+
+// env is what every role is built from.
+type env struct {
+	log      *slog.Logger
+	kafkaLog *slog.Logger
+	reg      *schemas.Registry
+	metrics  *prometheus.Registry
+	brokers  []string
+	topic    string
+}
+
+func (e *env) kafkaOpts(clientID string) []kgo.Opt {
+	return []kgo.Opt{
+		kgo.SeedBrokers(e.brokers...),
+		kgo.ClientID(clientID),
+		kgo.WithLogger(kslog.New(e.kafkaLog)),
+	}
+}
+
+// newEdge returns the edge and its Kafka client, which the caller closes.
+func (e *env) newEdge() (*edge.Server, *kgo.Client, error) {
+	cl, err := kgo.NewClient(append(e.kafkaOpts("spate-edge"), producers.Opts()...)...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kafka client: %w", err)
+	}
+	srv := edge.New(cl, e.reg, edge.Config{Topic: e.topic, Logger: e.log.With("role", "edge"), Metrics: e.metrics})
+	return srv, cl, nil
+}
+
+// sink is a consumers.Handler that can say whether its store answers.
+type sink interface {
+	consumers.Handler
+	Ping(ctx context.Context) error
+}
+
+// newGroup returns a consumer group feeding h.
+func (e *env) newGroup(role, group, startAt string, h sink) (*consumers.Group, error) {
+	return consumers.New(h, consumers.Config{
+		Group:   group,
+		Topics:  []string{e.topic},
+		StartAt: startAt,
+		Logger:  e.log.With("role", role),
+		Metrics: e.metrics,
+	}, e.kafkaOpts("spate-"+role)...)
+}
+
+// newProjector connects to Postgres, migrates, and returns the projector
+// and its pool, which the caller closes.
+func (e *env) newProjector(ctx context.Context, url, group string) (*projection.Projector, *pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, nil, fmt.Errorf("postgres: %w", err)
+	}
+	p := projection.New(pool, e.reg, projection.Config{Group: group, Logger: e.log.With("role", "project")})
+	if err := p.Migrate(ctx); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return p, pool, nil
+}
+
+// newFanout returns the fan-out writer and its Redis client, which the
+// caller closes.
+func (e *env) newFanout(url, group, prefix string) (*fanout.Writer, *redis.Client, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, nil, fmt.Errorf("redis url: %w", err)
+	}
+	rdb := redis.NewClient(opts)
+	w := fanout.New(rdb, e.reg, fanout.Config{Group: group, Prefix: prefix, Logger: e.log.With("role", "fanout")})
+	return w, rdb, nil
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spate-io/spate/consumers/fanout"
+	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/schemas"
+)
+
+// roleFlags are the flags every role shares.
+type roleFlags struct {
+	logFlags
+	kafkaFlags
+	adminAddr string
+}
+
+func (r *roleFlags) register(fs *pflag.FlagSet, defaultBrokers []string) {
+	r.logFlags.register(fs)
+	r.kafkaFlags.register(fs, defaultBrokers)
+	fs.StringVar(&r.adminAddr, "admin-addr", "127.0.0.1:9090", "address of the admin server: /metrics, /healthz, /readyz, /debug/pprof/")
+}
+
+func (r *roleFlags) env() (*env, error) {
+	log, kafkaLog, err := r.loggers(os.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.brokers) == 0 {
+		return nil, fmt.Errorf("--kafka-brokers is required")
+	}
+	return &env{log: log, kafkaLog: kafkaLog, reg: schemas.Builtin(), metrics: newMetrics(), brokers: r.brokers, topic: r.topic}, nil
+}
+
+func newEdgeCmd() *cobra.Command {
+	var f roleFlags
+	var addr string
+	cmd := &cobra.Command{
+		Use:     "edge",
+		Short:   "Run the ingestion edge: HTTP and Connect/gRPC in, Kafka out",
+		Example: `  SPATE_KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 spate edge --edge-addr :8080 --admin-addr :9090`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := f.env()
+			if err != nil {
+				return err
+			}
+			srv, cl, err := e.newEdge()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ln, err := listen("edge-addr", addr)
+			if err != nil {
+				return err
+			}
+			aln, err := listen("admin-addr", f.adminAddr)
+			if err != nil {
+				ln.Close()
+				return err
+			}
+			e.log.Info("edge listening", "addr", ln.Addr().String(), "admin", aln.Addr().String(), "topic", e.topic)
+			ctx := cmd.Context()
+			g, ctx := errgroup.WithContext(ctx)
+			g.Go(func() error { return srv.Serve(ctx, ln) })
+			g.Go(func() error {
+				return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", cl.Ping}}), e.log)
+			})
+			return g.Wait()
+		},
+	}
+	f.register(cmd.Flags(), []string{"127.0.0.1:9092"})
+	cmd.Flags().StringVar(&addr, "edge-addr", "127.0.0.1:8080", "address of the ingestion server (HTTP/1.1 and h2c)")
+	annotateEnv(cmd.Flags())
+	return cmd
+}
+
+// consumerFlags are the flags of the consumer roles.
+type consumerFlags struct {
+	roleFlags
+	group   string
+	startAt string
+}
+
+func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup string) {
+	c.roleFlags.register(fs, []string{"127.0.0.1:9092"})
+	fs.StringVar(&c.group, "group", defaultGroup, "Kafka consumer group; its offsets are kept in the sink")
+	fs.StringVar(&c.startAt, "start-at", "earliest", "where a partition with no stored offset starts: earliest or latest")
+}
+
+// runConsumer runs a consumer group into h with an admin server until ctx ends.
+func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName string, h sink) error {
+	grp, err := e.newGroup(role, f.group, f.startAt, h)
+	if err != nil {
+		return err
+	}
+	aln, err := listen("admin-addr", f.adminAddr)
+	if err != nil {
+		return err
+	}
+	e.log.Info("consuming", "role", role, "group", f.group, "topic", e.topic, "admin", aln.Addr().String())
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return grp.Run(ctx) })
+	g.Go(func() error {
+		return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", grp.Ping}, {sinkName, h.Ping}}), e.log)
+	})
+	return g.Wait()
+}
+
+func newProjectCmd() *cobra.Command {
+	var f consumerFlags
+	var url string
+	cmd := &cobra.Command{
+		Use:     "project",
+		Short:   "Run the projector: Kafka in, Postgres projections out, exactly once",
+		Example: `  SPATE_POSTGRES_URL=postgres://spate@db/spate SPATE_KAFKA_BROKERS=kafka:9092 spate project`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if url == "" {
+				return fmt.Errorf("--postgres-url is required")
+			}
+			e, err := f.env()
+			if err != nil {
+				return err
+			}
+			p, pool, err := e.newProjector(cmd.Context(), url, f.group)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			return runConsumer(cmd.Context(), e, &f, "project", "postgres", p)
+		},
+	}
+	f.register(cmd.Flags(), projection.DefaultGroup)
+	cmd.Flags().StringVar(&url, "postgres-url", "", "PostgreSQL connection URL (required)")
+	annotateEnv(cmd.Flags())
+	return cmd
+}
+
+func newFanoutCmd() *cobra.Command {
+	var f consumerFlags
+	var url, prefix string
+	cmd := &cobra.Command{
+		Use:     "fanout",
+		Short:   "Run the fan-out: Kafka in, one Redis stream per event type out, exactly once",
+		Example: `  SPATE_REDIS_URL=redis://redis:6379/0 SPATE_KAFKA_BROKERS=kafka:9092 spate fanout`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if url == "" {
+				return fmt.Errorf("--redis-url is required")
+			}
+			e, err := f.env()
+			if err != nil {
+				return err
+			}
+			w, rdb, err := e.newFanout(url, f.group, prefix)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			return runConsumer(cmd.Context(), e, &f, "fanout", "redis", w)
+		},
+	}
+	f.register(cmd.Flags(), fanout.DefaultGroup)
+	cmd.Flags().StringVar(&url, "redis-url", "", "Redis URL, redis://host:port/db (required)")
+	cmd.Flags().StringVar(&prefix, "stream-prefix", "spate:", "prefix of the stream keys (<prefix><event type>) and of the offsets hash")
+	annotateEnv(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// run executes the command line args.
+func run(ctx context.Context, args []string) error {
+	root := newRoot(os.Stdout, os.Stderr)
+	root.SetArgs(args)
+	return root.ExecuteContext(ctx)
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "spate",
+		Short: "Spate: events from producers to Kafka to Postgres projections and Redis Streams, exactly once",
+		Long: `Spate is an event-streaming pipeline. Producers send CloudEvents to the edge
+over HTTP or Connect/gRPC; the edge validates each event against its schema and
+publishes it to Kafka; consumer groups apply the events to Postgres projections
+and to Redis Streams exactly once.
+
+Every flag can also be set through the environment: --kafka-brokers is
+SPATE_KAFKA_BROKERS, --postgres-url is SPATE_POSTGRES_URL, and so on. A flag
+given on the command line wins over the environment.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return envFallback(cmd.Flags())
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd())
+	return root
+}
+
+// envFallback sets every flag not given on the command line from its
+// SPATE_* environment variable, if that is set.
+func envFallback(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || err != nil {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)
+			}
+		}
+	})
+	return err
+}
+
+func envName(flag string) string {
+	return "SPATE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// annotateEnv appends each flag's environment variable to its usage.
+func annotateEnv(fs *pflag.FlagSet) {
+	fs.VisitAll(func(f *pflag.Flag) {
+		f.Usage += " [" + envName(f.Name) + "]"
+	})
+}
+
+// logFlags configures the process logger.
+type logFlags struct {
+	level  string
+	format string
+}
+
+func (l *logFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+}
+
+// loggers returns the process logger and the one given to the Kafka client,
+// which logs at warn and above unless the level is debug: its info lines
+// are about connections and metadata.
+func (l *logFlags) loggers(w io.Writer) (log, kafkaLog *slog.Logger, err error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
+	}
+	handler := func(level slog.Level) slog.Handler {
+		opts := &slog.HandlerOptions{Level: level}
+		if l.format == "json" {
+			return slog.NewJSONHandler(w, opts)
+		}
+		return slog.NewTextHandler(w, opts)
+	}
+	if l.format != "text" && l.format != "json" {
+		return nil, nil, fmt.Errorf("--log-format %q: want text or json", l.format)
+	}
+	kafkaLevel := max(level, slog.LevelWarn)
+	if level == slog.LevelDebug {
+		kafkaLevel = level
+	}
+	return slog.New(handler(level)), slog.New(handler(kafkaLevel)).With("component", "kafka"), nil
+}

@@ -1,0 +1,284 @@
+package edge_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/go-cmp/cmp"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/spate-io/spate/cekafka"
+	"github.com/spate-io/spate/producers"
+	"github.com/spate-io/spate/producers/edge"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+	"github.com/spate-io/spate/schemas"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+	"github.com/spate-io/spate/spatetest"
+)
+
+const topic = "events"
+
+type fixture struct {
+	url string
+	cl  *kgo.Client
+	adm *kadm.Client
+}
+
+// start runs an edge on 127.0.0.1 against a fresh broker.
+func start(t *testing.T, cfg edge.Config) *fixture {
+	t.Helper()
+	brokers := spatetest.Kafka(t, 3, topic)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	cfg.Topic = topic
+	srv := edge.New(cl, schemas.Builtin(), cfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return &fixture{url: "http://" + ln.Addr().String(), cl: cl, adm: kadm.NewClient(cl)}
+}
+
+// highWatermark is the sum of the topic's end offsets.
+func (f *fixture) highWatermark(t *testing.T) int64 {
+	t.Helper()
+	ends, err := f.adm.ListEndOffsets(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return n
+}
+
+func (f *fixture) post(t *testing.T, ct string, body []byte) (int, []byte) {
+	t.Helper()
+	resp, err := http.Post(f.url+"/v1/events", ct, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+func orderJSON(id, subject string) string {
+	return fmt.Sprintf(`{"specversion":"1.0","id":%q,"source":"/test","type":"shop.order.placed.v1","subject":%q,`+
+		`"tenant":"acme","data":{"orderId":%q,"customerId":"c-1","amountCents":4200,"currency":"EUR"}}`, id, subject, subject)
+}
+
+type receipts struct {
+	Receipts []struct {
+		ID        string `json:"id"`
+		Topic     string `json:"topic"`
+		Partition int32  `json:"partition"`
+		Offset    int64  `json:"offset"`
+	} `json:"receipts"`
+}
+
+func TestPublishJSONWritesBinaryModeRecord(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{})
+	code, body := f.post(t, "application/cloudevents+json", []byte(orderJSON("e-1", "order-1")))
+	if code != http.StatusAccepted {
+		t.Fatalf("status %d (%s), want 202", code, body)
+	}
+	var rs receipts
+	if err := json.Unmarshal(body, &rs); err != nil || len(rs.Receipts) != 1 || rs.Receipts[0].ID != "e-1" || rs.Receipts[0].Topic != topic {
+		t.Fatalf("receipts %s (%v), want one for e-1 on %s", body, err, topic)
+	}
+
+	// The record at the receipt is the event in CloudEvents binary mode.
+	r := fetch(t, f, rs.Receipts[0].Partition, rs.Receipts[0].Offset)
+	if string(r.Key) != "order-1" {
+		t.Errorf("key %q, want the subject order-1", r.Key)
+	}
+	ev, err := cekafka.Event(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Id != "e-1" || ev.Type != "shop.order.placed.v1" || ev.Source != "/test" || ev.Extensions["tenant"] != "acme" ||
+		ev.Datacontenttype != schemas.ContentTypeProtobuf || ev.Time == nil {
+		t.Errorf("event %v: attributes not carried", ev)
+	}
+	var m shopv1.OrderPlaced
+	if err := proto.Unmarshal(r.Value, &m); err != nil || m.AmountCents != 4200 || m.OrderId != "order-1" {
+		t.Errorf("value decodes to %v (%v), want the order with 4200 cents", &m, err)
+	}
+}
+
+// fetch reads the record at partition/offset.
+func fetch(t *testing.T, f *fixture, partition int32, offset int64) *kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(f.cl.OptValue(kgo.SeedBrokers).([]string)...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {partition: kgo.NewOffset().At(offset)}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fs := cl.PollRecords(ctx, 1)
+	if err := fs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return fs.Records()[0]
+}
+
+func TestPublishBatchKeepsOrder(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{})
+	batch := "[" + orderJSON("a", "s") + "," + orderJSON("b", "s") + "," + orderJSON("c", "s") + "]"
+	code, body := f.post(t, "application/cloudevents-batch+json", []byte(batch))
+	if code != http.StatusAccepted {
+		t.Fatalf("status %d (%s), want 202", code, body)
+	}
+	var rs receipts
+	if err := json.Unmarshal(body, &rs); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i, r := range rs.Receipts {
+		got = append(got, r.ID)
+		if i > 0 && (r.Partition != rs.Receipts[0].Partition || r.Offset != rs.Receipts[i-1].Offset+1) {
+			t.Errorf("receipt %d at %d@%d: one subject must go to one partition in order", i, r.Partition, r.Offset)
+		}
+	}
+	if diff := cmp.Diff([]string{"a", "b", "c"}, got); diff != "" {
+		t.Errorf("receipt ids (-want +got):\n%s", diff)
+	}
+}
+
+func protobufRequest(t *testing.T, ids ...string) *spatev1.PublishRequest {
+	t.Helper()
+	req := &spatev1.PublishRequest{}
+	for _, id := range ids {
+		data, err := proto.Marshal(&shopv1.PaymentCaptured{PaymentId: id, OrderId: "o-1", AmountCents: 99, Currency: "EUR"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Events = append(req.Events, &spatev1.Event{Id: id, Source: "/pay", Type: "shop.payment.captured.v1", Subject: "o-1", Data: data})
+	}
+	return req
+}
+
+func TestPublishProtobuf(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{})
+	body, err := proto.Marshal(protobufRequest(t, "p-1", "p-2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, resp := f.post(t, "application/x-protobuf", body)
+	if code != http.StatusAccepted {
+		t.Fatalf("status %d (%s), want 202", code, resp)
+	}
+	var out spatev1.PublishResponse
+	if err := proto.Unmarshal(resp, &out); err != nil || len(out.Receipts) != 2 || out.Receipts[1].Id != "p-2" {
+		t.Fatalf("response %v (%v), want receipts for p-1 and p-2", &out, err)
+	}
+}
+
+func TestConnectAndGRPC(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{})
+	h2c := &http.Client{Transport: &http.Transport{Protocols: func() *http.Protocols {
+		p := new(http.Protocols)
+		p.SetUnencryptedHTTP2(true)
+		return p
+	}()}}
+	for name, c := range map[string]spatev1connect.IngestServiceClient{
+		"connect over HTTP/1.1": spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url),
+		"gRPC over h2c":         spatev1connect.NewIngestServiceClient(h2c, f.url, connect.WithGRPC()),
+	} {
+		resp, err := c.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "c-1")))
+		if err != nil || len(resp.Msg.Receipts) != 1 || resp.Msg.Receipts[0].Id != "c-1" {
+			t.Errorf("%s: Publish = %v, %v; want one receipt", name, resp, err)
+		}
+		bad := protobufRequest(t, "c-2")
+		bad.Events[0].Type = "shop.nothing.v1"
+		_, err = c.Publish(context.Background(), connect.NewRequest(bad))
+		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "type") {
+			t.Errorf("%s: Publish(unknown type) = %v, want InvalidArgument naming the type", name, err)
+		}
+	}
+}
+
+func TestBadInputIsRefusedAndNeverReachesKafka(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{MaxBodyBytes: 8 << 10})
+	before := f.highWatermark(t)
+
+	for _, tc := range []struct {
+		name       string
+		ct, body   string
+		wantStatus int
+		wantField  string // in the problem's errors
+		wantDetail string // in the problem's detail
+	}{
+		{"malformed JSON", "application/cloudevents+json", `{"id":`, 400, "", "not valid JSON"},
+		{"unknown type", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), "shop.order.placed.v1", "shop.order.lost.v1", 1), 400, "type", ""},
+		{"payload does not match", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"amountCents":4200`, `"amountCents":"lots"`, 1), 400, "data", ""},
+		{"unknown payload field", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"EUR","discount":1`, 1), 400, "data", ""},
+		{"missing id", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"id":"x",`, "", 1), 400, "id", ""},
+		{"oversize body", "application/cloudevents+json", `{"pad":"` + strings.Repeat("x", 9<<10) + `"}`, 413, "", "exceeds"},
+		{"unsupported media type", "text/plain", "hello", 415, "", "Content-Type"},
+		{"one bad event spoils the batch", "application/cloudevents-batch+json", "[" + orderJSON("ok", "s") + `,{"specversion":"1.0"}]`, 400, "source", ""},
+		{"empty batch", "application/cloudevents-batch+json", "[]", 400, "", "no events"},
+	} {
+		code, body := f.post(t, tc.ct, []byte(tc.body))
+		var p edge.Problem
+		if err := json.Unmarshal(body, &p); err != nil {
+			t.Errorf("%s: body %q is not problem JSON: %v", tc.name, body, err)
+			continue
+		}
+		if code != tc.wantStatus || p.Status != tc.wantStatus {
+			t.Errorf("%s: status %d (problem %d), want %d; body %s", tc.name, code, p.Status, tc.wantStatus, body)
+		}
+		if tc.wantDetail != "" && !strings.Contains(p.Detail, tc.wantDetail) {
+			t.Errorf("%s: detail %q, want it to mention %q", tc.name, p.Detail, tc.wantDetail)
+		}
+		if tc.wantField != "" && !hasField(p.Errors, tc.wantField) {
+			t.Errorf("%s: errors %+v, want one for field %q", tc.name, p.Errors, tc.wantField)
+		}
+	}
+	if after := f.highWatermark(t); after != before {
+		t.Fatalf("high watermark moved from %d to %d: refused events reached Kafka", before, after)
+	}
+}
+
+func hasField(errs []edge.FieldError, field string) bool {
+	for _, e := range errs {
+		if e.Field == field && e.Detail != "" {
+			return true
+		}
+	}
+	return false
+}
