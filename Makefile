@@ -12,8 +12,8 @@ CONNECT_GO_VERSION      := v1.21.1
 .PHONY: dev test deps build proto proto-check fuzz lint
 
 ## dev: run edge, projector and fan-out on embedded Kafka and throwaway Postgres and Redis
-dev: deps
-	$(GO) run ./cmd/spate dev
+dev: deps build
+	$(BIN)/spate dev
 
 ## test: vet, gofmt, and every test with the race detector, on real Postgres and Redis
 test: deps
