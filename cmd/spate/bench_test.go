@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/spate-io/spate/producers"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	"github.com/spate-io/spate/schemas"
+	"github.com/spate-io/spate/spatetest"
+)
+
+// benchEvents is how many events each consumer benchmark drains.
+const benchEvents = 100_000
+
+// BenchmarkConsume measures each consumer (one group member, four
+// partitions) draining benchEvents events that are already in Kafka, and in
+// the same run the raw ceiling of its sink: pgx COPY of the same rows, and
+// pipelined XADDs of the same entries. Run with -benchtime=1x or 3x:
+//
+//	go test -run '^$' -bench Consume -benchtime 3x ./cmd/spate/
+func BenchmarkConsume(b *testing.B) {
+	log := slog.New(slog.DiscardHandler)
+	e := &env{log: log, kafkaLog: log, reg: schemas.Builtin(), metrics: newMetrics(),
+		brokers: spatetest.Kafka(b, 4, "spate.events", "spate.events.dlq"), topic: "spate.events"}
+	evs := benchPublish(b, e)
+	ctx := context.Background()
+	pgURL := spatetest.Postgres(b)
+	pool, err := pgxpool.New(ctx, pgURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	redisURL := spatetest.Redis(b)
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+
+	b.Run("project", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			group := fmt.Sprint("bench-project-", i)
+			proj, ppool, err := e.newProjector(ctx, pgURL, group)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := pool.Exec(ctx, `TRUNCATE event_log`); err != nil {
+				b.Fatal(err)
+			}
+			benchDrain(b, e, group, proj, func() int64 {
+				var n int64
+				if err := pool.QueryRow(ctx, `SELECT count(*) FROM event_log`).Scan(&n); err != nil {
+					b.Fatal(err)
+				}
+				return n
+			})
+			ppool.Close()
+		}
+	})
+	b.Run("fanout", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			group, prefix := fmt.Sprint("bench-fanout-", i), fmt.Sprintf("bench%d:", i)
+			w, wrdb, err := e.newFanout(redisURL, group, prefix)
+			if err != nil {
+				b.Fatal(err)
+			}
+			benchDrain(b, e, group, w, func() int64 {
+				var n int64
+				for _, t := range []string{"shop.order.placed.v1", "shop.order.cancelled.v1", "shop.payment.captured.v1"} {
+					n += rdb.XLen(ctx, prefix+t).Val()
+				}
+				return n
+			})
+			wrdb.Close()
+			rdb.FlushDB(ctx)
+		}
+	})
+	b.Run("ceiling-pgx-copy", func(b *testing.B) {
+		if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS copy_ceiling (LIKE event_log INCLUDING ALL)`); err != nil {
+			b.Fatal(err)
+		}
+		rows := make([][]any, len(evs))
+		for i, ev := range evs {
+			payload, err := e.reg.JSON(ev.Type, ev.Datacontenttype, ev.Data)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rows[i] = []any{"spate.events", int32(i % 4), int64(i), ev.Id, ev.Type, ev.Source, ev.Subject, ev.Time.AsTime(), payload}
+		}
+		for b.Loop() {
+			if _, err := pool.Exec(ctx, `TRUNCATE copy_ceiling`); err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			for i := 0; i < len(rows); i += 10000 {
+				_, err := pool.CopyFrom(ctx, pgx.Identifier{"copy_ceiling"}, []string{"topic", "partition", "offset", "id", "type", "source", "subject", "time", "payload"},
+					pgx.CopyFromRows(rows[i:min(i+10000, len(rows))]))
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(rows))/time.Since(start).Seconds(), "events/s")
+		}
+	})
+	b.Run("ceiling-redis-xadd-pipelined", func(b *testing.B) {
+		for b.Loop() {
+			rdb.FlushDB(ctx)
+			start := time.Now()
+			for i := 0; i < len(evs); i += 1000 {
+				p := rdb.Pipeline()
+				for _, ev := range evs[i:min(i+1000, len(evs))] {
+					p.XAdd(ctx, &redis.XAddArgs{Stream: "ceiling:" + ev.Type, Values: []any{
+						"id", ev.Id, "source", ev.Source, "type", ev.Type, "subject", ev.Subject,
+						"time", ev.Time.AsTime().Format(time.RFC3339Nano), "datacontenttype", "application/json", "data", ev.Data,
+					}})
+				}
+				if _, err := p.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(evs))/time.Since(start).Seconds(), "events/s")
+		}
+	})
+}
+
+// benchPublish writes benchEvents events of the shop domain to Kafka as the
+// edge would, and returns them.
+func benchPublish(b *testing.B, e *env) []*spatev1.Event {
+	b.Helper()
+	cl, err := kgo.NewClient(append(e.kafkaOpts("bench"), producers.Opts()...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	var evs []*spatev1.Event
+	for seq := 0; seq < benchEvents; seq += 100 {
+		_, body, err := request(seq/100%e2eClients, seq, 100, true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var req spatev1.PublishRequest
+		if err := proto.Unmarshal(body, &req); err != nil {
+			b.Fatal(err)
+		}
+		for _, ev := range req.Events {
+			ev.Datacontenttype, ev.Time = schemas.ContentTypeProtobuf, timestamppb.Now()
+		}
+		if _, err := producers.Publish(context.Background(), cl, e.topic, req.Events); err != nil {
+			b.Fatal(err)
+		}
+		evs = append(evs, req.Events...)
+	}
+	return evs
+}
+
+// benchDrain runs a group into h from the earliest offset until count
+// reaches benchEvents, and reports the rate.
+func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64) {
+	b.Helper()
+	g, err := e.newGroup("bench", group, "earliest", h)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- g.Run(ctx) }()
+	for count() < benchEvents {
+		select {
+		case err := <-done:
+			b.Fatalf("group stopped: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	b.ReportMetric(benchEvents/time.Since(start).Seconds(), "events/s")
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
