@@ -92,3 +92,15 @@ func listen(flag, addr string) (net.Listener, error) {
 	}
 	return ln, nil
 }
+
+// listenEdgeAdmin opens the edge's listener and the admin server's.
+func listenEdgeAdmin(edgeAddr, adminAddr string) (edge, admin net.Listener, err error) {
+	if edge, err = listen("edge-addr", edgeAddr); err != nil {
+		return nil, nil, err
+	}
+	if admin, err = listen("admin-addr", adminAddr); err != nil {
+		edge.Close()
+		return nil, nil, err
+	}
+	return edge, admin, nil
+}

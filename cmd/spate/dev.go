@@ -140,13 +140,8 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 		return err
 	}
 
-	ln, err := listen("edge-addr", f.edgeAddr)
+	ln, aln, err := listenEdgeAdmin(f.edgeAddr, f.adminAddr)
 	if err != nil {
-		return err
-	}
-	aln, err := listen("admin-addr", f.adminAddr)
-	if err != nil {
-		ln.Close()
 		return err
 	}
 	checks := []check{{"kafka", cl.Ping}, {"postgres", proj.Ping}, {"redis", fan.Ping}}

@@ -56,13 +56,8 @@ func newEdgeCmd() *cobra.Command {
 				return err
 			}
 			defer cl.Close()
-			ln, err := listen("edge-addr", addr)
+			ln, aln, err := listenEdgeAdmin(addr, f.adminAddr)
 			if err != nil {
-				return err
-			}
-			aln, err := listen("admin-addr", f.adminAddr)
-			if err != nil {
-				ln.Close()
 				return err
 			}
 			e.log.Info("edge listening", "addr", ln.Addr().String(), "admin", aln.Addr().String(), "topic", e.topic)
