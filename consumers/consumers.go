@@ -62,7 +62,11 @@ var ErrPoison = errors.New("poison record")
 // PoisonError reports a record that a sink can never apply.
 type PoisonError struct {
 	Record *kgo.Record
-	// Class names the kind of failure for operators, e.g. "decode" or "constraint".
+	// Sink names the part of the sink that failed, e.g. the projection.
+	// Empty: the sink as a whole (the record itself is bad).
+	Sink string
+	// Class names the kind of failure for operators, e.g. "payload" or
+	// "integrity-constraint-violation".
 	Class string
 	Err   error
 }
@@ -85,6 +89,7 @@ func (e *PoisonError) Is(target error) bool { return target == ErrPoison }
 // record's own.
 const (
 	HeaderDLQGroup     = "spate_dlq_group"
+	HeaderDLQSink      = "spate_dlq_sink"
 	HeaderDLQClass     = "spate_dlq_class"
 	HeaderDLQReason    = "spate_dlq_reason"
 	HeaderDLQTopic     = "spate_dlq_topic"
@@ -328,6 +333,7 @@ func (g *Group) deadLetter(ctx context.Context, pe *PoisonError) error {
 	r := pe.Record
 	hs := append(slices.Clip(r.Headers),
 		kgo.RecordHeader{Key: HeaderDLQGroup, Value: []byte(g.cfg.Group)},
+		kgo.RecordHeader{Key: HeaderDLQSink, Value: []byte(pe.Sink)},
 		kgo.RecordHeader{Key: HeaderDLQClass, Value: []byte(pe.Class)},
 		kgo.RecordHeader{Key: HeaderDLQReason, Value: []byte(pe.Err.Error())},
 		kgo.RecordHeader{Key: HeaderDLQTopic, Value: []byte(r.Topic)},

@@ -52,7 +52,7 @@ func BenchmarkConsume(b *testing.B) {
 	b.Run("project", func(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
 			group := fmt.Sprint("bench-project-", i)
-			proj, ppool, err := e.newProjector(ctx, pgURL, group)
+			proj, ppool, err := e.newProjector(ctx, pgURL, group, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/schemas"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/throwaway"
 )
 
@@ -34,6 +35,7 @@ type devFlags struct {
 	postgresURL  string
 	redisURL     string
 	streamPrefix string
+	config       string
 }
 
 func newDevCmd() *cobra.Command {
@@ -66,6 +68,7 @@ removes the throwaway data.`,
 	fs.StringVar(&f.postgresURL, "postgres-url", "", "PostgreSQL URL (default: a throwaway server)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (default: a throwaway redis-server)")
 	fs.StringVar(&f.streamPrefix, "stream-prefix", "spate:", "prefix of the Redis stream keys")
+	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections to apply (default: the shop example, schemas/shop/v1/spate.yaml)")
 	annotateEnv(fs)
 	return cmd
 }
@@ -116,12 +119,16 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	}
 
 	e := &env{log: log, kafkaLog: kafkaLog, reg: schemas.Builtin(), metrics: newMetrics(), brokers: brokers, topic: f.topic}
+	projs, err := e.loadProjections(f.config, shopv1.ExampleConfig)
+	if err != nil {
+		return err
+	}
 	srv, cl, err := e.newEdge()
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup)
+	proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, projs)
 	if err != nil {
 		return err
 	}

@@ -99,7 +99,7 @@ func (x *e2e) startConsumers(t *testing.T) (stop func()) {
 	ctx := context.Background()
 	e := *x.env
 	e.metrics = newMetrics() // a fresh process's registry
-	proj, pool, err := e.newProjector(ctx, x.pgURL, projection.DefaultGroup)
+	proj, pool, err := e.newProjector(ctx, x.pgURL, projection.DefaultGroup, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

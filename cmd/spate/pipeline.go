@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,14 +77,31 @@ func (e *env) newGroup(role, group, startAt string, h sink) (*consumers.Group, e
 	}, e.kafkaOpts("spate-"+role)...)
 }
 
+// loadProjections reads the projections of a spate.yaml file. No file:
+// fallback, which may be nil (event_log alone).
+func (e *env) loadProjections(file string, fallback []byte) ([]projection.Projection, error) {
+	data, name := fallback, "schemas/shop/v1/spate.yaml (built in)"
+	if file != "" {
+		var err error
+		if data, err = os.ReadFile(file); err != nil {
+			return nil, fmt.Errorf("--config: %w", err)
+		}
+		name = file
+	}
+	if data == nil {
+		return nil, nil
+	}
+	return projection.Load(name, data, e.reg)
+}
+
 // newProjector connects to Postgres, migrates, and returns the projector
 // and its pool, which the caller closes.
-func (e *env) newProjector(ctx context.Context, url, group string) (*projection.Projector, *pgxpool.Pool, error) {
+func (e *env) newProjector(ctx context.Context, url, group string, projs []projection.Projection) (*projection.Projector, *pgxpool.Pool, error) {
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("postgres: %w", err)
 	}
-	p := projection.New(pool, e.reg, projection.Config{Group: group, Logger: e.log.With("role", "project")})
+	p := projection.New(pool, e.reg, projection.Config{Group: group, Projections: projs, Logger: e.log.With("role", "project")})
 	if err := p.Migrate(ctx); err != nil {
 		pool.Close()
 		return nil, nil, err

@@ -110,7 +110,7 @@ func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName s
 
 func newProjectCmd() *cobra.Command {
 	var f consumerFlags
-	var url string
+	var url, config string
 	cmd := &cobra.Command{
 		Use:     "project",
 		Short:   "Run the projector: Kafka in, Postgres projections out, exactly once",
@@ -124,7 +124,11 @@ func newProjectCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, pool, err := e.newProjector(cmd.Context(), url, f.group)
+			projs, err := e.loadProjections(config, nil)
+			if err != nil {
+				return err
+			}
+			p, pool, err := e.newProjector(cmd.Context(), url, f.group, projs)
 			if err != nil {
 				return err
 			}
@@ -134,6 +138,7 @@ func newProjectCmd() *cobra.Command {
 	}
 	f.register(cmd.Flags(), projection.DefaultGroup)
 	cmd.Flags().StringVar(&url, "postgres-url", "", "PostgreSQL connection URL (required)")
+	cmd.Flags().StringVar(&config, "config", "", "spate.yaml with the projections to apply (default: event_log alone)")
 	annotateEnv(cmd.Flags())
 	return cmd
 }

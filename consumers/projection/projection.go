@@ -1,15 +1,21 @@
 // Package projection applies events to Postgres read models exactly once.
 //
-// Each partition batch is applied in one transaction that also advances the
-// partition's offset in the spate_offsets table. The transaction first locks
-// that row and skips records below the stored offset, so a batch delivered
-// twice (after a crash, a restart or a rebalance that moved the partition to
-// another projector) changes nothing the second time, and two projectors
-// racing for one partition are serialised by the row lock. On assignment the
-// consumer group resumes from these offsets (see package consumers).
+// A Projector runs projections: the built-in event_log, latest and counters,
+// projections declared in SQL in spate.yaml (see Load), and any Projection
+// written in Go. Each partition batch is applied to every projection in one
+// transaction that also advances the partition's offset in the
+// spate_offsets table. The transaction first locks that row and skips records
+// below the stored offset, so a batch delivered twice (after a crash, a
+// restart or a rebalance that moved the partition to another projector)
+// changes nothing the second time, and two projectors racing for one
+// partition are serialised by the row lock. On assignment the consumer group
+// resumes from these offsets (see package consumers).
 //
-// The built-in projection is event_log: one row per event with its envelope
-// and its payload as JSONB, keyed by its Kafka coordinates.
+// Errors: connection loss, serialization failures, deadlocks and Postgres
+// restarting are retried by the group, forever, without skipping anything.
+// An event that a projection cannot apply (a constraint violation, a bad
+// cast) is retried a few times, then reported as poison, which sends it to
+// the dead-letter topic with the projection's name and the error.
 package projection
 
 import (
@@ -19,25 +25,74 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/consumers"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 )
 
 // DefaultGroup is the consumer group of projectors unless configured otherwise.
 const DefaultGroup = "spate-project"
 
+// Projection is a read model. The projector calls Apply with the events of
+// one partition batch that the projection consumes, in offset order, inside
+// the transaction that will also store the partition's offset; Apply must
+// do all its writes through tx and must not commit it. To reject one event
+// for good, return an error wrapping consumers.Poison(ev.Record, class, err).
+type Projection interface {
+	// Name identifies the projection in metrics, logs and dead letters.
+	Name() string
+	Apply(ctx context.Context, tx pgx.Tx, events []*Event) error
+}
+
+// Event is an event as projections see it.
+type Event struct {
+	*spatev1.Event // the envelope; Data is the canonical protobuf payload
+	Topic          string
+	Partition      int32
+	Offset         int64
+	// Payload is the decoded payload, of the type's registered message.
+	Payload proto.Message
+	// Record is the Kafka record the event came in.
+	Record *kgo.Record
+
+	json []byte
+}
+
+// JSON returns the payload as protojson with the .proto field names and
+// every field present.
+func (ev *Event) JSON() ([]byte, error) {
+	if ev.json == nil {
+		b, err := jsonOut.Marshal(ev.Payload)
+		if err != nil {
+			return nil, err
+		}
+		ev.json = b
+	}
+	return ev.json, nil
+}
+
 // Config tunes a Projector. Its zero value works.
 type Config struct {
 	// Group is the consumer group whose offsets the projector stores; it
 	// must match the group consuming into it. Zero: DefaultGroup.
 	Group string
-	// Logger receives migrations. Zero: none.
+	// Projections to apply, in order. Zero: event_log alone.
+	Projections []Projection
+	// PoisonAfter is how many times an event that fails deterministically
+	// (SQLSTATE classes 22 and 23) is tried before it is dead-lettered.
+	// Zero: 3.
+	PoisonAfter int
+	// Logger receives migrations and failures. Zero: none.
 	Logger *slog.Logger
 }
 
@@ -45,8 +100,18 @@ type Config struct {
 type Projector struct {
 	pool  *pgxpool.Pool
 	reg   *schemas.Registry
-	group string
+	cfg   Config
 	log   *slog.Logger
+	projs []Projection
+
+	mu       sync.Mutex
+	failures map[failureKey]int // deterministic failures per event, toward PoisonAfter
+}
+
+type failureKey struct {
+	topic     string
+	partition int32
+	offset    int64
 }
 
 // New returns a projector writing through pool and decoding with reg.
@@ -54,14 +119,21 @@ func New(pool *pgxpool.Pool, reg *schemas.Registry, cfg Config) *Projector {
 	if cfg.Group == "" {
 		cfg.Group = DefaultGroup
 	}
+	if cfg.PoisonAfter == 0 {
+		cfg.PoisonAfter = 3
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Projector{pool: pool, reg: reg, group: cfg.Group, log: log}
+	projs := cfg.Projections
+	if len(projs) == 0 {
+		projs = []Projection{EventLog()}
+	}
+	return &Projector{pool: pool, reg: reg, cfg: cfg, log: log, projs: projs, failures: map[failureKey]int{}}
 }
 
-const schemaDDL = `
+const offsetsDDL = `
 CREATE TABLE IF NOT EXISTS spate_offsets (
 	consumer_group text   NOT NULL,
 	topic          text   NOT NULL,
@@ -70,30 +142,38 @@ CREATE TABLE IF NOT EXISTS spate_offsets (
 	updated_at     timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (consumer_group, topic, partition)
 );
-CREATE TABLE IF NOT EXISTS event_log (
-	topic      text        NOT NULL,
-	partition  int         NOT NULL,
-	"offset"   bigint      NOT NULL,
-	id         text        NOT NULL,
-	type       text        NOT NULL,
-	source     text        NOT NULL,
-	subject    text        NOT NULL,
-	time       timestamptz NOT NULL,
-	payload    jsonb       NOT NULL,
-	PRIMARY KEY (topic, partition, "offset")
-);
-CREATE INDEX IF NOT EXISTS event_log_id ON event_log (id);
-`
+CREATE TABLE IF NOT EXISTS spate_migrations (
+	projection text        NOT NULL,
+	version    int         NOT NULL,
+	checksum   text        NOT NULL,
+	applied_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (projection, version)
+);`
 
-// Migrate creates Spate's tables if they are missing. Projectors starting
-// together take turns through an advisory lock.
+// Migrator is a Projection with tables of its own to create or change.
+// Migrate runs once per projector start, in a transaction, serialised with
+// other projectors starting at the same time.
+type Migrator interface {
+	Migrate(ctx context.Context, tx pgx.Tx) error
+}
+
+// Migrate creates Spate's tables and runs every projection's migrations.
 func (p *Projector) Migrate(ctx context.Context) error {
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('spate_migrate'))`); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, schemaDDL)
-		return err
+		if _, err := tx.Exec(ctx, offsetsDDL); err != nil {
+			return err
+		}
+		for _, pr := range p.projs {
+			if m, ok := pr.(Migrator); ok {
+				if err := m.Migrate(ctx, tx); err != nil {
+					return fmt.Errorf("projection %s: %w", pr.Name(), err)
+				}
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -108,7 +188,7 @@ func (p *Projector) Ping(ctx context.Context) error { return p.pool.Ping(ctx) }
 func (p *Projector) Offsets(ctx context.Context, topic string, partitions []int32) (map[int32]int64, error) {
 	rows, err := p.pool.Query(ctx,
 		`SELECT partition, next_offset FROM spate_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)`,
-		p.group, topic, partitions)
+		p.cfg.Group, topic, partitions)
 	if err != nil {
 		return nil, fmt.Errorf("load offsets of %s: %w", topic, err)
 	}
@@ -125,18 +205,16 @@ func (p *Projector) Offsets(ctx context.Context, topic string, partitions []int3
 	return offs, nil
 }
 
-var eventLogColumns = []string{"topic", "partition", "offset", "id", "type", "source", "subject", "time", "payload"}
-
-// Apply implements consumers.Handler: one transaction writes the batch's new
-// events and the partition's next offset.
+// Apply implements consumers.Handler: one transaction applies the batch's
+// new events to every projection and stores the partition's next offset.
 func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
-	rows := make([][]any, 0, len(b.Records))
+	evs := make([]*Event, 0, len(b.Records))
 	for _, r := range b.Records {
-		row, err := p.eventLogRow(r)
+		ev, err := p.decode(r)
 		if err != nil {
 			return err
 		}
-		rows = append(rows, row)
+		evs = append(evs, ev)
 	}
 
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
@@ -145,7 +223,7 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 		err := tx.QueryRow(ctx, `
 			INSERT INTO spate_offsets AS o (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, 0)
 			ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = o.next_offset
-			RETURNING next_offset`, p.group, b.Topic, b.Partition).Scan(&stored)
+			RETURNING next_offset`, p.cfg.Group, b.Topic, b.Partition).Scan(&stored)
 		if err != nil {
 			return fmt.Errorf("lock offset: %w", err)
 		}
@@ -153,15 +231,17 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 			return nil // all applied before
 		}
 		// Records are in offset order: skip those applied before.
-		skip, _ := slices.BinarySearchFunc(b.Records, stored, func(r *kgo.Record, o int64) int { return cmp.Compare(r.Offset, o) })
-		fresh := rows[skip:]
+		skip, _ := slices.BinarySearchFunc(evs, stored, func(ev *Event, o int64) int { return cmp.Compare(ev.Offset, o) })
+		fresh := evs[skip:]
 		if len(fresh) > 0 {
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"event_log"}, eventLogColumns, pgx.CopyFromRows(fresh)); err != nil {
-				return fmt.Errorf("copy event_log: %w", err)
+			for _, pr := range p.projs {
+				if err := pr.Apply(ctx, tx, fresh); err != nil {
+					return p.classify(pr, err)
+				}
 			}
 		}
 		_, err = tx.Exec(ctx, `UPDATE spate_offsets SET next_offset = $4, updated_at = now()
-			WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, p.group, b.Topic, b.Partition, b.Next)
+			WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, p.cfg.Group, b.Topic, b.Partition, b.Next)
 		if err != nil {
 			return fmt.Errorf("store offset: %w", err)
 		}
@@ -173,23 +253,77 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	return nil
 }
 
-// eventLogRow decodes a record into an event_log row. A record that is not a
-// Spate event, or whose payload does not decode, is poison.
-func (p *Projector) eventLogRow(r *kgo.Record) ([]any, error) {
-	ev, err := cekafka.Event(r)
+// EventError attributes a projection's failure to one of its events.
+// Projection may name the projection, when several apply together.
+type EventError struct {
+	Event      *Event
+	Projection string
+	Err        error
+}
+
+func (e *EventError) Error() string {
+	return fmt.Sprintf("event %s at %s/%d@%d: %v", e.Event.Id, e.Event.Topic, e.Event.Partition, e.Event.Offset, e.Err)
+}
+
+func (e *EventError) Unwrap() error { return e.Err }
+
+// classify decides what a projection's error means: a deterministic
+// failure of one event (SQLSTATE class 22 data exception or 23 integrity
+// violation) becomes poison once it has failed PoisonAfter times; anything
+// else is returned to be retried.
+func (p *Projector) classify(pr Projection, err error) error {
+	name := pr.Name()
+	var ee *EventError
+	if errors.As(err, &ee) && ee.Projection != "" {
+		name = ee.Projection
+	}
+	err = fmt.Errorf("projection %s: %w", name, err)
+	var pge *pgconn.PgError
+	if errors.Is(err, consumers.ErrPoison) || ee == nil || !errors.As(err, &pge) {
+		return err
+	}
+	class := pge.Code[:2]
+	if class != "22" && class != "23" {
+		return err
+	}
+	key := failureKey{ee.Event.Topic, ee.Event.Partition, ee.Event.Offset}
+	p.mu.Lock()
+	p.failures[key]++
+	n := p.failures[key]
+	if n >= p.cfg.PoisonAfter {
+		delete(p.failures, key)
+	}
+	p.mu.Unlock()
+	if n < p.cfg.PoisonAfter {
+		return err
+	}
+	pe := &consumers.PoisonError{Record: ee.Event.Record, Sink: name, Class: pgErrorClass(class), Err: err}
+	return pe
+}
+
+func pgErrorClass(class string) string {
+	if class == "23" {
+		return "integrity-constraint-violation"
+	}
+	return "data-exception"
+}
+
+// decode turns a record into an Event. A record that is not a Spate event,
+// or whose payload does not decode, is poison.
+func (p *Projector) decode(r *kgo.Record) (*Event, error) {
+	ce, err := cekafka.Event(r)
 	if err != nil {
 		return nil, consumers.Poison(r, "envelope", err)
 	}
-	payload, err := p.reg.JSON(ev.Type, ev.Datacontenttype, ev.Data)
+	payload, err := p.reg.Decode(ce.Type, ce.Datacontenttype, ce.Data)
 	switch {
 	case errors.Is(err, schemas.ErrUnknownType):
 		return nil, consumers.Poison(r, "unknown-type", err)
 	case err != nil:
 		return nil, consumers.Poison(r, "payload", err)
 	}
-	t := r.Timestamp
-	if ev.Time != nil {
-		t = ev.Time.AsTime()
+	if ce.Time == nil {
+		ce.Time = timestamppb.New(r.Timestamp)
 	}
-	return []any{r.Topic, r.Partition, r.Offset, ev.Id, ev.Type, ev.Source, ev.Subject, t, payload}, nil
+	return &Event{Event: ce, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Payload: payload, Record: r}, nil
 }
