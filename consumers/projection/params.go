@@ -277,4 +277,3 @@ func jsonValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) (json.RawM
 
 // jsonOut matches the JSON the registry writes: .proto names, every field.
 var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
-
