@@ -1,13 +1,13 @@
 package projection
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -54,11 +54,19 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 			Migrations []string  `yaml:"migrations"`
 			On         yaml.Node `yaml:"on"`
 		}
-		if err := strictDecode(&n, &pc); err != nil {
-			return nil, fmt.Errorf("%s:%d: projection: %w", file, n.Line, err)
-		}
 		bad := func(line int, format string, args ...any) error {
 			return fmt.Errorf("%s:%d: projection %s: %s", file, line, pc.Name, fmt.Sprintf(format, args...))
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "name" {
+				pc.Name = n.Content[i+1].Value // for errors before decoding
+			}
+		}
+		if line, err := checkKeys(&n, projectionKeys); err != nil {
+			return nil, bad(line, "%v", err)
+		}
+		if err := n.Decode(&pc); err != nil {
+			return nil, bad(n.Line, "%v", err)
 		}
 		switch {
 		case pc.Name == "":
@@ -139,20 +147,20 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 	return projs, nil
 }
 
-// strictDecode decodes n into v, refusing keys v does not have.
-func strictDecode(n *yaml.Node, v any) error {
-	b, err := yaml.Marshal(n)
-	if err != nil {
-		return err
+// projectionKeys are the keys a projection may have.
+var projectionKeys = []string{"name", "builtin", "table", "types", "migrations", "on"}
+
+// checkKeys reports a key of mapping n that is not in keys, with its line.
+func checkKeys(n *yaml.Node, keys []string) (int, error) {
+	if n.Kind != yaml.MappingNode {
+		return n.Line, errors.New("want a map")
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil {
-		// Positions in the error are relative to n: drop them, the caller
-		// names n's line.
-		return errors.New(strings.TrimPrefix(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "  "))
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+			return k.Line, fmt.Errorf("unknown key %q; want one of %s", k.Value, strings.Join(keys, ", "))
+		}
 	}
-	return nil
+	return 0, nil
 }
 
 // Filter returns p restricted to the event types matching any of the glob

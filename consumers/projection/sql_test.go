@@ -1,0 +1,291 @@
+package projection_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/spate-io/spate/cekafka"
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/producers"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	"github.com/spate-io/spate/schemas"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+	"github.com/spate-io/spate/spatetest"
+)
+
+var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+// shopEvent returns an event of the shop domain happening at t0+at.
+func shopEvent(t *testing.T, id, subject string, at time.Duration, m proto.Message) *spatev1.Event {
+	t.Helper()
+	types := map[string]string{
+		"shop.v1.OrderPlaced": "shop.order.placed.v1", "shop.v1.OrderCancelled": "shop.order.cancelled.v1",
+		"shop.v1.PaymentCaptured": "shop.payment.captured.v1",
+	}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &spatev1.Event{Id: id, Source: "/test", Type: types[string(m.ProtoReflect().Descriptor().FullName())],
+		Subject: subject, Time: timestamppb.New(t0.Add(at)), Datacontenttype: schemas.ContentTypeProtobuf, Data: data}
+}
+
+// asBatch returns the events as one batch of partition 0 from offset 0.
+func asBatch(evs ...*spatev1.Event) consumers.Batch {
+	b := consumers.Batch{Topic: "events"}
+	for i, ev := range evs {
+		r := cekafka.Record("events", ev)
+		r.Offset = int64(i)
+		b.Records = append(b.Records, r)
+	}
+	b.Next = int64(len(evs))
+	return b
+}
+
+func newConfigured(t *testing.T, config []byte) (*projection.Projector, *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	projs, err := projection.Load("spate.yaml", config, schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	p := projection.New(pool, schemas.Builtin(), projection.Config{Projections: projs})
+	if err := p.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return p, pool
+}
+
+// rows returns a query's rows, each as a string, for comparing.
+func rows(t *testing.T, pool *pgxpool.Pool, sql string) []string {
+	t.Helper()
+	rs, err := pool.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	var out []string
+	for rs.Next() {
+		vals, err := rs.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := make([]string, len(vals))
+		for i, v := range vals {
+			parts[i] = fmt.Sprint(v)
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func wantRows(t *testing.T, pool *pgxpool.Pool, sql string, want ...string) {
+	t.Helper()
+	got := rows(t, pool, sql)
+	if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Errorf("%s\n got %q\nwant %q", sql, got, want)
+	}
+}
+
+func TestExampleProjections(t *testing.T) {
+	t.Parallel()
+	p, pool := newConfigured(t, shopv1.ExampleConfig)
+	b := asBatch(
+		shopEvent(t, "e1", "o-1", 0, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 4200, Currency: "EUR"}),
+		shopEvent(t, "e2", "o-2", time.Second, &shopv1.OrderPlaced{OrderId: "o-2", CustomerId: "c-1", AmountCents: 100, Currency: "EUR"}),
+		shopEvent(t, "e3", "o-3", 2*time.Second, &shopv1.OrderPlaced{OrderId: "o-3", CustomerId: "c-2", AmountCents: 7, Currency: "EUR"}),
+		shopEvent(t, "e4", "o-2", 3*time.Second, &shopv1.OrderCancelled{OrderId: "o-2", Reason: "late"}),
+		shopEvent(t, "e5", "o-2", 4*time.Second, &shopv1.OrderCancelled{OrderId: "o-2", Reason: "cancelled twice"}),
+		shopEvent(t, "e6", "o-1", 5*time.Second, &shopv1.PaymentCaptured{PaymentId: "pay-1", OrderId: "o-1", AmountCents: 4200, Currency: "EUR"}),
+		shopEvent(t, "e7", "o-1", 6*time.Second, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 4200, Currency: "EUR"}), // a producer retry
+	)
+	if err := p.Apply(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	wantRows(t, pool, `SELECT order_id, customer_id, amount_cents, status FROM orders ORDER BY order_id`,
+		"o-1|c-1|4200|placed", "o-2|c-1|100|cancelled", "o-3|c-2|7|placed")
+	wantRows(t, pool, `SELECT customer_id, orders, amount_cents FROM customer_totals ORDER BY customer_id`,
+		"c-1|1|4200", "c-2|1|7")
+	wantRows(t, pool, `SELECT payment_id, order_id, amount_cents FROM payments`, "pay-1|o-1|4200")
+	wantRows(t, pool, `SELECT type, subject, id FROM spate_latest ORDER BY type, subject`,
+		"shop.order.cancelled.v1|o-2|e5", "shop.order.placed.v1|o-1|e7", "shop.order.placed.v1|o-2|e2", "shop.order.placed.v1|o-3|e3",
+		"shop.payment.captured.v1|o-1|e6")
+	wantRows(t, pool, `SELECT type, events FROM spate_counters ORDER BY type`,
+		"shop.order.cancelled.v1|2", "shop.order.placed.v1|4", "shop.payment.captured.v1|1")
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "7")
+}
+
+func TestOutOfOrderDeliveryKeepsTheNewest(t *testing.T) {
+	t.Parallel()
+	p, pool := newConfigured(t, shopv1.ExampleConfig)
+	// Offsets run opposite to event time: the newest events come first.
+	b := asBatch(
+		shopEvent(t, "cancel", "o-1", 10*time.Second, &shopv1.OrderCancelled{OrderId: "o-1", Reason: "r"}),
+		shopEvent(t, "place", "o-1", 0, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 50, Currency: "EUR"}),
+		shopEvent(t, "pay-new", "o-1", 9*time.Second, &shopv1.PaymentCaptured{PaymentId: "pay-1", OrderId: "o-1", AmountCents: 2}),
+		shopEvent(t, "pay-old", "o-1", 8*time.Second, &shopv1.PaymentCaptured{PaymentId: "pay-1", OrderId: "o-1", AmountCents: 1}),
+	)
+	// Applied in two batches too: across transactions as within one.
+	for _, bb := range []consumers.Batch{{Topic: b.Topic, Records: b.Records[:1], Next: 1}, {Topic: b.Topic, Records: b.Records[1:], Next: 4}} {
+		if err := p.Apply(context.Background(), bb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantRows(t, pool, `SELECT order_id, customer_id, amount_cents, status, version = $$2026-11-01 12:00:10Z$$ FROM orders`,
+		"o-1|c-1|50|cancelled|true")
+	wantRows(t, pool, `SELECT customer_id, orders FROM customer_totals`) // a cancelled order is never counted
+	wantRows(t, pool, `SELECT type, id FROM spate_latest ORDER BY type`,
+		"shop.order.cancelled.v1|cancel", "shop.order.placed.v1|place", "shop.payment.captured.v1|pay-new")
+}
+
+func TestParametersAreNeverSQL(t *testing.T) {
+	t.Parallel()
+	p, pool := newConfigured(t, []byte(`
+projections:
+  - name: notes
+    migrations:
+      - CREATE TABLE notes (order_id text, reason text, subject text, tenant text)
+    on:
+      shop.order.cancelled.v1: |
+        INSERT INTO notes VALUES (:data.order_id, :data.reason, :subject, :ext.tenant) -- ':id' stays text
+`))
+	hostile := []string{
+		`'); DROP TABLE notes; --`,
+		`x', (SELECT current_user)) --`,
+		`$1 :id $$ \'`,
+		"odd \u2028 line",
+	}
+	var evs []*spatev1.Event
+	for i, h := range hostile {
+		ev := shopEvent(t, fmt.Sprint("e", i), h, 0, &shopv1.OrderCancelled{OrderId: h, Reason: h})
+		ev.Extensions = map[string]string{"tenant": h}
+		evs = append(evs, ev)
+	}
+	if err := p.Apply(context.Background(), asBatch(evs...)); err != nil {
+		t.Fatal(err)
+	}
+	got := rows(t, pool, `SELECT order_id, reason, subject, tenant FROM notes`)
+	if len(got) != len(hostile) {
+		t.Fatalf("notes holds %d rows, want %d", len(got), len(hostile))
+	}
+	for i, r := range got {
+		h := evs[i].Subject
+		if want := strings.Join([]string{h, h, h, h}, "|"); r != want {
+			t.Errorf("row %d = %q, want the value stored verbatim four times: %q", i, r, want)
+		}
+	}
+}
+
+func TestPoisonEventGoesToDeadLetterTopic(t *testing.T) {
+	t.Parallel()
+	const n = 10_000
+	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(`
+projections:
+  - name: payments
+    migrations:
+      - CREATE TABLE payments (payment_id text PRIMARY KEY, amount_cents bigint NOT NULL CHECK (amount_cents >= 0))
+    on:
+      shop.payment.captured.v1: INSERT INTO payments VALUES (:data.payment_id, :data.amount_cents)
+`))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var evs []*spatev1.Event
+	for i := range n {
+		amount := int64(i)
+		if i == 4321 {
+			amount = -1 // violates the CHECK constraint
+		}
+		evs = append(evs, shopEvent(t, fmt.Sprint("e", i), fmt.Sprint("o-", i%100), 0,
+			&shopv1.PaymentCaptured{PaymentId: fmt.Sprint("pay-", i), AmountCents: amount}))
+	}
+	if _, err := producers.Publish(context.Background(), cl, "events", evs); err != nil {
+		t.Fatal(err)
+	}
+
+	g, err := consumers.New(p, consumers.Config{Group: projection.DefaultGroup, Topics: []string{"events"}, MaxBackoff: 100 * time.Millisecond},
+		kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	spatetest.Eventually(t, time.Minute, func() string {
+		if got := rows(t, pool, `SELECT count(*) FROM payments`)[0]; got != fmt.Sprint(n-1) {
+			return "payments holds " + got + " rows, want 9999"
+		}
+		return ""
+	})
+	wantRows(t, pool, `SELECT count(*) FROM payments WHERE payment_id = 'pay-4321'`, "0")
+
+	dl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(consumers.DLQTopic("events")),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.Close()
+	var dead []*kgo.Record
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		fctx, fcancel := context.WithTimeout(context.Background(), time.Second)
+		defer fcancel()
+		dead = append(dead, dl.PollFetches(fctx).Records()...)
+		if len(dead) == 0 {
+			return "no dead letter yet"
+		}
+		return ""
+	})
+	// Nothing more arrives: exactly one.
+	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer fcancel()
+	dead = append(dead, dl.PollFetches(fctx).Records()...)
+	if len(dead) != 1 {
+		t.Fatalf("%d dead letters, want exactly 1", len(dead))
+	}
+	h := map[string]string{}
+	for _, kv := range dead[0].Headers {
+		h[kv.Key] = string(kv.Value)
+	}
+	ev, err := cekafka.Event(dead[0])
+	if err != nil || ev.Id != "e4321" {
+		t.Fatalf("dead letter is %v (%v), want event e4321", ev, err)
+	}
+	for k, want := range map[string]string{
+		consumers.HeaderDLQSink:  "payments",
+		consumers.HeaderDLQClass: "integrity-constraint-violation",
+		consumers.HeaderDLQTopic: "events",
+	} {
+		if h[k] != want {
+			t.Errorf("header %s = %q, want %q", k, h[k], want)
+		}
+	}
+	if h[consumers.HeaderDLQReason] == "" || h[consumers.HeaderDLQOffset] == "" {
+		t.Errorf("headers %v lack the reason or the original offset", h)
+	}
+}
