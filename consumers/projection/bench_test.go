@@ -1,0 +1,117 @@
+package projection_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spate-io/spate/cekafka"
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/schemas"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+	"github.com/spate-io/spate/spatetest"
+)
+
+// BenchmarkProjections reports events/s applied by Projector.Apply, for
+// each projection alone and for the whole example configuration, batched
+// (1000 events a transaction, as the consumer group hands them over) and per
+// event (one event a transaction: what a sink that does not batch does).
+//
+//	go test -run '^$' -bench Projections -benchtime 3x ./consumers/projection/
+func BenchmarkProjections(b *testing.B) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, spatetest.Postgres(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	example, err := projection.Load("spate.yaml", shopv1.ExampleConfig, schemas.Builtin())
+	if err != nil {
+		b.Fatal(err)
+	}
+	sqlOnly := example[3:] // customer_totals, orders, payments
+	for _, tc := range []struct {
+		name  string
+		projs []projection.Projection
+	}{
+		{"event_log", []projection.Projection{projection.EventLog()}},
+		{"latest", []projection.Projection{projection.Latest("")}},
+		{"counters", []projection.Projection{projection.Counters("")}},
+		{"example-sql", sqlOnly},
+		{"example-all", example},
+	} {
+		for _, mode := range []struct {
+			name   string
+			batch  int
+			events int
+		}{{"batched", 1000, 50_000}, {"per-event", 1, 2_000}} {
+			b.Run(tc.name+"/"+mode.name, func(b *testing.B) {
+				recs := benchRecords(b, mode.events)
+				for i := 0; b.Loop(); i++ {
+					resetTables(b, pool)
+					p := projection.New(pool, schemas.Builtin(), projection.Config{Group: fmt.Sprint("bench-", i), Projections: tc.projs})
+					if err := p.Migrate(ctx); err != nil {
+						b.Fatal(err)
+					}
+					start := time.Now()
+					for j := 0; j < len(recs); j += mode.batch {
+						chunk := recs[j:min(j+mode.batch, len(recs))]
+						if err := p.Apply(ctx, consumers.Batch{Topic: "events", Records: chunk, Next: chunk[len(chunk)-1].Offset + 1}); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.ReportMetric(float64(len(recs))/time.Since(start).Seconds(), "events/s")
+				}
+			})
+		}
+	}
+}
+
+// benchRecords returns n records of partition 0: for every 10 events, 6
+// orders placed, 2 cancelled and 2 payments, over n/10 customers.
+func benchRecords(b *testing.B, n int) []*kgo.Record {
+	t := &testing.T{}
+	recs := make([]*kgo.Record, n)
+	for i := range n {
+		order := fmt.Sprint("o-", i/10*6+i%10)
+		var ev = shopEvent(t, fmt.Sprint("e", i), order, time.Duration(i)*time.Millisecond,
+			&shopv1.OrderPlaced{OrderId: order, CustomerId: fmt.Sprint("c-", i%max(n/10, 1)), AmountCents: int64(i), Currency: "EUR",
+				Items: []*shopv1.LineItem{{Sku: "sku-1", Quantity: 1, PriceCents: int64(i)}}})
+		switch i % 10 {
+		case 6, 7:
+			cancelled := fmt.Sprint("o-", i/10*6+i%10-6)
+			ev = shopEvent(t, fmt.Sprint("e", i), cancelled, time.Duration(i)*time.Millisecond, &shopv1.OrderCancelled{OrderId: cancelled, Reason: "r"})
+		case 8, 9:
+			ev = shopEvent(t, fmt.Sprint("e", i), order, time.Duration(i)*time.Millisecond,
+				&shopv1.PaymentCaptured{PaymentId: fmt.Sprint("pay-", i), OrderId: order, AmountCents: int64(i), Currency: "EUR"})
+		}
+		r := cekafka.Record("events", ev)
+		r.Offset = int64(i)
+		recs[i] = r
+	}
+	if t.Failed() {
+		b.Fatal("building events failed")
+	}
+	return recs
+}
+
+// resetTables empties every table the benchmark writes, where it exists,
+// offsets included: otherwise the next run would rightly skip every event.
+func resetTables(b *testing.B, pool *pgxpool.Pool) {
+	b.Helper()
+	_, err := pool.Exec(context.Background(), `DO $$
+DECLARE t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['spate_offsets', 'event_log', 'spate_latest', 'spate_counters', 'customer_totals', 'orders', 'payments'] LOOP
+		IF to_regclass(t) IS NOT NULL THEN EXECUTE format('TRUNCATE %I', t); END IF;
+	END LOOP;
+END $$`)
+	if err != nil {
+		b.Fatal(err)
+	}
+}
