@@ -3,7 +3,6 @@ package throwaway
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -45,15 +43,9 @@ type PostgresConfig struct {
 // because PostgreSQL refuses to run as root; that user must be able to reach
 // Dir.
 type Postgres struct {
-	bin     string              // directory of initdb and postgres
-	dir     string              // holds data/, postgres.log and the socket
-	tempDir bool                // Stop removes dir
-	port    int                 // fixed once StartPostgres returns
-	cred    *syscall.Credential // user the server runs as; nil: ours
-
-	mu      sync.Mutex
-	proc    *proc // nil when not running
-	stopped bool
+	server                     // dir holds data/, postgres.log and the socket
+	bin    string              // directory of initdb and postgres
+	cred   *syscall.Credential // user the server runs as; nil: ours
 }
 
 // StartPostgres creates a database cluster (unless Dir already has one),
@@ -69,35 +61,19 @@ func StartPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
-	p := &Postgres{bin: bin, dir: cfg.Dir, port: cfg.Port, cred: cred}
-	if p.dir == "" {
-		if p.dir, err = os.MkdirTemp("", "throwaway-postgres-"); err != nil {
-			return nil, fmt.Errorf("start postgres: %w", err)
-		}
-		p.tempDir = true
-	} else if err := os.MkdirAll(p.dir, 0o700); err != nil {
+	p := &Postgres{bin: bin, cred: cred}
+	p.server = server{name: "postgres", dir: cfg.Dir, port: cfg.Port, start: p.launch}
+	if err := p.makeDir(); err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
 	if err := p.initdb(ctx); err != nil {
 		p.removeTemp()
 		return nil, fmt.Errorf("start postgres in %s: %w", p.dir, err)
 	}
-	for attempt := 1; ; attempt++ {
-		if cfg.Port == 0 {
-			if p.port, err = freePort(); err != nil {
-				break
-			}
-		}
-		if err = p.start(ctx); err == nil {
-			return p, nil
-		}
-		// Someone took the free port before the server bound it: pick another.
-		if cfg.Port != 0 || attempt == startAttempts || !errors.Is(err, errAddrInUse) {
-			break
-		}
+	if err := p.boot(ctx); err != nil {
+		return nil, err
 	}
-	p.removeTemp()
-	return nil, fmt.Errorf("start postgres on port %d: %w", p.port, err)
+	return p, nil
 }
 
 // URL returns the server's connection URL, for user postgres and database
@@ -109,56 +85,16 @@ func (p *Postgres) URL() string {
 // Stop shuts the server down (fast shutdown: SIGINT), waits for it to exit,
 // and removes the directory StartPostgres created, if it created one.
 // A server that does not exit within a minute is killed.
-func (p *Postgres) Stop() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.stopped = true
-	var errs []error
-	if p.proc != nil {
-		errs = append(errs, p.proc.stop(syscall.SIGINT, stopTimeout))
-		p.proc = nil
-	}
-	errs = append(errs, p.removeTemp())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("stop postgres on port %d: %w", p.port, err)
-	}
-	return nil
-}
+func (p *Postgres) Stop() error { return p.stop(syscall.SIGINT) }
 
 // Crash shuts the server down the way a crash would (immediate shutdown:
 // SIGQUIT to the postmaster, as pg_ctl stop -m immediate does) and waits for
 // it to exit. The data stays; Restart recovers it.
-func (p *Postgres) Crash() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.proc == nil {
-		return fmt.Errorf("crash postgres on port %d: not running", p.port)
-	}
-	err := p.proc.stop(syscall.SIGQUIT, stopTimeout)
-	p.proc = nil
-	if err != nil {
-		return fmt.Errorf("crash postgres on port %d: %w", p.port, err)
-	}
-	return nil
-}
+func (p *Postgres) Crash() error { return p.halt(syscall.SIGQUIT, "crash") }
 
 // Restart starts the server again, after Crash or after it exited on its
 // own, on the same port and data, and returns once it accepts connections.
-func (p *Postgres) Restart(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch {
-	case p.stopped:
-		return fmt.Errorf("restart postgres on port %d: stopped", p.port)
-	case p.proc != nil && !p.proc.exited():
-		return fmt.Errorf("restart postgres on port %d: still running", p.port)
-	}
-	p.proc = nil
-	if err := p.start(ctx); err != nil {
-		return fmt.Errorf("restart postgres on port %d: %w", p.port, err)
-	}
-	return nil
-}
+func (p *Postgres) Restart(ctx context.Context) error { return p.restart(ctx) }
 
 func (p *Postgres) dataDir() string { return filepath.Join(p.dir, "data") }
 func (p *Postgres) logPath() string { return filepath.Join(p.dir, "postgres.log") }
@@ -225,11 +161,13 @@ func searchable(dir string, cred *syscall.Credential) error {
 	}
 }
 
-// start runs the server and waits until it accepts connections.
-// The caller holds p.mu or has not yet shared p.
-func (p *Postgres) start(ctx context.Context) error {
-	logPath := p.logPath()
-	from := logSize(logPath)
+// launch runs the server and returns its process once it accepts connections.
+func (p *Postgres) launch(ctx context.Context) (*proc, error) {
+	cfg, err := pgx.ParseConfig(p.URL())
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnectTimeout = 2 * time.Second
 	// No synchronous_commit=off: with it, an immediate shutdown loses
 	// commits already acknowledged to clients, and Crash exists to test
 	// recovery. With fsync=off a synchronous commit costs a write(2), and
@@ -245,57 +183,13 @@ func (p *Postgres) start(ctx context.Context) error {
 	)
 	cmd.Dir = p.dir
 	cmd.SysProcAttr = sysProcAttr(p.cred, syscall.SIGQUIT)
-	pr, err := startProc(cmd, logPath)
-	if err != nil {
-		return err
-	}
-	if err := p.awaitReady(ctx, pr, logPath, from); err != nil {
-		_ = pr.stop(syscall.SIGQUIT, stopTimeout)
-		return err
-	}
-	p.proc = pr
-	return nil
-}
-
-// awaitReady polls until a connection to the server succeeds, the server
-// exits, a minute passes or ctx ends.
-func (p *Postgres) awaitReady(ctx context.Context, pr *proc, logPath string, from int64) error {
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-	cfg, err := pgx.ParseConfig(p.URL())
-	if err != nil {
-		return err
-	}
-	cfg.ConnectTimeout = 2 * time.Second
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for {
-		actx, cancel := pr.context(ctx)
-		conn, err := pgx.ConnectConfig(actx, cfg)
-		if err == nil {
-			err = conn.Close(actx)
+	return startReady(ctx, cmd, p.logPath(), syscall.SIGQUIT, "connection", func(ctx context.Context) error {
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return err
 		}
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-pr.done:
-			return exitError(pr, logPath, from)
-		case <-ctx.Done():
-			return fmt.Errorf("wait for connection: %w (last error: %v); log %s:\n%s",
-				ctx.Err(), err, logPath, logTail(logPath, from))
-		case <-tick.C:
-		}
-	}
-}
-
-// removeTemp removes dir if StartPostgres created it.
-func (p *Postgres) removeTemp() error {
-	if !p.tempDir {
-		return nil
-	}
-	return os.RemoveAll(p.dir)
+		return conn.Close(ctx)
+	})
 }
 
 // postgresBinDir returns dir, or if it is empty the directory holding the

@@ -3,7 +3,6 @@ package throwaway
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -39,15 +37,9 @@ type RedisConfig struct {
 // Redis is a Redis server run by this process, without password or
 // protected mode.
 type Redis struct {
+	server     // dir is the working directory
 	bin        string
-	dir        string
-	tempDir    bool // Stop removes dir
-	port       int  // fixed once StartRedis returns
 	appendOnly bool
-
-	mu      sync.Mutex
-	proc    *proc // nil when not running
-	stopped bool
 }
 
 // StartRedis starts a server and returns once it answers PING, or an error
@@ -63,33 +55,15 @@ func StartRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 	} else if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("start redis: no redis-server (install it: %s): %w", installRedis, err)
 	}
-	r := &Redis{bin: bin, dir: cfg.Dir, port: cfg.Port, appendOnly: cfg.AppendOnly}
-	if r.dir == "" {
-		var err error
-		if r.dir, err = os.MkdirTemp("", "throwaway-redis-"); err != nil {
-			return nil, fmt.Errorf("start redis: %w", err)
-		}
-		r.tempDir = true
-	} else if err := os.MkdirAll(r.dir, 0o700); err != nil {
+	r := &Redis{bin: bin, appendOnly: cfg.AppendOnly}
+	r.server = server{name: "redis", dir: cfg.Dir, port: cfg.Port, start: r.launch}
+	if err := r.makeDir(); err != nil {
 		return nil, fmt.Errorf("start redis: %w", err)
 	}
-	var err error
-	for attempt := 1; ; attempt++ {
-		if cfg.Port == 0 {
-			if r.port, err = freePort(); err != nil {
-				break
-			}
-		}
-		if err = r.start(ctx); err == nil {
-			return r, nil
-		}
-		// Someone took the free port before the server bound it: pick another.
-		if cfg.Port != 0 || attempt == startAttempts || !errors.Is(err, errAddrInUse) {
-			break
-		}
+	if err := r.boot(ctx); err != nil {
+		return nil, err
 	}
-	r.removeTemp()
-	return nil, fmt.Errorf("start redis on port %d: %w", r.port, err)
+	return r, nil
 }
 
 // Addr returns the server's address, 127.0.0.1:PORT.
@@ -101,55 +75,15 @@ func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
 // Stop shuts the server down (SIGTERM, resuming it if paused), waits for it
 // to exit, and removes the directory StartRedis created, if it created one.
 // A server that does not exit within a minute is killed.
-func (r *Redis) Stop() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.stopped = true
-	var errs []error
-	if r.proc != nil {
-		errs = append(errs, r.proc.stop(syscall.SIGTERM, stopTimeout))
-		r.proc = nil
-	}
-	errs = append(errs, r.removeTemp())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("stop redis on port %d: %w", r.port, err)
-	}
-	return nil
-}
+func (r *Redis) Stop() error { return r.stop(syscall.SIGTERM) }
 
 // Kill kills the server (SIGKILL) and waits for it to exit. Its directory
 // stays; Restart starts it again.
-func (r *Redis) Kill() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc == nil {
-		return fmt.Errorf("kill redis on port %d: not running", r.port)
-	}
-	err := r.proc.stop(syscall.SIGKILL, stopTimeout)
-	r.proc = nil
-	if err != nil {
-		return fmt.Errorf("kill redis on port %d: %w", r.port, err)
-	}
-	return nil
-}
+func (r *Redis) Kill() error { return r.halt(syscall.SIGKILL, "kill") }
 
 // Restart starts the server again, after Kill or after it exited on its own,
 // on the same port and directory, and returns once it answers PING.
-func (r *Redis) Restart(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch {
-	case r.stopped:
-		return fmt.Errorf("restart redis on port %d: stopped", r.port)
-	case r.proc != nil && !r.proc.exited():
-		return fmt.Errorf("restart redis on port %d: still running", r.port)
-	}
-	r.proc = nil
-	if err := r.start(ctx); err != nil {
-		return fmt.Errorf("restart redis on port %d: %w", r.port, err)
-	}
-	return nil
-}
+func (r *Redis) Restart(ctx context.Context) error { return r.restart(ctx) }
 
 // Pause stops the server process (SIGSTOP): connections are accepted by the
 // kernel but nothing is answered until Resume.
@@ -168,20 +102,8 @@ func (r *Redis) Resume() error {
 	return nil
 }
 
-func (r *Redis) signal(sig syscall.Signal) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc == nil {
-		return errors.New("not running")
-	}
-	return r.proc.signal(sig)
-}
-
-// start runs the server and waits until it answers PING.
-// The caller holds r.mu or has not yet shared r.
-func (r *Redis) start(ctx context.Context) error {
-	logPath := filepath.Join(r.dir, "redis.log")
-	from := logSize(logPath)
+// launch runs the server and returns its process once it answers PING.
+func (r *Redis) launch(ctx context.Context) (*proc, error) {
 	args := []string{
 		"--bind", "127.0.0.1",
 		"--port", strconv.Itoa(r.port),
@@ -197,41 +119,10 @@ func (r *Redis) start(ctx context.Context) error {
 	cmd := exec.Command(r.bin, args...)
 	cmd.Dir = r.dir
 	cmd.SysProcAttr = sysProcAttr(nil, syscall.SIGKILL)
-	pr, err := startProc(cmd, logPath)
-	if err != nil {
-		return err
-	}
-	if err := r.awaitReady(ctx, pr, logPath, from); err != nil {
-		_ = pr.stop(syscall.SIGKILL, stopTimeout)
-		return err
-	}
-	r.proc = pr
-	return nil
-}
-
-// awaitReady polls until the server answers PING (not a LOADING error),
-// the server exits, a minute passes or ctx ends.
-func (r *Redis) awaitReady(ctx context.Context, pr *proc, logPath string, from int64) error {
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for {
-		actx, cancel := pr.context(ctx)
-		err := ping(actx, r.Addr())
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-pr.done:
-			return exitError(pr, logPath, from)
-		case <-ctx.Done():
-			return fmt.Errorf("wait for PING: %w (last error: %v); log %s:\n%s",
-				ctx.Err(), err, logPath, logTail(logPath, from))
-		case <-tick.C:
-		}
-	}
+	// Not ready while it answers PING with an error such as LOADING.
+	return startReady(ctx, cmd, filepath.Join(r.dir, "redis.log"), syscall.SIGKILL, "PING", func(ctx context.Context) error {
+		return ping(ctx, r.Addr())
+	})
 }
 
 // ping sends PING to the server at addr and checks that it answers PONG,
@@ -259,12 +150,4 @@ func ping(ctx context.Context, addr string) error {
 		return fmt.Errorf("ping: got %q, want +PONG", line)
 	}
 	return nil
-}
-
-// removeTemp removes dir if StartRedis created it.
-func (r *Redis) removeTemp() error {
-	if !r.tempDir {
-		return nil
-	}
-	return os.RemoveAll(r.dir)
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -46,6 +47,135 @@ func freePort() (int, error) {
 		return 0, fmt.Errorf("pick free port: %w", err)
 	}
 	return port, nil
+}
+
+// server is the lifecycle Postgres and Redis share: at most one process at a
+// time, started by start, on a port and in a directory that stay the same
+// across restarts.
+type server struct {
+	name    string // in errors: "postgres", "redis"
+	dir     string // the server's directory
+	tempDir bool   // stop removes dir
+	port    int    // fixed once boot returns
+	// start runs the server process and returns it once the server is ready.
+	// It must not touch mu, proc or stopped.
+	start func(ctx context.Context) (*proc, error)
+
+	mu      sync.Mutex
+	proc    *proc // nil when not running
+	stopped bool
+}
+
+// makeDir creates dir, or a temporary directory for stop to remove if dir is "".
+func (s *server) makeDir() error {
+	if s.dir != "" {
+		return os.MkdirAll(s.dir, 0o700)
+	}
+	dir, err := os.MkdirTemp("", "throwaway-"+s.name+"-")
+	if err != nil {
+		return err
+	}
+	s.dir, s.tempDir = dir, true
+	return nil
+}
+
+// boot starts the server for the first time. If s.port is 0 it picks a free
+// port, and picks another if someone took it before the server bound it.
+// If it fails it removes the temporary directory.
+// The caller has not yet shared s.
+func (s *server) boot(ctx context.Context) error {
+	pick := s.port == 0
+	var err error
+	for attempt := 1; ; attempt++ {
+		if pick {
+			if s.port, err = freePort(); err != nil {
+				break
+			}
+		}
+		var pr *proc
+		if pr, err = s.start(ctx); err == nil {
+			s.proc = pr
+			return nil
+		}
+		// Someone took the free port before the server bound it: pick another.
+		if !pick || attempt == startAttempts || !errors.Is(err, errAddrInUse) {
+			break
+		}
+	}
+	s.removeTemp()
+	return fmt.Errorf("start %s on port %d: %w", s.name, s.port, err)
+}
+
+// stop sends sig to the server, waits for it to exit, and removes the
+// temporary directory. restart refuses after stop; stop may be called again.
+func (s *server) stop(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	var errs []error
+	if s.proc != nil {
+		errs = append(errs, s.proc.stop(sig, stopTimeout))
+		s.proc = nil
+	}
+	errs = append(errs, s.removeTemp())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stop %s on port %d: %w", s.name, s.port, err)
+	}
+	return nil
+}
+
+// halt sends sig to the server and waits for it to exit, keeping its
+// directory for restart. verb names the operation in errors ("crash", "kill").
+func (s *server) halt(sig syscall.Signal, verb string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return fmt.Errorf("%s %s on port %d: not running", verb, s.name, s.port)
+	}
+	err := s.proc.stop(sig, stopTimeout)
+	s.proc = nil
+	if err != nil {
+		return fmt.Errorf("%s %s on port %d: %w", verb, s.name, s.port, err)
+	}
+	return nil
+}
+
+// restart starts the server again after halt or after it exited on its own.
+// It refuses after stop and while the server runs.
+func (s *server) restart(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.stopped:
+		return fmt.Errorf("restart %s on port %d: stopped", s.name, s.port)
+	case s.proc != nil && !s.proc.exited():
+		return fmt.Errorf("restart %s on port %d: still running", s.name, s.port)
+	}
+	s.proc = nil
+	pr, err := s.start(ctx)
+	if err != nil {
+		return fmt.Errorf("restart %s on port %d: %w", s.name, s.port, err)
+	}
+	s.proc = pr
+	return nil
+}
+
+// signal sends sig to the server.
+func (s *server) signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return errors.New("not running")
+	}
+	return s.proc.signal(sig)
+}
+
+// removeTemp removes dir if makeDir created it.
+func (s *server) removeTemp() error {
+	if !s.tempDir {
+		return nil
+	}
+	return os.RemoveAll(s.dir)
 }
 
 // proc is one run of a server process.
@@ -168,4 +298,47 @@ func exitError(p *proc, logPath string, from int64) error {
 		return fmt.Errorf("%w: %w", errAddrInUse, err)
 	}
 	return err
+}
+
+// startReady starts cmd with its output appended to logPath and returns its
+// process once ready succeeds. It polls ready until then, giving up when the
+// process exits, a minute passes or ctx ends; then it stops the process with
+// sig and returns an error with the end of the log. what, in errors, names
+// what ready waits for.
+func startReady(ctx context.Context, cmd *exec.Cmd, logPath string, sig syscall.Signal, what string, ready func(context.Context) error) (*proc, error) {
+	from := logSize(logPath)
+	pr, err := startProc(cmd, logPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := awaitReady(ctx, pr, logPath, from, what, ready); err != nil {
+		_ = pr.stop(sig, stopTimeout)
+		return nil, err
+	}
+	return pr, nil
+}
+
+// awaitReady polls ready until it succeeds, the server exits, a minute
+// passes or ctx ends.
+func awaitReady(ctx context.Context, pr *proc, logPath string, from int64, what string, ready func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		actx, cancel := pr.context(ctx)
+		err := ready(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-pr.done:
+			return exitError(pr, logPath, from)
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w (last error: %v); log %s:\n%s",
+				what, ctx.Err(), err, logPath, logTail(logPath, from))
+		case <-tick.C:
+		}
+	}
 }
