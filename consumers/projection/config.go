@@ -53,6 +53,7 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 			Types      []string  `yaml:"types"`
 			Migrations []string  `yaml:"migrations"`
 			On         yaml.Node `yaml:"on"`
+			Batch      yaml.Node `yaml:"batch"`
 		}
 		bad := func(line int, format string, args ...any) error {
 			return fmt.Errorf("%s:%d: projection %s: %s", file, line, pc.Name, fmt.Sprintf(format, args...))
@@ -82,8 +83,8 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 		}
 
 		if pc.Builtin != "" {
-			if len(pc.Migrations) > 0 || !pc.On.IsZero() {
-				return nil, bad(n.Line, "a built-in takes no migrations or on")
+			if len(pc.Migrations) > 0 || !pc.On.IsZero() || !pc.Batch.IsZero() {
+				return nil, bad(n.Line, "a built-in takes no migrations, on or batch")
 			}
 			var p Projection
 			switch pc.Builtin {
@@ -104,7 +105,19 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 		}
 
 		if pc.Table != "" || len(pc.Types) > 0 {
-			return nil, bad(n.Line, "table and types are for built-ins; a SQL projection takes the types of its on section")
+			return nil, bad(n.Line, "table and types are for built-ins; a SQL projection takes the types of its on or batch section")
+		}
+		if !pc.Batch.IsZero() {
+			if !pc.On.IsZero() {
+				return nil, bad(n.Line, "give on (statements per event) or batch (statements per batch), not both")
+			}
+			bp, err := loadBatch(&pc.Batch, reg, func(line int, format string, args ...any) error { return bad(line, format, args...) })
+			if err != nil {
+				return nil, err
+			}
+			bp.name, bp.migrations = pc.Name, pc.Migrations
+			projs = append(projs, bp)
+			continue
 		}
 		sp := &sqlProjection{name: pc.Name, migrations: pc.Migrations, on: map[string][]*statement{}}
 		if pc.On.Kind != yaml.MappingNode || len(pc.On.Content) == 0 {
@@ -147,8 +160,45 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 	return projs, nil
 }
 
+// loadBatch reads a batch section: a list of {type, sql}.
+func loadBatch(n *yaml.Node, reg *schemas.Registry, bad func(int, string, ...any) error) (*batchProjection, error) {
+	if n.Kind != yaml.SequenceNode || len(n.Content) == 0 {
+		return nil, bad(n.Line, "batch: want a list of {type, sql}")
+	}
+	bp := &batchProjection{}
+	for _, en := range n.Content {
+		if line, err := checkKeys(en, []string{"type", "sql"}); err != nil {
+			return nil, bad(line, "batch: %v", err)
+		}
+		var e struct {
+			Type string    `yaml:"type"`
+			SQL  yaml.Node `yaml:"sql"`
+		}
+		if err := en.Decode(&e); err != nil {
+			return nil, bad(en.Line, "batch: %v", err)
+		}
+		sql := &e.SQL
+		if sql.Kind == yaml.AliasNode { // sql: *anchor, one text for several types
+			sql = sql.Alias
+		}
+		mt, err := reg.Message(e.Type)
+		if err != nil {
+			return nil, bad(en.Line, "batch: %v", err)
+		}
+		if sql.Kind != yaml.ScalarNode || strings.TrimSpace(sql.Value) == "" {
+			return nil, bad(en.Line, "batch %s: want sql", e.Type)
+		}
+		st, line, err := compileBatchStatement(sql, e.Type, mt.Descriptor())
+		if err != nil {
+			return nil, bad(line, "batch %s: %v", e.Type, err)
+		}
+		bp.stmts = append(bp.stmts, st)
+	}
+	return bp, nil
+}
+
 // projectionKeys are the keys a projection may have.
-var projectionKeys = []string{"name", "builtin", "table", "types", "migrations", "on"}
+var projectionKeys = []string{"name", "builtin", "table", "types", "migrations", "on", "batch"}
 
 // checkKeys reports a key of mapping n that is not in keys, with its line.
 func checkKeys(n *yaml.Node, keys []string) (int, error) {

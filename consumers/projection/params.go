@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -11,13 +12,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// compileSQL replaces the :name parameters of a statement with $1, $2, ...
-// in order of first use (a name used twice binds one placeholder) and
-// returns the names with the byte offset of their first use. It leaves
-// string literals, quoted identifiers, dollar-quoted bodies, comments and ::
-// casts alone, and refuses $n placeholders: values reach a statement only as
-// named parameters.
-func compileSQL(sql string) (string, []string, []int, error) {
+// compileSQL replaces the :name parameters of a statement with what ref
+// returns for them (nil ref: $1, $2, ...), numbered in order of first use (a
+// name used twice is one parameter), and returns the names with the byte
+// offset of their first use. It leaves string literals, quoted identifiers,
+// dollar-quoted bodies, comments and :: casts alone, and refuses $n
+// placeholders: values reach a statement only as named parameters.
+func compileSQL(sql string, ref func(n int, name string) string) (string, []string, []int, error) {
+	if ref == nil {
+		ref = func(n int, _ string) string { return "$" + strconv.Itoa(n) }
+	}
 	var out strings.Builder
 	var names []string
 	var at []int
@@ -79,7 +83,7 @@ func compileSQL(sql string) (string, []string, []int, error) {
 				n = len(names)
 				index[name] = n
 			}
-			fmt.Fprintf(&out, "$%d", n)
+			out.WriteString(ref(n, name))
 			i = j
 		default:
 			out.WriteByte(c)

@@ -29,7 +29,7 @@ func TestCompileSQL(t *testing.T) {
 		{"unterminated comment", "SELECT /* abc", "", nil, "unterminated /* comment"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, names, _, err := compileSQL(tc.in)
+			got, names, _, err := compileSQL(tc.in, nil)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("compileSQL(%q) error = %v, want one containing %q", tc.in, err, tc.err)

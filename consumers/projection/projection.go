@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -279,13 +280,10 @@ func (p *Projector) classify(pr Projection, err error) error {
 	}
 	err = fmt.Errorf("projection %s: %w", name, err)
 	var pge *pgconn.PgError
-	if errors.Is(err, consumers.ErrPoison) || ee == nil || !errors.As(err, &pge) {
+	if errors.Is(err, consumers.ErrPoison) || ee == nil || !deterministic(err) || !errors.As(err, &pge) {
 		return err
 	}
 	class := pge.Code[:2]
-	if class != "22" && class != "23" {
-		return err
-	}
 	key := failureKey{ee.Event.Topic, ee.Event.Partition, ee.Event.Offset}
 	p.mu.Lock()
 	p.failures[key]++
@@ -299,6 +297,14 @@ func (p *Projector) classify(pr Projection, err error) error {
 	}
 	pe := &consumers.PoisonError{Record: ee.Event.Record, Sink: name, Class: pgErrorClass(class), Err: err}
 	return pe
+}
+
+// deterministic reports whether err is a Postgres data exception (SQLSTATE
+// class 22) or integrity constraint violation (class 23): an error that the
+// same event will meet again, unlike a lost connection or a deadlock.
+func deterministic(err error) bool {
+	var pge *pgconn.PgError
+	return errors.As(err, &pge) && (strings.HasPrefix(pge.Code, "22") || strings.HasPrefix(pge.Code, "23"))
 }
 
 func pgErrorClass(class string) string {

@@ -31,7 +31,7 @@ func compileStatement(n *yaml.Node, md protoreflect.MessageDescriptor) (*stateme
 	if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 		first++ // a block scalar's text starts on the line after its indicator
 	}
-	sql, names, at, err := compileSQL(n.Value)
+	sql, names, at, err := compileSQL(n.Value, nil)
 	if err != nil {
 		return nil, first, err
 	}

@@ -1,0 +1,202 @@
+package projection
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// batchStatement is a set-based statement: it runs once per batch over the
+// relation "batch", which holds one row per event of its type, with one
+// column per parameter the statement names (":data.order_id" is the column
+// "data.order_id"), in offset order.
+type batchStatement struct {
+	typ    string
+	sql    string
+	params []getter
+	types  []string // SQL type of each parameter's column
+	line   int
+}
+
+// batchProjection is a SQL projection of batch statements, applied in the
+// order they are declared.
+type batchProjection struct {
+	name       string
+	migrations []string
+	stmts      []*batchStatement
+}
+
+func (p *batchProjection) Name() string { return p.name }
+
+func (p *batchProjection) Migrate(ctx context.Context, tx pgx.Tx) error {
+	return migrate(ctx, tx, p.name, p.migrations)
+}
+
+// Apply applies the batch in a savepoint. A set statement cannot say which
+// event made it fail, so on a data or constraint error it applies the halves
+// of the batch in savepoints of their own, down to the one event at fault,
+// which it reports as an EventError. Only the failing path pays for this.
+func (p *batchProjection) Apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {
+	sp, err := tx.Begin(ctx) // a savepoint
+	if err != nil {
+		return err
+	}
+	err = p.apply(ctx, sp, evs)
+	if err == nil {
+		return sp.Commit(ctx)
+	}
+	if rerr := sp.Rollback(ctx); rerr != nil {
+		return rerr
+	}
+	switch {
+	case !deterministic(err):
+		return err
+	case len(evs) == 1:
+		return &EventError{Event: evs[0], Err: err}
+	}
+	mid := len(evs) / 2
+	if err := p.Apply(ctx, tx, evs[:mid]); err != nil {
+		return err
+	}
+	return p.Apply(ctx, tx, evs[mid:])
+}
+
+func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {
+	var b pgx.Batch
+	var queued []*batchStatement
+	for _, st := range p.stmts {
+		cols := make([][]any, len(st.params))
+		for _, ev := range evs {
+			if ev.Type != st.typ {
+				continue
+			}
+			for i, g := range st.params {
+				v, err := g(ev)
+				if err != nil {
+					return &EventError{Event: ev, Err: err}
+				}
+				cols[i] = append(cols[i], v)
+			}
+		}
+		if len(st.params) > 0 && len(cols[0]) == 0 {
+			continue // no event of its type
+		}
+		args := make([]any, len(cols))
+		for i, c := range cols {
+			args[i] = c
+		}
+		b.Queue(st.sql, args...)
+		queued = append(queued, st)
+	}
+	if len(queued) == 0 {
+		return nil
+	}
+	br := tx.SendBatch(ctx, &b)
+	for _, st := range queued {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return fmt.Errorf("batch statement at line %d: %w", st.line, err)
+		}
+	}
+	return br.Close()
+}
+
+// leadingWith matches a statement that starts with its own WITH clause.
+var leadingWith = regexp.MustCompile(`(?is)^\s*WITH\s+(RECURSIVE\s+)?`)
+
+// compileBatchStatement compiles a batch statement for events of typ,
+// whose payloads are md: each :name becomes the column "name" of the
+// relation batch, defined in a WITH clause over unnest of one array
+// parameter per column.
+func compileBatchStatement(n *yaml.Node, typ string, md protoreflect.MessageDescriptor) (*batchStatement, int, error) {
+	first := n.Line
+	if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+		first++
+	}
+	body, names, at, err := compileSQL(n.Value, func(_ int, name string) string { return pgx.Identifier{name}.Sanitize() })
+	if err != nil {
+		return nil, first, err
+	}
+	if len(names) == 0 {
+		return nil, first, fmt.Errorf("a batch statement reads its events through parameters such as :id or :data.field; this one names none")
+	}
+	st := &batchStatement{typ: typ, line: first}
+	cols := make([]string, len(names))
+	unnest := make([]string, len(names))
+	for i, name := range names {
+		g, err := paramGetter(name, md)
+		if err != nil {
+			return nil, first + strings.Count(n.Value[:at[i]], "\n"), err
+		}
+		st.params = append(st.params, g)
+		t := paramType(name, md)
+		st.types = append(st.types, t)
+		cols[i] = pgx.Identifier{name}.Sanitize()
+		unnest[i] = fmt.Sprintf("$%d::%s[]", i+1, t)
+	}
+	with := fmt.Sprintf("WITH batch (%s) AS (SELECT * FROM unnest(%s))", strings.Join(cols, ", "), strings.Join(unnest, ", "))
+	if m := leadingWith.FindStringSubmatch(body); m != nil {
+		if m[1] != "" {
+			with = "WITH RECURSIVE" + strings.TrimPrefix(with, "WITH")
+		}
+		st.sql = with + ",\n" + body[len(m[0]):]
+	} else {
+		st.sql = with + "\n" + body
+	}
+	return st, first, nil
+}
+
+// paramType is the SQL type of a parameter, for its batch column.
+func paramType(name string, md protoreflect.MessageDescriptor) string {
+	switch name {
+	case "time":
+		return "timestamptz"
+	case "offset":
+		return "bigint"
+	case "partition":
+		return "int"
+	case "data":
+		return "jsonb"
+	}
+	path, ok := strings.CutPrefix(name, "data.")
+	if !ok {
+		return "text" // envelope attributes and extensions
+	}
+	var fd protoreflect.FieldDescriptor
+	for _, part := range strings.Split(path, ".") {
+		if fd = md.Fields().ByName(protoreflect.Name(part)); fd == nil {
+			fd = md.Fields().ByJSONName(part)
+		}
+		md = fd.Message()
+	}
+	switch {
+	case fd.IsList() || fd.IsMap():
+		return "jsonb"
+	case fd.Message() != nil && fd.Message().FullName() == "google.protobuf.Timestamp":
+		return "timestamptz"
+	}
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return "boolean"
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return "int"
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind, protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return "bigint"
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return "numeric"
+	case protoreflect.FloatKind:
+		return "real"
+	case protoreflect.DoubleKind:
+		return "double precision"
+	case protoreflect.BytesKind:
+		return "bytea"
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return "jsonb"
+	}
+	return "text" // strings and enums
+}
