@@ -119,10 +119,21 @@ func (r *Registry) Message(eventType string) (protoreflect.MessageType, error) {
 }
 
 // Decode decodes a payload of the given content type as the event type's
-// message. JSON is read with protojson and may not hold unknown or duplicate
-// fields; protobuf may not hold fields the schema does not know either. An
-// empty content type means protobuf.
+// message, strictly, as the edge must: JSON is read with protojson and may
+// not hold unknown or duplicate fields; protobuf may not hold fields the
+// schema does not know either. An empty content type means protobuf.
 func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Message, error) {
+	return r.decode(eventType, contentType, data, true)
+}
+
+// Parse decodes a payload like Decode but keeps fields the schema does not
+// know, following protobuf's rule for readers, as sinks must: an event that
+// a producer wrote with a newer version of the schema still applies.
+func (r *Registry) Parse(eventType, contentType string, data []byte) (proto.Message, error) {
+	return r.decode(eventType, contentType, data, false)
+}
+
+func (r *Registry) decode(eventType, contentType string, data []byte, strict bool) (proto.Message, error) {
 	mt, err := r.Message(eventType)
 	if err != nil {
 		return nil, err
@@ -132,15 +143,17 @@ func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Mes
 	case err != nil:
 		return nil, err
 	case kind == ContentTypeJSON:
-		if err := protojson.Unmarshal(data, m); err != nil {
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: !strict}).Unmarshal(data, m); err != nil {
 			return nil, cleanErr(err)
 		}
 	default:
 		if err := proto.Unmarshal(data, m); err != nil {
 			return nil, cleanErr(err)
 		}
-		if err := noUnknown(m.ProtoReflect(), ""); err != nil {
-			return nil, err
+		if strict {
+			if err := noUnknown(m.ProtoReflect(), ""); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return m, nil
@@ -160,9 +173,10 @@ func (r *Registry) Canonical(eventType, contentType string, data []byte) ([]byte
 // present, which suits SQL (payload->>'amount_cents') and subscribers alike.
 var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
 
-// JSON returns a payload of the given content type as protojson.
+// JSON returns a payload of the given content type as protojson. It reads
+// like Parse: fields the schema does not know are left out.
 func (r *Registry) JSON(eventType, contentType string, data []byte) ([]byte, error) {
-	m, err := r.Decode(eventType, contentType, data)
+	m, err := r.Parse(eventType, contentType, data)
 	if err != nil {
 		return nil, err
 	}

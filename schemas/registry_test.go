@@ -523,3 +523,30 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestParseKeepsWhatDecodeRefuses(t *testing.T) {
+	reg := schemas.Builtin()
+	known, err := proto.Marshal(&shopv1.OrderCancelled{OrderId: "o-1", Reason: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := protowire.AppendString(protowire.AppendTag(known, 99, protowire.BytesType), "from a newer schema")
+	for _, tc := range []struct {
+		ct   string
+		data []byte
+	}{
+		{schemas.ContentTypeProtobuf, newer},
+		{schemas.ContentTypeJSON, []byte(`{"orderId":"o-1","reason":"r","refund":true}`)},
+	} {
+		if _, err := reg.Decode("shop.order.cancelled.v1", tc.ct, tc.data); err == nil {
+			t.Errorf("%s: Decode accepted a field the schema does not know", tc.ct)
+		}
+		m, err := reg.Parse("shop.order.cancelled.v1", tc.ct, tc.data)
+		if err != nil {
+			t.Fatalf("%s: Parse: %v", tc.ct, err)
+		}
+		if got := m.(*shopv1.OrderCancelled); got.OrderId != "o-1" || got.Reason != "r" {
+			t.Errorf("%s: Parse = %v, want order o-1 with reason r", tc.ct, got)
+		}
+	}
+}

@@ -14,9 +14,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/producers"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/spatetest"
 )
 
@@ -24,9 +26,11 @@ import (
 const benchEvents = 100_000
 
 // BenchmarkConsume measures each consumer (one group member, four
-// partitions) draining benchEvents events that are already in Kafka, and in
-// the same run the raw ceiling of its sink: pgx COPY of the same rows, and
-// pipelined XADDs of the same entries. Run with -benchtime=1x or 3x:
+// partitions) draining benchEvents events that are already in Kafka: the
+// projector with event_log alone and with the example projections, and the
+// fan-out; and in the same run the raw ceiling of each sink: pgx COPY of the
+// event_log rows, and pipelined XADDs of the stream entries. Run with
+// -benchtime=1x or 3x:
 //
 //	go test -run '^$' -bench Consume -benchtime 3x ./cmd/spate/
 func BenchmarkConsume(b *testing.B) {
@@ -35,8 +39,7 @@ func BenchmarkConsume(b *testing.B) {
 		brokers: spatetest.Kafka(b, 4, "spate.events", "spate.events.dlq"), topic: "spate.events"}
 	evs := benchPublish(b, e)
 	ctx := context.Background()
-	pgURL := spatetest.Postgres(b)
-	pool, err := pgxpool.New(ctx, pgURL)
+	pool, err := pgxpool.New(ctx, spatetest.Postgres(b))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -49,26 +52,32 @@ func BenchmarkConsume(b *testing.B) {
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 
-	b.Run("project", func(b *testing.B) {
-		for i := 0; b.Loop(); i++ {
-			group := fmt.Sprint("bench-project-", i)
-			proj, ppool, err := e.newProjector(ctx, pgURL, group, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := pool.Exec(ctx, `TRUNCATE event_log`); err != nil {
-				b.Fatal(err)
-			}
-			benchDrain(b, e, group, proj, func() int64 {
-				var n int64
-				if err := pool.QueryRow(ctx, `SELECT count(*) FROM event_log`).Scan(&n); err != nil {
+	example, err := e.loadProjections("", shopv1.ExampleConfig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		projs []projection.Projection
+	}{{"project-event_log", nil}, {"project-example", example}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				url := spatetest.Postgres(b) // a fresh database each time
+				proj, ppool, err := e.newProjector(ctx, url, projection.DefaultGroup, tc.projs)
+				if err != nil {
 					b.Fatal(err)
 				}
-				return n
-			})
-			ppool.Close()
-		}
-	})
+				benchDrain(b, e, projection.DefaultGroup, proj, func() int64 {
+					var n int64
+					if err := ppool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spate_offsets`).Scan(&n); err != nil {
+						b.Fatal(err)
+					}
+					return n
+				})
+				ppool.Close()
+			}
+		})
+	}
 	b.Run("fanout", func(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
 			group, prefix := fmt.Sprint("bench-fanout-", i), fmt.Sprintf("bench%d:", i)
@@ -88,7 +97,12 @@ func BenchmarkConsume(b *testing.B) {
 		}
 	})
 	b.Run("ceiling-pgx-copy", func(b *testing.B) {
-		if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS copy_ceiling (LIKE event_log INCLUDING ALL)`); err != nil {
+		// event_log's shape: the same columns, key and index.
+		if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS copy_ceiling (
+			topic text NOT NULL, partition int NOT NULL, "offset" bigint NOT NULL, id text NOT NULL, type text NOT NULL,
+			source text NOT NULL, subject text NOT NULL, time timestamptz NOT NULL, payload jsonb NOT NULL,
+			PRIMARY KEY (topic, partition, "offset"));
+			CREATE INDEX IF NOT EXISTS copy_ceiling_id ON copy_ceiling (id)`); err != nil {
 			b.Fatal(err)
 		}
 		rows := make([][]any, len(evs))
@@ -169,7 +183,9 @@ func benchPublish(b *testing.B, e *env) []*spatev1.Event {
 // reaches benchEvents, and reports the rate.
 func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64) {
 	b.Helper()
-	g, err := e.newGroup("bench", group, "earliest", h)
+	fresh := *e
+	fresh.metrics = newMetrics() // as a new process has
+	g, err := fresh.newGroup("bench", group, "earliest", h)
 	if err != nil {
 		b.Fatal(err)
 	}

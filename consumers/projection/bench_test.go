@@ -42,6 +42,9 @@ func BenchmarkProjections(b *testing.B) {
 		{"event_log", []projection.Projection{projection.EventLog()}},
 		{"latest", []projection.Projection{projection.Latest("")}},
 		{"counters", []projection.Projection{projection.Counters("")}},
+		{"orders", sqlOnly[:1]},
+		{"orders+customer_totals", sqlOnly[:2]},
+		{"payments", sqlOnly[2:]},
 		{"example-sql", sqlOnly},
 		{"example-all", example},
 	} {

@@ -321,7 +321,7 @@ func (p *Projector) decode(r *kgo.Record) (*Event, error) {
 	if err != nil {
 		return nil, consumers.Poison(r, "envelope", err)
 	}
-	payload, err := p.reg.Decode(ce.Type, ce.Datacontenttype, ce.Data)
+	payload, err := p.reg.Parse(ce.Type, ce.Datacontenttype, ce.Data)
 	switch {
 	case errors.Is(err, schemas.ErrUnknownType):
 		return nil, consumers.Poison(r, "unknown-type", err)
