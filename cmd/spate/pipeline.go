@@ -101,7 +101,7 @@ func (e *env) newProjector(ctx context.Context, url, group string, projs []proje
 	if err != nil {
 		return nil, nil, fmt.Errorf("postgres: %w", err)
 	}
-	p := projection.New(pool, e.reg, projection.Config{Group: group, Projections: projs, Logger: e.log.With("role", "project")})
+	p := projection.New(pool, e.reg, projection.Config{Group: group, Projections: projs, Logger: e.log.With("role", "project"), Metrics: e.metrics})
 	if err := p.Migrate(ctx); err != nil {
 		pool.Close()
 		return nil, nil, err

@@ -27,10 +27,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -95,6 +97,8 @@ type Config struct {
 	PoisonAfter int
 	// Logger receives migrations and failures. Zero: none.
 	Logger *slog.Logger
+	// Metrics registers the projector's metrics. Zero: not registered.
+	Metrics prometheus.Registerer
 }
 
 // Projector is a consumers.Handler that writes projections to Postgres.
@@ -107,6 +111,9 @@ type Projector struct {
 
 	mu       sync.Mutex
 	failures map[failureKey]int // deterministic failures per event, toward PoisonAfter
+
+	applied  *prometheus.CounterVec
+	duration *prometheus.HistogramVec
 }
 
 type failureKey struct {
@@ -131,7 +138,19 @@ func New(pool *pgxpool.Pool, reg *schemas.Registry, cfg Config) *Projector {
 	if len(projs) == 0 {
 		projs = []Projection{EventLog()}
 	}
-	return &Projector{pool: pool, reg: reg, cfg: cfg, log: log, projs: projs, failures: map[failureKey]int{}}
+	p := &Projector{pool: pool, reg: reg, cfg: cfg, log: log, projs: projs, failures: map[failureKey]int{},
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spate_projection_events_total", Help: "Events of committed batches handed to each projection (a projection ignores the types it does not take).",
+		}, []string{"projection"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "spate_projection_apply_duration_seconds", Help: "Time each projection takes to apply a batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
+		}, []string{"projection"}),
+	}
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(p.applied, p.duration)
+	}
+	return p
 }
 
 const offsetsDDL = `
@@ -218,7 +237,11 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 		evs = append(evs, ev)
 	}
 
+	// What each projection did, observed once the transaction committed.
+	var took []time.Duration
+	var fresh []*Event
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		took, fresh = took[:0], nil
 		var stored int64
 		// Lock the partition's offset row (creating it at 0 if new) and read it.
 		err := tx.QueryRow(ctx, `
@@ -233,12 +256,14 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 		}
 		// Records are in offset order: skip those applied before.
 		skip, _ := slices.BinarySearchFunc(evs, stored, func(ev *Event, o int64) int { return cmp.Compare(ev.Offset, o) })
-		fresh := evs[skip:]
+		fresh = evs[skip:]
 		if len(fresh) > 0 {
 			for _, pr := range p.projs {
+				start := time.Now()
 				if err := pr.Apply(ctx, tx, fresh); err != nil {
 					return p.classify(pr, err)
 				}
+				took = append(took, time.Since(start))
 			}
 		}
 		_, err = tx.Exec(ctx, `UPDATE spate_offsets SET next_offset = $4, updated_at = now()
@@ -250,6 +275,11 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	})
 	if err != nil {
 		return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, b.Next, err)
+	}
+	for i, d := range took {
+		name := p.projs[i].Name()
+		p.duration.WithLabelValues(name).Observe(d.Seconds())
+		p.applied.WithLabelValues(name).Add(float64(len(fresh)))
 	}
 	return nil
 }

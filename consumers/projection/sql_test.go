@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -307,4 +308,70 @@ func testPoison(t *testing.T, config []byte) {
 	if h[consumers.HeaderDLQReason] == "" || h[consumers.HeaderDLQOffset] == "" {
 		t.Errorf("headers %v lack the reason or the original offset", h)
 	}
+}
+
+func TestMetricsCountCommittedEvents(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	reg := prometheus.NewRegistry()
+	projs, err := projection.Load("spate.yaml", []byte(`
+projections:
+  - name: event_log     # succeeds in the failing batch's transaction, which rolls back
+    builtin: event_log
+  - name: payments
+    migrations:
+      - CREATE TABLE payments (payment_id text PRIMARY KEY, amount_cents bigint CHECK (amount_cents >= 0))
+    on:
+      shop.payment.captured.v1: INSERT INTO payments VALUES (:data.payment_id, :data.amount_cents)
+`), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := projection.New(pool, schemas.Builtin(), projection.Config{Projections: projs, Metrics: reg})
+	if err := p.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	good := asBatch(
+		shopEvent(t, "e0", "o-0", 0, &shopv1.PaymentCaptured{PaymentId: "p0", AmountCents: 1}),
+		shopEvent(t, "e1", "o-1", 0, &shopv1.PaymentCaptured{PaymentId: "p1", AmountCents: 2}),
+	)
+	if err := p.Apply(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	bad := asBatch(shopEvent(t, "e2", "o-2", 0, &shopv1.PaymentCaptured{PaymentId: "p2", AmountCents: -1}))
+	bad.Records[0].Offset, bad.Next = 2, 3
+	if err := p.Apply(ctx, bad); err == nil {
+		t.Fatal("Apply of a constraint violation succeeded")
+	}
+	for _, name := range []string{"event_log", "payments"} {
+		if got := projectionEvents(t, reg, name); got != 2 {
+			t.Errorf("spate_projection_events_total{projection=%s} = %v, want 2: the rolled-back batch must not count", name, got)
+		}
+	}
+}
+
+// projectionEvents gathers spate_projection_events_total of one projection.
+func projectionEvents(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "spate_projection_events_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == name {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no spate_projection_events_total{projection=%q}", name)
+	return 0
 }
