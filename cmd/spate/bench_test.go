@@ -52,14 +52,14 @@ func BenchmarkConsume(b *testing.B) {
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 
-	example, err := e.loadProjections("", shopv1.ExampleConfig)
+	exampleCfg, err := e.loadConfig("", shopv1.ExampleConfig)
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, tc := range []struct {
 		name  string
 		projs []projection.Projection
-	}{{"project-event_log", nil}, {"project-example", example}} {
+	}{{"project-event_log", nil}, {"project-example", exampleCfg.projections}} {
 		b.Run(tc.name, func(b *testing.B) {
 			for b.Loop() {
 				url := spatetest.Postgres(b) // a fresh database each time
@@ -81,7 +81,7 @@ func BenchmarkConsume(b *testing.B) {
 	b.Run("fanout", func(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
 			group, prefix := fmt.Sprint("bench-fanout-", i), fmt.Sprintf("bench%d:", i)
-			w, wrdb, err := e.newFanout(redisURL, group, prefix)
+			w, wrdb, err := e.newFanout(redisURL, group, prefix, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

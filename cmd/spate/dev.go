@@ -68,7 +68,7 @@ removes the throwaway data.`,
 	fs.StringVar(&f.postgresURL, "postgres-url", "", "PostgreSQL URL (default: a throwaway server)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (default: a throwaway redis-server)")
 	fs.StringVar(&f.streamPrefix, "stream-prefix", "spate:", "prefix of the Redis stream keys")
-	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections to apply (default: the shop example, schemas/shop/v1/spate.yaml)")
+	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections and routes (default: the shop example, schemas/shop/v1/spate.yaml)")
 	annotateEnv(fs)
 	return cmd
 }
@@ -119,7 +119,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	}
 
 	e := &env{log: log, kafkaLog: kafkaLog, reg: schemas.Builtin(), metrics: newMetrics(), brokers: brokers, topic: f.topic}
-	projs, err := e.loadProjections(f.config, shopv1.ExampleConfig)
+	cfg, err := e.loadConfig(f.config, shopv1.ExampleConfig)
 	if err != nil {
 		return err
 	}
@@ -128,12 +128,12 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 		return err
 	}
 	defer cl.Close()
-	proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, projs)
+	proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, cfg.projections)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	fan, rdb, err := e.newFanout(redisURL, fanout.DefaultGroup, f.streamPrefix)
+	fan, rdb, err := e.newFanout(redisURL, fanout.DefaultGroup, f.streamPrefix, cfg.routes)
 	if err != nil {
 		return err
 	}
@@ -157,6 +157,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	g.Go(func() error { return srv.Serve(gctx, ln) })
 	g.Go(func() error { return projGroup.Run(gctx) })
 	g.Go(func() error { return fanGroup.Run(gctx) })
+	g.Go(func() error { return fan.Trim(gctx, 30*time.Second) })
 	g.Go(func() error { return serveHTTP(gctx, aln, adminHandler(e.metrics, checks), log) })
 	g.Go(func() error {
 		if err := awaitStarted(gctx, projGroup, fanGroup); err != nil {

@@ -77,21 +77,34 @@ func (e *env) newGroup(role, group, startAt string, h sink) (*consumers.Group, e
 	}, e.kafkaOpts("spate-"+role)...)
 }
 
-// loadProjections reads the projections of a spate.yaml file. No file:
-// fallback, which may be nil (event_log alone).
-func (e *env) loadProjections(file string, fallback []byte) ([]projection.Projection, error) {
+// spateConfig is what a spate.yaml file configures.
+type spateConfig struct {
+	projections []projection.Projection // nil: event_log alone
+	routes      []fanout.Route          // nil: one stream per type
+}
+
+// loadConfig reads a spate.yaml file; no file: fallback, which may be nil.
+func (e *env) loadConfig(file string, fallback []byte) (spateConfig, error) {
 	data, name := fallback, "schemas/shop/v1/spate.yaml (built in)"
 	if file != "" {
 		var err error
 		if data, err = os.ReadFile(file); err != nil {
-			return nil, fmt.Errorf("--config: %w", err)
+			return spateConfig{}, fmt.Errorf("--config: %w", err)
 		}
 		name = file
 	}
 	if data == nil {
-		return nil, nil
+		return spateConfig{}, nil
 	}
-	return projection.Load(name, data, e.reg)
+	projs, err := projection.Load(name, data, e.reg)
+	if err != nil {
+		return spateConfig{}, err
+	}
+	routes, err := fanout.LoadRoutes(name, data)
+	if err != nil {
+		return spateConfig{}, err
+	}
+	return spateConfig{projections: projs, routes: routes}, nil
 }
 
 // newProjector connects to Postgres, migrates, and returns the projector
@@ -111,12 +124,17 @@ func (e *env) newProjector(ctx context.Context, url, group string, projs []proje
 
 // newFanout returns the fan-out writer and its Redis client, which the
 // caller closes.
-func (e *env) newFanout(url, group, prefix string) (*fanout.Writer, *redis.Client, error) {
+func (e *env) newFanout(url, group, prefix string, routes []fanout.Route) (*fanout.Writer, *redis.Client, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("redis url: %w", err)
 	}
 	rdb := redis.NewClient(opts)
-	w := fanout.New(rdb, e.reg, fanout.Config{Group: group, Prefix: prefix, Logger: e.log.With("role", "fanout")})
+	w, err := fanout.New(rdb, e.reg, fanout.Config{Group: group, Prefix: prefix, Routes: routes,
+		Logger: e.log.With("role", "fanout"), Metrics: e.metrics})
+	if err != nil {
+		rdb.Close()
+		return nil, nil, err
+	}
 	return w, rdb, nil
 }

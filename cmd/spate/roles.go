@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -89,8 +90,9 @@ func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup string) {
 	fs.StringVar(&c.startAt, "start-at", "earliest", "where a partition with no stored offset starts: earliest or latest")
 }
 
-// runConsumer runs a consumer group into h with an admin server until ctx ends.
-func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName string, h sink) error {
+// runConsumer runs a consumer group into h with an admin server, and any
+// companion tasks, until ctx ends.
+func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName string, h sink, also ...func(context.Context) error) error {
 	grp, err := e.newGroup(role, f.group, f.startAt, h)
 	if err != nil {
 		return err
@@ -105,6 +107,9 @@ func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName s
 	g.Go(func() error {
 		return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", grp.Ping}, {sinkName, h.Ping}}), e.log)
 	})
+	for _, run := range also {
+		g.Go(func() error { return run(ctx) })
+	}
 	return g.Wait()
 }
 
@@ -124,11 +129,11 @@ func newProjectCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			projs, err := e.loadProjections(config, nil)
+			cfg, err := e.loadConfig(config, nil)
 			if err != nil {
 				return err
 			}
-			p, pool, err := e.newProjector(cmd.Context(), url, f.group, projs)
+			p, pool, err := e.newProjector(cmd.Context(), url, f.group, cfg.projections)
 			if err != nil {
 				return err
 			}
@@ -145,7 +150,8 @@ func newProjectCmd() *cobra.Command {
 
 func newFanoutCmd() *cobra.Command {
 	var f consumerFlags
-	var url, prefix string
+	var url, prefix, config string
+	var trimEvery time.Duration
 	cmd := &cobra.Command{
 		Use:     "fanout",
 		Short:   "Run the fan-out: Kafka in, one Redis stream per event type out, exactly once",
@@ -159,17 +165,25 @@ func newFanoutCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w, rdb, err := e.newFanout(url, f.group, prefix)
+			cfg, err := e.loadConfig(config, nil)
+			if err != nil {
+				return err
+			}
+			w, rdb, err := e.newFanout(url, f.group, prefix, cfg.routes)
 			if err != nil {
 				return err
 			}
 			defer rdb.Close()
-			return runConsumer(cmd.Context(), e, &f, "fanout", "redis", w)
+			return runConsumer(cmd.Context(), e, &f, "fanout", "redis", w, func(ctx context.Context) error {
+				return w.Trim(ctx, trimEvery)
+			})
 		},
 	}
 	f.register(cmd.Flags(), fanout.DefaultGroup)
 	cmd.Flags().StringVar(&url, "redis-url", "", "Redis URL, redis://host:port/db (required)")
-	cmd.Flags().StringVar(&prefix, "stream-prefix", "spate:", "prefix of the stream keys (<prefix><event type>) and of the offsets hash")
+	cmd.Flags().StringVar(&prefix, "stream-prefix", "spate:", "prefix of the offsets hash, and of the stream keys when no routes are configured (<prefix><event type>)")
+	cmd.Flags().StringVar(&config, "config", "", "spate.yaml with the routes (default: one stream per event type)")
+	cmd.Flags().DurationVar(&trimEvery, "trim-interval", 30*time.Second, "how often streams are trimmed to their routes' retention")
 	annotateEnv(cmd.Flags())
 	return cmd
 }

@@ -1,11 +1,17 @@
-// Package fanout writes events to Redis Streams exactly once.
+// Package fanout writes events to Redis Streams exactly once, and trims
+// them without losing what readers have not read.
 //
-// Each event goes to the stream of its type (<prefix><type>, "spate:" by
-// default). The XADDs of a run of a partition's records and that partition's
-// next offset are written by one Lua script, which Redis runs atomically: it
+// Each event goes to every stream its routes name (see Route); with no
+// routes, to the stream of its type, <prefix><type> ("spate:" by default).
+// The XADDs of a run of a partition's records and that partition's next
+// offset are written by one Lua script, which Redis runs atomically: it
 // skips records below the stored offset, so a batch redelivered after a crash
 // or rebalance, or resent by go-redis after a reply was lost, adds nothing
 // twice. On assignment the consumer group resumes from the offsets in Redis.
+//
+// Trimming (Writer.Trim) applies each route's retention but, unless the
+// route is lossy, never deletes an entry that a consumer group registered on
+// the stream has not read, or has read and not acknowledged.
 //
 // An entry's fields are the event's CloudEvents attributes (id, source, type,
 // subject, time, datacontenttype, dataschema when set, extensions by name)
@@ -20,14 +26,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/consumers"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 )
 
@@ -39,30 +49,49 @@ type Config struct {
 	// Group is the consumer group whose offsets the writer stores; it must
 	// match the group consuming into it. Zero: DefaultGroup.
 	Group string
-	// Prefix of every key the writer touches. Zero: "spate:".
+	// Prefix of the offsets key and of the default route's streams.
+	// Zero: "spate:".
 	Prefix string
+	// Routes send events to streams. Zero: one stream per type,
+	// <Prefix><type>.
+	Routes []Route
 	// ChunkSize caps the entries one script call adds, to keep Redis
 	// responsive to others. Zero: 500.
 	ChunkSize int
 	// Logger. Zero: none.
 	Logger *slog.Logger
+	// Metrics registers the writer's metrics. Zero: not registered.
+	Metrics prometheus.Registerer
 }
 
 // Writer is a consumers.Handler that adds events to Redis Streams.
 type Writer struct {
-	rdb redis.UniversalClient
-	reg *schemas.Registry
-	cfg Config
-	log *slog.Logger
+	rdb     redis.UniversalClient
+	reg     *schemas.Registry
+	cfg     Config
+	log     *slog.Logger
+	routes  []Route
+	metrics *metrics
 }
 
-// New returns a writer adding to rdb and decoding with reg.
-func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) *Writer {
+// New returns a writer adding to rdb and decoding with reg. It fails on a
+// route whose template does not parse.
+func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer, error) {
 	if cfg.Group == "" {
 		cfg.Group = DefaultGroup
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "spate:"
+	}
+	routes := slices.Clone(cfg.Routes)
+	if len(routes) == 0 {
+		escaped := strings.NewReplacer("{", "{{", "}", "}}").Replace(cfg.Prefix)
+		routes = []Route{{Types: []string{"*"}, Stream: escaped + "{type}"}}
+	}
+	for i := range routes {
+		if err := routes[i].compile(); err != nil {
+			return nil, fmt.Errorf("fanout: route %d: %w", i+1, err)
+		}
 	}
 	if cfg.ChunkSize == 0 {
 		cfg.ChunkSize = 500
@@ -71,10 +100,10 @@ func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) *Writer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Writer{rdb: rdb, reg: reg, cfg: cfg, log: log}
+	return &Writer{rdb: rdb, reg: reg, cfg: cfg, log: log, routes: routes, metrics: newMetrics(cfg.Metrics)}, nil
 }
 
-// Stream returns the stream key of an event type.
+// Stream returns the stream key of an event type when no routes are given.
 func (w *Writer) Stream(eventType string) string { return w.cfg.Prefix + eventType }
 
 // offsetsKey is the hash holding the next offset of each topic/partition.
@@ -142,16 +171,27 @@ return added
 func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 	type entry struct {
 		stream string
+		route  string
 		offset int64
 		fields []any
 	}
-	entries := make([]entry, len(b.Records))
-	for i, r := range b.Records {
+	entries := make([]entry, 0, len(b.Records))
+	for _, r := range b.Records {
 		ev, fields, err := w.entry(r)
 		if err != nil {
 			return err
 		}
-		entries[i] = entry{w.Stream(ev), r.Offset, fields}
+		for i := range w.routes {
+			rt := &w.routes[i]
+			if !rt.matches(ev.Type) {
+				continue
+			}
+			key, err := rt.key(ev)
+			if err != nil {
+				return &consumers.PoisonError{Record: r, Sink: "route " + rt.Stream, Class: "stream-key", Err: err}
+			}
+			entries = append(entries, entry{key, rt.Stream, r.Offset, fields})
+		}
 	}
 	field := offsetField(b.Topic, b.Partition)
 	for start := 0; start == 0 || start < len(entries); start += w.cfg.ChunkSize {
@@ -173,28 +213,31 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 			return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, next, err)
 		}
 	}
+	for _, e := range entries {
+		w.metrics.entries.WithLabelValues(e.route).Inc()
+	}
 	return nil
 }
 
 // entry decodes a record into its stream entry's fields. A record that is not
 // a Spate event, or whose payload does not decode, is poison.
-func (w *Writer) entry(r *kgo.Record) (eventType string, fields []any, err error) {
+func (w *Writer) entry(r *kgo.Record) (*spatev1.Event, []any, error) {
 	ev, err := cekafka.Event(r)
 	if err != nil {
-		return "", nil, consumers.Poison(r, "envelope", err)
+		return nil, nil, consumers.Poison(r, "envelope", err)
 	}
 	data, err := w.reg.JSON(ev.Type, ev.Datacontenttype, ev.Data)
 	switch {
 	case errors.Is(err, schemas.ErrUnknownType):
-		return "", nil, consumers.Poison(r, "unknown-type", err)
+		return nil, nil, consumers.Poison(r, "unknown-type", err)
 	case err != nil:
-		return "", nil, consumers.Poison(r, "payload", err)
+		return nil, nil, consumers.Poison(r, "payload", err)
 	}
 	t := r.Timestamp
 	if ev.Time != nil {
 		t = ev.Time.AsTime()
 	}
-	fields = append(make([]any, 0, 16+2*len(ev.Extensions)),
+	fields := append(make([]any, 0, 16+2*len(ev.Extensions)),
 		"id", ev.Id,
 		"source", ev.Source,
 		"type", ev.Type,
@@ -209,5 +252,5 @@ func (w *Writer) entry(r *kgo.Record) (eventType string, fields []any, err error
 	for k, v := range ev.Extensions {
 		fields = append(fields, k, v)
 	}
-	return ev.Type, fields, nil
+	return ev, fields, nil
 }

@@ -32,7 +32,11 @@ func newWriter(t *testing.T, chunk int) (*fanout.Writer, *redis.Client) {
 	}
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
-	return fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: spatetest.KeyPrefix(t), ChunkSize: chunk}), rdb
+	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: spatetest.KeyPrefix(t), ChunkSize: chunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, rdb
 }
 
 // records returns records at offsets from..to-1 of partition 0: even

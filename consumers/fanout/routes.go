@@ -1,0 +1,226 @@
+package fanout
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+)
+
+// Route sends events of some types to a stream whose key is built from
+// each event: Stream is a template whose {placeholders} are envelope
+// attributes, {type} {subject} {source} {id}, or extensions, {ext.NAME};
+// {{ and }} are literal braces, for Redis Cluster hash tags
+// ("orders:{{{ext.tenant}}}" is "orders:{acme}").
+//
+// Every value put into a key must be 1 to 128 characters of letters,
+// digits and . _ - /: no separator (:), brace, glob character, space or
+// newline can reach a key, so no event can write into another tenant's
+// streams. An event whose value breaks the rule is dead-lettered.
+type Route struct {
+	// Types are path.Match globs of the event types routed ("shop.order.*").
+	Types []string
+	// Stream is the key template.
+	Stream string
+	// MaxLen keeps at most this many entries in each stream (0: no limit).
+	MaxLen int64
+	// MaxAge keeps entries younger than this (0: no limit).
+	MaxAge time.Duration
+	// Lossy lets trimming delete entries that consumer groups on the stream
+	// have not read or acknowledged yet. By default trimming never does.
+	Lossy bool
+
+	parts []keyPart
+	line  int
+}
+
+// keyPart is a literal, or a placeholder when attr is set.
+type keyPart struct {
+	literal string
+	attr    string
+}
+
+var keyValue = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,128}$`)
+
+// compile parses the template.
+func (r *Route) compile() error {
+	r.parts = nil
+	t := r.Stream
+	var lit strings.Builder
+	for i := 0; i < len(t); i++ {
+		switch {
+		case strings.HasPrefix(t[i:], "{{"):
+			lit.WriteByte('{')
+			i++
+		case strings.HasPrefix(t[i:], "}}"):
+			lit.WriteByte('}')
+			i++
+		case t[i] == '{':
+			end := strings.IndexByte(t[i:], '}')
+			if end < 0 {
+				return fmt.Errorf("stream %q: unclosed {", r.Stream)
+			}
+			attr := t[i+1 : i+end]
+			switch {
+			case attr == "type", attr == "subject", attr == "source", attr == "id":
+			case strings.HasPrefix(attr, "ext.") && extName.MatchString(attr[4:]):
+			default:
+				return fmt.Errorf("stream %q: unknown placeholder {%s}; want {type}, {subject}, {source}, {id} or {ext.NAME}", r.Stream, attr)
+			}
+			if lit.Len() > 0 {
+				r.parts = append(r.parts, keyPart{literal: lit.String()})
+				lit.Reset()
+			}
+			r.parts = append(r.parts, keyPart{attr: attr})
+			i += end
+		case t[i] == '}':
+			return fmt.Errorf("stream %q: } without {; write }} for a literal brace", r.Stream)
+		default:
+			lit.WriteByte(t[i])
+		}
+	}
+	if lit.Len() > 0 {
+		r.parts = append(r.parts, keyPart{literal: lit.String()})
+	}
+	if len(r.parts) == 0 {
+		return fmt.Errorf("stream is empty")
+	}
+	for _, g := range r.Types {
+		if _, err := path.Match(g, ""); err != nil {
+			return fmt.Errorf("types: bad pattern %q", g)
+		}
+	}
+	return nil
+}
+
+var extName = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
+
+// matches reports whether the route takes events of typ.
+func (r *Route) matches(typ string) bool {
+	return slices.ContainsFunc(r.Types, func(g string) bool {
+		ok, _ := path.Match(g, typ)
+		return ok
+	})
+}
+
+// key builds the stream key for ev.
+func (r *Route) key(ev *spatev1.Event) (string, error) {
+	var b strings.Builder
+	for _, p := range r.parts {
+		if p.attr == "" {
+			b.WriteString(p.literal)
+			continue
+		}
+		var v string
+		switch p.attr {
+		case "type":
+			v = ev.Type
+		case "subject":
+			v = ev.Subject
+		case "source":
+			v = ev.Source
+		case "id":
+			v = ev.Id
+		default:
+			v = ev.Extensions[p.attr[4:]]
+		}
+		if !keyValue.MatchString(v) {
+			shown := v
+			if len(shown) > 40 {
+				shown = shown[:40] + "..."
+			}
+			return "", fmt.Errorf("stream %q: {%s} is %q: a key part must be 1 to 128 letters, digits or . _ - /", r.Stream, p.attr, shown)
+		}
+		b.WriteString(v)
+	}
+	return b.String(), nil
+}
+
+// pattern is a SCAN pattern that matches every key the route can build.
+func (r *Route) pattern() string {
+	var b strings.Builder
+	for _, p := range r.parts {
+		if p.attr != "" {
+			b.WriteByte('*')
+			continue
+		}
+		for _, c := range p.literal { // escape glob characters of literals
+			if strings.ContainsRune(`*?[]\`, c) {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
+}
+
+// LoadRoutes reads the routes section of a spate.yaml file:
+//
+//	routes:
+//	  - types: ["shop.order.*"]
+//	    stream: "tenant:{ext.tenant}:orders"
+//	    maxlen: 100000        # retention, optional
+//	    maxage: 24h           # retention, optional
+//	    lossy: false          # trim unread entries too (default false)
+//
+// An event goes to every route that takes its type. No routes section: nil,
+// and the writer uses one stream per type, <prefix><type>. Errors name the
+// file and line.
+func LoadRoutes(file string, data []byte) ([]Route, error) {
+	var doc struct {
+		Routes []yaml.Node `yaml:"routes"`
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	var routes []Route
+	for _, n := range doc.Routes {
+		bad := func(line int, format string, args ...any) error {
+			return fmt.Errorf("%s:%d: route: %s", file, line, fmt.Sprintf(format, args...))
+		}
+		if n.Kind != yaml.MappingNode {
+			return nil, bad(n.Line, "want a map with types and stream")
+		}
+		keys := []string{"types", "stream", "maxlen", "maxage", "lossy"}
+		for i := 0; i < len(n.Content); i += 2 {
+			if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+				return nil, bad(k.Line, "unknown key %q; want one of %s", k.Value, strings.Join(keys, ", "))
+			}
+		}
+		var rc struct {
+			Types  []string `yaml:"types"`
+			Stream string   `yaml:"stream"`
+			MaxLen int64    `yaml:"maxlen"`
+			MaxAge string   `yaml:"maxage"`
+			Lossy  bool     `yaml:"lossy"`
+		}
+		if err := n.Decode(&rc); err != nil {
+			return nil, bad(n.Line, "%v", err)
+		}
+		r := Route{Types: rc.Types, Stream: rc.Stream, MaxLen: rc.MaxLen, Lossy: rc.Lossy, line: n.Line}
+		if rc.MaxAge != "" {
+			d, err := time.ParseDuration(rc.MaxAge)
+			if err != nil || d <= 0 {
+				return nil, bad(n.Line, "maxage %q: want a positive duration such as 24h", rc.MaxAge)
+			}
+			r.MaxAge = d
+		}
+		switch {
+		case len(r.Types) == 0:
+			return nil, bad(n.Line, "types is required (globs such as shop.order.*)")
+		case r.MaxLen < 0:
+			return nil, bad(n.Line, "maxlen must not be negative")
+		}
+		if err := r.compile(); err != nil {
+			return nil, bad(n.Line, "%v", err)
+		}
+		routes = append(routes, r)
+	}
+	return routes, nil
+}

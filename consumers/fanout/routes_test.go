@@ -1,0 +1,193 @@
+package fanout_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/consumers/fanout"
+	"github.com/spate-io/spate/schemas"
+	"github.com/spate-io/spate/spatetest"
+)
+
+// newRouted returns a writer with the routes of config, its keys under a
+// prefix of this test's own.
+func newRouted(t *testing.T, config string) (*fanout.Writer, *redis.Client, string) {
+	t.Helper()
+	prefix := spatetest.KeyPrefix(t)
+	routes, err := fanout.LoadRoutes("spate.yaml", []byte(strings.ReplaceAll(config, "PREFIX:", prefix)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := redis.ParseURL(spatetest.Redis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: prefix, Routes: routes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, rdb, prefix
+}
+
+// keys lists the keys under prefix, the offsets hash left out.
+func keys(t *testing.T, rdb *redis.Client, prefix string) []string {
+	t.Helper()
+	ks, err := rdb.Keys(context.Background(), prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks = slices.DeleteFunc(ks, func(k string) bool { return strings.HasPrefix(k, prefix+"offsets:") })
+	slices.Sort(ks)
+	return ks
+}
+
+func TestRoutesBuildKeysFromEvents(t *testing.T) {
+	t.Parallel()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["shop.order.*"]
+    stream: "PREFIX:tenant:{ext.tenant}:orders"
+  - types: ["shop.order.placed.v1"]
+    stream: "PREFIX:{{{subject}}}:{type}"
+`)
+	recs := records(t, 0, 4) // placed, cancelled, placed, cancelled; tenant acme
+	for _, b := range []consumers.Batch{batch(recs), batch(recs)} {
+		if err := w.Apply(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{prefix + "tenant:acme:orders", prefix + "{o-0}:shop.order.placed.v1", prefix + "{o-1}:shop.order.placed.v1"}
+	slices.Sort(want)
+	if got := keys(t, rdb, prefix); !slices.Equal(got, want) {
+		t.Fatalf("keys %q, want %q", got, want)
+	}
+	wantIDs(t, ids(t, rdb, prefix+"tenant:acme:orders"), 0, 4, 1)
+	wantIDs(t, ids(t, rdb, prefix+"{o-1}:shop.order.placed.v1"), 2, 3, 1)
+}
+
+func TestHostileKeyPartsNeverLeaveTheTemplate(t *testing.T) {
+	t.Parallel()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["*"]
+    stream: "PREFIX:tenant:{ext.tenant}:orders"
+`)
+	for _, tenant := range []string{"*", "a\nb", "}", "{x}", "a:b", "other:orders", "a b", "", strings.Repeat("x", 1<<20), "tenant?", "[ab]"} {
+		rec := records(t, 0, 1)[0]
+		for i, h := range rec.Headers {
+			if h.Key == "ce_tenant" {
+				rec.Headers[i].Value = []byte(tenant)
+			}
+		}
+		err := w.Apply(context.Background(), batch([]*kgo.Record{rec}))
+		var pe *consumers.PoisonError
+		if !errors.As(err, &pe) || pe.Class != "stream-key" {
+			t.Errorf("tenant %.20q: Apply = %v, want a stream-key PoisonError", tenant, err)
+		}
+	}
+	if got := keys(t, rdb, prefix); len(got) != 0 {
+		t.Fatalf("hostile events created keys %q", got)
+	}
+	all, err := rdb.Keys(context.Background(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range all {
+		if strings.Contains(k, "orders") && !strings.HasPrefix(k, "t") {
+			t.Errorf("key %q outside any test prefix", k)
+		}
+	}
+}
+
+func TestLoadRoutesErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"routes:\n  - types: [x]\n    stream: \"a:{nope}\"\n", "spate.yaml:2: route: stream \"a:{nope}\": unknown placeholder {nope}"},
+		{"routes:\n  - types: [x]\n    stream: \"a:{type\"\n", "unclosed {"},
+		{"routes:\n  - types: [x]\n    stream: \"a}\"\n", "} without {"},
+		{"routes:\n  - stream: s\n", "spate.yaml:2: route: types is required"},
+		{"routes:\n  - types: [x]\n    stream: s\n    maxage: soon\n", "maxage \"soon\""},
+		{"routes:\n  - types: [x]\n    stream: s\n    ttl: 1h\n", "spate.yaml:4: route: unknown key \"ttl\""},
+		{"routes:\n  - types: [\"[\"]\n    stream: s\n", "bad pattern"},
+	} {
+		_, err := fanout.LoadRoutes("spate.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("LoadRoutes(%q) error = %v, want one containing %q", tc.yaml, err, tc.want)
+		}
+	}
+	if routes, err := fanout.LoadRoutes("spate.yaml", []byte("projections: []\n")); err != nil || routes != nil {
+		t.Errorf("no routes section: %v, %v; want nil, nil", routes, err)
+	}
+}
+
+func TestTrimKeepsWhatGroupsStillNeed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, lossy := range []bool{false, true} {
+		t.Run(fmt.Sprint("lossy=", lossy), func(t *testing.T) {
+			w, rdb, prefix := newRouted(t, fmt.Sprintf(`
+routes:
+  - types: ["*"]
+    stream: "PREFIX:all"
+    maxlen: 10
+    lossy: %v
+`, lossy))
+			stream := prefix + "all"
+			if err := w.Apply(ctx, batch(records(t, 0, 100))); err != nil {
+				t.Fatal(err)
+			}
+			// A slow group: read 30 entries, acknowledged 20.
+			if err := rdb.XGroupCreate(ctx, stream, "slow", "0").Err(); err != nil {
+				t.Fatal(err)
+			}
+			read, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "slow", Consumer: "c", Streams: []string{stream, ">"}, Count: 30}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			msgs := read[0].Messages
+			for _, m := range msgs[:20] {
+				rdb.XAck(ctx, stream, "slow", m.ID)
+			}
+			trimTo := func(want int64, why string) {
+				t.Helper()
+				if err := w.TrimOnce(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if n := rdb.XLen(ctx, stream).Val(); n != want {
+					t.Fatalf("after trimming, %d entries, want %d: %s", n, want, why)
+				}
+			}
+			if lossy {
+				trimTo(10, "a lossy route keeps maxlen, read or not")
+				return
+			}
+			trimTo(80, "entries 21..100: 10 pending, 70 unread")
+			first, _ := rdb.XRangeN(ctx, stream, "-", "+", 1).Result()
+			if first[0].ID != msgs[20].ID {
+				t.Fatalf("oldest kept entry %s, want the oldest pending %s", first[0].ID, msgs[20].ID)
+			}
+			for _, m := range msgs[20:] {
+				rdb.XAck(ctx, stream, "slow", m.ID)
+			}
+			trimTo(70, "entries 31..100, unread")
+			if _, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "slow", Consumer: "c", Streams: []string{stream, ">"}, Count: 1000}).Result(); err != nil {
+				t.Fatal(err)
+			}
+			trimTo(70, "all read, but 70 pending")
+			rest, _ := rdb.XRange(ctx, stream, "-", "+").Result()
+			for _, m := range rest {
+				rdb.XAck(ctx, stream, "slow", m.ID)
+			}
+			trimTo(10, "all acknowledged: maxlen applies")
+		})
+	}
+}
