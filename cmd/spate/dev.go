@@ -36,6 +36,7 @@ type devFlags struct {
 	redisURL     string
 	streamPrefix string
 	config       string
+	keys         string
 }
 
 func newDevCmd() *cobra.Command {
@@ -68,6 +69,7 @@ removes the throwaway data.`,
 	fs.StringVar(&f.postgresURL, "postgres-url", "", "PostgreSQL URL (default: a throwaway server)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (default: a throwaway redis-server)")
 	fs.StringVar(&f.streamPrefix, "stream-prefix", "spate:", "prefix of the Redis stream keys")
+	fs.StringVar(&f.keys, "keys", "", "file of API keys producers must present (reloaded on SIGHUP); none: anyone may publish")
 	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections and routes (default: the shop example, schemas/shop/v1/spate.yaml)")
 	annotateEnv(fs)
 	return cmd
@@ -123,7 +125,11 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	srv, cl, err := e.newEdge()
+	keys, err := loadKeys(f.keys)
+	if err != nil {
+		return err
+	}
+	srv, cl, err := e.newEdge(keys)
 	if err != nil {
 		return err
 	}
@@ -158,6 +164,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	g.Go(func() error { return projGroup.Run(gctx) })
 	g.Go(func() error { return fanGroup.Run(gctx) })
 	g.Go(func() error { return fan.Trim(gctx, 30*time.Second) })
+	g.Go(func() error { return reloadKeysOnHangup(gctx, log, f.keys, srv) })
 	g.Go(func() error { return serveHTTP(gctx, aln, adminHandler(e.metrics, checks), log) })
 	g.Go(func() error {
 		if err := awaitStarted(gctx, projGroup, fanGroup); err != nil {

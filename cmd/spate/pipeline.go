@@ -51,12 +51,12 @@ func (e *env) kafkaOpts(clientID string) []kgo.Opt {
 }
 
 // newEdge returns the edge and its Kafka client, which the caller closes.
-func (e *env) newEdge() (*edge.Server, *kgo.Client, error) {
+func (e *env) newEdge(keys *edge.Keys) (*edge.Server, *kgo.Client, error) {
 	cl, err := kgo.NewClient(append(e.kafkaOpts("spate-edge"), producers.Opts()...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kafka client: %w", err)
 	}
-	srv := edge.New(cl, e.reg, edge.Config{Topic: e.topic, Logger: e.log.With("role", "edge"), Metrics: e.metrics})
+	srv := edge.New(cl, e.reg, edge.Config{Topic: e.topic, Logger: e.log.With("role", "edge"), Metrics: e.metrics, Keys: keys})
 	return srv, cl, nil
 }
 

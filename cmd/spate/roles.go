@@ -41,7 +41,7 @@ func (r *roleFlags) env() (*env, error) {
 
 func newEdgeCmd() *cobra.Command {
 	var f roleFlags
-	var addr string
+	var addr, keysFile string
 	cmd := &cobra.Command{
 		Use:     "edge",
 		Short:   "Run the ingestion edge: HTTP and Connect/gRPC in, Kafka out",
@@ -52,7 +52,14 @@ func newEdgeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			srv, cl, err := e.newEdge()
+			keys, err := loadKeys(keysFile)
+			if err != nil {
+				return err
+			}
+			if keys == nil {
+				e.log.Warn("no --keys: the edge accepts events from anyone")
+			}
+			srv, cl, err := e.newEdge(keys)
 			if err != nil {
 				return err
 			}
@@ -68,11 +75,13 @@ func newEdgeCmd() *cobra.Command {
 			g.Go(func() error {
 				return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", cl.Ping}}), e.log)
 			})
+			g.Go(func() error { return reloadKeysOnHangup(ctx, e.log, keysFile, srv) })
 			return g.Wait()
 		},
 	}
 	f.register(cmd.Flags(), []string{"127.0.0.1:9092"})
 	cmd.Flags().StringVar(&addr, "edge-addr", "127.0.0.1:8080", "address of the ingestion server (HTTP/1.1 and h2c)")
+	cmd.Flags().StringVar(&keysFile, "keys", "", "file of API keys producers must present (reloaded on SIGHUP; make keys with spate keys new); none: anyone may publish")
 	annotateEnv(cmd.Flags())
 	return cmd
 }

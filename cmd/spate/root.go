@@ -39,7 +39,8 @@ given on the command line wins over the environment.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd())
+	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newKeysCmd())
+	root.AddCommand(newTailCmd())
 	return root
 }
 

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -44,6 +45,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics registers the edge's metrics. Zero: not registered.
 	Metrics prometheus.Registerer
+	// Keys, when set, are the API keys the edge requires, with what each
+	// may publish and how fast. Zero: no authentication (for development).
+	// Server.SetKeys replaces them while serving.
+	Keys *Keys
 }
 
 // Server is the ingestion edge. Create it with New.
@@ -54,6 +59,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	handler http.Handler
+	keys    atomic.Pointer[Keys]
 }
 
 // New returns an edge that validates with reg and publishes with cl.
@@ -75,6 +81,7 @@ func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cl: cl, reg: reg, cfg: cfg, log: log, metrics: newMetrics(cfg.Metrics)}
+	s.keys.Store(cfg.Keys)
 
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/events", s.metrics.instrument("http", http.HandlerFunc(s.serveEvents)))
@@ -82,6 +89,16 @@ func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
 	mux.Handle(path, s.metrics.instrument("connect", h))
 	s.handler = mux
 	return s
+}
+
+// SetKeys replaces the API keys, e.g. after the keys file changed. Keys that
+// stay the same keep the state of their rate limits. Nil turns
+// authentication off.
+func (s *Server) SetKeys(ks *Keys) {
+	if ks != nil {
+		ks.carryLimiters(s.keys.Load())
+	}
+	s.keys.Store(ks)
 }
 
 // Handler returns the edge's HTTP handler.
@@ -118,29 +135,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("shut down edge: %w", err)
 	}
 	return nil
-}
-
-// publish validates every event and, when all are valid, publishes them.
-// It returns the field errors of a refused request, or the publish error.
-func (s *Server) publish(ctx context.Context, evs []*spatev1.Event) ([]*spatev1.Receipt, []FieldError, error) {
-	var errs []FieldError
-	now := timestamppb.Now()
-	for i, ev := range evs {
-		errs = append(errs, s.validate(i, ev, now)...)
-	}
-	if len(errs) > 0 {
-		s.metrics.events.WithLabelValues("invalid").Add(float64(len(evs)))
-		return nil, errs, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
-	defer cancel()
-	rs, err := producers.Publish(ctx, s.cl, s.cfg.Topic, evs)
-	if err != nil {
-		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
-		return nil, nil, err
-	}
-	s.metrics.events.WithLabelValues("published").Add(float64(len(evs)))
-	return rs, nil, nil
 }
 
 // validate checks one event and rewrites its payload to the canonical
@@ -185,35 +179,6 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 		bad(attrTime, "must be a valid timestamp between 0001-01-01 and 9999-12-31 UTC")
 	}
 	return errs
-}
-
-// ingest implements the Connect IngestService.
-type ingest struct{ s *Server }
-
-func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
-	evs := req.Msg.GetEvents()
-	if err := in.s.checkCount(len(evs)); err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
-	}
-	rs, errs, err := in.s.publish(ctx, evs)
-	switch {
-	case len(errs) > 0:
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New(summary(errs)))
-	case err != nil:
-		in.s.log.WarnContext(ctx, "publish", "events", len(evs), "err", err)
-		return nil, connect.NewError(connect.CodeUnavailable, publishErr(err))
-	}
-	return connect.NewResponse(&spatev1.PublishResponse{Receipts: rs}), nil
-}
-
-func (s *Server) checkCount(n int) error {
-	switch {
-	case n == 0:
-		return errors.New("the request holds no events")
-	case n > s.cfg.MaxEvents:
-		return fmt.Errorf("the request holds %d events; at most %d are taken", n, s.cfg.MaxEvents)
-	}
-	return nil
 }
 
 // publishErr is what a client is told of a failed publish: no broker detail.

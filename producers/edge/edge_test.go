@@ -34,6 +34,7 @@ type fixture struct {
 	url string
 	cl  *kgo.Client
 	adm *kadm.Client
+	srv *edge.Server
 }
 
 // start runs an edge on 127.0.0.1 against a fresh broker.
@@ -60,7 +61,7 @@ func start(t *testing.T, cfg edge.Config) *fixture {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &fixture{url: "http://" + ln.Addr().String(), cl: cl, adm: kadm.NewClient(cl)}
+	return &fixture{url: "http://" + ln.Addr().String(), cl: cl, adm: kadm.NewClient(cl), srv: srv}
 }
 
 // highWatermark is the sum of the topic's end offsets.

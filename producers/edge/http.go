@@ -39,6 +39,11 @@ type receiptJSON struct {
 }
 
 func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
+	key, err := s.authenticate(r.Header) // before reading what may be a large body
+	if err != nil {
+		writeRefusal(w, err)
+		return
+	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch ct {
 	case contentTypeEvent, contentTypeBatch, contentTypeProtobuf, "application/protobuf":
@@ -87,30 +92,33 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		evs = req.Events
 	}
-	if err := s.checkCount(len(evs)); err != nil {
-		writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events", err.Error(), nil)
+	if len(errs) > 0 {
+		writeRefusal(w, &refusal{status: http.StatusBadRequest, kind: "invalid-events", title: "Invalid events",
+			detail: fmt.Sprintf("%d of %d events are invalid; none was published", countEvents(errs), len(evs)), errs: errs})
 		return
 	}
-	if len(errs) == 0 {
-		var rs []*spatev1.Receipt
-		rs, errs, err = s.publish(r.Context(), evs)
-		if err != nil {
-			s.log.WarnContext(r.Context(), "publish", "events", len(evs), "err", err)
-			w.Header().Set("Retry-After", "1")
-			writeProblem(w, http.StatusServiceUnavailable, "kafka-unavailable", "Kafka unavailable", publishErr(err).Error(), nil)
-			return
-		}
-		if len(errs) == 0 {
-			writeReceipts(w, ct, rs)
-			return
-		}
+	rs, err := s.publish(r.Context(), key, evs)
+	if err != nil {
+		writeRefusal(w, err)
+		return
 	}
-	bad := map[int]bool{}
-	for _, e := range errs {
-		bad[e.Index] = true
+	writeReceipts(w, ct, rs)
+}
+
+// writeRefusal answers with the problem a refusal describes.
+func writeRefusal(w http.ResponseWriter, err error) {
+	var r *refusal
+	if !errors.As(err, &r) {
+		writeProblem(w, http.StatusInternalServerError, "internal", "Internal error", "", nil)
+		return
 	}
-	writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
-		fmt.Sprintf("%d of %d events are invalid; none was published", len(bad), len(evs)), errs)
+	switch {
+	case r.retryAfter > 0:
+		w.Header().Set("Retry-After", retryAfter(r.retryAfter))
+	case r.status == http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", `Bearer realm="spate"`)
+	}
+	writeProblem(w, r.status, r.kind, r.title, r.detail, r.errs)
 }
 
 func writeReceipts(w http.ResponseWriter, ct string, rs []*spatev1.Receipt) {

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spate-io/spate/producers/edge"
+)
+
+func newKeysCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "keys",
+		Short: "Manage the edge's API keys",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "new NAME",
+		Short: "Make a new API key, and the entry that lets the edge accept it",
+		Long: `spate keys new prints a new random API key, to hand to the producer, and
+the entry to add to the edge's keys file (--keys). The file keeps only the
+key's SHA-256. Narrow the entry's types and sources, and give it a rate, as
+the producer needs; the edge reloads the file on SIGHUP.`,
+		Example: `  spate keys new checkout`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b := make([]byte, 32)
+			if _, err := rand.Read(b); err != nil {
+				return err
+			}
+			key := "spk_" + base64.RawURLEncoding.EncodeToString(b)
+			fmt.Fprintf(cmd.OutOrStdout(), `# The key, for the producer (shown once; keep it secret):
+#   %s
+# The entry for the keys file, under keys:
+  - name: %s
+    sha256: %s
+    types: ["*"]        # the event types it may publish (globs)
+    sources: ["*"]      # the sources it may publish as (globs)
+    # rate: 1000        # events per second
+`, key, args[0], edge.HashKey(key))
+			return nil
+		},
+	})
+	return cmd
+}
+
+// loadKeys reads a keys file; no file: nil (no authentication).
+func loadKeys(file string) (*edge.Keys, error) {
+	if file == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--keys: %w", err)
+	}
+	return edge.LoadKeys(file, data)
+}
+
+// reloadKeysOnHangup reloads the keys file into srv on every SIGHUP until
+// ctx ends; a file that does not load leaves the keys as they were.
+func reloadKeysOnHangup(ctx context.Context, log *slog.Logger, file string, srv *edge.Server) error {
+	if file == "" {
+		return nil
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+		}
+		ks, err := loadKeys(file)
+		if err != nil {
+			log.Error("reload keys; keeping the ones loaded before", "file", file, "err", err)
+			continue
+		}
+		srv.SetKeys(ks)
+		log.Info("keys reloaded", "file", file)
+	}
+}

@@ -1,0 +1,202 @@
+package edge
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"golang.org/x/time/rate"
+)
+
+// Keys are the API keys an edge accepts and what each may publish. Only
+// the SHA-256 of each key is kept; a presented key is hashed and compared
+// with every stored hash in constant time.
+type Keys struct {
+	keys []*apiKey
+}
+
+// apiKey is one producer's key.
+type apiKey struct {
+	name    string
+	hash    [sha256.Size]byte
+	types   []string // patterns (see wildcard); none: any type
+	sources []string // patterns; none: any source
+	rate    float64  // events per second; 0: unlimited
+	burst   int
+	limiter *rate.Limiter
+}
+
+// LoadKeys reads a keys file:
+//
+//	keys:
+//	  - name: checkout                  # the principal, in logs and errors
+//	    sha256: 9f86d08...              # hex SHA-256 of the key (spate keys new makes both)
+//	    types: ["shop.order.*"]         # event types it may publish; default any
+//	    sources: ["/shop/*"]            # sources it may publish as; default any
+//	    rate: 500                       # events per second; default unlimited
+//	    burst: 1000                     # default: rate
+//
+// In types and sources, * matches any run of characters, slashes included.
+// Errors name the file and line.
+func LoadKeys(file string, data []byte) (*Keys, error) {
+	var doc struct {
+		Keys []yaml.Node `yaml:"keys"`
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	ks := &Keys{}
+	names := map[string]bool{}
+	for _, n := range doc.Keys {
+		var kc struct {
+			Name    string   `yaml:"name"`
+			SHA256  string   `yaml:"sha256"`
+			Types   []string `yaml:"types"`
+			Sources []string `yaml:"sources"`
+			Rate    float64  `yaml:"rate"`
+			Burst   int      `yaml:"burst"`
+		}
+		bad := func(format string, args ...any) error {
+			return fmt.Errorf("%s:%d: key %s: %s", file, n.Line, kc.Name, fmt.Sprintf(format, args...))
+		}
+		allowed := []string{"name", "sha256", "types", "sources", "rate", "burst"}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if !slices.Contains(allowed, n.Content[i].Value) {
+				return nil, fmt.Errorf("%s:%d: unknown key %q; want one of %s", file, n.Content[i].Line, n.Content[i].Value, strings.Join(allowed, ", "))
+			}
+		}
+		if err := n.Decode(&kc); err != nil {
+			return nil, bad("%v", err)
+		}
+		k := &apiKey{name: kc.Name, types: kc.Types, sources: kc.Sources, rate: kc.Rate, burst: kc.Burst}
+		h, err := hex.DecodeString(strings.TrimPrefix(kc.SHA256, "sha256:"))
+		switch {
+		case kc.Name == "":
+			return nil, bad("name is required")
+		case names[kc.Name]:
+			return nil, bad("declared twice")
+		case err != nil || len(h) != sha256.Size:
+			return nil, bad("sha256 must be 64 hex digits, the SHA-256 of the key")
+		case kc.Rate < 0 || kc.Burst < 0:
+			return nil, bad("rate and burst must not be negative")
+		}
+		copy(k.hash[:], h)
+		if k.rate > 0 {
+			if k.burst == 0 {
+				k.burst = max(int(k.rate), 1)
+			}
+			k.limiter = rate.NewLimiter(rate.Limit(k.rate), k.burst)
+		}
+		names[kc.Name] = true
+		ks.keys = append(ks.keys, k)
+	}
+	return ks, nil
+}
+
+// carryLimiters keeps the rate limiter state of keys that stay the same
+// across a reload, so that reloading does not refill anyone's bucket.
+func (ks *Keys) carryLimiters(old *Keys) {
+	if old == nil {
+		return
+	}
+	for _, k := range ks.keys {
+		for _, o := range old.keys {
+			if o.name == k.name && o.rate == k.rate && o.burst == k.burst {
+				k.limiter = o.limiter
+			}
+		}
+	}
+}
+
+// HashKey returns the hex SHA-256 of an API key, as a keys file holds it.
+func HashKey(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(h[:])
+}
+
+// find returns the key whose hash matches token's. It compares against
+// every key, in constant time each, whatever matches.
+func (ks *Keys) find(token string) *apiKey {
+	h := sha256.Sum256([]byte(token))
+	var found *apiKey
+	for _, k := range ks.keys {
+		if subtle.ConstantTimeCompare(h[:], k.hash[:]) == 1 {
+			found = k
+		}
+	}
+	return found
+}
+
+// token returns the API key of a request: Authorization: Bearer KEY, or
+// X-API-Key: KEY.
+func token(h http.Header) string {
+	if v, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(v)
+	}
+	return strings.TrimSpace(h.Get("X-API-Key"))
+}
+
+func matchAny(patterns []string, s string) bool {
+	return len(patterns) == 0 || slices.ContainsFunc(patterns, func(p string) bool { return wildcard(p, s) })
+}
+
+// wildcard reports whether s matches pattern, in which * matches any run of
+// characters, slashes included (sources are URI references), and every
+// other character matches itself.
+func wildcard(pattern, s string) bool {
+	for pattern != "" {
+		if pattern[0] == '*' {
+			pattern = strings.TrimLeft(pattern, "*")
+			if pattern == "" {
+				return true
+			}
+			for i := range len(s) + 1 {
+				if wildcard(pattern, s[i:]) {
+					return true
+				}
+			}
+			return false
+		}
+		if s == "" || pattern[0] != s[0] {
+			return false
+		}
+		pattern, s = pattern[1:], s[1:]
+	}
+	return s == ""
+}
+
+// authorize returns the events k may not publish, as field errors.
+func (k *apiKey) authorize(evsTypes, evsSources []string) []FieldError {
+	var errs []FieldError
+	for i := range evsTypes {
+		if !matchAny(k.types, evsTypes[i]) {
+			errs = append(errs, FieldError{Index: i, Field: attrType, Detail: fmt.Sprintf("key %s may not publish %q", k.name, evsTypes[i])})
+		}
+		if !matchAny(k.sources, evsSources[i]) {
+			errs = append(errs, FieldError{Index: i, Field: attrSource, Detail: fmt.Sprintf("key %s may not publish as source %q", k.name, evsSources[i])})
+		}
+	}
+	return errs
+}
+
+// admit takes n events from k's bucket, or says how long to wait.
+func (k *apiKey) admit(n int, now time.Time) (wait time.Duration, ok bool) {
+	if k.limiter == nil {
+		return 0, true
+	}
+	r := k.limiter.ReserveN(now, n)
+	if !r.OK() {
+		return 0, false // more than the burst: never
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d, false
+	}
+	return 0, true
+}

@@ -1,0 +1,237 @@
+package edge_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+)
+
+const (
+	checkoutKey = "spk_checkout_0123456789"
+	paymentsKey = "spk_payments_0123456789"
+)
+
+// keysFile allows checkout to publish orders from /shop/*, without limit,
+// and payments to publish payments, 5 at once and then one per 100 s.
+func keysFile(t *testing.T, withCheckout bool) *edge.Keys {
+	t.Helper()
+	y := fmt.Sprintf(`
+keys:
+  - name: payments
+    sha256: %s
+    types: ["shop.payment.*"]
+    rate: 0.01
+    burst: 5
+`, edge.HashKey(paymentsKey))
+	if withCheckout {
+		y += fmt.Sprintf(`
+  - name: checkout
+    sha256: %s
+    types: ["shop.order.*"]
+    sources: ["/shop/*"]
+`, edge.HashKey(checkoutKey))
+	}
+	ks, err := edge.LoadKeys("keys.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+func (f *fixture) postAs(t *testing.T, key, ct, body string) (int, http.Header, edge.Problem) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, f.url+"/v1/events", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", ct)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p edge.Problem
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	if resp.StatusCode >= 400 {
+		if err := json.Unmarshal(buf.Bytes(), &p); err != nil {
+			t.Fatalf("status %d with a body that is no problem: %q", resp.StatusCode, buf.String())
+		}
+	}
+	return resp.StatusCode, resp.Header, p
+}
+
+func paymentJSON(id string) string {
+	return fmt.Sprintf(`{"specversion":"1.0","id":%q,"source":"/pay","type":"shop.payment.captured.v1","subject":"o-1",`+
+		`"data":{"paymentId":%q,"orderId":"o-1","amountCents":1,"currency":"EUR"}}`, id, id)
+}
+
+func orderFrom(id, source string) string {
+	return strings.Replace(orderJSON(id, "o-1"), `"source":"/test"`, fmt.Sprintf(`"source":%q`, source), 1)
+}
+
+func TestAPIKeysAuthenticateAndAuthorize(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Keys: keysFile(t, true)})
+	const one, batch = "application/cloudevents+json", "application/cloudevents-batch+json"
+	before := f.highWatermark(t)
+
+	code, h, p := f.postAs(t, "", one, orderFrom("a", "/shop/web"))
+	if code != 401 || h.Get("WWW-Authenticate") == "" || !strings.Contains(p.Detail, "API key is required") {
+		t.Errorf("no key: %d %v %q, want 401 with WWW-Authenticate", code, h.Get("WWW-Authenticate"), p.Detail)
+	}
+	if code, _, p := f.postAs(t, "spk_guess", one, orderFrom("a", "/shop/web")); code != 401 || !strings.Contains(p.Detail, "not valid") {
+		t.Errorf("wrong key: %d %q, want 401", code, p.Detail)
+	}
+	if code, _, p := f.postAs(t, checkoutKey, one, paymentJSON("p")); code != 403 || !hasField(p.Errors, "type") {
+		t.Errorf("type not allowed: %d %+v, want 403 naming the type", code, p)
+	}
+	if code, _, p := f.postAs(t, checkoutKey, one, orderFrom("a", "/elsewhere")); code != 403 || !hasField(p.Errors, "source") {
+		t.Errorf("source not allowed: %d %+v, want 403 naming the source", code, p)
+	}
+	code, _, p = f.postAs(t, checkoutKey, batch, "["+orderFrom("ok", "/shop/web")+","+paymentJSON("no")+"]")
+	if code != 403 || len(p.Errors) == 0 || !strings.HasPrefix(p.Detail, "1 of 2 events") {
+		t.Errorf("one forbidden event in a batch: %d %+v, want 403 about 1 of 2 events", code, p)
+	}
+	for _, e := range p.Errors {
+		if e.Index != 1 {
+			t.Errorf("error %+v is about event %d; only event 1 is forbidden", e, e.Index)
+		}
+	}
+	if after := f.highWatermark(t); after != before {
+		t.Fatalf("high watermark moved from %d to %d: unauthorized events reached Kafka", before, after)
+	}
+	if code, _, p := f.postAs(t, checkoutKey, one, orderFrom("ok", "/shop/web")); code != 202 {
+		t.Fatalf("allowed event: %d %+v, want 202", code, p)
+	}
+
+	c := spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url)
+	req := connect.NewRequest(protobufRequest(t, "c-1"))
+	if _, err := c.Publish(context.Background(), req); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Errorf("connect without key: %v, want Unauthenticated", err)
+	}
+	req.Header().Set("Authorization", "Bearer "+checkoutKey)
+	if _, err := c.Publish(context.Background(), req); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("connect, payment with the checkout key: %v, want PermissionDenied", err)
+	}
+	req.Header().Set("X-API-Key", paymentsKey)
+	req.Header().Del("Authorization")
+	if _, err := c.Publish(context.Background(), req); err != nil {
+		t.Errorf("connect, payment with the payments key in X-API-Key: %v", err)
+	}
+}
+
+func TestRateLimitIsPerKey(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Keys: keysFile(t, true)})
+	const one, batch = "application/cloudevents+json", "application/cloudevents-batch+json"
+	var six []string
+	for i := range 6 {
+		six = append(six, paymentJSON(fmt.Sprint("six-", i)))
+	}
+	if code, _, p := f.postAs(t, paymentsKey, batch, "["+strings.Join(six, ",")+"]"); code != 413 {
+		t.Errorf("6 events over a burst of 5: %d %+v, want 413", code, p)
+	}
+	for i := range 4 { // the payments key has one of its 5 tokens left after that
+		if code, _, p := f.postAs(t, paymentsKey, one, paymentJSON(fmt.Sprint("p-", i))); code != 202 {
+			t.Fatalf("payment %d within the burst: %d %+v, want 202", i, code, p)
+		}
+	}
+	if code, _, p := f.postAs(t, paymentsKey, batch, "["+paymentJSON("p-4")+","+paymentJSON("p-5")+"]"); code != 429 {
+		t.Fatalf("2 events with 1 token left: %d %+v, want 429", code, p)
+	}
+	code, h, p := f.postAs(t, paymentsKey, one, paymentJSON("p-4"))
+	if code != 202 {
+		t.Fatalf("the last token: %d %+v, want 202 (a refused request must not spend tokens)", code, p)
+	}
+	code, h, p = f.postAs(t, paymentsKey, one, paymentJSON("p-6"))
+	if code != 429 || h.Get("Retry-After") == "" || p.Status != 429 {
+		t.Fatalf("over the rate: %d Retry-After %q %+v, want 429 with Retry-After", code, h.Get("Retry-After"), p)
+	}
+	if code, _, p := f.postAs(t, checkoutKey, one, orderFrom("o", "/shop/web")); code != 202 {
+		t.Fatalf("another key while payments is limited: %d %+v, want 202", code, p)
+	}
+}
+
+func TestSetKeysReloads(t *testing.T) {
+	t.Parallel()
+	ks := keysFile(t, true)
+	f := start(t, edge.Config{Keys: ks})
+	srv := f.srv
+	for i := range 5 {
+		if code, _, _ := f.postAs(t, paymentsKey, "application/cloudevents+json", paymentJSON(fmt.Sprint("p-", i))); code != 202 {
+			t.Fatalf("payment %d: %d, want 202", i, code)
+		}
+	}
+	srv.SetKeys(keysFile(t, false)) // checkout revoked; payments unchanged
+	if code, _, _ := f.postAs(t, checkoutKey, "application/cloudevents+json", orderFrom("o", "/shop/web")); code != 401 {
+		t.Errorf("revoked key: %d, want 401", code)
+	}
+	if code, _, _ := f.postAs(t, paymentsKey, "application/cloudevents+json", paymentJSON("p-5")); code != 429 {
+		t.Errorf("payments after a reload: %d, want 429: a reload must not refill the bucket", code)
+	}
+	srv.SetKeys(nil)
+	if code, _, _ := f.postAs(t, "", "application/cloudevents+json", orderFrom("o", "/x")); code != 202 {
+		t.Errorf("keys off: %d, want 202", code)
+	}
+}
+
+func TestLoadKeysErrors(t *testing.T) {
+	h := edge.HashKey("k")
+	for _, tc := range []struct{ yaml, want string }{
+		{"keys:\n  - sha256: " + h + "\n", "keys.yaml:2: key : name is required"},
+		{"keys:\n  - name: a\n    sha256: abc\n", "keys.yaml:2: key a: sha256 must be 64 hex digits"},
+		{"keys:\n  - name: a\n    sha256: " + h + "\n  - name: a\n    sha256: " + h + "\n", "keys.yaml:4: key a: declared twice"},
+		{"keys:\n  - name: a\n    sha256: " + h + "\n    rate: -1\n", "must not be negative"},
+		{"keys:\n  - name: a\n    sha256: " + h + "\n    secret: x\n", "keys.yaml:4: unknown key \"secret\""},
+	} {
+		if _, err := edge.LoadKeys("keys.yaml", []byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("LoadKeys(%q) = %v, want an error containing %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+func TestKeyPatternsCrossSlashes(t *testing.T) {
+	t.Parallel()
+	ks, err := edge.LoadKeys("keys.yaml", []byte(fmt.Sprintf(`
+keys:
+  - name: any
+    sha256: %s
+    types: ["*"]
+    sources: ["*"]
+  - name: shop
+    sha256: %s
+    types: ["shop.*.v1"]
+    sources: ["/shop/*/web"]
+`, edge.HashKey(checkoutKey), edge.HashKey(paymentsKey))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, edge.Config{Keys: ks})
+	for _, tc := range []struct {
+		key, source string
+		want        int
+	}{
+		{checkoutKey, "/shop/checkout/web", 202},
+		{checkoutKey, "urn:x", 202},
+		{paymentsKey, "/shop/eu/checkout/web", 202},
+		{paymentsKey, "/shop/web", 403},
+		{paymentsKey, "/shop/eu/web/x", 403},
+	} {
+		if code, _, p := f.postAs(t, tc.key, "application/cloudevents+json", orderFrom("e", tc.source)); code != tc.want {
+			t.Errorf("source %q: %d %+v, want %d", tc.source, code, p, tc.want)
+		}
+	}
+}

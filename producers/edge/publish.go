@@ -1,0 +1,159 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/spate-io/spate/producers"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+)
+
+// refusal is a request the edge turns down, with what the client is told.
+type refusal struct {
+	status              int
+	kind, title, detail string
+	errs                []FieldError
+	retryAfter          time.Duration
+}
+
+func (r *refusal) Error() string {
+	if len(r.errs) > 0 {
+		return r.detail + ": " + summary(r.errs)
+	}
+	return r.detail
+}
+
+// authenticate returns the key a request presents: nil when the edge has no
+// keys, a 401 refusal when it has and the request's key is missing or wrong.
+func (s *Server) authenticate(h http.Header) (*apiKey, error) {
+	ks := s.keys.Load()
+	if ks == nil {
+		return nil, nil
+	}
+	tok := token(h)
+	if tok == "" {
+		return nil, &refusal{status: http.StatusUnauthorized, kind: "unauthenticated", title: "Unauthenticated",
+			detail: "an API key is required: Authorization: Bearer KEY"}
+	}
+	k := ks.find(tok)
+	if k == nil {
+		return nil, &refusal{status: http.StatusUnauthorized, kind: "unauthenticated", title: "Unauthenticated",
+			detail: "the API key is not valid"}
+	}
+	return k, nil
+}
+
+// publish checks the request's size, validates every event, checks what
+// key may publish and how fast, and only when all of that passes publishes
+// the events. A request turned down gets a *refusal, and so does a publish
+// that failed (503).
+func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event) ([]*spatev1.Receipt, error) {
+	refuse := func(r *refusal, result string) ([]*spatev1.Receipt, error) {
+		s.metrics.events.WithLabelValues(result).Add(float64(len(evs)))
+		return nil, r
+	}
+	switch {
+	case len(evs) == 0:
+		return refuse(&refusal{status: http.StatusBadRequest, kind: "invalid-events", title: "Invalid events",
+			detail: "the request holds no events"}, "invalid")
+	case len(evs) > s.cfg.MaxEvents:
+		return refuse(&refusal{status: http.StatusBadRequest, kind: "invalid-events", title: "Invalid events",
+			detail: fmt.Sprintf("the request holds %d events; at most %d are taken", len(evs), s.cfg.MaxEvents)}, "invalid")
+	}
+	var errs []FieldError
+	now := timestamppb.Now()
+	for i, ev := range evs {
+		errs = append(errs, s.validate(i, ev, now)...)
+	}
+	if len(errs) > 0 {
+		return refuse(&refusal{status: http.StatusBadRequest, kind: "invalid-events", title: "Invalid events",
+			detail: fmt.Sprintf("%d of %d events are invalid; none was published", countEvents(errs), len(evs)), errs: errs}, "invalid")
+	}
+	if key != nil {
+		types, sources := make([]string, len(evs)), make([]string, len(evs))
+		for i, ev := range evs {
+			types[i], sources[i] = ev.Type, ev.Source
+		}
+		if errs := key.authorize(types, sources); len(errs) > 0 {
+			return refuse(&refusal{status: http.StatusForbidden, kind: "forbidden", title: "Forbidden",
+				detail: fmt.Sprintf("%d of %d events are not allowed for this key; none was published", countEvents(errs), len(evs)), errs: errs}, "forbidden")
+		}
+		if wait, ok := key.admit(len(evs), time.Now()); !ok {
+			if wait == 0 {
+				return refuse(&refusal{status: http.StatusRequestEntityTooLarge, kind: "over-burst", title: "Request over the key's burst",
+					detail: fmt.Sprintf("%d events exceed this key's burst of %d; send smaller requests", len(evs), key.burst)}, "rate_limited")
+			}
+			return refuse(&refusal{status: http.StatusTooManyRequests, kind: "rate-limited", title: "Rate limited",
+				detail: fmt.Sprintf("this key may publish %g events a second; retry later", key.rate), retryAfter: wait}, "rate_limited")
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+	defer cancel()
+	rs, err := producers.Publish(ctx, s.cl, s.cfg.Topic, evs)
+	if err != nil {
+		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
+		name := ""
+		if key != nil {
+			name = key.name
+		}
+		s.log.WarnContext(ctx, "publish", "events", len(evs), "key", name, "err", err)
+		return nil, &refusal{status: http.StatusServiceUnavailable, kind: "kafka-unavailable", title: "Kafka unavailable",
+			detail: publishErr(err).Error(), retryAfter: time.Second}
+	}
+	s.metrics.events.WithLabelValues("published").Add(float64(len(evs)))
+	return rs, nil
+}
+
+// countEvents counts the distinct events that field errors are about.
+func countEvents(errs []FieldError) int {
+	seen := map[int]bool{}
+	for _, e := range errs {
+		seen[e.Index] = true
+	}
+	return len(seen)
+}
+
+// retryAfter renders a wait as Retry-After seconds, rounded up.
+func retryAfter(d time.Duration) string {
+	return strconv.Itoa(int(math.Ceil(d.Seconds())))
+}
+
+// ingest implements the Connect IngestService.
+type ingest struct{ s *Server }
+
+// connectCodes maps the statuses of refusals to Connect codes.
+var connectCodes = map[int]connect.Code{
+	http.StatusBadRequest:            connect.CodeInvalidArgument,
+	http.StatusUnauthorized:          connect.CodeUnauthenticated,
+	http.StatusForbidden:             connect.CodePermissionDenied,
+	http.StatusRequestEntityTooLarge: connect.CodeResourceExhausted,
+	http.StatusTooManyRequests:       connect.CodeResourceExhausted,
+	http.StatusServiceUnavailable:    connect.CodeUnavailable,
+}
+
+func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
+	key, err := in.s.authenticate(req.Header())
+	if err == nil {
+		var rs []*spatev1.Receipt
+		if rs, err = in.s.publish(ctx, key, req.Msg.GetEvents()); err == nil {
+			return connect.NewResponse(&spatev1.PublishResponse{Receipts: rs}), nil
+		}
+	}
+	var r *refusal
+	if !errors.As(err, &r) {
+		return nil, connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	}
+	cerr := connect.NewError(connectCodes[r.status], r)
+	if r.retryAfter > 0 {
+		cerr.Meta().Set("Retry-After", retryAfter(r.retryAfter))
+	}
+	return nil, cerr
+}
