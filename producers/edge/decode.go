@@ -3,12 +3,13 @@ package edge
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"strconv"
 	"time"
 
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
@@ -60,8 +61,10 @@ const (
 
 // decodeJSONEvent reads one event in the CloudEvents JSON format into the
 // envelope. It checks the JSON shape only; validate checks the content.
-func decodeJSONEvent(i int, raw json.RawMessage) (*spatev1.Event, []FieldError) {
-	var attrs map[string]json.RawMessage
+// JSON is read strictly (encoding/json/v2 semantics): duplicate member
+// names and invalid UTF-8 are refused, not resolved silently.
+func decodeJSONEvent(i int, raw jsontext.Value) (*spatev1.Event, []FieldError) {
+	var attrs map[string]jsontext.Value
 	if err := json.Unmarshal(raw, &attrs); err != nil || attrs == nil {
 		return nil, []FieldError{{Index: i, Field: "", Detail: "an event must be a JSON object"}}
 	}
@@ -159,7 +162,7 @@ func decodeJSONEvent(i int, raw json.RawMessage) (*spatev1.Event, []FieldError) 
 
 // extensionValue returns the string form of an extension attribute: a string,
 // a number or a boolean.
-func extensionValue(v json.RawMessage) (string, error) {
+func extensionValue(v jsontext.Value) (string, error) {
 	var x any
 	if err := json.Unmarshal(v, &x); err != nil {
 		return "", err

@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -253,6 +254,14 @@ func TestBadInputIsRefusedAndNeverReachesKafka(t *testing.T) {
 		{"unsupported media type", "text/plain", "hello", 415, "", "Content-Type"},
 		{"one bad event spoils the batch", "application/cloudevents-batch+json", "[" + orderJSON("ok", "s") + `,{"specversion":"1.0"}]`, 400, "source", ""},
 		{"empty batch", "application/cloudevents-batch+json", "[]", 400, "", "no events"},
+		{"duplicate attribute", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"id":"x"`, `"id":"x","id":"y"`, 1), 400, "", "duplicate"},
+		{"duplicate attribute in a batch", "application/cloudevents-batch+json", "[" + strings.Replace(orderJSON("x", "s"), `"id":"x"`, `"id":"x","id":"y"`, 1) + "]", 400, "", "duplicate"},
+		{"duplicate payload field", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"EUR","currency":"USD"`, 1), 400, "", "duplicate"},
+		{"one payload field by both its names", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"EUR","customer_id":"c-2"`, 1), 400, "data", ""},
+		{"invalid UTF-8", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"source":"/test"`, "\"source\":\"/t\xffst\"", 1), 400, "", "UTF-8"},
+		{"two top-level values", "application/cloudevents+json", orderJSON("x", "s") + orderJSON("y", "s"), 400, "", "not valid JSON"},
+		{"NaN", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `4200`, `NaN`, 1), 400, "", "not valid JSON"},
+		{"deep nesting", "application/cloudevents+json", strings.Repeat("[", 100_000) + strings.Repeat("]", 100_000), 413, "", "exceeds"},
 	} {
 		code, body := f.post(t, tc.ct, []byte(tc.body))
 		var p edge.Problem
@@ -282,4 +291,62 @@ func hasField(errs []edge.FieldError, field string) bool {
 		}
 	}
 	return false
+}
+
+func TestBodyEncodingAndHeaderLimits(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{MaxBodyBytes: 64 << 10})
+	before := f.highWatermark(t)
+	gz := func(b []byte) []byte {
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		zw.Write(b)
+		zw.Close()
+		return buf.Bytes()
+	}
+	send := func(enc string, body []byte, header string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, f.url+"/v1/events", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/cloudevents+json")
+		req.Close = true // a connection each: refusals leave bodies unread
+		if enc != "" {
+			req.Header.Set("Content-Encoding", enc)
+		}
+		if header != "" {
+			req.Header.Set("X-Padding", header)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	bomb := gz(bytes.Repeat([]byte(" "), 64<<20)) // 64 MiB of spaces in ~64 KiB... less: gzip packs it to ~65 KiB
+	if code, body := send("gzip", bomb[:min(len(bomb), 60<<10)], ""); code != 413 && code != 400 {
+		t.Errorf("gzip bomb: %d %s, want 413 (or 400 for the truncated stream)", code, body)
+	}
+	big := gz([]byte(strings.Replace(orderJSON("big", "s"), `"currency":"EUR"`, `"currency":"`+strings.Repeat("E", 100<<10)+`"`, 1)))
+	if code, body := send("gzip", big, ""); code != 413 || !strings.Contains(body, "decompressed body exceeds") {
+		t.Errorf("gzip over the limit once decompressed: %d %s, want 413", code, body)
+	}
+	if code, body := send("br", []byte(orderJSON("x", "s")), ""); code != 415 || !strings.Contains(body, "Content-Encoding") {
+		t.Errorf("unknown encoding: %d %s, want 415", code, body)
+	}
+	if code, body := send("gzip", []byte("not gzip"), ""); code != 400 {
+		t.Errorf("a body that is not gzip: %d %s, want 400", code, body)
+	}
+	if code, _ := send("", []byte(orderJSON("x", "s")), strings.Repeat("h", 70<<10)); code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("70 KiB of headers: %d, want 431", code)
+	}
+	if after := f.highWatermark(t); after != before {
+		t.Fatalf("high watermark moved from %d to %d", before, after)
+	}
+	if code, body := send("gzip", gz([]byte(orderJSON("ok", "s"))), ""); code != 202 {
+		t.Errorf("a gzip event: %d %s, want 202", code, body)
+	}
 }

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,10 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"google.golang.org/protobuf/proto"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
@@ -52,14 +56,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("Content-Type %q is not taken; use %s, %s or %s", ct, contentTypeEvent, contentTypeBatch, contentTypeProtobuf), nil)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
-		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-			writeProblem(w, http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large",
-				fmt.Sprintf("the body exceeds %d bytes", mbe.Limit), nil)
-			return
-		}
-		writeProblem(w, http.StatusBadRequest, "unreadable-body", "Unreadable body", "the request body could not be read", nil)
+		writeRefusal(w, err)
 		return
 	}
 
@@ -67,16 +66,16 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	var errs []FieldError
 	switch ct {
 	case contentTypeEvent:
-		if !json.Valid(body) {
-			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is not valid JSON", nil)
+		if err := jsonv2.Unmarshal(body, new(jsontext.Value)); err != nil {
+			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is not valid JSON: "+jsonErr(err), nil)
 			return
 		}
 		ev, e := decodeJSONEvent(0, body)
 		evs, errs = []*spatev1.Event{ev}, e
 	case contentTypeBatch:
-		var raws []json.RawMessage
-		if err := json.Unmarshal(body, &raws); err != nil {
-			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body must be a JSON array of CloudEvents", nil)
+		var raws []jsontext.Value
+		if err := jsonv2.Unmarshal(body, &raws); err != nil {
+			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body must be a JSON array of CloudEvents: "+jsonErr(err), nil)
 			return
 		}
 		evs = make([]*spatev1.Event, len(raws))
@@ -103,6 +102,50 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeReceipts(w, ct, rs)
+}
+
+// readBody reads a request body of at most limit bytes, decompressing a
+// gzip one (Content-Encoding: gzip), whose decompressed size is capped at
+// limit too: a gzip bomb costs at most limit bytes of memory.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	tooLarge := func(what string) error {
+		return &refusal{status: http.StatusRequestEntityTooLarge, kind: "body-too-large", title: "Request body too large",
+			detail: fmt.Sprintf("the %s exceeds %d bytes", what, limit)}
+	}
+	var in io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
+	switch enc {
+	case "", "identity":
+	case "gzip":
+		gz, err := gzip.NewReader(in)
+		if err != nil {
+			if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+				return nil, tooLarge("body")
+			}
+			return nil, &refusal{status: http.StatusBadRequest, kind: "unreadable-body", title: "Unreadable body", detail: "the body is not gzip"}
+		}
+		defer gz.Close()
+		in = io.LimitReader(gz, limit+1)
+	default:
+		return nil, &refusal{status: http.StatusUnsupportedMediaType, kind: "unsupported-encoding", title: "Unsupported content encoding",
+			detail: fmt.Sprintf("Content-Encoding %q is not taken; use gzip or none", enc)}
+	}
+	body, err := io.ReadAll(in)
+	switch mbe := (*http.MaxBytesError)(nil); {
+	case errors.As(err, &mbe):
+		return nil, tooLarge("body")
+	case err != nil:
+		return nil, &refusal{status: http.StatusBadRequest, kind: "unreadable-body", title: "Unreadable body", detail: "the request body could not be read"}
+	case int64(len(body)) > limit:
+		return nil, tooLarge("decompressed body")
+	}
+	return body, nil
+}
+
+// jsonErr is what a client is told of malformed JSON: the parser's words,
+// which name the problem and where it is.
+func jsonErr(err error) string {
+	return strings.TrimPrefix(strings.TrimPrefix(err.Error(), "json: "), "jsontext: ")
 }
 
 // writeRefusal answers with the problem a refusal describes.
