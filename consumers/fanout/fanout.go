@@ -55,8 +55,10 @@ type Config struct {
 	// Routes send events to streams. Zero: one stream per type,
 	// <Prefix><type>.
 	Routes []Route
-	// ChunkSize caps the entries one script call adds, to keep Redis
-	// responsive to others. Zero: 500.
+	// ChunkSize is how many entries one script call adds, at most, to keep
+	// Redis responsive to others; a chunk never splits one event's entries,
+	// so an event with more entries than this makes a chunk of its own.
+	// Zero: 500.
 	ChunkSize int
 	// Logger. Zero: none.
 	Logger *slog.Logger
@@ -72,6 +74,10 @@ type Writer struct {
 	log     *slog.Logger
 	routes  []Route
 	metrics *metrics
+
+	// hook, if set (by tests), is called with "mid-batch" after a script
+	// call stored a chunk of a batch whose later chunks are not stored yet.
+	hook func(point string)
 }
 
 // New returns a writer adding to rdb and decoding with reg. It fails on a
@@ -194,10 +200,23 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 		}
 	}
 	field := offsetField(b.Topic, b.Partition)
-	for start := 0; start == 0 || start < len(entries); start += w.cfg.ChunkSize {
-		chunk := entries[start:min(start+w.cfg.ChunkSize, len(entries))]
+	for start := 0; ; {
+		// A chunk holds up to ChunkSize entries but never ends between two
+		// entries of one record: the offset it stores says that all of a
+		// record's entries are in. A record with more entries than
+		// ChunkSize makes a chunk of its own.
+		end := min(start+w.cfg.ChunkSize, len(entries))
+		for end > start && end < len(entries) && entries[end].offset == entries[end-1].offset {
+			end--
+		}
+		if end == start {
+			for end < len(entries) && entries[end].offset == entries[start].offset {
+				end++
+			}
+		}
+		chunk := entries[start:end]
 		next := b.Next
-		if start+len(chunk) < len(entries) {
+		if end < len(entries) {
 			next = chunk[len(chunk)-1].offset + 1
 		}
 		keys := make([]string, 1, 1+len(chunk))
@@ -212,6 +231,13 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 		if err := addScript.Run(ctx, w.rdb, keys, args...).Err(); err != nil {
 			return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, next, err)
 		}
+		if end == len(entries) {
+			break
+		}
+		if w.hook != nil {
+			w.hook("mid-batch")
+		}
+		start = end
 	}
 	for _, e := range entries {
 		w.metrics.entries.WithLabelValues(e.route).Inc()

@@ -22,7 +22,10 @@ import (
 	"github.com/spate-io/spate/spatetest"
 )
 
-func TestMain(m *testing.M) { spatetest.Main(m) }
+func TestMain(m *testing.M) {
+	runChild() // returns unless this process is the child of a failure test
+	spatetest.Main(m)
+}
 
 func newWriter(t *testing.T, chunk int) (*fanout.Writer, *redis.Client) {
 	t.Helper()
