@@ -295,14 +295,23 @@ func (s *Subscriber) read(ctx, hctx context.Context, block time.Duration) error 
 	case err != nil:
 		return fmt.Errorf("read %v: %w", s.cfg.Streams, err)
 	}
+	var acks []string
 	for _, st := range res {
+		acks = acks[:0]
 		for _, x := range st.Messages {
 			if ctx.Err() != nil {
-				return nil // the rest stays pending; a member claims it later
+				break // the rest stays pending; a member claims it later
 			}
-			if err := s.handle(hctx, Message{Stream: st.Stream, ID: x.ID, Values: x.Values, Deliveries: 1}); err != nil {
+			ok, err := s.handle(hctx, Message{Stream: st.Stream, ID: x.ID, Values: x.Values, Deliveries: 1})
+			if err != nil {
 				return err
 			}
+			if ok {
+				acks = append(acks, x.ID)
+			}
+		}
+		if err := s.ack(hctx, st.Stream, acks); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -339,21 +348,32 @@ func (s *Subscriber) claim(ctx, hctx context.Context) error {
 				if err != nil {
 					return err
 				}
+				var acks []string
 				for i, x := range msgs {
 					if ctx.Err() != nil {
-						return nil
+						break
 					}
 					m := Message{Stream: stream, ID: x.ID, Values: x.Values, Deliveries: n[i]}
+					ok := false
 					if m.Deliveries > s.cfg.MaxDeliveries {
 						// Its handler never returned: say, it crashed the process.
 						m.Deliveries-- // this claim was no delivery to a handler
 						err = s.deadLetter(hctx, m, fmt.Errorf("not acknowledged after %d deliveries", m.Deliveries))
 					} else {
-						err = s.handle(hctx, m)
+						ok, err = s.handle(hctx, m)
 					}
 					if err != nil {
 						return err
 					}
+					if ok {
+						acks = append(acks, x.ID)
+					}
+				}
+				if err := s.ack(hctx, stream, acks); err != nil {
+					return err
+				}
+				if ctx.Err() != nil {
+					return nil
 				}
 			}
 			if next == "0-0" || next == "" {
@@ -389,25 +409,36 @@ func (s *Subscriber) deliveries(ctx context.Context, stream string, msgs []redis
 	return n, nil
 }
 
-// handle hands m to the handler and acknowledges or dead-letters it. It
-// returns an error only when Redis failed until ctx ended.
-func (s *Subscriber) handle(ctx context.Context, m Message) error {
-	err := s.h(ctx, m)
+// handle hands m to the handler. It reports whether m is to be
+// acknowledged (the handler returned nil), dead-letters it when the handler
+// gave up on it, and returns an error only when Redis failed until ctx ended.
+func (s *Subscriber) handle(ctx context.Context, m Message) (ack bool, err error) {
+	err = s.h(ctx, m)
 	switch {
 	case err == nil:
-		if err := s.retry(ctx, func() error { return s.rdb.XAck(ctx, m.Stream, s.cfg.Group, m.ID).Err() }); err != nil {
-			return fmt.Errorf("ack %s %s: %w", m.Stream, m.ID, err)
-		}
-		s.m.handled.WithLabelValues(s.cfg.Group, m.Stream).Inc()
-		return nil
+		return true, nil
 	case errors.Is(err, ErrPoison) || m.Deliveries >= s.cfg.MaxDeliveries:
 		s.m.handlerErrors.WithLabelValues(s.cfg.Group, m.Stream).Inc()
-		return s.deadLetter(ctx, m, err)
+		return false, s.deadLetter(ctx, m, err)
 	default:
 		s.m.handlerErrors.WithLabelValues(s.cfg.Group, m.Stream).Inc()
 		s.log.Warn("handler failed; the entry stays pending", "stream", m.Stream, "entry_id", m.ID, "deliveries", m.Deliveries, "err", err)
+		return false, nil
+	}
+}
+
+// ack acknowledges the handled entries of a stream, in one XACK. Until it
+// succeeds they stay pending: a crash before it delivers them again, at
+// least once, never loses them.
+func (s *Subscriber) ack(ctx context.Context, stream string, ids []string) error {
+	if len(ids) == 0 {
 		return nil
 	}
+	if err := s.retry(ctx, func() error { return s.rdb.XAck(ctx, stream, s.cfg.Group, ids...).Err() }); err != nil {
+		return fmt.Errorf("ack %d entries of %s: %w", len(ids), stream, err)
+	}
+	s.m.handled.WithLabelValues(s.cfg.Group, stream).Add(float64(len(ids)))
+	return nil
 }
 
 // deadLetter copies m to the dead-letter stream, with why, and acknowledges
