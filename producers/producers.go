@@ -5,9 +5,11 @@
 package producers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -41,18 +43,61 @@ func Opts() []kgo.Opt {
 // Publish writes events to topic and returns their receipts, in order, once
 // Kafka acknowledged all of them. It does not validate: callers publish
 // events that passed the edge's checks (registered type, canonical payload,
-// extension names that are not core attributes). On error, some of the events may have been
-// written; if the context ended first the error wraps ErrUnknownOutcome.
-func Publish(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event) ([]*spatev1.Receipt, error) {
+// extension names that are not core attributes). See PublishTracked for
+// what happens when ctx ends first.
+func Publish(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
+	return PublishTracked(ctx, cl, topic, evs, nil, headers...)
+}
+
+// PublishTracked is Publish, for callers that account for the records they
+// hand to the client. It returns as soon as ctx ends, with an error wrapping
+// ErrUnknownOutcome: the records stay with the client, which may still
+// write them (an idempotent producer cannot take back a record it sent).
+// done, if not nil, is called once every record has its outcome, which may
+// be after PublishTracked returned. On an error where some records were
+// acknowledged and others failed, the error wraps ErrUnknownOutcome too.
+// headers are added to every record, after the event's own.
+func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, done func(), headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
 	recs := make([]*kgo.Record, len(evs))
+	errs := make([]error, len(evs))
+	var wg sync.WaitGroup
+	wg.Add(len(evs))
 	for i, ev := range evs {
 		recs[i] = cekafka.Record(topic, ev)
+		recs[i].Headers = append(recs[i].Headers, headers...)
+		cl.Produce(ctx, recs[i], func(_ *kgo.Record, err error) {
+			errs[i] = err
+			wg.Done()
+		})
 	}
-	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("publish %d events to %s: %w: %w", len(evs), topic, ErrUnknownOutcome, err)
+	all := make(chan struct{})
+	// Owned by the client: it calls every promise, at the latest when it
+	// closes, so this ends.
+	go func() {
+		wg.Wait()
+		close(all)
+		if done != nil {
+			done()
 		}
-		return nil, fmt.Errorf("publish %d events to %s: %w", len(evs), topic, err)
+	}()
+	select {
+	case <-all:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("publish %d events to %s: %w: %w", len(evs), topic, ErrUnknownOutcome, ctx.Err())
+	}
+	failed := 0
+	var first error
+	for _, err := range errs {
+		if err != nil {
+			failed++
+			first = cmp.Or(first, err)
+		}
+	}
+	switch {
+	case failed == len(evs):
+		return nil, fmt.Errorf("publish %d events to %s: %w", len(evs), topic, first)
+	case failed > 0:
+		return nil, fmt.Errorf("publish %d events to %s: %d failed: %w: %w", len(evs), topic, failed, ErrUnknownOutcome, first)
 	}
 	rs := make([]*spatev1.Receipt, len(recs))
 	for i, r := range recs {

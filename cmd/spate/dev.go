@@ -157,7 +157,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	checks := []check{{"kafka", cl.Ping}, {"postgres", proj.Ping}, {"redis", fan.Ping}}
+	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}, {"postgres", proj.Ping}, {"redis", fan.Ping}}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(gctx, ln) })

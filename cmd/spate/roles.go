@@ -73,7 +73,7 @@ func newEdgeCmd() *cobra.Command {
 			g, ctx := errgroup.WithContext(ctx)
 			g.Go(func() error { return srv.Serve(ctx, ln) })
 			g.Go(func() error {
-				return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", cl.Ping}}), e.log)
+				return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}), e.log)
 			})
 			g.Go(func() error { return reloadKeysOnHangup(ctx, e.log, keysFile, srv) })
 			return g.Wait()

@@ -45,6 +45,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics registers the edge's metrics. Zero: not registered.
 	Metrics prometheus.Registerer
+	// MaxInflightEvents caps the events handed to Kafka and not yet
+	// acknowledged (or failed), timed-out requests' included; a request
+	// that would go over is answered 503 with Retry-After at once. Zero:
+	// 10000.
+	MaxInflightEvents int64
+	// MaxInflightBytes caps the bytes of the request bodies being handled,
+	// likewise. Zero: 64 MiB.
+	MaxInflightBytes int64
 	// Keys, when set, are the API keys the edge requires, with what each
 	// may publish and how fast. Zero: no authentication (for development).
 	// Server.SetKeys replaces them while serving.
@@ -60,6 +68,9 @@ type Server struct {
 	metrics *metrics
 	handler http.Handler
 	keys    atomic.Pointer[Keys]
+
+	inflightEvents, inflightBytes atomic.Int64
+	lastFailure                   atomic.Int64 // unix nanoseconds of the last publish Kafka did not acknowledge
 }
 
 // New returns an edge that validates with reg and publishes with cl.
@@ -75,6 +86,12 @@ func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
 	}
 	if cfg.PublishTimeout == 0 {
 		cfg.PublishTimeout = 10 * time.Second
+	}
+	if cfg.MaxInflightEvents == 0 {
+		cfg.MaxInflightEvents = 10000
+	}
+	if cfg.MaxInflightBytes == 0 {
+		cfg.MaxInflightBytes = 64 << 20
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -99,6 +116,37 @@ func (s *Server) SetKeys(ks *Keys) {
 		ks.carryLimiters(s.keys.Load())
 	}
 	s.keys.Store(ks)
+}
+
+// Ready reports whether the edge should get traffic: not while its
+// in-flight caps are full, nor for 10 s after Kafka failed to acknowledge a
+// publish. It is meant for a readiness probe, so that a load balancer sends
+// producers elsewhere while this edge sheds load.
+func (s *Server) Ready(context.Context) error {
+	switch {
+	case s.inflightEvents.Load() >= s.cfg.MaxInflightEvents:
+		return errors.New("in-flight events at their cap: kafka is slow")
+	case s.inflightBytes.Load() >= s.cfg.MaxInflightBytes:
+		return errors.New("in-flight bytes at their cap")
+	case time.Since(time.Unix(0, s.lastFailure.Load())) < 10*time.Second:
+		return errors.New("kafka did not acknowledge a publish in the last 10 s")
+	}
+	return nil
+}
+
+// take adds n to an in-flight count unless that would exceed limit.
+func take(c *atomic.Int64, n, limit int64) bool {
+	if c.Add(n) > limit {
+		c.Add(-n)
+		return false
+	}
+	return true
+}
+
+// overloaded is the refusal of a request over an in-flight cap.
+func overloaded(what string) *refusal {
+	return &refusal{status: http.StatusServiceUnavailable, kind: "overloaded", title: "Overloaded",
+		detail: what + " waiting for Kafka are at their cap; nothing was published: retry later", retryAfter: time.Second}
 }
 
 // Handler returns the edge's HTTP handler.

@@ -56,6 +56,16 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("Content-Type %q is not taken; use %s, %s or %s", ct, contentTypeEvent, contentTypeBatch, contentTypeProtobuf), nil)
 		return
 	}
+	// The body's bytes count against the in-flight cap until the answer.
+	size := s.cfg.MaxBodyBytes
+	if r.ContentLength > 0 && r.ContentLength < size && r.Header.Get("Content-Encoding") == "" {
+		size = r.ContentLength
+	}
+	if !take(&s.inflightBytes, size, s.cfg.MaxInflightBytes) {
+		writeRefusal(w, overloaded("request bytes"))
+		return
+	}
+	defer s.inflightBytes.Add(-size)
 	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
 		writeRefusal(w, err)

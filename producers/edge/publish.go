@@ -10,10 +10,21 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spate-io/spate/producers"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+)
+
+// Headers the edge adds to every record, besides the event's ce_* ones. A
+// producer cannot set them: its attributes only ever become ce_* headers.
+const (
+	// HeaderPrincipal names the API key that published the event.
+	HeaderPrincipal = "spate_principal"
+	// HeaderReceivedAt is when the edge received the event, RFC 3339.
+	HeaderReceivedAt = "spate_received_at"
 )
 
 // refusal is a request the edge turns down, with what the client is told.
@@ -95,17 +106,30 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 				detail: fmt.Sprintf("this key may publish %g events a second; retry later", key.rate), retryAfter: wait}, "rate_limited")
 		}
 	}
+	n := int64(len(evs))
+	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
+		return refuse(overloaded("events"), "overloaded")
+	}
+	name := ""
+	headers := []kgo.RecordHeader{{Key: HeaderReceivedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))}}
+	if key != nil {
+		name = key.name
+		headers = append(headers, kgo.RecordHeader{Key: HeaderPrincipal, Value: []byte(key.name)})
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
 	defer cancel()
-	rs, err := producers.Publish(ctx, s.cl, s.cfg.Topic, evs)
+	// The events stay in flight until Kafka settles each, even past a
+	// timeout: what the client still holds counts against the cap.
+	rs, err := producers.PublishTracked(ctx, s.cl, s.cfg.Topic, evs, func() { s.inflightEvents.Add(-n) }, headers...)
 	if err != nil {
+		s.lastFailure.Store(time.Now().UnixNano())
 		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
-		name := ""
-		if key != nil {
-			name = key.name
-		}
 		s.log.WarnContext(ctx, "publish", "events", len(evs), "key", name, "err", err)
-		return nil, &refusal{status: http.StatusServiceUnavailable, kind: "kafka-unavailable", title: "Kafka unavailable",
+		kind, title := "kafka-unavailable", "Kafka unavailable"
+		if errors.Is(err, producers.ErrUnknownOutcome) {
+			kind, title = "outcome-unknown", "Outcome unknown"
+		}
+		return nil, &refusal{status: http.StatusServiceUnavailable, kind: kind, title: title,
 			detail: publishErr(err).Error(), retryAfter: time.Second}
 	}
 	s.metrics.events.WithLabelValues("published").Add(float64(len(evs)))
@@ -141,6 +165,12 @@ var connectCodes = map[int]connect.Code{
 
 func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
 	key, err := in.s.authenticate(req.Header())
+	size := int64(proto.Size(req.Msg))
+	if err == nil && !take(&in.s.inflightBytes, size, in.s.cfg.MaxInflightBytes) {
+		err = overloaded("request bytes")
+	} else if err == nil {
+		defer in.s.inflightBytes.Add(-size)
+	}
 	if err == nil {
 		var rs []*spatev1.Receipt
 		if rs, err = in.s.publish(ctx, key, req.Msg.GetEvents()); err == nil {

@@ -1,0 +1,160 @@
+package edge_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spate-io/spate/producers"
+	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/schemas"
+	"github.com/spate-io/spate/spatetest"
+)
+
+// rssBytes is this process's resident set size.
+func rssBytes(t *testing.T) int64 {
+	t.Helper()
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/self/status")
+	return 0
+}
+
+func TestStalledBrokerShedsLoadWithBoundedMemory(t *testing.T) {
+	const clients, publishTimeout = 200, time.Second
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	release := make(chan struct{})
+	var once sync.Once
+	unstall := func() { once.Do(func() { close(release) }) }
+	defer unstall()
+	// Every produce request waits until release: the broker answers
+	// everything else, so the client sees a slow broker, not a dead one.
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		select {
+		case <-release:
+			c.DropControl()
+		default:
+			c.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	srv := edge.New(cl, schemas.Builtin(), edge.Config{Topic: topic, PublishTimeout: publishTimeout, MaxInflightEvents: 500})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	}()
+	url := "http://" + ln.Addr().String() + "/v1/events"
+
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+	defer hc.CloseIdleConnections()
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var slow, noRetryAfter, transportErrs atomic.Int64
+	var peakRSS atomic.Int64
+	stop := time.Now().Add(3 * time.Second)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(stop); n++ {
+				start := time.Now()
+				resp, err := hc.Post(url, "application/cloudevents+json", strings.NewReader(orderJSON(fmt.Sprintf("c%d-%d", i, n), fmt.Sprint("s", i))))
+				if err != nil {
+					transportErrs.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if time.Since(start) > publishTimeout+time.Second {
+					slow.Add(1)
+				}
+				if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" {
+					noRetryAfter.Add(1)
+				}
+				mu.Lock()
+				statuses[resp.StatusCode]++
+				mu.Unlock()
+				if i == 0 && n%20 == 0 {
+					if r := rssBytes(t); r > peakRSS.Load() {
+						peakRSS.Store(r)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	t.Logf("statuses %v, peak RSS %d MiB", statuses, peakRSS.Load()>>20)
+	if transportErrs.Load() > 0 || slow.Load() > 0 {
+		t.Errorf("%d transport errors and %d answers slower than the publish timeout plus 1 s, want none", transportErrs.Load(), slow.Load())
+	}
+	if len(statuses) != 1 || statuses[http.StatusServiceUnavailable] == 0 || noRetryAfter.Load() > 0 {
+		t.Errorf("statuses %v (%d 503s without Retry-After), want only 503s with Retry-After against a stalled broker", statuses, noRetryAfter.Load())
+	}
+	if err := srv.Ready(context.Background()); err == nil {
+		t.Error("Ready = nil while the broker stalls, want an error")
+	}
+	if r := max(peakRSS.Load(), rssBytes(t)); r > 256<<20 {
+		t.Errorf("RSS %d MiB, want under 256 MiB", r>>20)
+	}
+
+	unstall()
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		resp, err := hc.Post(url, "application/cloudevents+json", bytes.NewReader([]byte(orderJSON("after", "s"))))
+		if err != nil {
+			return err.Error()
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return fmt.Sprintf("status %d after the broker recovered, want 202", resp.StatusCode)
+		}
+		return ""
+	})
+}
