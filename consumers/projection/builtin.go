@@ -1,8 +1,12 @@
 package projection
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -167,8 +171,13 @@ func (c counters) Apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {
 	var types []string
 	var minutes []time.Time
 	var ns []int64
-	for k, n := range counts {
-		types, minutes, ns = append(types, k.typ), append(minutes, k.minute), append(ns, n)
+	// In key order: batches of other partitions upsert the same rows, and
+	// locking them in one order keeps them from deadlocking.
+	keys := slices.SortedFunc(maps.Keys(counts), func(a, b key) int {
+		return cmp.Or(strings.Compare(a.typ, b.typ), a.minute.Compare(b.minute))
+	})
+	for _, k := range keys {
+		types, minutes, ns = append(types, k.typ), append(minutes, k.minute), append(ns, counts[k])
 	}
 	_, err := tx.Exec(ctx, fmt.Sprintf(`
 INSERT INTO %[1]s AS c (type, minute, events)

@@ -114,6 +114,11 @@ type Projector struct {
 
 	applied  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+
+	// hook, if set (by tests), is called with "applied" once a batch's
+	// projections were applied, before its offset is stored and the
+	// transaction commits, and with "committed" once it committed.
+	hook func(point string)
 }
 
 type failureKey struct {
@@ -266,6 +271,9 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 				took = append(took, time.Since(start))
 			}
 		}
+		if p.hook != nil {
+			p.hook("applied")
+		}
 		_, err = tx.Exec(ctx, `UPDATE spate_offsets SET next_offset = $4, updated_at = now()
 			WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, p.cfg.Group, b.Topic, b.Partition, b.Next)
 		if err != nil {
@@ -275,6 +283,9 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	})
 	if err != nil {
 		return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, b.Next, err)
+	}
+	if p.hook != nil {
+		p.hook("committed")
 	}
 	for i, d := range took {
 		name := p.projs[i].Name()

@@ -21,7 +21,10 @@ import (
 	"github.com/spate-io/spate/spatetest"
 )
 
-func TestMain(m *testing.M) { spatetest.Main(m) }
+func TestMain(m *testing.M) {
+	runChild() // returns unless this process is the child of a failure test
+	spatetest.Main(m)
+}
 
 func newProjector(t *testing.T) (*projection.Projector, *pgxpool.Pool) {
 	t.Helper()
