@@ -53,11 +53,12 @@ func Publish(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.E
 // hand to the client. It returns as soon as ctx ends, with an error wrapping
 // ErrUnknownOutcome: the records stay with the client, which may still
 // write them (an idempotent producer cannot take back a record it sent).
-// done, if not nil, is called once every record has its outcome, which may
-// be after PublishTracked returned. On an error where some records were
+// done, if not nil, is called once every record has its outcome, with the
+// receipt of each event (nil where its record failed): before PublishTracked
+// returns when all records were settled in time, later when ctx ended first. On an error where some records were
 // acknowledged and others failed, the error wraps ErrUnknownOutcome too.
 // headers are added to every record, after the event's own.
-func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, done func(), headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
+func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, done func([]*spatev1.Receipt), headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
 	recs := make([]*kgo.Record, len(evs))
 	errs := make([]error, len(evs))
 	var wg sync.WaitGroup
@@ -75,10 +76,10 @@ func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*sp
 	// closes, so this ends.
 	go func() {
 		wg.Wait()
-		close(all)
-		if done != nil {
-			done()
+		if done != nil { // before all: on success, done has run when this returns
+			done(receipts(evs, recs, errs))
 		}
+		close(all)
 	}()
 	select {
 	case <-all:
@@ -99,9 +100,16 @@ func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*sp
 	case failed > 0:
 		return nil, fmt.Errorf("publish %d events to %s: %d failed: %w: %w", len(evs), topic, failed, ErrUnknownOutcome, first)
 	}
+	return receipts(evs, recs, errs), nil
+}
+
+// receipts returns the receipt of each event whose record was written.
+func receipts(evs []*spatev1.Event, recs []*kgo.Record, errs []error) []*spatev1.Receipt {
 	rs := make([]*spatev1.Receipt, len(recs))
 	for i, r := range recs {
-		rs[i] = &spatev1.Receipt{Id: evs[i].Id, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+		if errs[i] == nil {
+			rs[i] = &spatev1.Receipt{Id: evs[i].Id, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+		}
 	}
-	return rs, nil
+	return rs
 }

@@ -129,7 +129,13 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	srv, cl, err := e.newEdge(keys)
+	// Retries within a day are published once, through the same Redis.
+	dd, ddb, err := newDedupe(redisURL, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	defer ddb.Close()
+	srv, cl, err := e.newEdge(keys, dd)
 	if err != nil {
 		return err
 	}

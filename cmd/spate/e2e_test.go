@@ -57,7 +57,7 @@ func newE2E(t *testing.T) *e2e {
 		pgURL:  spatetest.Postgres(t),
 		prefix: spatetest.KeyPrefix(t),
 	}
-	srv, cl, err := x.env.newEdge(nil)
+	srv, cl, err := x.env.newEdge(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

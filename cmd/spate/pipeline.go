@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,13 +52,27 @@ func (e *env) kafkaOpts(clientID string) []kgo.Opt {
 }
 
 // newEdge returns the edge and its Kafka client, which the caller closes.
-func (e *env) newEdge(keys *edge.Keys) (*edge.Server, *kgo.Client, error) {
+func (e *env) newEdge(keys *edge.Keys, dedupe *edge.Dedupe) (*edge.Server, *kgo.Client, error) {
 	cl, err := kgo.NewClient(append(e.kafkaOpts("spate-edge"), producers.Opts()...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kafka client: %w", err)
 	}
-	srv := edge.New(cl, e.reg, edge.Config{Topic: e.topic, Logger: e.log.With("role", "edge"), Metrics: e.metrics, Keys: keys})
+	srv := edge.New(cl, e.reg, edge.Config{Topic: e.topic, Logger: e.log.With("role", "edge"), Metrics: e.metrics, Keys: keys, Dedupe: dedupe})
 	return srv, cl, nil
+}
+
+// newDedupe returns the edge's dedupe store in the Redis at url, and the
+// client to close; no url: none.
+func newDedupe(url string, window time.Duration) (*edge.Dedupe, *redis.Client, error) {
+	if url == "" {
+		return nil, nil, nil
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dedupe redis url: %w", err)
+	}
+	rdb := redis.NewClient(opts)
+	return edge.NewDedupe(rdb, window, ""), rdb, nil
 }
 
 // sink is a consumers.Handler that can say whether its store answers.

@@ -41,7 +41,8 @@ func (r *roleFlags) env() (*env, error) {
 
 func newEdgeCmd() *cobra.Command {
 	var f roleFlags
-	var addr, keysFile string
+	var addr, keysFile, dedupeURL string
+	var dedupeWindow time.Duration
 	cmd := &cobra.Command{
 		Use:     "edge",
 		Short:   "Run the ingestion edge: HTTP and Connect/gRPC in, Kafka out",
@@ -59,7 +60,14 @@ func newEdgeCmd() *cobra.Command {
 			if keys == nil {
 				e.log.Warn("no --keys: the edge accepts events from anyone")
 			}
-			srv, cl, err := e.newEdge(keys)
+			dd, ddb, err := newDedupe(dedupeURL, dedupeWindow)
+			if err != nil {
+				return err
+			}
+			if ddb != nil {
+				defer ddb.Close()
+			}
+			srv, cl, err := e.newEdge(keys, dd)
 			if err != nil {
 				return err
 			}
@@ -81,6 +89,8 @@ func newEdgeCmd() *cobra.Command {
 	}
 	f.register(cmd.Flags(), []string{"127.0.0.1:9092"})
 	cmd.Flags().StringVar(&addr, "edge-addr", "127.0.0.1:8080", "address of the ingestion server (HTTP/1.1 and h2c)")
+	cmd.Flags().StringVar(&dedupeURL, "dedupe-redis-url", "", "Redis that remembers published event ids, so that a retry is not published twice; none: every event is published")
+	cmd.Flags().DurationVar(&dedupeWindow, "dedupe-window", 24*time.Hour, "how long event ids are remembered")
 	cmd.Flags().StringVar(&keysFile, "keys", "", "file of API keys producers must present (reloaded on SIGHUP; make keys with spate keys new); none: anyone may publish")
 	annotateEnv(cmd.Flags())
 	return cmd

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
-	"github.com/spate-io/spate/schemas"
 	"github.com/spate-io/spate/spatetest"
 )
 
@@ -77,21 +75,8 @@ func TestStalledBrokerShedsLoadWithBoundedMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	srv := edge.New(cl, schemas.Builtin(), edge.Config{Topic: topic, PublishTimeout: publishTimeout, MaxInflightEvents: 500})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, ln) }()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Error(err)
-		}
-	}()
-	url := "http://" + ln.Addr().String() + "/v1/events"
+	srv, base := serveEdge(t, cl, edge.Config{PublishTimeout: publishTimeout, MaxInflightEvents: 500})
+	url := base + "/v1/events"
 
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
 	defer hc.CloseIdleConnections()

@@ -53,6 +53,10 @@ type Config struct {
 	// MaxInflightBytes caps the bytes of the request bodies being handled,
 	// likewise. Zero: 64 MiB.
 	MaxInflightBytes int64
+	// Dedupe, when set, makes publishing idempotent: an event sent again
+	// (same source and id) within its window gets its first receipt back
+	// and is not published twice. Zero: every event is published.
+	Dedupe *Dedupe
 	// Keys, when set, are the API keys the edge requires, with what each
 	// may publish and how fast. Zero: no authentication (for development).
 	// Server.SetKeys replaces them while serving.

@@ -31,6 +31,8 @@ import (
 
 const topic = "events"
 
+func TestMain(m *testing.M) { spatetest.Main(m) }
+
 type fixture struct {
 	url string
 	cl  *kgo.Client
@@ -47,6 +49,14 @@ func start(t *testing.T, cfg edge.Config) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
+	srv, url := serveEdge(t, cl, cfg)
+	return &fixture{url: url, cl: cl, adm: kadm.NewClient(cl), srv: srv}
+}
+
+// serveEdge serves an edge publishing with cl to topic on 127.0.0.1 until
+// the test ends, and returns it with its base URL.
+func serveEdge(t *testing.T, cl *kgo.Client, cfg edge.Config) (*edge.Server, string) {
+	t.Helper()
 	cfg.Topic = topic
 	srv := edge.New(cl, schemas.Builtin(), cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -62,7 +72,7 @@ func start(t *testing.T, cfg edge.Config) *fixture {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &fixture{url: "http://" + ln.Addr().String(), cl: cl, adm: kadm.NewClient(cl), srv: srv}
+	return srv, "http://" + ln.Addr().String()
 }
 
 // highWatermark is the sum of the topic's end offsets.

@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"transport"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spate_edge_events_total",
-			Help: "Events by result: published, invalid (refused with their request) or failed (Kafka did not acknowledge).",
+			Help: "Events by result: published; duplicate (published before: answered with the first receipt); invalid, forbidden, rate_limited, overloaded or conflict (refused with their request); failed (Kafka did not acknowledge).",
 		}, []string{"result"}),
 	}
 	if reg != nil {

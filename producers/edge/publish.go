@@ -106,9 +106,57 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 				detail: fmt.Sprintf("this key may publish %g events a second; retry later", key.rate), retryAfter: wait}, "rate_limited")
 		}
 	}
+	// Events published before (within the dedupe window) are answered
+	// with their first receipt; only the others go to Kafka.
+	var prior []*spatev1.Receipt
+	if d := s.cfg.Dedupe; d != nil {
+		var busy bool
+		var err error
+		if prior, busy, err = d.claim(ctx, evs); err != nil {
+			s.log.WarnContext(ctx, "dedupe", "err", err)
+			return refuse(&refusal{status: http.StatusServiceUnavailable, kind: "dedupe-unavailable", title: "Dedupe store unavailable",
+				detail: "the store that keeps retries from being published twice does not answer; nothing was published", retryAfter: time.Second}, "failed")
+		}
+		if busy {
+			return refuse(&refusal{status: http.StatusConflict, kind: "in-progress", title: "Publish in progress",
+				detail: "an event of this request is being published by another request; nothing was published: retry to get its receipt", retryAfter: time.Second}, "conflict")
+		}
+	}
+	fresh := evs
+	if prior != nil {
+		fresh = nil
+		for i, ev := range evs {
+			if prior[i] == nil {
+				fresh = append(fresh, ev)
+			}
+		}
+		s.metrics.events.WithLabelValues("duplicate").Add(float64(len(evs) - len(fresh)))
+	}
+	rs, err := s.publishFresh(ctx, key, fresh, func(rs []*spatev1.Receipt) {
+		if s.cfg.Dedupe != nil {
+			// Record what Kafka settled, whenever that is: a claim whose
+			// record may still be written must not be released early.
+			if err := s.cfg.Dedupe.settle(context.WithoutCancel(ctx), evs, prior, spread(rs, prior)); err != nil {
+				s.log.Warn("dedupe", "err", err)
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return merge(prior, rs), nil
+}
+
+// publishFresh publishes events no earlier request published. settled is
+// called with their receipts (nil where not written) once Kafka settled them.
+func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.Event, settled func([]*spatev1.Receipt)) ([]*spatev1.Receipt, error) {
+	if len(evs) == 0 {
+		return nil, nil
+	}
 	n := int64(len(evs))
 	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
-		return refuse(overloaded("events"), "overloaded")
+		settled(nil)
+		return nil, overloaded("events")
 	}
 	name := ""
 	headers := []kgo.RecordHeader{{Key: HeaderReceivedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))}}
@@ -120,7 +168,10 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	defer cancel()
 	// The events stay in flight until Kafka settles each, even past a
 	// timeout: what the client still holds counts against the cap.
-	rs, err := producers.PublishTracked(ctx, s.cl, s.cfg.Topic, evs, func() { s.inflightEvents.Add(-n) }, headers...)
+	rs, err := producers.PublishTracked(ctx, s.cl, s.cfg.Topic, evs, func(rs []*spatev1.Receipt) {
+		s.inflightEvents.Add(-n)
+		settled(rs)
+	}, headers...)
 	if err != nil {
 		s.lastFailure.Store(time.Now().UnixNano())
 		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
@@ -134,6 +185,40 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	}
 	s.metrics.events.WithLabelValues("published").Add(float64(len(evs)))
 	return rs, nil
+}
+
+// spread places the receipts of the fresh events (in order) at the
+// positions prior leaves empty.
+func spread(fresh, prior []*spatev1.Receipt) []*spatev1.Receipt {
+	if prior == nil {
+		return fresh
+	}
+	out := make([]*spatev1.Receipt, len(prior))
+	j := 0
+	for i := range prior {
+		if prior[i] == nil {
+			if fresh != nil {
+				out[i] = fresh[j]
+			}
+			j++
+		}
+	}
+	return out
+}
+
+// merge returns the receipts of a request: earlier ones where prior has
+// them, the fresh ones in order elsewhere.
+func merge(prior, fresh []*spatev1.Receipt) []*spatev1.Receipt {
+	if prior == nil {
+		return fresh
+	}
+	out := spread(fresh, prior)
+	for i, r := range prior {
+		if r != nil {
+			out[i] = r
+		}
+	}
+	return out
 }
 
 // countEvents counts the distinct events that field errors are about.

@@ -1,0 +1,159 @@
+package edge_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spate-io/spate/producers"
+	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/spatetest"
+)
+
+func newDedupe(t *testing.T) *edge.Dedupe {
+	t.Helper()
+	opts, err := redis.ParseURL(spatetest.Redis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	return edge.NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
+}
+
+// receiptsOf posts body and returns the status and the receipts, "p@o" each.
+func (f *fixture) receiptsOf(t *testing.T, ct, body string) (int, []string) {
+	t.Helper()
+	code, b := f.post(t, ct, []byte(body))
+	if code != http.StatusAccepted {
+		return code, nil
+	}
+	var rs receipts
+	if err := json.Unmarshal(b, &rs); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rs.Receipts {
+		out = append(out, fmt.Sprintf("%s:%d@%d", r.ID, r.Partition, r.Offset))
+	}
+	return code, out
+}
+
+func TestRetriesArePublishedOnce(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Dedupe: newDedupe(t)})
+	const one, batch = "application/cloudevents+json", "application/cloudevents-batch+json"
+	_, first := f.receiptsOf(t, one, orderJSON("e1", "s"))
+	code, again := f.receiptsOf(t, one, orderJSON("e1", "s"))
+	if code != 202 || len(first) != 1 || again[0] != first[0] {
+		t.Fatalf("resent e1: %d %v, want 202 with the first receipt %v", code, again, first)
+	}
+	code, mixed := f.receiptsOf(t, batch, "["+orderJSON("e2", "s")+","+orderJSON("e1", "s")+","+orderJSON("e3", "s")+"]")
+	if code != 202 || len(mixed) != 3 || mixed[1] != first[0] || mixed[0] == mixed[2] || !strings.HasPrefix(mixed[2], "e3:") {
+		t.Fatalf("batch of e2, e1 (seen), e3: %d %v, want e1's first receipt in the middle", code, mixed)
+	}
+	otherSource := strings.Replace(orderJSON("e1", "s"), `"source":"/test"`, `"source":"/elsewhere"`, 1)
+	if _, r := f.receiptsOf(t, one, otherSource); len(r) != 1 || r[0] == first[0] {
+		t.Fatalf("e1 from another source: %v, want a new record (an event is source and id)", r)
+	}
+	if hw := f.highWatermark(t); hw != 4 {
+		t.Fatalf("high watermark %d, want 4 records: e1, e2, e3, and e1 of the other source", hw)
+	}
+}
+
+func TestConcurrentCopiesArePublishedOnce(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Dedupe: newDedupe(t)})
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			code, r := f.receiptsOf(t, "application/cloudevents+json", orderJSON("same", "s"))
+			mu.Lock()
+			defer mu.Unlock()
+			switch code {
+			case 202:
+				seen[r[0]]++
+			case 409:
+				seen["409"]++
+			default:
+				seen["other"]++
+			}
+		})
+	}
+	wg.Wait()
+	delete(seen, "409")
+	if len(seen) != 1 || seen["other"] > 0 {
+		t.Fatalf("answers %v, want 202s with one receipt and 409s", seen)
+	}
+	if hw := f.highWatermark(t); hw != 1 {
+		t.Fatalf("high watermark %d, want 1 record", hw)
+	}
+}
+
+func TestTimedOutPublishKeepsItsClaim(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	release := make(chan struct{})
+	var once sync.Once
+	unstall := func() { once.Do(func() { close(release) }) }
+	defer unstall()
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		select {
+		case <-release:
+			c.DropControl()
+		default:
+			c.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	_, url := serveEdge(t, cl, edge.Config{Dedupe: newDedupe(t), PublishTimeout: 300 * time.Millisecond})
+	f := &fixture{url: url}
+	const one = "application/cloudevents+json"
+
+	if code, _ := f.post(t, one, []byte(orderJSON("e1", "s"))); code != 503 {
+		t.Fatalf("publish against a stalled broker: %d, want 503 (outcome unknown)", code)
+	}
+	// Its record may still be written: a retry must not write another.
+	if code, _ := f.post(t, one, []byte(orderJSON("e1", "s"))); code != 409 {
+		t.Fatalf("retry while the first record is unsettled: %d, want 409", code)
+	}
+	unstall()
+	var r []string
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		code, rs := f.receiptsOf(t, one, orderJSON("e1", "s"))
+		if code != 202 {
+			return fmt.Sprintf("retry after the broker recovered: status %d", code)
+		}
+		r = rs
+		return ""
+	})
+	if r[0] != "e1:0@0" {
+		t.Fatalf("receipt %v, want the first (and only) record, e1 at 0@0", r)
+	}
+	f.adm = kadm.NewClient(cl)
+	if hw := f.highWatermark(t); hw != 1 {
+		t.Fatalf("high watermark %d, want 1 record", hw)
+	}
+}
