@@ -39,8 +39,7 @@ given on the command line wins over the environment.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newKeysCmd())
-	root.AddCommand(newTailCmd())
+	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newTailCmd(), newKeysCmd(), newBenchCmd())
 	return root
 }
 

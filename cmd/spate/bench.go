@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+)
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure a running Spate",
+	}
+	var o benchOpts
+	edgeCmd := &cobra.Command{
+		Use:   "edge",
+		Short: "Load the edge with shop events and report throughput, latency percentiles and errors",
+		Long: `spate bench edge sends shop.order.placed.v1 events to an edge's POST /v1/events
+for --duration and reports events/s, requests/s, latency percentiles and
+every answer that was not 202.
+
+Closed loop (the default): --connections requests in flight, each sent when
+the previous answer arrived. Open loop (--rate N): N requests a second on a
+fixed schedule, whatever the answers; latency counts from each request's
+scheduled time, so queueing behind a slow edge is measured, not hidden.
+Each event has a new id, so a dedupe store on the edge does not fold them.`,
+		Example: `  spate bench edge --connections 64 --duration 15s
+  spate bench edge --batch 100 --format protobuf
+  spate bench edge --rate 20000 --duration 30s`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.connections < 1 || o.batch < 1 || o.duration <= 0 || o.rate < 0 {
+				return fmt.Errorf("--connections and --batch must be at least 1, --duration positive, --rate not negative")
+			}
+			if o.format != "json" && o.format != "protobuf" {
+				return fmt.Errorf("--format %q: want json or protobuf", o.format)
+			}
+			res, err := runBench(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			res.print(cmd.OutOrStdout(), o)
+			return nil
+		},
+	}
+	fs := edgeCmd.Flags()
+	fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "the edge's base URL")
+	fs.IntVar(&o.connections, "connections", 64, "requests in flight at most (and connections)")
+	fs.DurationVar(&o.duration, "duration", 15*time.Second, "how long to send")
+	fs.Float64Var(&o.rate, "rate", 0, "requests a second, on a fixed schedule (open loop); 0: closed loop")
+	fs.IntVar(&o.batch, "batch", 1, "events a request")
+	fs.StringVar(&o.format, "format", "json", "json (CloudEvents JSON) or protobuf (PublishRequest)")
+	fs.StringVar(&o.key, "key", "", "API key to present, if the edge requires one")
+	annotateEnv(fs)
+	cmd.AddCommand(edgeCmd)
+	return cmd
+}
+
+type benchOpts struct {
+	url         string
+	connections int
+	duration    time.Duration
+	rate        float64
+	batch       int
+	format      string
+	key         string
+}
+
+type benchResult struct {
+	elapsed   time.Duration
+	latencies []time.Duration // of answered requests
+	statuses  map[int]int
+	errors    map[string]int // transport errors
+}
+
+// runBench runs the load and gathers every answer.
+func runBench(ctx context.Context, o benchOpts) (*benchResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.duration)
+	defer cancel()
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: o.connections, MaxConnsPerHost: o.connections,
+	}}
+	defer hc.CloseIdleConnections()
+	nonce := time.Now().UnixNano()
+
+	// Open loop: a scheduler hands out send times; closed loop: none.
+	var schedule chan time.Time
+	if o.rate > 0 {
+		schedule = make(chan time.Time, o.connections)
+		go func() {
+			defer close(schedule)
+			interval := time.Duration(float64(time.Second) / o.rate)
+			next := time.Now()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Until(next)):
+				}
+				select {
+				case schedule <- next:
+				case <-ctx.Done():
+					return
+				}
+				next = next.Add(interval)
+			}
+		}()
+	}
+
+	var mu sync.Mutex
+	res := &benchResult{statuses: map[int]int{}, errors: map[string]int{}}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range o.connections {
+		wg.Go(func() {
+			var lat []time.Duration
+			statuses, errs := map[int]int{}, map[string]int{}
+			for seq := 0; ; seq++ {
+				sent := time.Now()
+				if schedule != nil {
+					t, ok := <-schedule
+					if !ok {
+						break
+					}
+					sent = t
+				} else if ctx.Err() != nil {
+					break
+				}
+				ct, body, err := benchBody(o, fmt.Sprintf("bench-%d-%d-%d", nonce, w, seq))
+				if err != nil {
+					errs[err.Error()]++
+					continue
+				}
+				req, err := http.NewRequest(http.MethodPost, strings.TrimSuffix(o.url, "/")+"/v1/events", bytes.NewReader(body))
+				if err != nil {
+					errs[err.Error()]++
+					continue
+				}
+				req.Header.Set("Content-Type", ct)
+				if o.key != "" {
+					req.Header.Set("Authorization", "Bearer "+o.key)
+				}
+				resp, err := hc.Do(req)
+				if err != nil {
+					errs[strings.TrimPrefix(err.Error(), "Post ")]++
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				lat = append(lat, time.Since(sent))
+				statuses[resp.StatusCode]++
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			res.latencies = append(res.latencies, lat...)
+			for k, v := range statuses {
+				res.statuses[k] += v
+			}
+			for k, v := range errs {
+				res.errors[k] += v
+			}
+		})
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	if len(res.latencies) == 0 && len(res.errors) > 0 {
+		return nil, fmt.Errorf("no request was answered: %v", res.errors)
+	}
+	return res, nil
+}
+
+// benchBody returns a request of o.batch shop events.
+func benchBody(o benchOpts, id string) (string, []byte, error) {
+	if o.format == "protobuf" {
+		req := &spatev1.PublishRequest{}
+		for i := range o.batch {
+			data, err := proto.Marshal(&shopv1.OrderPlaced{OrderId: id, CustomerId: "c-1", AmountCents: 4200, Currency: "EUR",
+				Items: []*shopv1.LineItem{{Sku: "tea-1", Quantity: 2, PriceCents: 2100}}})
+			if err != nil {
+				return "", nil, err
+			}
+			req.Events = append(req.Events, &spatev1.Event{Id: fmt.Sprint(id, "-", i), Source: "/bench", Type: "shop.order.placed.v1",
+				Subject: id, Time: timestamppb.Now(), Data: data})
+		}
+		b, err := proto.Marshal(req)
+		return "application/x-protobuf", b, err
+	}
+	evs := make([]string, o.batch)
+	for i := range evs {
+		evs[i] = fmt.Sprintf(`{"specversion":"1.0","id":"%s-%d","source":"/bench","type":"shop.order.placed.v1","subject":%q,`+
+			`"data":{"orderId":%q,"customerId":"c-1","amountCents":4200,"currency":"EUR","items":[{"sku":"tea-1","quantity":2,"priceCents":2100}]}}`,
+			id, i, id, id)
+	}
+	if o.batch == 1 {
+		return "application/cloudevents+json", []byte(evs[0]), nil
+	}
+	return "application/cloudevents-batch+json", []byte("[" + strings.Join(evs, ",") + "]"), nil
+}
+
+func (r *benchResult) print(w io.Writer, o benchOpts) {
+	slices.Sort(r.latencies)
+	pct := func(p float64) time.Duration {
+		if len(r.latencies) == 0 {
+			return 0
+		}
+		return r.latencies[min(len(r.latencies)-1, int(p*float64(len(r.latencies))))]
+	}
+	ok := r.statuses[http.StatusAccepted]
+	mode := "closed loop"
+	if o.rate > 0 {
+		mode = fmt.Sprintf("open loop at %g requests/s", o.rate)
+	}
+	fmt.Fprintf(w, "%s, %d connections, %d events a request (%s), %v\n", mode, o.connections, o.batch, o.format, r.elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "accepted  %d requests, %d events: %.0f events/s, %.0f requests/s\n",
+		ok, ok*o.batch, float64(ok*o.batch)/r.elapsed.Seconds(), float64(ok)/r.elapsed.Seconds())
+	fmt.Fprintf(w, "latency   p50 %v  p90 %v  p99 %v  max %v\n",
+		pct(0.50).Round(time.Microsecond), pct(0.90).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), pct(1).Round(time.Microsecond))
+	var other []string
+	for code, n := range r.statuses {
+		if code != http.StatusAccepted {
+			other = append(other, fmt.Sprintf("%d×%d", n, code))
+		}
+	}
+	for e, n := range r.errors {
+		other = append(other, fmt.Sprintf("%d× %s", n, e))
+	}
+	slices.Sort(other)
+	if len(other) == 0 {
+		other = []string{"none"}
+	}
+	fmt.Fprintf(w, "not 202   %s\n", strings.Join(other, ", "))
+}
