@@ -101,12 +101,28 @@ type consumerFlags struct {
 	roleFlags
 	group   string
 	startAt string
+	config  string
 }
 
-func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup string) {
+func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup, configUsage string) {
 	c.roleFlags.register(fs, []string{"127.0.0.1:9092"})
 	fs.StringVar(&c.group, "group", defaultGroup, "Kafka consumer group; its offsets are kept in the sink")
 	fs.StringVar(&c.startAt, "start-at", "earliest", "where a partition with no stored offset starts: earliest or latest")
+	fs.StringVar(&c.config, "config", "", configUsage)
+}
+
+// prepare checks the sink's required URL flag and returns the environment
+// and the spate.yaml configuration.
+func (c *consumerFlags) prepare(urlFlag, url string) (*env, spateConfig, error) {
+	if url == "" {
+		return nil, spateConfig{}, fmt.Errorf("--%s is required", urlFlag)
+	}
+	e, err := c.env()
+	if err != nil {
+		return nil, spateConfig{}, err
+	}
+	cfg, err := e.loadConfig(c.config, nil)
+	return e, cfg, err
 }
 
 // runConsumer runs a consumer group into h with an admin server, and any
@@ -134,21 +150,14 @@ func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName s
 
 func newProjectCmd() *cobra.Command {
 	var f consumerFlags
-	var url, config string
+	var url string
 	cmd := &cobra.Command{
 		Use:     "project",
 		Short:   "Run the projector: Kafka in, Postgres projections out, exactly once",
 		Example: `  SPATE_POSTGRES_URL=postgres://spate@db/spate SPATE_KAFKA_BROKERS=kafka:9092 spate project`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if url == "" {
-				return fmt.Errorf("--postgres-url is required")
-			}
-			e, err := f.env()
-			if err != nil {
-				return err
-			}
-			cfg, err := e.loadConfig(config, nil)
+			e, cfg, err := f.prepare("postgres-url", url)
 			if err != nil {
 				return err
 			}
@@ -160,31 +169,23 @@ func newProjectCmd() *cobra.Command {
 			return runConsumer(cmd.Context(), e, &f, "project", "postgres", p)
 		},
 	}
-	f.register(cmd.Flags(), projection.DefaultGroup)
+	f.register(cmd.Flags(), projection.DefaultGroup, "spate.yaml with the projections to apply (default: event_log alone)")
 	cmd.Flags().StringVar(&url, "postgres-url", "", "PostgreSQL connection URL (required)")
-	cmd.Flags().StringVar(&config, "config", "", "spate.yaml with the projections to apply (default: event_log alone)")
 	annotateEnv(cmd.Flags())
 	return cmd
 }
 
 func newFanoutCmd() *cobra.Command {
 	var f consumerFlags
-	var url, prefix, config string
+	var url, prefix string
 	var trimEvery time.Duration
 	cmd := &cobra.Command{
 		Use:     "fanout",
-		Short:   "Run the fan-out: Kafka in, one Redis stream per event type out, exactly once",
+		Short:   "Run the fan-out: Kafka in, Redis Streams out (one per type, or per routes), exactly once",
 		Example: `  SPATE_REDIS_URL=redis://redis:6379/0 SPATE_KAFKA_BROKERS=kafka:9092 spate fanout`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if url == "" {
-				return fmt.Errorf("--redis-url is required")
-			}
-			e, err := f.env()
-			if err != nil {
-				return err
-			}
-			cfg, err := e.loadConfig(config, nil)
+			e, cfg, err := f.prepare("redis-url", url)
 			if err != nil {
 				return err
 			}
@@ -198,10 +199,9 @@ func newFanoutCmd() *cobra.Command {
 			})
 		},
 	}
-	f.register(cmd.Flags(), fanout.DefaultGroup)
+	f.register(cmd.Flags(), fanout.DefaultGroup, "spate.yaml with the routes (default: one stream per event type)")
 	cmd.Flags().StringVar(&url, "redis-url", "", "Redis URL, redis://host:port/db (required)")
 	cmd.Flags().StringVar(&prefix, "stream-prefix", "spate:", "prefix of the offsets hash, and of the stream keys when no routes are configured (<prefix><event type>)")
-	cmd.Flags().StringVar(&config, "config", "", "spate.yaml with the routes (default: one stream per event type)")
 	cmd.Flags().DurationVar(&trimEvery, "trim-interval", 30*time.Second, "how often streams are trimmed to their routes' retention")
 	annotateEnv(cmd.Flags())
 	return cmd

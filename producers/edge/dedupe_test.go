@@ -11,9 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
@@ -104,25 +102,7 @@ func TestConcurrentCopiesArePublishedOnce(t *testing.T) {
 
 func TestTimedOutPublishKeepsItsClaim(t *testing.T) {
 	t.Parallel()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	release := make(chan struct{})
-	var once sync.Once
-	unstall := func() { once.Do(func() { close(release) }) }
-	defer unstall()
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		select {
-		case <-release:
-			c.DropControl()
-		default:
-			c.SleepControl(func() { <-release })
-		}
-		return nil, nil, false
-	})
+	c, unstall := stalledBroker(t, 1)
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
 	if err != nil {
 		t.Fatal(err)
