@@ -62,6 +62,7 @@ func BenchmarkConsume(b *testing.B) {
 	}{{"project-event_log", nil}, {"project-example", exampleCfg.projections}} {
 		b.Run(tc.name, func(b *testing.B) {
 			for b.Loop() {
+				e := freshEnv(e)
 				url := spatetest.Postgres(b) // a fresh database each time
 				proj, ppool, err := e.newProjector(ctx, url, projection.DefaultGroup, tc.projs)
 				if err != nil {
@@ -80,6 +81,7 @@ func BenchmarkConsume(b *testing.B) {
 	}
 	b.Run("fanout", func(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
+			e := freshEnv(e)
 			group, prefix := fmt.Sprint("bench-fanout-", i), fmt.Sprintf("bench%d:", i)
 			w, wrdb, err := e.newFanout(redisURL, group, prefix, nil)
 			if err != nil {
@@ -179,13 +181,18 @@ func benchPublish(b *testing.B, e *env) []*spatev1.Event {
 	return evs
 }
 
+// freshEnv is e with a metrics registry of its own, as a new process has.
+func freshEnv(e *env) *env {
+	c := *e
+	c.metrics = newMetrics()
+	return &c
+}
+
 // benchDrain runs a group into h from the earliest offset until count
 // reaches benchEvents, and reports the rate.
 func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64) {
 	b.Helper()
-	fresh := *e
-	fresh.metrics = newMetrics() // as a new process has
-	g, err := fresh.newGroup("bench", group, "earliest", h)
+	g, err := e.newGroup("bench", group, "earliest", h)
 	if err != nil {
 		b.Fatal(err)
 	}

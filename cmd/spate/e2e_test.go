@@ -97,8 +97,7 @@ func newE2E(t *testing.T) *e2e {
 func (x *e2e) startConsumers(t *testing.T) (stop func()) {
 	t.Helper()
 	ctx := context.Background()
-	e := *x.env
-	e.metrics = newMetrics() // a fresh process's registry
+	e := freshEnv(x.env)
 	proj, pool, err := e.newProjector(ctx, x.pgURL, projection.DefaultGroup, nil)
 	if err != nil {
 		t.Fatal(err)
