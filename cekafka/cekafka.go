@@ -8,6 +8,7 @@ package cekafka
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -31,6 +32,24 @@ const (
 	prefix      = "ce_"
 	specVersion = "1.0"
 )
+
+// extensionName is the CloudEvents naming rule for attributes.
+var extensionName = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
+
+// CheckExtension says what is wrong with an extension attribute's name, if
+// anything: CloudEvents allows 1 to 20 lower-case letters or digits, and an
+// extension may not take a core attribute's name (its ce_ header would
+// clash with the core attribute's).
+func CheckExtension(name string) error {
+	switch name {
+	case "specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data":
+		return errors.New("is a core CloudEvents attribute, not an extension")
+	}
+	if !extensionName.MatchString(name) {
+		return errors.New("extension attribute names are 1 to 20 lower-case letters or digits")
+	}
+	return nil
+}
 
 // ErrNotEvent is returned for a record that is not a CloudEvent in binary mode.
 var ErrNotEvent = errors.New("not a binary-mode CloudEvent")

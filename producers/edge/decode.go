@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/spate-io/spate/cekafka"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 )
@@ -29,18 +29,10 @@ func (e FieldError) Error() string {
 	return fmt.Sprintf("event %d: %s: %s", e.Index, e.Field, e.Detail)
 }
 
-// extensionName is the CloudEvents attribute naming rule.
-var extensionName = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
-
 // checkExtensionName says what is wrong with an extension attribute's name.
 func checkExtensionName(name string) string {
-	switch name {
-	case attrSpecVersion, attrID, attrSource, attrType, attrSubject, attrTime,
-		attrDataContentType, attrDataSchema, attrData:
-		return "is a core CloudEvents attribute, not an extension"
-	}
-	if !extensionName.MatchString(name) {
-		return "extension attribute names are 1 to 20 lower-case letters or digits"
+	if err := cekafka.CheckExtension(name); err != nil {
+		return err.Error()
 	}
 	return ""
 }
