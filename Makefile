@@ -16,7 +16,7 @@ dev: deps build
 	$(BIN)/spate dev
 
 ## test: vet, gofmt, and every test with the race detector, on real Postgres and Redis
-test: deps
+test: deps $(BIN)/buf
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

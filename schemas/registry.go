@@ -22,8 +22,10 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
@@ -58,6 +60,31 @@ func Builtin() *Registry {
 		panic(err) // the compiled-in schemas are fixed; a failure is a build defect
 	}
 	return r
+}
+
+// Load returns the registry of the compiled-in schemas and of the event
+// types in a serialized FileDescriptorSet, as buf build -o FILE.binpb or
+// protoc --include_imports --descriptor_set_out write it: users' own types,
+// without rebuilding Spate. The set must hold every file its files import;
+// files Spate compiles in (spate/v1/event.proto, the shop example) are taken
+// from Spate.
+func Load(set []byte) (*Registry, error) {
+	var fds descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(set, &fds); err != nil {
+		return nil, fmt.Errorf("schemas: not a FileDescriptorSet: %w", err)
+	}
+	files, err := protodesc.NewFiles(&fds)
+	if err != nil {
+		return nil, fmt.Errorf("schemas: %w", err)
+	}
+	all := []protoreflect.FileDescriptor{shopv1.File_shop_v1_shop_proto}
+	files.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		if _, err := protoregistry.GlobalFiles.FindFileByPath(fd.Path()); err != nil { // not compiled in
+			all = append(all, fd)
+		}
+		return true
+	})
+	return New(all...)
 }
 
 // New builds a registry from the messages of files that carry the

@@ -19,6 +19,7 @@ import (
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 const placed = "shop.order.placed.v1"
@@ -548,5 +549,40 @@ func TestParseKeepsWhatDecodeRefuses(t *testing.T) {
 		if got := m.(*shopv1.OrderCancelled); got.OrderId != "o-1" || got.Reason != "r" {
 			t.Errorf("%s: Parse = %v, want order o-1 with reason r", tc.ct, got)
 		}
+	}
+}
+
+func TestLoadDescriptorSet(t *testing.T) {
+	fd := dynamicFile(t, "ok", "dyn.thing.made.v1", "dyn.part.made.v1")
+	set := &descriptorpb.FileDescriptorSet{}
+	for _, f := range []protoreflect.FileDescriptor{
+		descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
+		spatev1.File_spate_v1_event_proto, fd,
+	} {
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
+	}
+	b, err := proto.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := schemas.Load(b)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	want := []string{"dyn.part.made.v1", "dyn.thing.made.v1", "shop.order.cancelled.v1", "shop.order.placed.v1", "shop.payment.captured.v1"}
+	if diff := cmp.Diff(want, reg.Types()); diff != "" {
+		t.Errorf("Types (-want +got):\n%s", diff)
+	}
+	if _, err := reg.Canonical("dyn.thing.made.v1", "application/json", []byte(`{"thingId":"t-1"}`)); err != nil {
+		t.Errorf("a loaded type does not decode: %v", err)
+	}
+
+	set.File = set.File[3:] // without its imports
+	b, _ = proto.Marshal(set)
+	if _, err := schemas.Load(b); err == nil {
+		t.Error("Load of a set without the files it imports: no error")
+	}
+	if _, err := schemas.Load([]byte("not protobuf")); err == nil {
+		t.Error("Load of garbage: no error")
 	}
 }

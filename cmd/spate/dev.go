@@ -20,7 +20,6 @@ import (
 	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
-	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/throwaway"
 )
@@ -120,7 +119,11 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 		redisURL, redisNote = rs.URL(), "throwaway"
 	}
 
-	e := &env{log: log, kafkaLog: kafkaLog, reg: schemas.Builtin(), metrics: newMetrics(), brokers: brokers, topic: f.topic}
+	reg, err := loadRegistry(f.schemas)
+	if err != nil {
+		return err
+	}
+	e := &env{log: log, kafkaLog: kafkaLog, reg: reg, metrics: newMetrics(), brokers: brokers, topic: f.topic}
 	cfg, err := e.loadConfig(f.config, shopv1.ExampleConfig)
 	if err != nil {
 		return err

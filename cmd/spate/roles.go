@@ -12,7 +12,6 @@ import (
 
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
-	"github.com/spate-io/spate/schemas"
 )
 
 // roleFlags are the flags every role shares.
@@ -20,12 +19,14 @@ type roleFlags struct {
 	logFlags
 	kafkaFlags
 	adminAddr string
+	schemas   string
 }
 
 func (r *roleFlags) register(fs *pflag.FlagSet, defaultBrokers []string) {
 	r.logFlags.register(fs)
 	r.kafkaFlags.register(fs, defaultBrokers)
 	fs.StringVar(&r.adminAddr, "admin-addr", "127.0.0.1:9090", "address of the admin server: /metrics, /healthz, /readyz, /debug/pprof/")
+	fs.StringVar(&r.schemas, "schemas", "", "a FileDescriptorSet (buf build -o FILE.binpb) with event types besides the compiled-in ones")
 }
 
 func (r *roleFlags) env() (*env, error) {
@@ -36,7 +37,11 @@ func (r *roleFlags) env() (*env, error) {
 	if len(r.brokers) == 0 {
 		return nil, fmt.Errorf("--kafka-brokers is required")
 	}
-	return &env{log: log, kafkaLog: kafkaLog, reg: schemas.Builtin(), metrics: newMetrics(), brokers: r.brokers, topic: r.topic}, nil
+	reg, err := loadRegistry(r.schemas)
+	if err != nil {
+		return nil, err
+	}
+	return &env{log: log, kafkaLog: kafkaLog, reg: reg, metrics: newMetrics(), brokers: r.brokers, topic: r.topic}, nil
 }
 
 func newEdgeCmd() *cobra.Command {

@@ -39,7 +39,7 @@ given on the command line wins over the environment.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newTailCmd(), newKeysCmd(), newBenchCmd())
+	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newTailCmd(), newKeysCmd(), newSchemaCmd(), newBenchCmd())
 	return root
 }
 

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spate-io/spate/schemas"
+)
+
+// loadRegistry returns the compiled-in schemas plus those of a descriptor
+// set file, if one is given.
+func loadRegistry(file string) (*schemas.Registry, error) {
+	if file == "" {
+		return schemas.Builtin(), nil
+	}
+	set, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--schemas: %w", err)
+	}
+	reg, err := schemas.Load(set)
+	if err != nil {
+		return nil, fmt.Errorf("--schemas %s: %w", file, err)
+	}
+	return reg, nil
+}
+
+func newSchemaCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "schema",
+		Short: "Show the event-type registry and check schema changes",
+	}
+	var file string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the registered event types and their payload messages",
+		Example: `  spate schema list
+  buf build -o mine.binpb && spate schema list --schemas mine.binpb`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			reg, err := loadRegistry(file)
+			if err != nil {
+				return err
+			}
+			for _, t := range reg.Types() {
+				mt, _ := reg.Message(t)
+				fmt.Fprintf(cmd.OutOrStdout(), "%-32s %s\n", t, mt.Descriptor().FullName())
+			}
+			return nil
+		},
+	}
+	list.Flags().StringVar(&file, "schemas", "", "a FileDescriptorSet (buf build -o FILE.binpb) with event types besides the compiled-in ones")
+	annotateEnv(list.Flags())
+
+	check := &cobra.Command{
+		Use:   "check OLD.binpb NEW.binpb",
+		Short: "Report the changes from OLD to NEW that break producers or consumers",
+		Long: `spate schema check compares two FileDescriptorSets (buf build -o FILE.binpb) with
+buf's own breaking-change rules (the FILE category): a field removed without
+reserving its number or name, a number or type changed, a message or enum
+renamed or removed, and the rest buf knows. It needs buf: on PATH, or in
+.bin/ as make proto installs it. It exits non-zero when NEW breaks OLD.`,
+		Example: `  git show main:schemas.binpb > old.binpb; buf build -o new.binpb
+  spate schema check old.binpb new.binpb`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			buf, err := findBuf()
+			if err != nil {
+				return err
+			}
+			for _, f := range args {
+				if _, err := os.Stat(f); err != nil {
+					return err
+				}
+			}
+			c := exec.CommandContext(cmd.Context(), buf, "breaking", args[1], "--against", args[0])
+			c.Stdout, c.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if err := c.Run(); err != nil {
+				if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+					return fmt.Errorf("%s breaks %s (buf breaking exited %d)", args[1], args[0], ee.ExitCode())
+				}
+				return fmt.Errorf("buf breaking: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is compatible with %s\n", args[1], args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(list, check)
+	return cmd
+}
+
+// findBuf returns buf from PATH, else from .bin in this directory or a parent.
+func findBuf() (string, error) {
+	if p, err := exec.LookPath("buf"); err == nil {
+		return p, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		p := filepath.Join(dir, ".bin", "buf")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("buf is needed to compare schemas: put it on PATH, or run make proto to install a pinned one in .bin/")
+		}
+		dir = parent
+	}
+}
