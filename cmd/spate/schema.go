@@ -80,10 +80,12 @@ renamed or removed, and the rest buf knows. It needs buf: on PATH, or in
 			c := exec.CommandContext(cmd.Context(), buf, "breaking", args[1], "--against", args[0])
 			c.Stdout, c.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			if err := c.Run(); err != nil {
-				if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-					return fmt.Errorf("%s breaks %s (buf breaking exited %d)", args[1], args[0], ee.ExitCode())
+				// buf exits 100 when it found breaking changes, else on
+				// failing to compare at all (an unreadable file, say).
+				if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && ee.ExitCode() == 100 {
+					return fmt.Errorf("%s breaks %s", args[1], args[0])
 				}
-				return fmt.Errorf("buf breaking: %w", err)
+				return fmt.Errorf("buf breaking could not compare %s with %s: %w", args[1], args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s is compatible with %s\n", args[1], args[0])
 			return nil

@@ -74,6 +74,13 @@ func TestSchemaListAndCheck(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "breaks") || !strings.Contains(out, "customer_id") {
 		t.Fatalf("check of a removed field: %v\n%s\nwant an error and buf naming customer_id", err, out)
 	}
+	empty := filepath.Join(dir, "empty.binpb")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI("schema", "check", empty, v1); err == nil || strings.Contains(err.Error(), "breaks") {
+		t.Fatalf("check of an empty set: %v, want a failure to compare, not a break", err)
+	}
 	if _, err := runCLI("schema", "list", "--schemas", filepath.Join(dir, "missing.binpb")); err == nil {
 		t.Fatal("schema list of a missing file: no error")
 	}
