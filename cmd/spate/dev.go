@@ -36,6 +36,7 @@ type devFlags struct {
 	streamPrefix string
 	config       string
 	keys         string
+	edgeOnly     bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -68,6 +69,7 @@ removes the throwaway data.`,
 	fs.StringVar(&f.postgresURL, "postgres-url", "", "PostgreSQL URL (default: a throwaway server)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (default: a throwaway redis-server)")
 	fs.StringVar(&f.streamPrefix, "stream-prefix", "spate:", "prefix of the Redis stream keys")
+	fs.BoolVar(&f.edgeOnly, "edge-only", false, "run the edge alone (no projector, fan-out or Postgres), e.g. to measure it with spate bench edge")
 	fs.StringVar(&f.keys, "keys", "", "file of API keys producers must present (reloaded on SIGHUP); none: anyone may publish")
 	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections and routes (default: the shop example, schemas/shop/v1/spate.yaml)")
 	annotateEnv(fs)
@@ -100,7 +102,9 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	}
 
 	pgURL, pgNote := f.postgresURL, "external"
-	if pgURL == "" {
+	if f.edgeOnly {
+		pgURL, pgNote = "-", "not started: --edge-only"
+	} else if pgURL == "" {
 		log.Info("starting a throwaway postgres")
 		pg, err := throwaway.StartPostgres(ctx, throwaway.PostgresConfig{})
 		if err != nil {
@@ -143,40 +147,45 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 		return err
 	}
 	defer cl.Close()
-	proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, cfg.projections)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	fan, rdb, err := e.newFanout(redisURL, fanout.DefaultGroup, f.streamPrefix, cfg.routes)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	projGroup, err := e.newGroup("project", projection.DefaultGroup, "earliest", proj)
-	if err != nil {
-		return err
-	}
-	fanGroup, err := e.newGroup("fanout", fanout.DefaultGroup, "earliest", fan)
-	if err != nil {
-		return err
+	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}
+	tasks := []func(context.Context) error{func(ctx context.Context) error { return reloadKeysOnHangup(ctx, log, f.keys, srv) }}
+	var groups []*consumers.Group
+	if !f.edgeOnly {
+		proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, cfg.projections)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		fan, rdb, err := e.newFanout(redisURL, fanout.DefaultGroup, f.streamPrefix, cfg.routes)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		projGroup, err := e.newGroup("project", projection.DefaultGroup, "earliest", proj)
+		if err != nil {
+			return err
+		}
+		fanGroup, err := e.newGroup("fanout", fanout.DefaultGroup, "earliest", fan)
+		if err != nil {
+			return err
+		}
+		groups = []*consumers.Group{projGroup, fanGroup}
+		checks = append(checks, check{"postgres", proj.Ping}, check{"redis", fan.Ping})
+		tasks = append(tasks, projGroup.Run, fanGroup.Run, func(ctx context.Context) error { return fan.Trim(ctx, 30*time.Second) })
 	}
 
 	ln, aln, err := listenEdgeAdmin(f.edgeAddr, f.adminAddr)
 	if err != nil {
 		return err
 	}
-	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}, {"postgres", proj.Ping}, {"redis", fan.Ping}}
-
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(gctx, ln) })
-	g.Go(func() error { return projGroup.Run(gctx) })
-	g.Go(func() error { return fanGroup.Run(gctx) })
-	g.Go(func() error { return fan.Trim(gctx, 30*time.Second) })
-	g.Go(func() error { return reloadKeysOnHangup(gctx, log, f.keys, srv) })
+	for _, run := range tasks {
+		g.Go(func() error { return run(gctx) })
+	}
 	g.Go(func() error { return serveHTTP(gctx, aln, adminHandler(e.metrics, checks), log) })
 	g.Go(func() error {
-		if err := awaitStarted(gctx, projGroup, fanGroup); err != nil {
+		if err := awaitStarted(gctx, groups...); err != nil {
 			return nil // stopping
 		}
 		printBanner(stdout, bannerInfo{
