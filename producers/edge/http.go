@@ -88,6 +88,11 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body must be a JSON array of CloudEvents: "+jsonErr(err), nil)
 			return
 		}
+		if len(raws) > s.cfg.MaxEvents { // before decoding each
+			writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
+				fmt.Sprintf("the request holds %d events; at most %d are taken", len(raws), s.cfg.MaxEvents), nil)
+			return
+		}
 		evs = make([]*spatev1.Event, len(raws))
 		for i, raw := range raws {
 			ev, e := decodeJSONEvent(i, raw)

@@ -1,0 +1,80 @@
+package edge_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net/http"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+)
+
+// Hostile sizes are refused cheaply, without the edge allocating what the
+// input claims, and nothing reaches Kafka.
+func TestHostileSizesAreRefused(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{}) // the default 4 MiB body cap
+	before := f.highWatermark(t)
+
+	// A protobuf PublishRequest whose events field claims 2 GiB.
+	claim := protowire.AppendTag(nil, 1, protowire.BytesType)
+	claim = protowire.AppendVarint(claim, 2<<30)
+	claim = append(claim, "short"...)
+	items := "[" + strings.TrimSuffix(strings.Repeat(`{"sku":"s","quantity":1},`, 1_000_000), ",") + "]"
+
+	for _, tc := range []struct {
+		name, ct string
+		body     []byte
+		want     int
+	}{
+		{"10 MB string", "application/cloudevents+json",
+			[]byte(strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"`+strings.Repeat("E", 10<<20)+`"`, 1)), 413},
+		{"1M-element array", "application/cloudevents+json",
+			[]byte(strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"EUR","items":`+items, 1)), 413},
+		{"100k-deep nesting in data", "application/cloudevents+json",
+			[]byte(strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":`+strings.Repeat("[", 100_000)+strings.Repeat("]", 100_000), 1)), 400},
+		{"protobuf length prefix claiming 2 GiB", "application/x-protobuf", claim, 400},
+		{"a batch of a million empty events", "application/cloudevents-batch+json",
+			[]byte("[" + strings.TrimSuffix(strings.Repeat("{},", 1_000_000), ",") + "]"), 400},
+	} {
+		code, body := f.post(t, tc.ct, tc.body)
+		if code != tc.want {
+			t.Errorf("%s: status %d (%.200s), want %d", tc.name, code, body, tc.want)
+		}
+	}
+
+	// Connect: an envelope whose length prefix claims 2 GiB.
+	var env bytes.Buffer
+	env.WriteByte(0) // not compressed
+	binary.Write(&env, binary.BigEndian, uint32(2<<30))
+	env.WriteString("short")
+	req, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, &env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/grpc-web+proto")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if status := resp.Header.Get("Grpc-Status"); status == "" || status == "0" {
+		t.Errorf("gRPC-Web envelope claiming 2 GiB: grpc-status %q, want an error", status)
+	}
+	c := spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url)
+	huge := protobufRequest(t, "h")
+	huge.Events[0].Data = bytes.Repeat([]byte{0}, 5<<20)
+	if _, err := c.Publish(context.Background(), connect.NewRequest(huge)); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("Connect request over the cap: %v, want ResourceExhausted", err)
+	}
+
+	if after := f.highWatermark(t); after != before {
+		t.Fatalf("high watermark moved from %d to %d", before, after)
+	}
+}
