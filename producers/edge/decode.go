@@ -57,7 +57,14 @@ const (
 // names and invalid UTF-8 are refused, not resolved silently.
 func decodeJSONEvent(i int, raw jsontext.Value) (*spatev1.Event, []FieldError) {
 	var attrs map[string]jsontext.Value
-	if err := json.Unmarshal(raw, &attrs); err != nil || attrs == nil {
+	err := json.Unmarshal(raw, &attrs)
+	return eventFromAttrs(i, attrs, err)
+}
+
+// eventFromAttrs is decodeJSONEvent after the unmarshal into attrs, which
+// failed with err if not nil.
+func eventFromAttrs(i int, attrs map[string]jsontext.Value, err error) (*spatev1.Event, []FieldError) {
+	if err != nil || attrs == nil {
 		return nil, []FieldError{{Index: i, Field: "", Detail: "an event must be a JSON object"}}
 	}
 	var errs []FieldError

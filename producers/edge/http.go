@@ -76,11 +76,15 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	var errs []FieldError
 	switch ct {
 	case contentTypeEvent:
-		if err := jsonv2.Unmarshal(body, new(jsontext.Value)); err != nil {
+		// One parse: malformed JSON is told apart from JSON that is not
+		// an event object.
+		var attrs map[string]jsontext.Value
+		err := jsonv2.Unmarshal(body, &attrs)
+		if syn := (*jsontext.SyntacticError)(nil); errors.As(err, &syn) {
 			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is not valid JSON: "+jsonErr(err), nil)
 			return
 		}
-		ev, e := decodeJSONEvent(0, body)
+		ev, e := eventFromAttrs(0, attrs, err)
 		evs, errs = []*spatev1.Event{ev}, e
 	case contentTypeBatch:
 		var raws []jsontext.Value

@@ -152,11 +152,11 @@ func TestRateLimitIsPerKey(t *testing.T) {
 	if code, _, p := f.postAs(t, paymentsKey, batch, "["+paymentJSON("p-4")+","+paymentJSON("p-5")+"]"); code != 429 {
 		t.Fatalf("2 events with 1 token left: %d %+v, want 429", code, p)
 	}
-	code, h, p := f.postAs(t, paymentsKey, one, paymentJSON("p-4"))
+	code, _, p := f.postAs(t, paymentsKey, one, paymentJSON("p-4"))
 	if code != 202 {
 		t.Fatalf("the last token: %d %+v, want 202 (a refused request must not spend tokens)", code, p)
 	}
-	code, h, p = f.postAs(t, paymentsKey, one, paymentJSON("p-6"))
+	code, h, p := f.postAs(t, paymentsKey, one, paymentJSON("p-6"))
 	if code != 429 || h.Get("Retry-After") == "" || p.Status != 429 {
 		t.Fatalf("over the rate: %d Retry-After %q %+v, want 429 with Retry-After", code, h.Get("Retry-After"), p)
 	}
