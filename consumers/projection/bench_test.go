@@ -3,15 +3,21 @@ package projection_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/spatetest"
@@ -116,5 +122,89 @@ BEGIN
 END $$`)
 	if err != nil {
 		b.Fatal(err)
+	}
+}
+
+// BenchmarkRebuild reports how long a Rebuild of the example projections
+// takes over a topic of 1,000,000 events (SPATE_BENCH_REBUILD_EVENTS) in 4
+// partitions, with the live projector caught up at the head, and its
+// events/s.
+//
+//	go test -run '^$' -bench Rebuild -benchtime 1x ./consumers/projection/
+func BenchmarkRebuild(b *testing.B) {
+	n := 1_000_000
+	if s := os.Getenv("SPATE_BENCH_REBUILD_EVENTS"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil {
+			b.Fatalf("SPATE_BENCH_REBUILD_EVENTS=%q: %v", s, err)
+		}
+	}
+	ctx := context.Background()
+	brokers := spatetest.Kafka(b, failurePartitions, failureTopic)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	t := &testing.T{}
+	evs := shopMix(t, n)
+	if t.Failed() {
+		b.Fatal("building events failed")
+	}
+	var g errgroup.Group
+	for i := 0; i < n; i += 5000 {
+		g.Go(func() error {
+			_, err := producers.Publish(ctx, cl, failureTopic, evs[i:min(i+5000, n)])
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, spatetest.Postgres(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	if err := projection.New(pool, schemas.Builtin(), projection.Config{}).Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, failureTopic)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var live pgx.Batch
+	ends.Each(func(o kadm.ListedOffset) {
+		live.Queue(`INSERT INTO spate_offsets (consumer_group, topic, partition, next_offset) VALUES ('live', $1, $2, $3)`, o.Topic, o.Partition, o.Offset)
+	})
+	if err := pool.SendBatch(ctx, &live).Close(); err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		names []string
+	}{
+		{"example-sql", []string{"orders", "customer_totals", "payments"}},
+		{"example-all", []string{"event_log", "latest", "counters", "orders", "customer_totals", "payments"}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				rb, err := makeRebuild(pool, brokers, shopv1.ExampleConfig, nil, nil, tc.names...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				res, err := rb.Run(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res.Applied != int64(n) {
+					b.Fatalf("rebuild applied %d events, want %d", res.Applied, n)
+				}
+				took := time.Since(start)
+				b.ReportMetric(took.Seconds(), "s/rebuild")
+				b.ReportMetric(float64(n)/took.Seconds(), "events/s")
+			}
+		})
 	}
 }

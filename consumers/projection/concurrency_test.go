@@ -21,11 +21,11 @@ import (
 func TestCustomerTotalsOfConcurrentPartitions(t *testing.T) {
 	ctx := context.Background()
 	pool := newPool(t, spatetest.Postgres(t))
-	a, err := newShopProjector(ctx, pool, "g", nil)
+	a, err := newShopProjector(ctx, pool, "g", nil, shopv1.ExampleConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := newShopProjector(ctx, pool, "g", nil)
+	b, err := newShopProjector(ctx, pool, "g", nil, shopv1.ExampleConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -150,10 +150,10 @@ func newPool(t *testing.T, dbURL string) *pgxpool.Pool {
 	return pool
 }
 
-// newShopProjector returns a migrated projector of the example
-// configuration, storing the offsets of group.
-func newShopProjector(ctx context.Context, pool *pgxpool.Pool, group string, log *slog.Logger) (*projection.Projector, error) {
-	projs, err := projection.Load("spate.yaml", shopv1.ExampleConfig, schemas.Builtin())
+// newShopProjector returns a migrated projector of config, storing the
+// offsets of group.
+func newShopProjector(ctx context.Context, pool *pgxpool.Pool, group string, log *slog.Logger, config []byte) (*projection.Projector, error) {
+	projs, err := projection.Load("spate.yaml", config, schemas.Builtin())
 	if err != nil {
 		return nil, err
 	}
@@ -196,13 +196,19 @@ type member struct {
 // group. The test's cleanup stops it.
 func startMember(t *testing.T, name, dbURL, group string, brokers []string, opts ...kgo.Opt) *member {
 	t.Helper()
+	return startMemberOf(t, shopv1.ExampleConfig, name, dbURL, group, brokers, opts...)
+}
+
+// startMemberOf is startMember with the projections of config.
+func startMemberOf(t *testing.T, config []byte, name, dbURL, group string, brokers []string, opts ...kgo.Opt) *member {
+	t.Helper()
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := testLogger(t).With("member", name)
-	p, err := newShopProjector(ctx, pool, group, log)
+	p, err := newShopProjector(ctx, pool, group, log, config)
 	if err != nil {
 		pool.Close()
 		t.Fatalf("member %s: %v", name, err)
@@ -401,8 +407,14 @@ func referenceHashes(t *testing.T) map[string]string {
 // returns the hashes of its projection tables.
 func reference(t *testing.T, brokers []string, n int) map[string]string {
 	t.Helper()
+	return referenceOf(t, shopv1.ExampleConfig, brokers, n)
+}
+
+// referenceOf is reference with the projections of config.
+func referenceOf(t *testing.T, config []byte, brokers []string, n int) map[string]string {
+	t.Helper()
 	dbURL := spatetest.Postgres(t)
-	m := startMember(t, "reference", dbURL, "reference", brokers)
+	m := startMemberOf(t, config, "reference", dbURL, "reference", brokers)
 	waitProgress(t, m.pool, "reference", int64(n))
 	m.stop(t)
 	return tableHashes(t, dbURL)
@@ -421,6 +433,13 @@ type childConfig struct {
 	// which the child SIGKILLs itself, the killBatch-th time a batch gets
 	// there. Zero: the child runs until its standard input closes.
 	KillAt string
+	// Rebuild, if set, makes the child rebuild these projections of Config
+	// (see childRebuild) instead of running a projector.
+	Rebuild []string
+	Config  string
+	// KillAfter is the number of events after which a rebuilding child
+	// SIGKILLs itself.
+	KillAfter int64
 }
 
 // killBatch is the batch at whose KillAt a child kills itself.
@@ -452,7 +471,10 @@ func runChild() {
 	}
 	var cfg childConfig
 	err := json.Unmarshal([]byte(env), &cfg)
-	if err == nil {
+	switch {
+	case err == nil && cfg.Rebuild != nil:
+		err = childRebuild(cfg)
+	case err == nil:
 		err = childProjector(cfg)
 	}
 	if err != nil {
@@ -479,7 +501,7 @@ func childProjector(cfg childConfig) error {
 		return err
 	}
 	defer pool.Close()
-	p, err := newShopProjector(ctx, pool, cfg.Group, log)
+	p, err := newShopProjector(ctx, pool, cfg.Group, log, shopv1.ExampleConfig)
 	if err != nil {
 		return err
 	}

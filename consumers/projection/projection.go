@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -108,6 +109,10 @@ type Projector struct {
 	cfg   Config
 	log   *slog.Logger
 	projs []Projection
+	// defs holds the definition checksum of each projection that has one,
+	// by name; defNames and defSums the same as two lists, in name order.
+	defs              map[string]string
+	defNames, defSums []string
 
 	mu       sync.Mutex
 	failures map[failureKey]int // deterministic failures per event, toward PoisonAfter
@@ -143,7 +148,7 @@ func New(pool *pgxpool.Pool, reg *schemas.Registry, cfg Config) *Projector {
 	if len(projs) == 0 {
 		projs = []Projection{EventLog()}
 	}
-	p := &Projector{pool: pool, reg: reg, cfg: cfg, log: log, projs: projs, failures: map[failureKey]int{},
+	p := &Projector{pool: pool, reg: reg, cfg: cfg, log: log, projs: projs, failures: map[failureKey]int{}, defs: definitions(projs),
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spate_projection_events_total", Help: "Events of committed batches handed to each projection (a projection ignores the types it does not take).",
 		}, []string{"projection"}),
@@ -154,6 +159,9 @@ func New(pool *pgxpool.Pool, reg *schemas.Registry, cfg Config) *Projector {
 	}
 	if cfg.Metrics != nil {
 		cfg.Metrics.MustRegister(p.applied, p.duration)
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.defs)) {
+		p.defNames, p.defSums = append(p.defNames, name), append(p.defSums, p.defs[name])
 	}
 	return p
 }
@@ -173,6 +181,11 @@ CREATE TABLE IF NOT EXISTS spate_migrations (
 	checksum   text        NOT NULL,
 	applied_at timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (projection, version)
+);
+CREATE TABLE IF NOT EXISTS spate_projections (
+	projection text        PRIMARY KEY,
+	checksum   text        NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT now()
 );`
 
 // Migrator is a Projection with tables of its own to create or change.
@@ -198,7 +211,7 @@ func (p *Projector) Migrate(ctx context.Context) error {
 				}
 			}
 		}
-		return nil
+		return p.registerDefinitions(ctx, tx)
 	})
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -246,40 +259,9 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	var took []time.Duration
 	var fresh []*Event
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		took, fresh = took[:0], nil
-		var stored int64
-		// Lock the partition's offset row (creating it at 0 if new) and read it.
-		err := tx.QueryRow(ctx, `
-			INSERT INTO spate_offsets AS o (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, 0)
-			ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = o.next_offset
-			RETURNING next_offset`, p.cfg.Group, b.Topic, b.Partition).Scan(&stored)
-		if err != nil {
-			return fmt.Errorf("lock offset: %w", err)
-		}
-		if b.Next <= stored {
-			return nil // all applied before
-		}
-		// Records are in offset order: skip those applied before.
-		skip, _ := slices.BinarySearchFunc(evs, stored, func(ev *Event, o int64) int { return cmp.Compare(ev.Offset, o) })
-		fresh = evs[skip:]
-		if len(fresh) > 0 {
-			for _, pr := range p.projs {
-				start := time.Now()
-				if err := pr.Apply(ctx, tx, fresh); err != nil {
-					return p.classify(pr, err)
-				}
-				took = append(took, time.Since(start))
-			}
-		}
-		if p.hook != nil {
-			p.hook("applied")
-		}
-		_, err = tx.Exec(ctx, `UPDATE spate_offsets SET next_offset = $4, updated_at = now()
-			WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, p.cfg.Group, b.Topic, b.Partition, b.Next)
-		if err != nil {
-			return fmt.Errorf("store offset: %w", err)
-		}
-		return nil
+		var err error
+		fresh, took, err = p.applyIn(ctx, tx, b, evs)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, b.Next, err)
@@ -293,6 +275,63 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 		p.applied.WithLabelValues(name).Add(float64(len(fresh)))
 	}
 	return nil
+}
+
+// applyIn applies evs, the decoded records of b, in tx and stores b.Next
+// as the partition's offset. It returns the events that were new, and the
+// time each projection took.
+func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, evs []*Event) (fresh []*Event, took []time.Duration, err error) {
+	// Lock the partition's offset row (creating it at 0 if new) and read
+	// it; then, in a statement of its own, so that it sees a rebuild that
+	// committed while this one waited for the lock, check that the
+	// projections in Postgres are still the ones this projector applies.
+	var q pgx.Batch
+	var stored int64
+	q.Queue(`
+		INSERT INTO spate_offsets AS o (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, 0)
+		ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = o.next_offset
+		RETURNING next_offset`, p.cfg.Group, b.Topic, b.Partition).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(&stored); err != nil {
+			return fmt.Errorf("lock offset: %w", err)
+		}
+		return nil
+	})
+	var changed string
+	if len(p.defNames) > 0 {
+		q.Queue(checkDefinitionsSQL, p.defNames, p.defSums).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&changed)
+		})
+	}
+	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
+		return nil, nil, err
+	}
+	if changed != "" {
+		return nil, nil, fmt.Errorf("%w: %s was rebuilt or is applied with another definition than this projector's: restart it with the spate.yaml the tables were built from", ErrDefinitionChanged, changed)
+	}
+	if b.Next <= stored {
+		return nil, nil, nil // all applied before
+	}
+	// Records are in offset order: skip those applied before.
+	skip, _ := slices.BinarySearchFunc(evs, stored, func(ev *Event, o int64) int { return cmp.Compare(ev.Offset, o) })
+	fresh = evs[skip:]
+	if len(fresh) > 0 {
+		for _, pr := range p.projs {
+			start := time.Now()
+			if err := pr.Apply(ctx, tx, fresh); err != nil {
+				return nil, nil, p.classify(pr, err)
+			}
+			took = append(took, time.Since(start))
+		}
+	}
+	if p.hook != nil {
+		p.hook("applied")
+	}
+	_, err = tx.Exec(ctx, `UPDATE spate_offsets SET next_offset = $4, updated_at = now()
+		WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, p.cfg.Group, b.Topic, b.Partition, b.Next)
+	if err != nil {
+		return nil, nil, fmt.Errorf("store offset: %w", err)
+	}
+	return fresh, took, nil
 }
 
 // EventError attributes a projection's failure to one of its events.

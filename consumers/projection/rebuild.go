@@ -1,0 +1,662 @@
+package projection
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/schemas"
+)
+
+// RebuildConfig tunes a Rebuild. Projections is required; the zero value
+// of the rest works.
+type RebuildConfig struct {
+	// Projections to rebuild, together: a projection whose statements read
+	// another's tables is rebuilt with it (see Select).
+	Projections []Projection
+	// Topic the projections consume. Zero: spate.events.
+	Topic string
+	// Group is the live projector group: the rebuild catches up with its
+	// offsets and swaps in at exactly them. Zero: DefaultGroup.
+	Group string
+	// From is where a new rebuild starts in each partition. Zero: at each
+	// partition's start. A rebuild that resumes continues where it stopped.
+	From map[int32]int64
+	// Rate caps the events applied per second. Zero: no cap.
+	Rate float64
+	// BatchSize is the most events one transaction applies. Zero: 5000.
+	BatchSize int
+	// Logger receives progress and the swap. Zero: none.
+	Logger *slog.Logger
+	// Progress, if set, is called after each batch with the events this run
+	// applied and the events it has to apply to catch up with the live
+	// projector, which grows while the live projector moves on.
+	Progress func(done, total int64)
+}
+
+// ErrRebuildRunning reports that another process is rebuilding the same
+// projections.
+var ErrRebuildRunning = errors.New("a rebuild of these projections is running")
+
+// A Rebuild builds projections afresh from the history in Kafka into
+// shadow tables, in a schema of their own, while the live projector keeps
+// applying new events to the live tables. Once it has caught up with the
+// live projector it swaps the shadow tables in, in one transaction that
+// holds the live projector's offsets still: readers of the live tables see
+// the old tables until the swap commits and the new ones after, never a
+// half-built table, and the new tables are at exactly the offsets the live
+// projector resumes from.
+//
+// The previous tables are kept in a schema spate_retired_<names> until the
+// next rebuild of the same projections. A rebuild that stopped (Ctrl-C, a
+// crash) leaves the live tables untouched and resumes from its shadow
+// tables when run again with the same definitions; with changed ones it
+// starts over.
+//
+// The projections' tables must be named without a schema in their
+// statements: the rebuild finds them through the search path, the shadow
+// schema first. Events that a projection cannot apply are skipped (the live
+// projector dead-lettered them) and counted in the result.
+type Rebuild struct {
+	pool *pgxpool.Pool
+	reg  *schemas.Registry
+	cfg  RebuildConfig
+	opts []kgo.Opt
+	log  *slog.Logger
+
+	names   []string
+	shadow  string // schema of the shadow tables
+	retired string // schema the previous tables move to
+	def     string // checksum of the rebuilt definitions
+}
+
+// RebuildResult says what a rebuild did.
+type RebuildResult struct {
+	// Applied counts the events this run applied; Skipped those it skipped
+	// because a projection could not apply them.
+	Applied, Skipped int64
+	// Offsets are the next offsets of each partition at which the new
+	// tables were swapped in.
+	Offsets map[int32]int64
+	// Tables are the tables swapped in; Retired the schema that holds the
+	// tables they replaced.
+	Tables  []string
+	Retired string
+	// Resumed tells that the run continued an interrupted rebuild.
+	Resumed bool
+}
+
+// rebuildGroup names the rebuild's offsets in its shadow schema.
+const rebuildGroup = "spate-rebuild"
+
+// NewRebuild returns a rebuild of cfg.Projections writing through pool. The
+// Kafka client options opts carry seed brokers, TLS and the like.
+func NewRebuild(pool *pgxpool.Pool, reg *schemas.Registry, cfg RebuildConfig, opts ...kgo.Opt) (*Rebuild, error) {
+	if len(cfg.Projections) == 0 {
+		return nil, errors.New("rebuild: no projections")
+	}
+	if cfg.Topic == "" {
+		cfg.Topic = "spate.events"
+	}
+	if cfg.Group == "" {
+		cfg.Group = DefaultGroup
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 5000
+	}
+	if cfg.Rate > 0 {
+		// Small batches, so that a throttled run holds its rate smoothly.
+		cfg.BatchSize = max(1, min(cfg.BatchSize, int(cfg.Rate/10)))
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Rebuild{pool: pool, reg: reg, cfg: cfg, opts: opts, log: log}
+	byName := named(cfg.Projections)
+	r.names = slices.Sorted(maps.Keys(byName))
+	suffix := strings.Join(r.names, "_")
+	if len("spate_retired_")+len(suffix) > 63 || strings.ToLower(suffix) != suffix {
+		sum := sha256.Sum256([]byte(suffix))
+		suffix = hex.EncodeToString(sum[:8])
+	}
+	r.shadow, r.retired = "spate_rebuild_"+suffix, "spate_retired_"+suffix
+	defs := definitions(cfg.Projections)
+	var d strings.Builder
+	for _, n := range r.names {
+		fmt.Fprintf(&d, "%s=%s;", n, defs[n])
+	}
+	sum := sha256.Sum256([]byte(d.String()))
+	r.def = hex.EncodeToString(sum[:8])
+	return r, nil
+}
+
+// Schema returns the schema of the shadow tables.
+func (r *Rebuild) Schema() string { return r.shadow }
+
+// Run rebuilds and swaps, or returns when ctx ends, leaving the live tables
+// as they were and the shadow tables to resume from.
+func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
+	lock, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild: %w", err)
+	}
+	defer lock.Release()
+	var locked bool
+	key := "spate_rebuild:" + r.shadow
+	if err := lock.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&locked); err != nil {
+		return nil, fmt.Errorf("rebuild: %w", err)
+	}
+	if !locked {
+		return nil, fmt.Errorf("rebuild %s: %w", strings.Join(r.names, ", "), ErrRebuildRunning)
+	}
+	defer lock.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
+
+	live, resumed, err := r.prepare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pcfg := r.pool.Config().Copy()
+	pcfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{r.shadow}.Sanitize() + ", " + pgx.Identifier{live}.Sanitize()
+	shadowPool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild: %w", err)
+	}
+	defer shadowPool.Close()
+	proj := New(shadowPool, r.reg, Config{Group: rebuildGroup, Projections: r.cfg.Projections, PoisonAfter: 1, Logger: r.log})
+	if err := proj.Migrate(ctx); err != nil {
+		return nil, fmt.Errorf("rebuild: shadow tables: %w", err)
+	}
+
+	run := &rebuildRun{Rebuild: r, live: live, proj: proj, res: &RebuildResult{Resumed: resumed, Retired: r.retired}}
+	if err := run.start(ctx); err != nil {
+		return nil, err
+	}
+	defer run.cl.Close()
+	if resumed {
+		r.log.Info("resuming the rebuild", "schema", r.shadow, "offsets", run.applied)
+	} else {
+		r.log.Info("rebuilding", "projections", r.names, "schema", r.shadow, "from", run.applied)
+	}
+	if err := run.catchUp(ctx); err != nil {
+		return nil, err
+	}
+	return run.res, nil
+}
+
+// prepare creates the shadow schema, or finds the one an interrupted
+// rebuild of the same definitions left, and returns the live schema.
+func (r *Rebuild) prepare(ctx context.Context) (live string, resumed bool, err error) {
+	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT current_schema()`).Scan(&live); err != nil {
+			return fmt.Errorf("no schema to create tables in (search_path): %w", err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('spate_migrate'))`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, offsetsDDL); err != nil {
+			return err
+		}
+		shadow := pgx.Identifier{r.shadow}.Sanitize()
+		var started bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, shadow+".spate_rebuild").Scan(&started); err != nil {
+			return err
+		}
+		if started {
+			var def string
+			err := tx.QueryRow(ctx, `SELECT definition FROM `+shadow+`.spate_rebuild`).Scan(&def)
+			switch {
+			case err == nil && def == r.def:
+				resumed = true
+				return nil
+			case err != nil && !errors.Is(err, pgx.ErrNoRows):
+				return err
+			}
+			r.log.Warn("the definitions changed since the interrupted rebuild: starting over", "schema", r.shadow)
+			if _, err := tx.Exec(ctx, `DROP SCHEMA `+shadow+` CASCADE`); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %[1]s;
+			CREATE TABLE IF NOT EXISTS %[1]s.spate_rebuild (definition text NOT NULL, started_at timestamptz NOT NULL DEFAULT now());
+			DELETE FROM %[1]s.spate_rebuild`, shadow))
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.spate_rebuild (definition) VALUES ($1)`, shadow), r.def)
+		return err
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("rebuild: prepare schema %s: %w", r.shadow, err)
+	}
+	return live, resumed, nil
+}
+
+// rebuildRun is the state of one Run.
+type rebuildRun struct {
+	*Rebuild
+	live string
+	proj *Projector
+	res  *RebuildResult
+	cl   *kgo.Client
+
+	pending map[int32][]*kgo.Record // fetched, not applied yet, in offset order
+	paused  map[int32]bool
+	limit   *rate.Limiter
+
+	mu      sync.Mutex      // partitions apply concurrently
+	applied map[int32]int64 // the shadow's next offset per partition
+	done    int64
+}
+
+// start loads the shadow's offsets (storing the start offsets of a new
+// rebuild) and starts fetching from them.
+func (r *rebuildRun) start(ctx context.Context) error {
+	admCl, err := kgo.NewClient(r.opts...)
+	if err != nil {
+		return fmt.Errorf("rebuild: kafka client: %w", err)
+	}
+	starts, err := kadm.NewClient(admCl).ListStartOffsets(ctx, r.cfg.Topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	admCl.Close()
+	if err != nil {
+		return fmt.Errorf("rebuild: offsets of %s: %w", r.cfg.Topic, err)
+	}
+	var parts []int32
+	starts.Each(func(o kadm.ListedOffset) { parts = append(parts, o.Partition) })
+	if len(parts) == 0 {
+		return fmt.Errorf("rebuild: topic %s has no partitions", r.cfg.Topic)
+	}
+	stored, err := r.proj.Offsets(ctx, r.cfg.Topic, parts)
+	if err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	r.applied = map[int32]int64{}
+	for _, p := range parts {
+		next, ok := stored[p]
+		if !ok {
+			o, _ := starts.Lookup(r.cfg.Topic, p)
+			next = o.Offset
+			if from, ok := r.cfg.From[p]; ok {
+				next = max(from, next)
+			}
+			if err := r.proj.Apply(ctx, consumers.Batch{Topic: r.cfg.Topic, Partition: p, Next: next}); err != nil {
+				return fmt.Errorf("rebuild: %w", err)
+			}
+		}
+		r.applied[p] = next
+	}
+	offs := map[int32]kgo.Offset{}
+	for p, o := range r.applied {
+		offs[p] = kgo.NewOffset().At(o)
+	}
+	own := []kgo.Opt{
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.Topic: offs}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	}
+	if r.cl, err = kgo.NewClient(append(own, r.opts...)...); err != nil {
+		return fmt.Errorf("rebuild: kafka client: %w", err)
+	}
+	r.pending, r.paused = map[int32][]*kgo.Record{}, map[int32]bool{}
+	r.limit = rate.NewLimiter(rate.Inf, 0)
+	if r.cfg.Rate > 0 {
+		r.limit = rate.NewLimiter(rate.Limit(r.cfg.Rate), r.cfg.BatchSize)
+	}
+	return nil
+}
+
+// liveOffsets returns the live projector's stored offsets.
+func (r *rebuildRun) liveOffsets(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, forUpdate bool) (map[int32]int64, error) {
+	sql := fmt.Sprintf(`SELECT partition, next_offset FROM %s.spate_offsets WHERE consumer_group = $1 AND topic = $2 ORDER BY partition`,
+		pgx.Identifier{r.live}.Sanitize())
+	if forUpdate {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, r.cfg.Group, r.cfg.Topic)
+	if err != nil {
+		return nil, fmt.Errorf("live offsets: %w", err)
+	}
+	offs := map[int32]int64{}
+	var p int32
+	var o int64
+	_, err = pgx.ForEachRow(rows, []any{&p, &o}, func() error {
+		offs[p] = o
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("live offsets: %w", err)
+	}
+	return offs, nil
+}
+
+// target is where partition p must get to: the live projector's offset, or
+// where the shadow is if the live projector never stored one.
+func (r *rebuildRun) target(live map[int32]int64, p int32) int64 {
+	if o, ok := live[p]; ok {
+		return o
+	}
+	return r.applied[p]
+}
+
+// catchUp applies history up to the live projector's offsets, never past
+// them, and swaps once it has caught up.
+func (r *rebuildRun) catchUp(ctx context.Context) error {
+	var waiting bool
+	for {
+		live, err := r.liveOffsets(ctx, r.pool, false)
+		if err != nil {
+			return fmt.Errorf("rebuild: %w", err)
+		}
+		var gap, total int64
+		var ahead []int32
+		for p, next := range r.applied {
+			t := r.target(live, p)
+			if next > t {
+				ahead = append(ahead, p)
+				continue
+			}
+			gap += t - next
+		}
+		total = r.done + gap
+		if r.cfg.Progress != nil {
+			r.cfg.Progress(r.done, total)
+		}
+		if len(ahead) > 0 && !waiting {
+			r.log.Info("waiting for the live projector to reach the rebuild's start", "group", r.cfg.Group, "partitions", ahead)
+		}
+		waiting = len(ahead) > 0
+		if !waiting && gap <= int64(r.cfg.BatchSize) {
+			swapped, err := r.swap(ctx)
+			if err != nil || swapped {
+				return err
+			}
+		}
+		if err := r.fetch(ctx, live); err != nil {
+			return err
+		}
+		if err := r.applyPending(ctx, live); err != nil {
+			return err
+		}
+	}
+}
+
+// fetch polls for records, briefly, and pauses partitions that have
+// enough waiting.
+func (r *rebuildRun) fetch(ctx context.Context, live map[int32]int64) error {
+	pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	fs := r.cl.PollRecords(pctx, 4*r.cfg.BatchSize)
+	cancel()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	fs.EachError(func(t string, p int32, err error) {
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			r.log.Warn("fetch", "topic", t, "partition", p, "err", err)
+		}
+	})
+	fs.EachRecord(func(rec *kgo.Record) { r.pending[rec.Partition] = append(r.pending[rec.Partition], rec) })
+	var pause, resume []int32
+	for p, recs := range r.pending {
+		full := len(recs) >= 4*r.cfg.BatchSize
+		if full && !r.paused[p] {
+			pause = append(pause, p)
+		} else if !full && r.paused[p] {
+			resume = append(resume, p)
+		}
+		r.paused[p] = full
+	}
+	if len(pause) > 0 {
+		r.cl.PauseFetchPartitions(map[string][]int32{r.cfg.Topic: pause})
+	}
+	if len(resume) > 0 {
+		r.cl.ResumeFetchPartitions(map[string][]int32{r.cfg.Topic: resume})
+	}
+	return nil
+}
+
+// applyPending applies the fetched records below the live offsets, a batch
+// per partition, the partitions concurrently.
+func (r *rebuildRun) applyPending(ctx context.Context, live map[int32]int64) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, p := range slices.Sorted(maps.Keys(r.pending)) {
+		t := r.target(live, p)
+		recs := r.pending[p]
+		n := 0
+		for n < len(recs) && n < r.cfg.BatchSize && recs[n].Offset < t {
+			n++
+		}
+		next := t
+		if n < len(recs) {
+			next = recs[n].Offset
+		}
+		if n == 0 && (len(recs) == 0 || r.applied[p] >= next) {
+			continue
+		}
+		if n > 0 {
+			if err := r.limit.WaitN(ctx, n); err != nil {
+				return err
+			}
+		}
+		r.pending[p] = recs[n:]
+		g.Go(func() error { return r.apply(gctx, p, recs[:n], next) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// apply applies recs of partition p and moves the shadow's offset to next,
+// skipping the records a projection cannot apply and retrying other
+// failures until ctx ends.
+func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, next int64) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := r.proj.Apply(ctx, consumers.Batch{Topic: r.cfg.Topic, Partition: p, Records: recs, Next: next})
+		var pe *consumers.PoisonError
+		switch {
+		case err == nil:
+			r.mu.Lock()
+			r.res.Applied += int64(len(recs))
+			r.done += next - r.applied[p]
+			r.applied[p] = next
+			r.mu.Unlock()
+			return nil
+		case errors.As(err, &pe):
+			i := slices.IndexFunc(recs, func(rec *kgo.Record) bool { return rec.Offset == pe.Record.Offset })
+			if i < 0 {
+				return fmt.Errorf("rebuild: %w", err)
+			}
+			r.log.Warn("skipping an event the projections cannot apply", "partition", p, "offset", pe.Record.Offset, "class", pe.Class, "err", pe.Err)
+			if i > 0 {
+				if err := r.apply(ctx, p, recs[:i], recs[i].Offset); err != nil {
+					return err
+				}
+			}
+			r.mu.Lock()
+			r.res.Skipped++
+			r.mu.Unlock()
+			recs = recs[i+1:] // and then only the offset moves past it
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		r.log.Warn("rebuild: retrying", "partition", p, "wait", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// errNotCaughtUp makes a swap give way to more catching up.
+var errNotCaughtUp = errors.New("not caught up")
+
+// swap holds the live projector's offsets still, applies what the shadow
+// lacks up to them, and swaps the shadow tables in, in one transaction.
+// It reports false if it had to give way: to records not fetched yet, to
+// one that cannot be applied, or to a lock it could not get in time.
+func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
+	live, shadow := pgx.Identifier{r.live}.Sanitize(), pgx.Identifier{r.shadow}.Sanitize()
+	var tables []string
+	var at map[int32]int64
+	var gap int
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		lo, err := r.liveOffsets(ctx, tx, true)
+		if err != nil {
+			return err
+		}
+		at = lo
+		if gap, err = r.applyGap(ctx, tx, lo); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+			  AND c.relname NOT IN ('spate_offsets', 'spate_migrations', 'spate_projections', 'spate_rebuild')
+			ORDER BY c.relname`, r.shadow)
+		if err != nil {
+			return err
+		}
+		if tables, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		retired := pgx.Identifier{r.retired}.Sanitize()
+		if _, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+retired+` CASCADE; CREATE SCHEMA `+retired); err != nil {
+			return err
+		}
+		var old []string
+		for _, t := range tables {
+			var exists bool
+			if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, live+"."+pgx.Identifier{t}.Sanitize()).Scan(&exists); err != nil {
+				return err
+			}
+			if exists {
+				old = append(old, live+"."+pgx.Identifier{t}.Sanitize())
+			}
+		}
+		if len(old) > 0 {
+			// Readers of the live tables wait for the swap while it waits
+			// for them. Give way to them, and before Postgres's deadlock
+			// check (after deadlock_timeout, 1 s by default) could pick a
+			// reader that locks the tables in another order as its victim.
+			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '500ms'`); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(old, ", ")+` IN ACCESS EXCLUSIVE MODE`); err != nil {
+				return err
+			}
+		}
+		var b strings.Builder
+		for _, t := range old {
+			fmt.Fprintf(&b, "ALTER TABLE %s SET SCHEMA %s;\n", t, retired)
+		}
+		for _, t := range tables {
+			fmt.Fprintf(&b, "ALTER TABLE %s.%s SET SCHEMA %s;\n", shadow, pgx.Identifier{t}.Sanitize(), live)
+		}
+		if _, err := tx.Exec(ctx, b.String()); err != nil {
+			return err
+		}
+		var q pgx.Batch
+		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_migrations WHERE projection = ANY($1)`, live), r.names)
+		q.Queue(fmt.Sprintf(`INSERT INTO %s.spate_migrations SELECT * FROM %s.spate_migrations WHERE projection = ANY($1)`, live, shadow), r.names)
+		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_projections WHERE projection = ANY($1)`, live), r.names)
+		q.Queue(fmt.Sprintf(`INSERT INTO %s.spate_projections (projection, checksum)
+			SELECT projection, checksum FROM %s.spate_projections WHERE projection = ANY($1)`, live, shadow), r.names)
+		q.Queue(`DROP SCHEMA ` + shadow + ` CASCADE`)
+		return tx.SendBatch(ctx, &q).Close()
+	})
+	var pge interface{ SQLState() string }
+	switch {
+	case err == nil:
+	case errors.Is(err, errNotCaughtUp), errors.Is(err, consumers.ErrPoison):
+		return false, nil
+	case errors.As(err, &pge) && (pge.SQLState() == "55P03" || pge.SQLState() == "40P01"): // lock timeout, deadlock
+		r.log.Info("the swap gave way to readers of the live tables; trying again", "err", err)
+		return false, nil
+	default:
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		return false, fmt.Errorf("rebuild: swap: %w", err)
+	}
+	r.res.Offsets, r.res.Tables = at, tables
+	r.res.Applied += int64(gap)
+	for p, next := range r.applied {
+		r.done += r.target(at, p) - next
+	}
+	if r.cfg.Progress != nil {
+		r.cfg.Progress(r.done, r.done)
+	}
+	r.log.Info("swapped in", "tables", tables, "offsets", at, "previous_tables", r.retired)
+	return true, nil
+}
+
+// applyGap applies, in the swap's transaction, the records between the
+// shadow's offsets and the live ones lo, and returns how many.
+func (r *rebuildRun) applyGap(ctx context.Context, tx pgx.Tx, lo map[int32]int64) (applied int, err error) {
+	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`,
+		pgx.Identifier{r.shadow}.Sanitize()+", "+pgx.Identifier{r.live}.Sanitize()); err != nil {
+		return 0, err
+	}
+	for _, p := range slices.Sorted(maps.Keys(r.applied)) {
+		t := r.target(lo, p)
+		from := r.applied[p]
+		if from > t {
+			return 0, errNotCaughtUp
+		}
+		if from == t {
+			continue
+		}
+		recs := r.pending[p]
+		n := 0
+		for n < len(recs) && recs[n].Offset < t {
+			n++
+		}
+		// Every record below t must be here: one at or past t was fetched,
+		// or the last one the live projector applied, t-1.
+		if n == len(recs) && (n == 0 || recs[n-1].Offset != t-1) {
+			return 0, errNotCaughtUp
+		}
+		evs := make([]*Event, 0, n)
+		for _, rec := range recs[:n] {
+			ev, err := r.proj.decode(rec)
+			if err != nil {
+				return 0, err
+			}
+			evs = append(evs, ev)
+		}
+		b := consumers.Batch{Topic: r.cfg.Topic, Partition: p, Records: recs[:n], Next: t}
+		if _, _, err := r.proj.applyIn(ctx, tx, b, evs); err != nil {
+			return 0, err
+		}
+		applied += n
+	}
+	_, err = tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{r.live}.Sanitize())
+	return applied, err
+}

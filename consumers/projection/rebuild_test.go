@@ -1,0 +1,345 @@
+package projection_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/schemas"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+	"github.com/spate-io/spate/spatetest"
+)
+
+// changedConfig is the example configuration with a projection change
+// that needs a rebuild: an order's first status is "open", not "placed".
+var changedConfig = []byte(strings.ReplaceAll(string(shopv1.ExampleConfig), "'placed'", "'open'"))
+
+// rebuildNames are the projections the change touches: customer_totals
+// reads orders, so they are rebuilt together.
+var rebuildNames = []string{"orders", "customer_totals"}
+
+// newRebuild returns a rebuild of names of config, catching up with the
+// live group "live" in the database of pool.
+func newRebuild(t *testing.T, pool *pgxpool.Pool, brokers []string, config []byte, log *slog.Logger, progress func(done, total int64), names ...string) *projection.Rebuild {
+	t.Helper()
+	rb, err := makeRebuild(pool, brokers, config, log, progress, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rb
+}
+
+func makeRebuild(pool *pgxpool.Pool, brokers []string, config []byte, log *slog.Logger, progress func(done, total int64), names ...string) (*projection.Rebuild, error) {
+	projs, err := projection.Load("spate.yaml", config, schemas.Builtin())
+	if err != nil {
+		return nil, err
+	}
+	chosen, err := projection.Select(projs, names...)
+	if err != nil {
+		return nil, err
+	}
+	return projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
+		Projections: chosen, Topic: failureTopic, Group: "live", BatchSize: 500, Logger: log, Progress: progress,
+	}, kgo.SeedBrokers(brokers...))
+}
+
+func TestRebuildAfterChangeEqualsFreshBuild(t *testing.T) {
+	t.Parallel()
+	const n = 4000
+	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
+	evs := shopMix(t, n)
+	prod := newProducer(t, brokers)
+	ctx := context.Background()
+	if err := publish(ctx, prod, evs[:n/2]); err != nil {
+		t.Fatal(err)
+	}
+	dbURL := spatetest.Postgres(t)
+	pool := newPool(t, dbURL)
+	old := startMember(t, "old", dbURL, "live", brokers)
+	waitProgress(t, pool, "live", n/2)
+
+	// The rest arrives while the rebuild runs, and the live projector
+	// applies it to the live tables.
+	published := make(chan error, 1)
+	go func() { published <- publish(ctx, prod, evs[n/2:]) }()
+	res, err := newRebuild(t, pool, brokers, changedConfig, testLogger(t), nil, rebuildNames...).Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"customer_totals", "orders"}, res.Tables); diff != "" {
+		t.Errorf("tables swapped in (-want +got):\n%s", diff)
+	}
+	t.Logf("swapped in at %v after applying %d events", res.Offsets, res.Applied)
+
+	// The old projector must not apply its definition to the new tables
+	// (TestDefinitionChangeStopsProjector): it stops until it is restarted
+	// with the new one.
+	more := shopMix(t, n+500)
+	if err := publish(ctx, prod, more[n:]); err != nil {
+		t.Fatal(err)
+	}
+	old.stop(t)
+	startMemberOf(t, changedConfig, "new", dbURL, "live", brokers)
+	waitProgress(t, pool, "live", n+500)
+	if diff := cmp.Diff(referenceOf(t, changedConfig, brokers, n+500), tableHashes(t, dbURL)); diff != "" {
+		t.Fatalf("tables after the rebuild differ from a fresh build of the new definition (-fresh +rebuilt):\n%s", diff)
+	}
+	checkNoOpenTransactions(t, pool)
+}
+
+func TestRebuildUnchangedEqualsLive(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
+	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n)); err != nil {
+		t.Fatal(err)
+	}
+	dbURL := spatetest.Postgres(t)
+	pool := newPool(t, dbURL)
+	live := startMember(t, "live", dbURL, "live", brokers)
+	waitProgress(t, pool, "live", n)
+	before := tableHashes(t, dbURL)
+
+	all := []string{"event_log", "latest", "counters", "orders", "customer_totals", "payments"}
+	res, err := newRebuild(t, pool, brokers, shopv1.ExampleConfig, testLogger(t), nil, all...).Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Applied != n || res.Skipped != 0 {
+		t.Errorf("rebuild applied %d and skipped %d events, want %d and 0", res.Applied, res.Skipped, n)
+	}
+	if diff := cmp.Diff(before, tableHashes(t, dbURL)); diff != "" {
+		t.Fatalf("rebuilt tables differ from the live ones they replaced (-live +rebuilt):\n%s", diff)
+	}
+	// The live projector, whose definitions are the rebuilt ones, goes on.
+	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n+100)[n:]); err != nil {
+		t.Fatal(err)
+	}
+	waitProgress(t, pool, "live", n+100)
+	live.stop(t)
+	var retired int
+	err = pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_tables WHERE schemaname = $1`, res.Retired).Scan(&retired)
+	if err != nil || retired != len(projectionTables) {
+		t.Errorf("schema %s holds %d tables (%v), want the %d replaced ones", res.Retired, retired, err, len(projectionTables))
+	}
+}
+
+// childRebuild rebuilds cfg.Rebuild in a child process, and SIGKILLs
+// itself once it applied cfg.KillAfter events.
+func childRebuild(cfg childConfig) error {
+	pool, err := pgxpool.New(context.Background(), cfg.Postgres)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	kill := func(done, _ int64) {
+		if done >= cfg.KillAfter {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+	}
+	rb, err := makeRebuild(pool, cfg.Brokers, []byte(cfg.Config), log, kill, cfg.Rebuild...)
+	if err != nil {
+		return err
+	}
+	if _, err = rb.Run(context.Background()); err == nil {
+		err = errors.New("the rebuild finished before it was killed")
+	}
+	return err
+}
+
+func TestRebuildKilledHalfWayResumes(t *testing.T) {
+	t.Parallel()
+	const n = 4000
+	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
+	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n)); err != nil {
+		t.Fatal(err)
+	}
+	dbURL := spatetest.Postgres(t)
+	pool := newPool(t, dbURL)
+	m := startMember(t, "live", dbURL, "live", brokers)
+	waitProgress(t, pool, "live", n)
+	m.stop(t)
+
+	c := startChild(t, childConfig{Brokers: brokers, Postgres: dbURL, Rebuild: rebuildNames, Config: string(changedConfig), KillAfter: n / 2})
+	if !c.wait(failureTimeout) {
+		t.Fatalf("rebuilding child still running %v after it started", failureTimeout)
+	}
+	var ee *exec.ExitError
+	if !errors.As(c.err, &ee) || !ee.Sys().(syscall.WaitStatus).Signaled() {
+		t.Fatalf("rebuilding child exited with %v, want killed by SIGKILL; output:\n%s", c.err, &c.out)
+	}
+	var shadowed int64
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM spate_rebuild_customer_totals_orders.orders`).Scan(&shadowed); err != nil || shadowed == 0 {
+		t.Fatalf("shadow orders after the kill: %d rows (%v), want some", shadowed, err)
+	}
+	// The live tables are untouched: still the old definition's.
+	var open int64
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM orders WHERE status = 'open'`).Scan(&open); err != nil || open != 0 {
+		t.Fatalf("live orders hold %d rows of the new definition (%v) before the swap, want none", open, err)
+	}
+
+	res, err := newRebuild(t, pool, brokers, changedConfig, testLogger(t), nil, rebuildNames...).Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Resumed || res.Applied >= n {
+		t.Errorf("second run: resumed %v after applying %d of %d events, want it to resume and apply the rest", res.Resumed, res.Applied, n)
+	}
+	want := referenceOf(t, changedConfig, brokers, n)
+	got := tableHashes(t, dbURL)
+	for _, table := range []string{"orders", "customer_totals"} {
+		if got[table] != want[table] {
+			t.Errorf("%s after a killed and resumed rebuild differs from a fresh build", table)
+		}
+	}
+	checkNoOpenTransactions(t, pool)
+}
+
+func TestRebuildSwapUnderConcurrentReaders(t *testing.T) {
+	t.Parallel()
+	const n, readers = 2000, 6
+	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
+	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n)); err != nil {
+		t.Fatal(err)
+	}
+	dbURL := spatetest.Postgres(t)
+	pool := newPool(t, dbURL)
+	m := startMember(t, "live", dbURL, "live", brokers)
+	waitProgress(t, pool, "live", n)
+	m.stop(t)
+	before := tableHashes(t, dbURL)
+	after := referenceOf(t, changedConfig, brokers, n)
+
+	// Readers read orders and customer_totals, each whole, in one
+	// statement, until the swap is over; each result must be the table as
+	// it was or as it is after the swap, never an error or a mix.
+	hashes := `SELECT (SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM orders t),
+	                  (SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM customer_totals t)`
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	readPool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readPool.Close()
+	var (
+		swapped            atomic.Bool
+		reads, sawNew      atomic.Int64
+		wg                 sync.WaitGroup
+		mu                 sync.Mutex
+		problems           []string
+		ctx, stopReading   = context.WithCancel(context.Background())
+		readsAfterSwapDone = make(chan struct{})
+		afterCount         atomic.Int64
+	)
+	defer stopReading()
+	for range readers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				var orders, totals string
+				err := readPool.QueryRow(ctx, hashes).Scan(&orders, &totals)
+				if ctx.Err() != nil {
+					return
+				}
+				reads.Add(1)
+				got := fmt.Sprintf("orders %s, customer_totals %s", orders, totals)
+				oldOK := orders == before["orders"] && totals == before["customer_totals"]
+				newOK := orders == after["orders"] && totals == after["customer_totals"]
+				if newOK {
+					sawNew.Add(1)
+				}
+				if err != nil || !oldOK && !newOK {
+					mu.Lock()
+					problems = append(problems, fmt.Sprintf("%s (err %v)", got, err))
+					mu.Unlock()
+				}
+				if swapped.Load() && afterCount.Add(1) == readers*3 {
+					close(readsAfterSwapDone)
+				}
+			}
+		})
+	}
+	res, err := newRebuild(t, pool, brokers, changedConfig, testLogger(t), nil, rebuildNames...).Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	swapped.Store(true)
+	<-readsAfterSwapDone
+	stopReading()
+	wg.Wait()
+	if len(problems) > 0 {
+		t.Fatalf("%d of %d reads during the rebuild got neither the old nor the new tables; first: %s", len(problems), reads.Load(), problems[0])
+	}
+	if sawNew.Load() == 0 {
+		t.Fatal("no reader saw the new tables after the swap")
+	}
+	t.Logf("%d reads during a rebuild of %d events swapped in at %v", reads.Load(), res.Applied, res.Offsets)
+}
+
+// Rebuilds of the same projections exclude each other.
+func TestRebuildRefusesASecondOfTheSame(t *testing.T) {
+	t.Parallel()
+	dbURL := spatetest.Postgres(t)
+	pool := newPool(t, dbURL)
+	brokers := spatetest.Kafka(t, 1, failureTopic)
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), `SELECT pg_advisory_lock(hashtextextended('spate_rebuild:spate_rebuild_orders', 0))`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = newRebuild(t, pool, brokers, shopv1.ExampleConfig, testLogger(t), nil, "orders").Run(context.Background())
+	if !errors.Is(err, projection.ErrRebuildRunning) {
+		t.Fatalf("Run while another holds the rebuild's lock = %v, want ErrRebuildRunning", err)
+	}
+}
+
+func TestDefinitionChangeStopsProjector(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t, spatetest.Postgres(t))
+	old, err := newShopProjector(ctx, pool, "g", nil, shopv1.ExampleConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := records(t, 0, 20)
+	if err := old.Apply(ctx, batch(recs[:10])); err != nil {
+		t.Fatal(err)
+	}
+	// Another projector starts with a changed statement of payments.
+	changed := strings.Replace(string(shopv1.ExampleConfig), "DO NOTHING", "DO NOTHING -- v2", 1)
+	if _, err := newShopProjector(ctx, pool, "g", nil, []byte(changed)); err != nil {
+		t.Fatal(err)
+	}
+	err = old.Apply(ctx, batch(recs[10:]))
+	if !errors.Is(err, projection.ErrDefinitionChanged) || !strings.Contains(err.Error(), "payments") {
+		t.Fatalf("Apply by the projector of the old definition = %v, want ErrDefinitionChanged naming payments", err)
+	}
+	if got := eventLog(t, pool); len(got) != 10 {
+		t.Fatalf("event_log holds %d events, want the 10 applied before the change", len(got))
+	}
+}
