@@ -189,7 +189,7 @@ func BenchmarkRebuild(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			for b.Loop() {
-				rb, err := makeRebuild(pool, brokers, shopv1.ExampleConfig, nil, nil, tc.names...)
+				rb, err := makeRebuild(pool, brokers, shopv1.ExampleConfig, 0, nil, nil, tc.names...)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -148,7 +148,7 @@ func (p *Projector) registerDefinitions(ctx context.Context, tx pgx.Tx) error {
 			continue
 		}
 		if old != "" {
-			p.log.Warn("projection definition changed: the new one applies to new events only; rebuild it with spate replay projection to apply it to history",
+			p.log.Warn("projection definition changed: the new one applies to new events only; if it changes how past events project, rebuild with spate replay projection",
 				"projection", name, "was", old, "now", sum)
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO spate_projections (projection, checksum) VALUES ($1, $2)

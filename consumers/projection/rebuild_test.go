@@ -36,14 +36,16 @@ var rebuildNames = []string{"orders", "customer_totals"}
 // live group "live" in the database of pool.
 func newRebuild(t *testing.T, pool *pgxpool.Pool, brokers []string, config []byte, log *slog.Logger, progress func(done, total int64), names ...string) *projection.Rebuild {
 	t.Helper()
-	rb, err := makeRebuild(pool, brokers, config, log, progress, names...)
+	rb, err := makeRebuild(pool, brokers, config, 500, log, progress, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return rb
 }
 
-func makeRebuild(pool *pgxpool.Pool, brokers []string, config []byte, log *slog.Logger, progress func(done, total int64), names ...string) (*projection.Rebuild, error) {
+// makeRebuild is newRebuild with batches of up to batchSize events (zero:
+// the default), for use outside tests.
+func makeRebuild(pool *pgxpool.Pool, brokers []string, config []byte, batchSize int, log *slog.Logger, progress func(done, total int64), names ...string) (*projection.Rebuild, error) {
 	projs, err := projection.Load("spate.yaml", config, schemas.Builtin())
 	if err != nil {
 		return nil, err
@@ -53,7 +55,7 @@ func makeRebuild(pool *pgxpool.Pool, brokers []string, config []byte, log *slog.
 		return nil, err
 	}
 	return projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
-		Projections: chosen, Topic: failureTopic, Group: "live", BatchSize: 500, Logger: log, Progress: progress,
+		Projections: chosen, Topic: failureTopic, Group: "live", BatchSize: batchSize, Logger: log, Progress: progress,
 	}, kgo.SeedBrokers(brokers...))
 }
 
@@ -156,7 +158,7 @@ func childRebuild(cfg childConfig) error {
 			select {} // the signal is on its way
 		}
 	}
-	rb, err := makeRebuild(pool, cfg.Brokers, []byte(cfg.Config), log, kill, cfg.Rebuild...)
+	rb, err := makeRebuild(pool, cfg.Brokers, []byte(cfg.Config), 500, log, kill, cfg.Rebuild...)
 	if err != nil {
 		return err
 	}

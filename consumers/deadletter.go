@@ -1,0 +1,119 @@
+package consumers
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spate-io/spate/cekafka"
+)
+
+// ErrNotDeadLetter is returned for a record that lacks the headers a Group
+// adds to the records it writes to a dead-letter topic.
+var ErrNotDeadLetter = errors.New("not a dead letter")
+
+// DeadLetter is a record of a dead-letter topic as a Group wrote it: the
+// original record (key, value, headers) plus the spate_dlq_* headers that
+// say who gave up on it, why, and where it came from.
+type DeadLetter struct {
+	// Record is the record as read from the dead-letter topic; its Topic,
+	// Partition and Offset are those of the dead-letter topic.
+	Record *kgo.Record
+
+	Group  string // spate_dlq_group: the consumer group that gave up
+	Sink   string // spate_dlq_sink: the part of the sink that failed, e.g. the projection; empty: the record itself is bad
+	Class  string // spate_dlq_class, e.g. "integrity-constraint-violation"
+	Reason string // spate_dlq_reason: the error
+	// Where the record was before it was dead-lettered.
+	Topic     string
+	Partition int32
+	Offset    int64
+	// Time is when it was dead-lettered (spate_dlq_time; the record's
+	// timestamp if that header is absent).
+	Time time.Time
+
+	// The event's CloudEvents attributes, as far as its ce_* headers give
+	// them (a record can be dead-lettered for not being an event).
+	EventID   string
+	EventType string
+	Subject   string
+}
+
+// dlqHeaders are the headers a Group adds to a dead letter.
+var dlqHeaders = []string{
+	HeaderDLQGroup, HeaderDLQSink, HeaderDLQClass, HeaderDLQReason,
+	HeaderDLQTopic, HeaderDLQPartition, HeaderDLQOffset, HeaderDLQTime,
+}
+
+// ParseDeadLetter reads the dead-letter headers of r, a record of a
+// dead-letter topic. The group, the original topic, partition and offset
+// are required; the other headers may be absent. Where a header repeats
+// (a record dead-lettered once more after being copied back), the last
+// one, the newest, counts. Errors wrap ErrNotDeadLetter.
+func ParseDeadLetter(r *kgo.Record) (*DeadLetter, error) {
+	h := map[string]string{}
+	for _, kv := range r.Headers {
+		h[kv.Key] = string(kv.Value)
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("record %s/%d@%d: %w: %s", r.Topic, r.Partition, r.Offset, ErrNotDeadLetter, fmt.Sprintf(format, args...))
+	}
+	for _, k := range []string{HeaderDLQGroup, HeaderDLQTopic, HeaderDLQPartition, HeaderDLQOffset} {
+		if h[k] == "" {
+			return nil, bad("no %s header", k)
+		}
+	}
+	d := &DeadLetter{
+		Record: r,
+		Group:  h[HeaderDLQGroup], Sink: h[HeaderDLQSink], Class: h[HeaderDLQClass], Reason: h[HeaderDLQReason],
+		Topic:   h[HeaderDLQTopic],
+		EventID: h[cekafka.HeaderID], EventType: h[cekafka.HeaderType], Subject: h[cekafka.HeaderSubject],
+		Time: r.Timestamp,
+	}
+	p, err := strconv.ParseInt(h[HeaderDLQPartition], 10, 32)
+	if err != nil || p < 0 {
+		return nil, bad("header %s %q is not a partition", HeaderDLQPartition, h[HeaderDLQPartition])
+	}
+	d.Partition = int32(p)
+	if d.Offset, err = strconv.ParseInt(h[HeaderDLQOffset], 10, 64); err != nil || d.Offset < 0 {
+		return nil, bad("header %s %q is not an offset", HeaderDLQOffset, h[HeaderDLQOffset])
+	}
+	if v, ok := h[HeaderDLQTime]; ok {
+		if d.Time, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			return nil, bad("header %s %q is not an RFC 3339 time", HeaderDLQTime, v)
+		}
+	}
+	return d, nil
+}
+
+// Original returns the record as it was in its original topic: the same
+// key, value and headers without the dead-letter ones, at the original
+// topic, partition and offset. Its timestamp is the dead letter's: Kafka
+// does not keep the original one.
+func (d *DeadLetter) Original() *kgo.Record {
+	r := d.Record
+	// The group appended its headers after the record's own: drop the last
+	// occurrence of each.
+	drop := make([]bool, len(r.Headers))
+	for _, k := range dlqHeaders {
+		for i := len(r.Headers) - 1; i >= 0; i-- {
+			if r.Headers[i].Key == k {
+				drop[i] = true
+				break
+			}
+		}
+	}
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers))
+	for i, kv := range r.Headers {
+		if !drop[i] {
+			hs = append(hs, kv)
+		}
+	}
+	return &kgo.Record{
+		Topic: d.Topic, Partition: d.Partition, Offset: d.Offset,
+		Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp,
+	}
+}

@@ -1,0 +1,314 @@
+package projection_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spate-io/spate/cekafka"
+	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/producers"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	"github.com/spate-io/spate/schemas"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+	"github.com/spate-io/spate/spatetest"
+)
+
+// redriveConfig has three projections of payments: event_log, payments,
+// whose amount_not_negative constraint rejects a refund-like payment, and
+// payment_totals, which counts (so applying an event twice shows).
+const redriveConfig = `
+projections:
+  - name: event_log
+    builtin: event_log
+  - name: payments
+    migrations:
+      - CREATE TABLE payments (payment_id text PRIMARY KEY CHECK (payment_id <> ''), amount_cents bigint NOT NULL CONSTRAINT amount_not_negative CHECK (amount_cents >= 0))
+    on:
+      shop.payment.captured.v1: INSERT INTO payments VALUES (:data.payment_id, :data.amount_cents)
+  - name: payment_totals
+    migrations:
+      - CREATE TABLE payment_totals (currency text PRIMARY KEY, payments bigint NOT NULL, amount_cents bigint NOT NULL)
+    on:
+      shop.payment.captured.v1: |
+        INSERT INTO payment_totals VALUES (:data.currency, 1, :data.amount_cents)
+        ON CONFLICT (currency) DO UPDATE SET payments = payment_totals.payments + 1, amount_cents = payment_totals.amount_cents + excluded.amount_cents
+`
+
+// readDLQ returns the first n records of the dead-letter topic of events,
+// and checks that no more are there.
+func readDLQ(t *testing.T, brokers []string, n int) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(consumers.DLQTopic("events")),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var dead []*kgo.Record
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		dead = append(dead, cl.PollFetches(ctx).Records()...)
+		if len(dead) < n {
+			return fmt.Sprintf("%d dead letters, want %d", len(dead), n)
+		}
+		return ""
+	})
+	if len(dead) != n {
+		t.Fatalf("%d dead letters, want %d", len(dead), n)
+	}
+	return dead
+}
+
+// TestRedriveAppliesOnceAfterFix: a real group dead-letters one event of
+// 200 for a constraint; re-driving it before the fix commits nothing;
+// after the fix (the constraint dropped) eight concurrent re-drives apply
+// it exactly once, to every projection, at its original offset; later
+// re-drives, also of a second dead letter of the same event, apply nothing.
+func TestRedriveAppliesOnceAfterFix(t *testing.T) {
+	t.Parallel()
+	const n = 200
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(redriveConfig))
+
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var evs []*spatev1.Event
+	var want int64
+	for i := range n {
+		amount := int64(100 + i)
+		if i == 50 {
+			amount = -5
+		}
+		want += amount
+		evs = append(evs, shopEvent(t, fmt.Sprint("e", i), fmt.Sprint("o-", i%10), time.Duration(i)*time.Second,
+			&shopv1.PaymentCaptured{PaymentId: fmt.Sprint("pay-", i), AmountCents: amount, Currency: "EUR"}))
+	}
+	receipts, err := producers.Publish(ctx, cl, "events", evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	g, err := consumers.New(p, consumers.Config{Group: projection.DefaultGroup, Topics: []string{"events"}, MaxBackoff: 100 * time.Millisecond},
+		kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- g.Run(gctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	spatetest.Eventually(t, time.Minute, func() string {
+		var got int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spate_offsets WHERE consumer_group = $1`, projection.DefaultGroup).Scan(&got)
+		if err != nil || got < n {
+			return fmt.Sprintf("the group consumed %d of %d events (%v)", got, n, err)
+		}
+		return ""
+	})
+	dl := readDLQ(t, brokers, 1)[0]
+	totals := fmt.Sprintf("EUR|%d|%d", n-1, want+5)
+	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e50'`, "0")
+
+	if ok, err := p.Redriven(ctx, dl); ok || err != nil {
+		t.Fatalf("Redriven before any re-drive = %v, %v; want false", ok, err)
+	}
+	wantRows(t, pool, `SELECT to_regclass('spate_redrives') IS NULL`, "true") // Redriven created nothing
+
+	// Before the fix: the projection still rejects it; nothing is committed.
+	applied, err := p.Redrive(ctx, dl)
+	var pe *consumers.PoisonError
+	if applied || !errors.As(err, &pe) || pe.Sink != "payments" || pe.Class != "integrity-constraint-violation" {
+		t.Fatalf("Redrive before the fix = %v, %v; want a PoisonError of payments, integrity-constraint-violation", applied, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e50'`, "0") // event_log applied it before payments failed: rolled back
+	wantRows(t, pool, `SELECT count(*) FROM spate_redrives`, "0")
+	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+
+	// The fix.
+	if _, err := pool.Exec(ctx, `ALTER TABLE payments DROP CONSTRAINT amount_not_negative`); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	results := make(chan error, 8)
+	var appliedN sync.Map
+	for i := range 8 {
+		wg.Go(func() {
+			ok, err := p.Redrive(ctx, dl)
+			if ok {
+				appliedN.Store(i, true)
+			}
+			results <- err
+		})
+	}
+	wg.Wait()
+	close(results)
+	for err := range results {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := 0
+	appliedN.Range(func(any, any) bool { count++; return true })
+	if count != 1 {
+		t.Fatalf("%d of 8 concurrent re-drives applied the event, want exactly 1", count)
+	}
+
+	r := receipts[50]
+	wantRows(t, pool, `SELECT topic, partition, "offset" FROM event_log WHERE id = 'e50'`,
+		fmt.Sprintf("events|%d|%d", r.Partition, r.Offset))
+	wantRows(t, pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-50'`, "-5")
+	wantRows(t, pool, `SELECT count(*) FROM payments`, strconv.Itoa(n))
+	totals = fmt.Sprintf("EUR|%d|%d", n, want)
+	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	wantRows(t, pool, `SELECT consumer_group, dlq_topic, dlq_partition, dlq_offset, topic, partition, "offset", event_id FROM spate_redrives`,
+		fmt.Sprintf("spate-project|events.dlq|%d|%d|events|%d|%d|e50", dl.Partition, dl.Offset, r.Partition, r.Offset))
+	if ok, err := p.Redriven(ctx, dl); !ok || err != nil {
+		t.Fatalf("Redriven after the re-drive = %v, %v; want true", ok, err)
+	}
+
+	// Again, and a second dead letter of the same event (the group crashed
+	// between writing it and moving its offset): nothing more.
+	again := *dl
+	again.Offset += 100
+	for _, rec := range []*kgo.Record{dl, &again} {
+		if ok, err := p.Redriven(ctx, rec); !ok || err != nil {
+			t.Errorf("Redriven(%d) = %v, %v; want true", rec.Offset, ok, err)
+		}
+		if ok, err := p.Redrive(ctx, rec); ok || err != nil {
+			t.Fatalf("Redrive(%d) once more = %v, %v; want false, nil", rec.Offset, ok, err)
+		}
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e50'`, "1")
+	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	wantRows(t, pool, `SELECT count(*) FROM spate_redrives`, "1")
+}
+
+// asDeadLetter returns r as the group named group would write it to the
+// dead-letter topic of events, at DLQ offset 0.
+func asDeadLetter(r *kgo.Record, group, class string) *kgo.Record {
+	dl := *r
+	dl.Topic, dl.Partition, dl.Offset = consumers.DLQTopic("events"), 0, 0
+	dl.Headers = append(r.Headers[:len(r.Headers):len(r.Headers)],
+		kgo.RecordHeader{Key: consumers.HeaderDLQGroup, Value: []byte(group)},
+		kgo.RecordHeader{Key: consumers.HeaderDLQClass, Value: []byte(class)},
+		kgo.RecordHeader{Key: consumers.HeaderDLQTopic, Value: []byte(r.Topic)},
+		kgo.RecordHeader{Key: consumers.HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
+		kgo.RecordHeader{Key: consumers.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
+	)
+	return &dl
+}
+
+// TestRedriveRefuses: a dead letter of another group, a record that is
+// not a dead letter, an event that still does not decode and one the group
+// has not moved past are refused, and nothing is written.
+func TestRedriveRefuses(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p, pool := newProjector(t)
+	recs := records(t, 0, 3)
+
+	fanout := asDeadLetter(recs[0], "spate-fanout", "stream-key")
+	if ok, err := p.Redrive(ctx, fanout); ok || err == nil || errors.Is(err, consumers.ErrPoison) {
+		t.Errorf("Redrive of a spate-fanout dead letter = %v, %v; want a refusal", ok, err)
+	}
+	if _, err := p.Redriven(ctx, fanout); err == nil {
+		t.Errorf("Redriven of a spate-fanout dead letter: no error")
+	}
+	if ok, err := p.Redrive(ctx, recs[1]); ok || !errors.Is(err, consumers.ErrNotDeadLetter) {
+		t.Errorf("Redrive of a plain record = %v, %v; want ErrNotDeadLetter", ok, err)
+	}
+	unknown := asDeadLetter(recs[2], projection.DefaultGroup, "unknown-type")
+	for i, h := range unknown.Headers {
+		if h.Key == cekafka.HeaderType {
+			unknown.Headers[i].Value = []byte("shop.order.vanished.v1")
+		}
+	}
+	ok, err := p.Redrive(ctx, unknown)
+	var pe *consumers.PoisonError
+	if ok || !errors.As(err, &pe) || pe.Class != "unknown-type" || pe.Record.Topic != "events" || pe.Record.Offset != 2 {
+		t.Errorf("Redrive of an unknown type = %v, %v; want a PoisonError of class unknown-type for events@2", ok, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "0")
+	if ok, err := p.Redriven(ctx, unknown); ok || err != nil {
+		t.Errorf("Redriven = %v, %v; want false", ok, err)
+	}
+
+	// A dead letter the group has not moved past yet (it crashed after
+	// writing it): the group will apply it, so a re-drive must not.
+	early := asDeadLetter(recs[1], projection.DefaultGroup, "data-exception")
+	for _, next := range []int64{0, 1} {
+		if next > 0 {
+			if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Next: next}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ok, err := p.Redrive(ctx, early); ok || !errors.Is(err, projection.ErrNotPassed) {
+			t.Errorf("Redrive of events@1 with the stored offset at %d = %v, %v; want ErrNotPassed", next, ok, err)
+		}
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "0")
+	wantRows(t, pool, `SELECT count(*) FROM spate_redrives`, "0")
+	if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Next: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := p.Redrive(ctx, early); !ok || err != nil {
+		t.Errorf("Redrive of events@1 once the group moved past it = %v, %v; want applied", ok, err)
+	}
+	wantRows(t, pool, `SELECT "offset" FROM event_log`, "1")
+}
+
+// TestRedriveOfAGoProjectionsPoison: a Go projection that rejects an event
+// itself is named in the PoisonError, with its class.
+func TestRedriveOfAGoProjectionsPoison(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	p := projection.New(pool, schemas.Builtin(), projection.Config{Projections: []projection.Projection{projection.EventLog(), rejecter{}}})
+	if err := p.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Next: 1}); err != nil { // the group moved past it
+		t.Fatal(err)
+	}
+	ok, err := p.Redrive(ctx, asDeadLetter(records(t, 0, 1)[0], projection.DefaultGroup, "picky"))
+	var pe *consumers.PoisonError
+	if ok || !errors.As(err, &pe) || pe.Sink != "rejecter" || pe.Class != "picky" {
+		t.Fatalf("Redrive = %v, %v; want a PoisonError of rejecter, class picky", ok, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "0")
+	wantRows(t, pool, `SELECT count(*) FROM spate_redrives`, "0")
+}
+
+// rejecter is a Go projection that rejects every event.
+type rejecter struct{}
+
+func (rejecter) Name() string { return "rejecter" }
+
+func (rejecter) Apply(_ context.Context, _ pgx.Tx, evs []*projection.Event) error {
+	return consumers.Poison(evs[0].Record, "picky", errors.New("no, thanks"))
+}
