@@ -39,7 +39,7 @@ given on the command line wins over the environment.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newTailCmd(), newKeysCmd(), newSchemaCmd(), newBenchCmd())
+	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newTailCmd(), newReplayCmd(), newDLQCmd(), newOffsetsCmd(), newKeysCmd(), newSchemaCmd(), newBenchCmd())
 	return root
 }
 
