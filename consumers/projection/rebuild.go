@@ -446,11 +446,19 @@ func (r *rebuildRun) applyPending(ctx context.Context, live map[int32]int64) err
 		for n < len(recs) && n < r.cfg.BatchSize && recs[n].Offset < t {
 			n++
 		}
-		next := t
-		if n < len(recs) {
-			next = recs[n].Offset
+		// The offset may move past the records applied only as far as
+		// what was fetched shows: to the next record fetched, at most t.
+		// Records beyond those fetched may still lie below t.
+		var next int64
+		switch {
+		case n < len(recs):
+			next = min(recs[n].Offset, t)
+		case n > 0:
+			next = recs[n-1].Offset + 1
+		default:
+			continue
 		}
-		if n == 0 && (len(recs) == 0 || r.applied[p] >= next) {
+		if n == 0 && r.applied[p] >= next {
 			continue
 		}
 		if n > 0 {
