@@ -415,15 +415,6 @@ func shortReason(s string) string {
 	return dash(s)
 }
 
-// outputJSON decides between NDJSON and lines for people: --json if
-// given, else NDJSON unless w is a terminal.
-func outputJSON(cmd *cobra.Command, asJSON bool, w io.Writer) bool {
-	if cmd.Flags().Changed("json") {
-		return asJSON
-	}
-	return !isTerminal(w)
-}
-
 // otherGroupsNote says which other groups' dead letters matched a filter
 // that none of the group's matched; "" when none did.
 func otherGroupsNote(others map[string]int) string {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -190,39 +188,20 @@ func newDLQFixture(t *testing.T) *dlqFixture {
 	return x
 }
 
-// lockedBuffer is a bytes.Buffer safe for the writers of a command's
-// output: its loggers and the Kafka client's.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // runSpate runs the command line args and returns what it wrote to stdout
 // and to stderr.
-func runSpate(args ...string) (stdout, stderr string, err error) {
+func runSpate(ctx context.Context, args ...string) (stdout, stderr string, err error) {
 	var out, errs lockedBuffer
 	root := newRoot(&out, &errs)
 	root.SetArgs(args)
-	err = root.ExecuteContext(context.Background())
+	err = root.ExecuteContext(ctx)
 	return out.String(), errs.String(), err
 }
 
 // dlq runs spate dlq args against the fixture's broker and returns stdout.
 func (x *dlqFixture) dlq(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	out, errs, err := runSpate(append(append([]string{"dlq"}, args...), "--kafka-brokers", strings.Join(x.brokers, ","))...)
+	out, errs, err := runSpate(context.Background(), append(append([]string{"dlq"}, args...), "--kafka-brokers", strings.Join(x.brokers, ","))...)
 	if err != nil {
 		t.Logf("spate dlq %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out, errs)
 	}
@@ -314,7 +293,7 @@ func TestDLQListAndShow(t *testing.T) {
 	t.Parallel()
 	x := newDLQFixture(t)
 
-	out, errs, err := runSpate("dlq", "list", "--kafka-brokers", strings.Join(x.brokers, ","))
+	out, errs, err := runSpate(context.Background(), "dlq", "list", "--kafka-brokers", strings.Join(x.brokers, ","))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -567,7 +546,7 @@ func TestDLQRedriveRefuses(t *testing.T) {
 func TestDLQHelpHasExamples(t *testing.T) {
 	t.Parallel()
 	for _, sub := range []string{"list", "show", "redrive"} {
-		out, _, err := runSpate("dlq", sub, "--help")
+		out, _, err := runSpate(context.Background(), "dlq", sub, "--help")
 		if err != nil || !strings.Contains(out, "Examples:\n  spate dlq "+sub) || !strings.Contains(out, "[SPATE_KAFKA_BROKERS]") {
 			t.Errorf("spate dlq %s --help: %v\n%s\nwant examples and the environment of each flag", sub, err, out)
 		}
@@ -583,18 +562,18 @@ func TestDLQGroupFromEnvironment(t *testing.T) {
 	// Choices are the command line's: the environment cannot make them.
 	t.Setenv("SPATE_ALL", "true")
 	t.Setenv("SPATE_ID", "e1")
-	_, _, err := runSpate("dlq", "redrive", "--postgres-url", "postgres://unused", "--kafka-brokers", brokers)
+	_, _, err := runSpate(context.Background(), "dlq", "redrive", "--postgres-url", "postgres://unused", "--kafka-brokers", brokers)
 	if err == nil || !strings.Contains(err.Error(), "redrive which dead letters?") {
 		t.Errorf("redrive with SPATE_ALL and SPATE_ID set: %v, want a refusal to choose", err)
 	}
 
-	if _, _, err := runSpate("dlq", "list", "--all-groups", "--kafka-brokers", brokers); err != nil {
+	if _, _, err := runSpate(context.Background(), "dlq", "list", "--all-groups", "--kafka-brokers", brokers); err != nil {
 		t.Errorf("list --all-groups with SPATE_GROUP set: %v", err)
 	}
-	if _, _, err := runSpate("dlq", "list", "--all-groups", "--group", "g", "--kafka-brokers", brokers); err == nil {
+	if _, _, err := runSpate(context.Background(), "dlq", "list", "--all-groups", "--group", "g", "--kafka-brokers", brokers); err == nil {
 		t.Errorf("list --all-groups --group g: no error")
 	}
-	_, _, err = runSpate("dlq", "redrive", "--all", "--postgres-url", "postgres://unused", "--kafka-brokers", brokers)
+	_, _, err = runSpate(context.Background(), "dlq", "redrive", "--all", "--postgres-url", "postgres://unused", "--kafka-brokers", brokers)
 	if err == nil || !strings.Contains(err.Error(), "spate replay stream") {
 		t.Errorf("redrive with SPATE_GROUP=spate-fanout: %v, want the fan-out's advice", err)
 	}

@@ -75,7 +75,7 @@ The output is a table on a terminal, and one JSON document otherwise or with
 					return err
 				}
 				out := cmd.OutOrStdout()
-				if f.asJSON(cmd, out) {
+				if outputJSON(cmd, f.json, out) {
 					return offsetsJSON(out, o.showReport(snap))
 				}
 				return o.printShow(out, snap)
@@ -136,7 +136,7 @@ from where they were and store their own positions over the new ones.
 					return err
 				}
 				out := cmd.OutOrStdout()
-				if f.asJSON(cmd, out) {
+				if outputJSON(cmd, f.json, out) {
 					return offsetsJSON(out, rep)
 				}
 				return o.printReset(out, rep)
@@ -227,15 +227,6 @@ func (f *offsetsFlags) validate() error {
 		return fmt.Errorf("--timeout %v: want a positive duration", f.timeout)
 	}
 	return nil
-}
-
-// asJSON reports whether to print JSON: as --json says, else when out is
-// not a terminal.
-func (f *offsetsFlags) asJSON(cmd *cobra.Command, out io.Writer) bool {
-	if cmd.Flags().Changed("json") {
-		return f.json
-	}
-	return !isTerminal(out)
 }
 
 // offsetsSession is what spate offsets works with: Kafka, and the store that

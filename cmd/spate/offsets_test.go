@@ -26,11 +26,7 @@ const offsetsTopic = "spate.events"
 // offsetsRun runs spate with args and returns its stdout and stderr.
 func offsetsRun(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	root := newRoot(&out, &errOut)
-	root.SetArgs(args)
-	err = root.ExecuteContext(t.Context())
-	return out.String(), errOut.String(), err
+	return runSpate(t.Context(), args...)
 }
 
 // offsetsStore is one place where a group keeps its offsets, as the tests

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -251,32 +249,10 @@ func (s *replaySetup) topicIDs(t *testing.T, topic string) []string {
 	return ids
 }
 
-// replayBuffer is a writer the command and its goroutines share.
-type replayBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *replayBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *replayBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // replayRun runs spate replay stream with args and returns its stdout and
 // stderr.
 func replayRun(ctx context.Context, args ...string) (stdout, stderr string, err error) {
-	var out, errb replayBuffer
-	root := newRoot(&out, &errb)
-	root.SetArgs(append([]string{"replay", "stream"}, args...))
-	err = root.ExecuteContext(ctx)
-	return out.String(), errb.String(), err
+	return runSpate(ctx, append([]string{"replay", "stream"}, args...)...)
 }
 
 // args returns the flags that point replay at the setup's servers.

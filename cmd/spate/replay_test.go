@@ -22,7 +22,7 @@ func TestReplayProjectionSwapsInTheSameTable(t *testing.T) {
 		return h
 	}
 	before := hash()
-	out, errs, err := runSpate("replay", "projection", "payments", "--config", x.broken, "--postgres-url", x.pgURL,
+	out, errs, err := runSpate(context.Background(), "replay", "projection", "payments", "--config", x.broken, "--postgres-url", x.pgURL,
 		"--kafka-brokers", strings.Join(x.brokers, ","))
 	if err != nil {
 		t.Fatalf("spate replay projection: %v\nstdout:\n%s\nstderr:\n%s", err, out, errs)
@@ -50,7 +50,7 @@ func TestReplayProjectionRefusesBadInput(t *testing.T) {
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x", "--rate", "fast"}, `--rate "fast"`},
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x"}, `no projection "orders"; the configuration has event_log (no --config given)`},
 	} {
-		_, _, err := runSpate(append([]string{"replay"}, tc.args...)...)
+		_, _, err := runSpate(context.Background(), append([]string{"replay"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("spate replay %s = %v, want an error containing %q", strings.Join(tc.args, " "), err, tc.want)
 		}

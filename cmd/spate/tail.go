@@ -81,10 +81,7 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 				stream = prefx + stream
 			}
 			out := cmd.OutOrStdout()
-			p := tailPrinter{json: asJSON}
-			if !cmd.Flags().Changed("json") {
-				p.json = !isTerminal(out)
-			}
+			p := tailPrinter{json: outputJSON(cmd, asJSON, out)}
 			opts, err := redis.ParseURL(url)
 			if err != nil {
 				return fmt.Errorf("--redis-url: %w", err)
@@ -220,6 +217,15 @@ func tailGroup(ctx context.Context, rdb *redis.Client, stream, group, start stri
 		return fmt.Errorf("tail %s: %w", stream, writeErr)
 	}
 	return nil
+}
+
+// outputJSON decides between NDJSON and lines for people: --json if
+// given, else NDJSON unless w is a terminal.
+func outputJSON(cmd *cobra.Command, asJSON bool, w io.Writer) bool {
+	if cmd.Flags().Changed("json") {
+		return asJSON
+	}
+	return !isTerminal(w)
 }
 
 // isTerminal reports whether w is a terminal.

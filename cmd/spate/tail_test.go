@@ -16,26 +16,27 @@ import (
 	"github.com/spate-io/spate/spatetest"
 )
 
-// tailBuffer is a stdout that tests read while tail writes to it.
-type tailBuffer struct {
+// lockedBuffer is an output that tests read while a command, its loggers
+// and its clients write to it.
+type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *tailBuffer) Write(p []byte) (int, error) {
+func (b *lockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *tailBuffer) String() string {
+func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
 }
 
 // lines returns the complete lines written so far.
-func (b *tailBuffer) lines() []string {
+func (b *lockedBuffer) lines() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.b.String()
@@ -47,10 +48,10 @@ func (b *tailBuffer) lines() []string {
 
 // startTail runs spate tail with args until the returned stop is called,
 // which returns the command's error.
-func startTail(t *testing.T, args ...string) (out *tailBuffer, stop func() error) {
+func startTail(t *testing.T, args ...string) (out *lockedBuffer, stop func() error) {
 	t.Helper()
-	out = &tailBuffer{}
-	var stderr tailBuffer
+	out = &lockedBuffer{}
+	var stderr lockedBuffer
 	root := newRoot(out, &stderr)
 	root.SetArgs(append([]string{"tail"}, args...))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -79,7 +80,7 @@ func startTail(t *testing.T, args ...string) (out *tailBuffer, stop func() error
 }
 
 // awaitLines waits until out holds n lines, and returns them.
-func awaitLines(t *testing.T, out *tailBuffer, n int) []string {
+func awaitLines(t *testing.T, out *lockedBuffer, n int) []string {
 	t.Helper()
 	spatetest.Eventually(t, 30*time.Second, func() string {
 		if got := len(out.lines()); got < n {

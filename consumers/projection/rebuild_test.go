@@ -106,17 +106,26 @@ func TestRebuildAfterChangeEqualsFreshBuild(t *testing.T) {
 	checkNoOpenTransactions(t, pool)
 }
 
-func TestRebuildUnchangedEqualsLive(t *testing.T) {
-	t.Parallel()
-	const n = 2000
-	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
+// caughtUp publishes n events of the shop mix and starts the live
+// projector (group "live") of the example configuration on a fresh
+// database, and returns once it has applied them all.
+func caughtUp(t *testing.T, n int) (brokers []string, dbURL string, pool *pgxpool.Pool, live *member) {
+	t.Helper()
+	brokers = spatetest.Kafka(t, failurePartitions, failureTopic)
 	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n)); err != nil {
 		t.Fatal(err)
 	}
-	dbURL := spatetest.Postgres(t)
-	pool := newPool(t, dbURL)
-	live := startMember(t, "live", dbURL, "live", brokers)
-	waitProgress(t, pool, "live", n)
+	dbURL = spatetest.Postgres(t)
+	pool = newPool(t, dbURL)
+	live = startMember(t, "live", dbURL, "live", brokers)
+	waitProgress(t, pool, "live", int64(n))
+	return brokers, dbURL, pool, live
+}
+
+func TestRebuildUnchangedEqualsLive(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	brokers, dbURL, pool, live := caughtUp(t, n)
 	before := tableHashes(t, dbURL)
 
 	all := []string{"event_log", "latest", "counters", "orders", "customer_totals", "payments"}
@@ -171,14 +180,7 @@ func childRebuild(cfg childConfig) error {
 func TestRebuildKilledHalfWayResumes(t *testing.T) {
 	t.Parallel()
 	const n = 4000
-	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
-	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n)); err != nil {
-		t.Fatal(err)
-	}
-	dbURL := spatetest.Postgres(t)
-	pool := newPool(t, dbURL)
-	m := startMember(t, "live", dbURL, "live", brokers)
-	waitProgress(t, pool, "live", n)
+	brokers, dbURL, pool, m := caughtUp(t, n)
 	m.stop(t)
 
 	c := startChild(t, childConfig{Brokers: brokers, Postgres: dbURL, Rebuild: rebuildNames, Config: string(changedConfig), KillAfter: n / 2})
@@ -219,14 +221,7 @@ func TestRebuildKilledHalfWayResumes(t *testing.T) {
 func TestRebuildSwapUnderConcurrentReaders(t *testing.T) {
 	t.Parallel()
 	const n, readers = 2000, 6
-	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
-	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n)); err != nil {
-		t.Fatal(err)
-	}
-	dbURL := spatetest.Postgres(t)
-	pool := newPool(t, dbURL)
-	m := startMember(t, "live", dbURL, "live", brokers)
-	waitProgress(t, pool, "live", n)
+	brokers, dbURL, pool, m := caughtUp(t, n)
 	m.stop(t)
 	before := tableHashes(t, dbURL)
 	after := referenceOf(t, changedConfig, brokers, n)
