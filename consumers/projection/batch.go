@@ -12,14 +12,14 @@ import (
 )
 
 // batchStatement is a set-based statement: it runs once per batch over the
-// relation "batch", which holds one row per event of its type, with one
+// relation "batch", which holds one row per event of its types, with one
 // column per parameter the statement names (":data.order_id" is the column
 // "data.order_id"), in offset order.
 type batchStatement struct {
-	typ    string
+	typs   []string // the event types it reads, as declared
 	sql    string
-	params []getter
-	types  []string // SQL type of each parameter's column
+	params map[string][]getter // by event type, one getter per column
+	types  []string            // SQL type of each parameter's column
 	line   int
 }
 
@@ -70,12 +70,13 @@ func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) er
 	var b pgx.Batch
 	var queued []*batchStatement
 	for _, st := range p.stmts {
-		cols := make([][]any, len(st.params))
+		cols := make([][]any, len(st.types))
 		for _, ev := range evs {
-			if ev.Type != st.typ {
+			getters, ok := st.params[ev.Type]
+			if !ok {
 				continue
 			}
-			for i, g := range st.params {
+			for i, g := range getters {
 				v, err := g(ev)
 				if err != nil {
 					return &EventError{Event: ev, Err: err}
@@ -83,8 +84,8 @@ func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) er
 				cols[i] = append(cols[i], v)
 			}
 		}
-		if len(st.params) > 0 && len(cols[0]) == 0 {
-			continue // no event of its type
+		if len(cols[0]) == 0 {
+			continue // no event of its types
 		}
 		args := make([]any, len(cols))
 		for i, c := range cols {
@@ -109,11 +110,12 @@ func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) er
 // leadingWith matches a statement that starts with its own WITH clause.
 var leadingWith = regexp.MustCompile(`(?is)^\s*WITH\s+(RECURSIVE\s+)?`)
 
-// compileBatchStatement compiles a batch statement for events of typ,
-// whose payloads are md: each :name becomes the column "name" of the
+// compileBatchStatement compiles a batch statement for events of the types
+// typs, whose payloads are mds: each :name becomes the column "name" of the
 // relation batch, defined in a WITH clause over unnest of one array
-// parameter per column.
-func compileBatchStatement(n *yaml.Node, typ string, md protoreflect.MessageDescriptor) (*batchStatement, int, error) {
+// parameter per column. A column must have the same SQL type in every
+// event type the statement reads.
+func compileBatchStatement(n *yaml.Node, typs []string, mds []protoreflect.MessageDescriptor) (*batchStatement, int, error) {
 	first := n.Line
 	if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 		first++
@@ -125,19 +127,26 @@ func compileBatchStatement(n *yaml.Node, typ string, md protoreflect.MessageDesc
 	if len(names) == 0 {
 		return nil, first, fmt.Errorf("a batch statement reads its events through parameters such as :id or :data.field; this one names none")
 	}
-	st := &batchStatement{typ: typ, line: first}
+	st := &batchStatement{typs: typs, params: map[string][]getter{}, line: first}
 	cols := make([]string, len(names))
 	unnest := make([]string, len(names))
 	for i, name := range names {
-		g, err := paramGetter(name, md)
-		if err != nil {
-			return nil, first + strings.Count(n.Value[:at[i]], "\n"), err
+		line := first + strings.Count(n.Value[:at[i]], "\n")
+		for j, md := range mds {
+			g, err := paramGetter(name, md)
+			if err != nil {
+				return nil, line, err
+			}
+			st.params[typs[j]] = append(st.params[typs[j]], g)
+			t := paramType(name, md)
+			if j == 0 {
+				st.types = append(st.types, t)
+			} else if t != st.types[i] {
+				return nil, line, fmt.Errorf(":%s is %s in %s but %s in %s; a column has one type", name, st.types[i], typs[0], t, typs[j])
+			}
 		}
-		st.params = append(st.params, g)
-		t := paramType(name, md)
-		st.types = append(st.types, t)
 		cols[i] = pgx.Identifier{name}.Sanitize()
-		unnest[i] = fmt.Sprintf("$%d::%s[]", i+1, t)
+		unnest[i] = fmt.Sprintf("$%d::%s[]", i+1, st.types[i])
 	}
 	with := fmt.Sprintf("WITH batch (%s) AS (SELECT * FROM unnest(%s))", strings.Join(cols, ", "), strings.Join(unnest, ", "))
 	if m := leadingWith.FindStringSubmatch(body); m != nil {

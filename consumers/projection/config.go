@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/spate-io/spate/schemas"
 )
@@ -31,6 +32,10 @@ import (
 //	    on:                      # per event type, one statement or a list
 //	      shop.order.placed.v1: |
 //	        INSERT INTO orders (order_id, ...) VALUES (:data.order_id, ...)
+//	  - name: customers          # or set-based: once per batch over "batch"
+//	    batch:                   # type: one event type or a list of them
+//	      - type: [shop.order.placed.v1, shop.order.cancelled.v1]
+//	        sql: INSERT INTO customers ... SELECT DISTINCT :data.customer_id FROM batch ...
 //
 // Statements take named parameters (see paramGetter), always bound as
 // values, never spliced into the SQL. Errors name the file, the line and
@@ -160,7 +165,8 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 	return projs, nil
 }
 
-// loadBatch reads a batch section: a list of {type, sql}.
+// loadBatch reads a batch section: a list of {type, sql}, where type is
+// an event type or a list of them.
 func loadBatch(n *yaml.Node, reg *schemas.Registry, bad func(int, string, ...any) error) (*batchProjection, error) {
 	if n.Kind != yaml.SequenceNode || len(n.Content) == 0 {
 		return nil, bad(n.Line, "batch: want a list of {type, sql}")
@@ -171,26 +177,47 @@ func loadBatch(n *yaml.Node, reg *schemas.Registry, bad func(int, string, ...any
 			return nil, bad(line, "batch: %v", err)
 		}
 		var e struct {
-			Type string    `yaml:"type"`
+			Type yaml.Node `yaml:"type"`
 			SQL  yaml.Node `yaml:"sql"`
 		}
 		if err := en.Decode(&e); err != nil {
 			return nil, bad(en.Line, "batch: %v", err)
 		}
+		// type: one event type, or a list of them read as one relation.
+		var typs []string
+		switch e.Type.Kind {
+		case yaml.ScalarNode:
+			typs = []string{e.Type.Value}
+		case yaml.SequenceNode:
+			if err := e.Type.Decode(&typs); err != nil {
+				return nil, bad(e.Type.Line, "batch: type: %v", err)
+			}
+		}
+		if len(typs) == 0 || slices.Contains(typs, "") {
+			return nil, bad(en.Line, "batch: want type: an event type or a list of them")
+		}
+		name := strings.Join(typs, ",")
+		mds := make([]protoreflect.MessageDescriptor, len(typs))
+		for i, typ := range typs {
+			if slices.Contains(typs[:i], typ) {
+				return nil, bad(e.Type.Line, "batch: type %s is listed twice", typ)
+			}
+			mt, err := reg.Message(typ)
+			if err != nil {
+				return nil, bad(en.Line, "batch: %v", err)
+			}
+			mds[i] = mt.Descriptor()
+		}
 		sql := &e.SQL
 		if sql.Kind == yaml.AliasNode { // sql: *anchor, one text for several types
 			sql = sql.Alias
 		}
-		mt, err := reg.Message(e.Type)
-		if err != nil {
-			return nil, bad(en.Line, "batch: %v", err)
-		}
 		if sql.Kind != yaml.ScalarNode || strings.TrimSpace(sql.Value) == "" {
-			return nil, bad(en.Line, "batch %s: want sql", e.Type)
+			return nil, bad(en.Line, "batch %s: want sql", name)
 		}
-		st, line, err := compileBatchStatement(sql, e.Type, mt.Descriptor())
+		st, line, err := compileBatchStatement(sql, typs, mds)
 		if err != nil {
-			return nil, bad(line, "batch %s: %v", e.Type, err)
+			return nil, bad(line, "batch %s: %v", name, err)
 		}
 		bp.stmts = append(bp.stmts, st)
 	}

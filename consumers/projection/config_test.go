@@ -4,7 +4,13 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/spate-io/spate/consumers/projection"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 )
@@ -18,7 +24,7 @@ func TestLoadExample(t *testing.T) {
 	for _, p := range projs {
 		names = append(names, p.Name())
 	}
-	if got, want := strings.Join(names, " "), "event_log latest counters orders customer_totals payments"; got != want {
+	if got, want := strings.Join(names, " "), "event_log latest counters orders payments customer_totals"; got != want {
 		t.Fatalf("projections %q, want %q", got, want)
 	}
 }
@@ -87,6 +93,22 @@ projections:
   - name: x
 `, "spate.yaml:3: projection x: on: want a map from event type to statements"},
 		{"not yaml", "projections: [", "spate.yaml: yaml:"},
+		{"batch type listed twice", `
+projections:
+  - name: p
+    batch:
+      - type: [shop.order.placed.v1, shop.order.placed.v1]
+        sql: SELECT :id FROM batch
+`, "spate.yaml:5: projection p: batch: type shop.order.placed.v1 is listed twice"},
+		{"batch types without the field", `
+projections:
+  - name: p
+    batch:
+      - type: [shop.order.placed.v1, shop.order.cancelled.v1]
+        sql: |
+          SELECT :data.order_id,
+                 :data.customer_id FROM batch
+`, "spate.yaml:8: projection p: batch shop.order.placed.v1,shop.order.cancelled.v1: parameter :data.customer_id: shop.v1.OrderCancelled has no field"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := projection.Load("spate.yaml", []byte(tc.yaml), schemas.Builtin())
@@ -94,5 +116,50 @@ projections:
 				t.Fatalf("Load error = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A batch statement over several event types binds each column with one SQL
+// type; a field whose type differs between them is refused.
+func TestLoadBatchColumnTypesAgree(t *testing.T) {
+	field := func(name string, typ descriptorpb.FieldDescriptorProto_Type) *descriptorpb.FieldDescriptorProto {
+		return &descriptorpb.FieldDescriptorProto{Name: proto.String(name), JsonName: proto.String(name), Number: proto.Int32(1),
+			Type: typ.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()}
+	}
+	message := func(name, eventType string, f *descriptorpb.FieldDescriptorProto) *descriptorpb.DescriptorProto {
+		o := &descriptorpb.MessageOptions{}
+		proto.SetExtension(o, spatev1.E_EventType, eventType)
+		return &descriptorpb.DescriptorProto{Name: proto.String(name), Field: []*descriptorpb.FieldDescriptorProto{f}, Options: o}
+	}
+	set, err := proto.Marshal(&descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{
+		protodesc.ToFileDescriptorProto(descriptorpb.File_google_protobuf_descriptor_proto),
+		protodesc.ToFileDescriptorProto(timestamppb.File_google_protobuf_timestamp_proto),
+		protodesc.ToFileDescriptorProto(spatev1.File_spate_v1_event_proto),
+		{
+			Name: proto.String("two/v1/two.proto"), Package: proto.String("two.v1"), Syntax: proto.String("proto3"),
+			Dependency: []string{"spate/v1/event.proto"},
+			MessageType: []*descriptorpb.DescriptorProto{
+				message("Counted", "two.counted.v1", field("n", descriptorpb.FieldDescriptorProto_TYPE_INT64)),
+				message("Named", "two.named.v1", field("n", descriptorpb.FieldDescriptorProto_TYPE_STRING)),
+			},
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := schemas.Load(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = projection.Load("spate.yaml", []byte(`
+projections:
+  - name: p
+    batch:
+      - type: [two.counted.v1, two.named.v1]
+        sql: SELECT :data.n FROM batch
+`), reg)
+	const want = "spate.yaml:6: projection p: batch two.counted.v1,two.named.v1: :data.n is bigint in two.counted.v1 but text in two.named.v1"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Load error = %v, want one containing %q", err, want)
 	}
 }

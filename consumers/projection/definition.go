@@ -51,7 +51,7 @@ func (p *batchProjection) definition() string {
 		fmt.Fprintf(&b, "migration %q\n", strings.TrimSpace(m))
 	}
 	for _, st := range p.stmts {
-		fmt.Fprintf(&b, "batch %s %q\n", st.typ, st.sql)
+		fmt.Fprintf(&b, "batch %s %q\n", strings.Join(st.typs, ","), st.sql)
 	}
 	return b.String()
 }
