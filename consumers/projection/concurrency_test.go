@@ -16,8 +16,8 @@ import (
 
 // Two partitions each place an order for customer c-1, minutes apart (so
 // counters does not serialise them); partition 0's transaction is held
-// after applying until partition 1's waits for it (for the customer's lock;
-// before the fix, for the customer_totals row, then overwrote its totals).
+// after applying until partition 1's waits for it, for the customer_totals
+// row. Both orders must count.
 func TestCustomerTotalsOfConcurrentPartitions(t *testing.T) {
 	ctx := context.Background()
 	pool := newPool(t, spatetest.Postgres(t))

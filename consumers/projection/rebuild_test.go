@@ -33,30 +33,39 @@ var changedConfig = []byte(strings.ReplaceAll(string(shopv1.ExampleConfig), "'pl
 var rebuildNames = []string{"orders", "customer_totals"}
 
 // newRebuild returns a rebuild of names of config, catching up with the
-// live group "live" in the database of pool.
+// live group "live" in the database of pool, in batches of 500 events.
 func newRebuild(t *testing.T, pool *pgxpool.Pool, brokers []string, config []byte, log *slog.Logger, progress func(done, total int64), names ...string) *projection.Rebuild {
 	t.Helper()
-	rb, err := makeRebuild(pool, brokers, config, 500, log, progress, names...)
+	rb, err := makeRebuild(pool, brokers, config, testRebuildConfig(log, progress), manyPolls, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return rb
 }
 
-// makeRebuild is newRebuild with batches of up to batchSize events (zero:
-// the default), for use outside tests.
-func makeRebuild(pool *pgxpool.Pool, brokers []string, config []byte, batchSize int, log *slog.Logger, progress func(done, total int64), names ...string) (*projection.Rebuild, error) {
+// testRebuildConfig is the configuration of the tests' rebuilds: batches
+// of 500 events.
+func testRebuildConfig(log *slog.Logger, progress func(done, total int64)) projection.RebuildConfig {
+	return projection.RebuildConfig{BatchSize: 500, Logger: log, Progress: progress}
+}
+
+// manyPolls makes the tests' rebuilds fetch one record batch a partition at
+// a time, so that a partition's history takes many polls (publish writes
+// batches of about 125 records a partition).
+var manyPolls = []kgo.Opt{kgo.FetchMaxBytes(1), kgo.FetchMaxPartitionBytes(1)}
+
+// makeRebuild is newRebuild with the options in opts and the Kafka client
+// options in kopts, for use outside tests.
+func makeRebuild(pool *pgxpool.Pool, brokers []string, config []byte, opts projection.RebuildConfig, kopts []kgo.Opt, names ...string) (*projection.Rebuild, error) {
 	projs, err := projection.Load("spate.yaml", config, schemas.Builtin())
 	if err != nil {
 		return nil, err
 	}
-	chosen, err := projection.Select(projs, names...)
-	if err != nil {
+	if opts.Projections, err = projection.Select(projs, names...); err != nil {
 		return nil, err
 	}
-	return projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
-		Projections: chosen, Topic: failureTopic, Group: "live", BatchSize: batchSize, Logger: log, Progress: progress,
-	}, kgo.SeedBrokers(brokers...))
+	opts.Topic, opts.Group = failureTopic, "live"
+	return projection.NewRebuild(pool, schemas.Builtin(), opts, append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, kopts...)...)
 }
 
 func TestRebuildAfterChangeEqualsFreshBuild(t *testing.T) {
@@ -85,7 +94,7 @@ func TestRebuildAfterChangeEqualsFreshBuild(t *testing.T) {
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"customer_totals", "orders"}, res.Tables); diff != "" {
+	if diff := cmp.Diff([]string{"customer_totals", "customer_totals_orders", "orders"}, res.Tables); diff != "" {
 		t.Errorf("tables swapped in (-want +got):\n%s", diff)
 	}
 	t.Logf("swapped in at %v after applying %d events", res.Offsets, res.Applied)
@@ -167,7 +176,7 @@ func childRebuild(cfg childConfig) error {
 			select {} // the signal is on its way
 		}
 	}
-	rb, err := makeRebuild(pool, cfg.Brokers, []byte(cfg.Config), 500, log, kill, cfg.Rebuild...)
+	rb, err := makeRebuild(pool, cfg.Brokers, []byte(cfg.Config), testRebuildConfig(log, kill), manyPolls, cfg.Rebuild...)
 	if err != nil {
 		return err
 	}
@@ -210,7 +219,7 @@ func TestRebuildKilledHalfWayResumes(t *testing.T) {
 	}
 	want := referenceOf(t, changedConfig, brokers, n)
 	got := tableHashes(t, dbURL)
-	for _, table := range []string{"orders", "customer_totals"} {
+	for _, table := range []string{"orders", "customer_totals", "customer_totals_orders"} {
 		if got[table] != want[table] {
 			t.Errorf("%s after a killed and resumed rebuild differs from a fresh build", table)
 		}
