@@ -8,6 +8,10 @@ PG_BIN   := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
 BUF_VERSION             := v1.75.0
 PROTOC_GEN_GO_VERSION   := v1.36.12
 CONNECT_GO_VERSION      := v1.21.1
+# buf/validate/validate.proto, which the schemas' constraints import, comes
+# from this release of github.com/bufbuild/protovalidate, through the Go
+# module proxy: no need for buf's registry.
+PROTOVALIDATE_VERSION   := v1.2.2
 
 .PHONY: dev test deps build proto proto-check fuzz lint
 
@@ -47,8 +51,13 @@ $(BIN)/protoc-gen-go:
 $(BIN)/protoc-gen-connect-go:
 	GOBIN=$(BIN) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(CONNECT_GO_VERSION)
 
+$(BIN)/protovalidate/buf/validate/validate.proto:
+	@dir=$$($(GO) mod download -json github.com/bufbuild/protovalidate@$(PROTOVALIDATE_VERSION) | sed -n 's/^.*"Dir": "\(.*\)",$$/\1/p'); \
+		[ -n "$$dir" ] || { echo "cannot download github.com/bufbuild/protovalidate@$(PROTOVALIDATE_VERSION)"; exit 1; }; \
+		mkdir -p $(@D) && cp $$dir/proto/protovalidate/buf/validate/validate.proto $@ && chmod 644 $@
+
 ## proto: lint the .proto files and regenerate the Go code
-proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go
+proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go $(BIN)/protovalidate/buf/validate/validate.proto
 	$(BIN)/buf lint
 	$(BIN)/buf generate
 

@@ -11,6 +11,10 @@
 //
 // The canonical encoding of a payload, the one that travels in Kafka, is the
 // deterministic protobuf binary encoding of its message.
+//
+// Payload fields may carry protovalidate constraints (buf.validate
+// annotations). Decode, which the edge uses, enforces them and reports each
+// field that breaks one as a Violation; Parse, which sinks use, does not.
 package schemas
 
 import (
@@ -20,6 +24,7 @@ import (
 	"slices"
 	"strings"
 
+	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -49,7 +54,36 @@ var (
 // Registry maps event types to payload messages. It is safe for concurrent
 // use once built.
 type Registry struct {
-	types map[string]protoreflect.MessageType
+	types     map[string]protoreflect.MessageType
+	validator protovalidate.Validator
+}
+
+// Violation is a payload field that breaks a constraint of its schema.
+type Violation struct {
+	// Field is the field's path in the payload by .proto names, e.g.
+	// items[0].quantity; empty for a constraint on the whole message.
+	Field string
+	// Rule names the constraint, e.g. int32.gt.
+	Rule string
+	// Detail says what is wrong, e.g. "value must be greater than 0".
+	Detail string
+}
+
+// ViolationsError is Decode's error for a payload that breaks constraints
+// of its schema: every field at fault, not only the first.
+type ViolationsError struct {
+	Violations []Violation
+}
+
+func (e *ViolationsError) Error() string {
+	parts := make([]string, len(e.Violations))
+	for i, v := range e.Violations {
+		parts[i] = v.Detail
+		if v.Field != "" {
+			parts[i] = v.Field + ": " + v.Detail
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Builtin returns the registry of the schemas compiled into Spate: the
@@ -97,6 +131,15 @@ func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
 		}
 	}
+	mds := make([]protoreflect.MessageDescriptor, 0, len(r.types))
+	for _, mt := range r.types {
+		mds = append(mds, mt.Descriptor())
+	}
+	v, err := protovalidate.New(protovalidate.WithMessageDescriptors(mds...))
+	if err != nil {
+		return nil, fmt.Errorf("schemas: constraints: %w", err)
+	}
+	r.validator = v
 	return r, nil
 }
 
@@ -148,9 +191,27 @@ func (r *Registry) Message(eventType string) (protoreflect.MessageType, error) {
 // Decode decodes a payload of the given content type as the event type's
 // message, strictly, as the edge must: JSON is read with protojson and may
 // not hold unknown or duplicate fields; protobuf may not hold fields the
-// schema does not know either. An empty content type means protobuf.
+// schema does not know either. An empty content type means protobuf. A
+// payload that breaks the schema's constraints is refused with a
+// *ViolationsError.
 func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Message, error) {
-	return r.decode(eventType, contentType, data, true)
+	m, err := r.decode(eventType, contentType, data, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.validator.Validate(m); err != nil {
+		verr, ok := errors.AsType[*protovalidate.ValidationError](err)
+		if !ok {
+			return nil, fmt.Errorf("%s: constraints: %w", eventType, err)
+		}
+		out := &ViolationsError{Violations: make([]Violation, len(verr.Violations))}
+		for i, v := range verr.Violations {
+			out.Violations[i] = Violation{Field: protovalidate.FieldPathString(v.Proto.GetField()),
+				Rule: v.Proto.GetRuleId(), Detail: v.Proto.GetMessage()}
+		}
+		return nil, out
+	}
+	return m, nil
 }
 
 // Parse decodes a payload like Decode but keeps fields the schema does not

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	validate "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
@@ -84,6 +87,8 @@ func TestDecode(t *testing.T) {
 	shuffled = protowire.AppendString(shuffled, "EUR")
 	shuffled = protowire.AppendTag(shuffled, 1, protowire.BytesType)
 	shuffled = protowire.AppendString(shuffled, "o-1")
+	shuffled = protowire.AppendTag(shuffled, 2, protowire.BytesType)
+	shuffled = protowire.AppendString(shuffled, "c-7")
 
 	tests := []struct {
 		name        string
@@ -99,7 +104,7 @@ func TestDecode(t *testing.T) {
 		{name: "json with parameters", eventType: placed, contentType: "application/json; charset=utf-8", data: orderCamel, want: order()},
 		{name: "json suffix", eventType: placed, contentType: "application/vnd.shop+json", data: orderCamel, want: order()},
 		{name: "json upper-case media type", eventType: placed, contentType: "Application/JSON", data: orderCamel, want: order()},
-		{name: "json empty object", eventType: placed, contentType: "application/json", data: `{}`, want: &shopv1.OrderPlaced{}},
+		{name: "json empty object", eventType: placed, contentType: "application/json", data: `{}`, wantInErr: "order_id: must be at least 1 characters"},
 		{
 			name: "json other type", eventType: "shop.order.cancelled.v1", contentType: "application/json",
 			data: `{"orderId":"o-1","reason":"changed mind"}`,
@@ -143,10 +148,10 @@ func TestDecode(t *testing.T) {
 		{name: "protobuf", eventType: placed, contentType: "application/protobuf", data: string(orderPB), want: order()},
 		{name: "protobuf x-protobuf", eventType: placed, contentType: "application/x-protobuf", data: string(orderPB), want: order()},
 		{name: "protobuf by default", eventType: placed, contentType: "", data: string(orderPB), want: order()},
-		{name: "protobuf empty", eventType: placed, contentType: "", data: "", want: &shopv1.OrderPlaced{}},
+		{name: "protobuf empty", eventType: placed, contentType: "", data: "", wantInErr: "order_id: must be at least 1 characters"},
 		{
 			name: "protobuf field order", eventType: placed, contentType: "application/protobuf", data: string(shuffled),
-			want: &shopv1.OrderPlaced{OrderId: "o-1", Currency: "EUR"},
+			want: &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-7", Currency: "EUR"},
 		},
 		{
 			name: "protobuf unknown field", eventType: placed, contentType: "application/protobuf",
@@ -197,6 +202,34 @@ func TestDecode(t *testing.T) {
 				t.Errorf("Decode: got error %q, want it without the proto: prefix", err)
 			}
 		})
+	}
+}
+
+// Decode enforces the schema's buf.validate constraints and reports every
+// field at fault, nested ones by their path.
+func TestDecodeViolations(t *testing.T) {
+	reg := schemas.Builtin()
+	bad := order()
+	bad.AmountCents = -5
+	bad.Currency = "euro"
+	bad.Items[1].Quantity = 0
+	_, err := reg.Decode(placed, "application/protobuf", marshal(t, bad))
+	verr, ok := errors.AsType[*schemas.ViolationsError](err)
+	if !ok {
+		t.Fatalf("Decode: got error %v, want a *ViolationsError", err)
+	}
+	want := []schemas.Violation{
+		{Field: "amount_cents", Rule: "int64.gte", Detail: "must be greater than or equal to 0"},
+		{Field: "currency", Rule: "string.pattern", Detail: "does not match regex pattern `^[A-Z]{3}$`"},
+		{Field: "items[1].quantity", Rule: "int32.gt", Detail: "must be greater than 0"},
+	}
+	if diff := cmp.Diff(want, verr.Violations); diff != "" {
+		t.Errorf("violations (-want +got):\n%s", diff)
+	}
+	// Sinks read what the edge accepted, and events from before a
+	// constraint was added: Parse does not enforce them.
+	if _, err := reg.Parse(placed, "application/protobuf", marshal(t, bad)); err != nil {
+		t.Errorf("Parse: got error %v, want none", err)
 	}
 }
 
@@ -345,7 +378,8 @@ func TestMessage(t *testing.T) {
 
 // dynamicFile builds a proto file, dyn/v1/<name>.proto in package dyn.v1, of
 // one message Thing (with a nested message Part) registered as eventType and
-// Part registered as partType (none when empty).
+// Part registered as partType (none when empty). Thing's thing_id carries a
+// constraint: at least one character.
 func dynamicFile(t testing.TB, name, eventType, partType string) protoreflect.FileDescriptor {
 	t.Helper()
 	opts := func(typ string) *descriptorpb.MessageOptions {
@@ -356,17 +390,21 @@ func dynamicFile(t testing.TB, name, eventType, partType string) protoreflect.Fi
 		proto.SetExtension(o, spatev1.E_EventType, typ)
 		return o
 	}
+	nonEmpty := &descriptorpb.FieldOptions{}
+	proto.SetExtension(nonEmpty, validate.E_Field, validate.FieldRules_builder{
+		String: validate.StringRules_builder{MinLen: proto.Uint64(1)}.Build(),
+	}.Build())
 	str := descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum()
 	opt := descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()
 	fdp := &descriptorpb.FileDescriptorProto{
 		Name:       proto.String("dyn/v1/" + name + ".proto"),
 		Package:    proto.String("dyn.v1." + name),
 		Syntax:     proto.String("proto3"),
-		Dependency: []string{"spate/v1/event.proto"},
+		Dependency: []string{"buf/validate/validate.proto", "spate/v1/event.proto"},
 		MessageType: []*descriptorpb.DescriptorProto{{
 			Name: proto.String("Thing"),
 			Field: []*descriptorpb.FieldDescriptorProto{
-				{Name: proto.String("thing_id"), JsonName: proto.String("thingId"), Number: proto.Int32(1), Type: str, Label: opt},
+				{Name: proto.String("thing_id"), JsonName: proto.String("thingId"), Number: proto.Int32(1), Type: str, Label: opt, Options: nonEmpty},
 			},
 			NestedType: []*descriptorpb.DescriptorProto{{
 				Name: proto.String("Part"),
@@ -557,7 +595,8 @@ func TestLoadDescriptorSet(t *testing.T) {
 	set := &descriptorpb.FileDescriptorSet{}
 	for _, f := range []protoreflect.FileDescriptor{
 		descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
-		spatev1.File_spate_v1_event_proto, fd,
+		durationpb.File_google_protobuf_duration_proto, fieldmaskpb.File_google_protobuf_field_mask_proto,
+		validate.File_buf_validate_validate_proto, spatev1.File_spate_v1_event_proto, fd,
 	} {
 		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
 	}
@@ -576,8 +615,12 @@ func TestLoadDescriptorSet(t *testing.T) {
 	if _, err := reg.Canonical("dyn.thing.made.v1", "application/json", []byte(`{"thingId":"t-1"}`)); err != nil {
 		t.Errorf("a loaded type does not decode: %v", err)
 	}
+	_, err = reg.Canonical("dyn.thing.made.v1", "application/json", []byte(`{"thingId":""}`))
+	if verr, ok := errors.AsType[*schemas.ViolationsError](err); !ok || len(verr.Violations) != 1 || verr.Violations[0].Field != "thing_id" {
+		t.Errorf("a loaded type's constraint: got error %v, want a violation of thing_id", err)
+	}
 
-	set.File = set.File[3:] // without its imports
+	set.File = set.File[6:] // without its imports
 	b, _ = proto.Marshal(set)
 	if _, err := schemas.Load(b); err == nil {
 		t.Error("Load of a set without the files it imports: no error")

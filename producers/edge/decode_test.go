@@ -277,9 +277,9 @@ func TestValidate(t *testing.T) {
 	s := New(nil, schemas.Builtin(), Config{})
 	now := timestamppb.New(time.Date(2025, 5, 6, 7, 8, 9, 10, time.UTC))
 	at := timestamppb.New(time.Date(2024, 1, 2, 3, 4, 5, 6, time.UTC))
-	order := &shopv1.OrderPlaced{OrderId: "o-1", AmountCents: 1250, Items: []*shopv1.LineItem{{Sku: "s", Quantity: 2}}}
+	order := &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 1250, Currency: "EUR", Items: []*shopv1.LineItem{{Sku: "s", Quantity: 2}}}
 	orderPB := canonical(t, order)
-	const orderJSON = `{"items":[{"quantity":2,"sku":"s"}],"amountCents":"1250","order_id":"o-1"}`
+	const orderJSON = `{"items":[{"quantity":2,"sku":"s"}],"amountCents":"1250","order_id":"o-1","customerId":"c-1","currency":"EUR"}`
 
 	tests := []struct {
 		name     string
@@ -308,7 +308,14 @@ func TestValidate(t *testing.T) {
 		{
 			name: "empty protobuf payload",
 			ev:   &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.cancelled.v1", Time: at},
-			want: &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.cancelled.v1", Time: at, Datacontenttype: "application/protobuf"},
+			// The schema requires order_id.
+			wantErrs: []FieldError{{Field: "data.order_id"}},
+		},
+		{
+			name: "payload breaking constraints: every field at fault",
+			ev: &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.placed.v1", Datacontenttype: "application/json",
+				Data: []byte(`{"orderId":"o-1","customerId":"c-1","amountCents":-1,"currency":"EUR","items":[{"sku":"s","quantity":1},{"sku":"","quantity":1}]}`)},
+			wantErrs: []FieldError{{Field: "data.amount_cents"}, {Field: "data.items[1].sku"}},
 		},
 		{
 			name:     "missing id",
@@ -429,6 +436,13 @@ func TestValidateMessages(t *testing.T) {
 			ev:     &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.placed.v1", Datacontenttype: "text/csv"},
 			field:  "datacontenttype",
 			detail: `"text/csv"`,
+		},
+		{
+			name: "constraint",
+			ev: &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.cancelled.v1", Datacontenttype: "application/json",
+				Data: []byte(`{"orderId":""}`)},
+			field:  "data.order_id",
+			detail: "must be at least 1 characters (string.min_len)",
 		},
 	}
 	for _, tt := range tests {

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -212,7 +213,19 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 		bad(attrType, "is required")
 	default:
 		data, err := s.reg.Canonical(ev.Type, ev.Datacontenttype, ev.Data)
+		verr, violated := errors.AsType[*schemas.ViolationsError](err)
 		switch {
+		case violated:
+			for _, v := range verr.Violations {
+				field, detail := attrData, v.Detail
+				if v.Field != "" {
+					field += "." + v.Field
+				}
+				if v.Rule != "" {
+					detail = strings.TrimSpace(detail + " (" + v.Rule + ")")
+				}
+				bad(field, detail)
+			}
 		case errors.Is(err, schemas.ErrUnknownType):
 			bad(attrType, fmt.Sprintf("%q is not a registered event type", ev.Type))
 		case errors.Is(err, schemas.ErrContentType):

@@ -258,6 +258,7 @@ func TestBadInputIsRefusedAndNeverReachesKafka(t *testing.T) {
 		{"malformed JSON", "application/cloudevents+json", `{"id":`, 400, "", "not valid JSON"},
 		{"unknown type", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), "shop.order.placed.v1", "shop.order.lost.v1", 1), 400, "type", ""},
 		{"payload does not match", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"amountCents":4200`, `"amountCents":"lots"`, 1), 400, "data", ""},
+		{"payload breaks a constraint", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"euro"`, 1), 400, "data.currency", ""},
 		{"unknown payload field", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"EUR","discount":1`, 1), 400, "data", ""},
 		{"missing id", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"id":"x",`, "", 1), 400, "id", ""},
 		{"oversize body", "application/cloudevents+json", `{"pad":"` + strings.Repeat("x", 9<<10) + `"}`, 413, "", "exceeds"},

@@ -9,6 +9,7 @@
 package shopv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	_ "github.com/spate-io/spate/proto/spate/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -26,12 +27,13 @@ const (
 
 // OrderPlaced is the payload of shop.order.placed.v1.
 type OrderPlaced struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	CustomerId    string                 `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	AmountCents   int64                  `protobuf:"varint,3,opt,name=amount_cents,json=amountCents,proto3" json:"amount_cents,omitempty"`
-	Currency      string                 `protobuf:"bytes,4,opt,name=currency,proto3" json:"currency,omitempty"`
-	Items         []*LineItem            `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	OrderId     string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	CustomerId  string                 `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	AmountCents int64                  `protobuf:"varint,3,opt,name=amount_cents,json=amountCents,proto3" json:"amount_cents,omitempty"`
+	// An ISO 4217 code, e.g. EUR.
+	Currency      string      `protobuf:"bytes,4,opt,name=currency,proto3" json:"currency,omitempty"`
+	Items         []*LineItem `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -216,11 +218,12 @@ func (x *OrderCancelled) GetReason() string {
 
 // PaymentCaptured is the payload of shop.payment.captured.v1.
 type PaymentCaptured struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PaymentId     string                 `protobuf:"bytes,1,opt,name=payment_id,json=paymentId,proto3" json:"payment_id,omitempty"`
-	OrderId       string                 `protobuf:"bytes,2,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	AmountCents   int64                  `protobuf:"varint,3,opt,name=amount_cents,json=amountCents,proto3" json:"amount_cents,omitempty"`
-	Currency      string                 `protobuf:"bytes,4,opt,name=currency,proto3" json:"currency,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PaymentId   string                 `protobuf:"bytes,1,opt,name=payment_id,json=paymentId,proto3" json:"payment_id,omitempty"`
+	OrderId     string                 `protobuf:"bytes,2,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	AmountCents int64                  `protobuf:"varint,3,opt,name=amount_cents,json=amountCents,proto3" json:"amount_cents,omitempty"`
+	// An ISO 4217 code, e.g. EUR.
+	Currency      string `protobuf:"bytes,4,opt,name=currency,proto3" json:"currency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -287,28 +290,35 @@ var File_shop_v1_shop_proto protoreflect.FileDescriptor
 
 const file_shop_v1_shop_proto_rawDesc = "" +
 	"\n" +
-	"\x12shop/v1/shop.proto\x12\ashop.v1\x1a\x14spate/v1/event.proto\"\xcb\x01\n" +
-	"\vOrderPlaced\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x1f\n" +
-	"\vcustomer_id\x18\x02 \x01(\tR\n" +
-	"customerId\x12!\n" +
-	"\famount_cents\x18\x03 \x01(\x03R\vamountCents\x12\x1a\n" +
-	"\bcurrency\x18\x04 \x01(\tR\bcurrency\x12'\n" +
-	"\x05items\x18\x05 \x03(\v2\x11.shop.v1.LineItemR\x05items:\x18\x92\x82\x19\x14shop.order.placed.v1\"Y\n" +
-	"\bLineItem\x12\x10\n" +
-	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1a\n" +
-	"\bquantity\x18\x02 \x01(\x05R\bquantity\x12\x1f\n" +
-	"\vprice_cents\x18\x03 \x01(\x03R\n" +
-	"priceCents\"`\n" +
-	"\x0eOrderCancelled\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason:\x1b\x92\x82\x19\x17shop.order.cancelled.v1\"\xa8\x01\n" +
-	"\x0fPaymentCaptured\x12\x1d\n" +
+	"\x12shop/v1/shop.proto\x12\ashop.v1\x1a\x1bbuf/validate/validate.proto\x1a\x14spate/v1/event.proto\"\x8a\x02\n" +
+	"\vOrderPlaced\x12%\n" +
+	"\border_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12+\n" +
+	"\vcustomer_id\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\n" +
+	"customerId\x12*\n" +
+	"\famount_cents\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\vamountCents\x12-\n" +
+	"\bcurrency\x18\x04 \x01(\tB\x11\xbaH\x0er\f2\n" +
+	"^[A-Z]{3}$R\bcurrency\x122\n" +
+	"\x05items\x18\x05 \x03(\v2\x11.shop.v1.LineItemB\t\xbaH\x06\x92\x01\x03\x10\xe8\aR\x05items:\x18\x92\x82\x19\x14shop.order.placed.v1\"t\n" +
+	"\bLineItem\x12\x19\n" +
+	"\x03sku\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x10\x01R\x03sku\x12#\n" +
+	"\bquantity\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\bquantity\x12(\n" +
+	"\vprice_cents\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\n" +
+	"priceCents\"v\n" +
+	"\x0eOrderCancelled\x12%\n" +
+	"\border_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12 \n" +
+	"\x06reason\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x06reason:\x1b\x92\x82\x19\x17shop.order.cancelled.v1\"\xdc\x01\n" +
+	"\x0fPaymentCaptured\x12)\n" +
 	"\n" +
-	"payment_id\x18\x01 \x01(\tR\tpaymentId\x12\x19\n" +
-	"\border_id\x18\x02 \x01(\tR\aorderId\x12!\n" +
-	"\famount_cents\x18\x03 \x01(\x03R\vamountCents\x12\x1a\n" +
-	"\bcurrency\x18\x04 \x01(\tR\bcurrency:\x1c\x92\x82\x19\x18shop.payment.captured.v1B2Z0github.com/spate-io/spate/schemas/shop/v1;shopv1b\x06proto3"
+	"payment_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\tpaymentId\x12%\n" +
+	"\border_id\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12*\n" +
+	"\famount_cents\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\vamountCents\x12-\n" +
+	"\bcurrency\x18\x04 \x01(\tB\x11\xbaH\x0er\f2\n" +
+	"^[A-Z]{3}$R\bcurrency:\x1c\x92\x82\x19\x18shop.payment.captured.v1B2Z0github.com/spate-io/spate/schemas/shop/v1;shopv1b\x06proto3"
 
 var (
 	file_shop_v1_shop_proto_rawDescOnce sync.Once
