@@ -20,6 +20,7 @@ import (
 	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/producers/edge"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/throwaway"
 )
@@ -142,7 +143,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 		return err
 	}
 	defer ddb.Close()
-	srv, cl, err := e.newEdge(keys, dd)
+	srv, cl, err := e.newEdge(edge.Config{Keys: keys, Dedupe: dd})
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/producers/edge"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
@@ -57,7 +58,7 @@ func newE2E(t *testing.T) *e2e {
 		pgURL:  spatetest.Postgres(t),
 		prefix: spatetest.KeyPrefix(t),
 	}
-	srv, cl, err := x.env.newEdge(nil, nil)
+	srv, cl, err := x.env.newEdge(edge.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

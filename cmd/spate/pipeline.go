@@ -51,14 +51,15 @@ func (e *env) kafkaOpts(clientID string) []kgo.Opt {
 	}
 }
 
-// newEdge returns the edge and its Kafka client, which the caller closes.
-func (e *env) newEdge(keys *edge.Keys, dedupe *edge.Dedupe) (*edge.Server, *kgo.Client, error) {
+// newEdge returns the edge configured by cfg, with the environment's topic,
+// logger and metrics, and its Kafka client, which the caller closes.
+func (e *env) newEdge(cfg edge.Config) (*edge.Server, *kgo.Client, error) {
 	cl, err := kgo.NewClient(append(e.kafkaOpts("spate-edge"), producers.Opts()...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kafka client: %w", err)
 	}
-	srv := edge.New(cl, e.reg, edge.Config{Topic: e.topic, Logger: e.log.With("role", "edge"), Metrics: e.metrics, Keys: keys, Dedupe: dedupe})
-	return srv, cl, nil
+	cfg.Topic, cfg.Logger, cfg.Metrics = e.topic, e.log.With("role", "edge"), e.metrics
+	return edge.New(cl, e.reg, cfg), cl, nil
 }
 
 // newDedupe returns the edge's dedupe store in the Redis at url, and the

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
+	"github.com/spate-io/spate/producers/edge"
 )
 
 // roleFlags are the flags every role shares.
@@ -46,13 +49,14 @@ func (r *roleFlags) env() (*env, error) {
 
 func newEdgeCmd() *cobra.Command {
 	var f roleFlags
-	var addr, keysFile, dedupeURL string
+	var addr, keysFile, dedupeURL, tlsCert, tlsKey, tlsClientCA string
 	var dedupeWindow time.Duration
 	cmd := &cobra.Command{
-		Use:     "edge",
-		Short:   "Run the ingestion edge: HTTP and Connect/gRPC in, Kafka out",
-		Example: `  SPATE_KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 spate edge --edge-addr :8080 --admin-addr :9090`,
-		Args:    cobra.NoArgs,
+		Use:   "edge",
+		Short: "Run the ingestion edge: HTTP and Connect/gRPC in, Kafka out",
+		Example: `  SPATE_KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 spate edge --edge-addr :8080 --admin-addr :9090
+  spate edge --keys keys.yaml --tls-cert edge.pem --tls-key edge-key.pem --tls-client-ca producers-ca.pem`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			e, err := f.env()
 			if err != nil {
@@ -62,9 +66,6 @@ func newEdgeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if keys == nil {
-				e.log.Warn("no --keys: the edge accepts events from anyone")
-			}
 			dd, ddb, err := newDedupe(dedupeURL, dedupeWindow)
 			if err != nil {
 				return err
@@ -72,7 +73,14 @@ func newEdgeCmd() *cobra.Command {
 			if ddb != nil {
 				defer ddb.Close()
 			}
-			srv, cl, err := e.newEdge(keys, dd)
+			tlsCfg, err := edgeTLS(tlsCert, tlsKey, tlsClientCA)
+			if err != nil {
+				return err
+			}
+			if keys == nil && tlsClientCA == "" {
+				e.log.Warn("no --keys and no --tls-client-ca: the edge accepts events from anyone")
+			}
+			srv, cl, err := e.newEdge(edge.Config{Keys: keys, Dedupe: dd, TLS: tlsCfg})
 			if err != nil {
 				return err
 			}
@@ -81,7 +89,8 @@ func newEdgeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			e.log.Info("edge listening", "addr", ln.Addr().String(), "admin", aln.Addr().String(), "topic", e.topic)
+			e.log.Info("edge listening", "addr", ln.Addr().String(), "admin", aln.Addr().String(), "topic", e.topic,
+				"tls", tlsCfg != nil, "mtls", tlsClientCA != "")
 			ctx := cmd.Context()
 			g, ctx := errgroup.WithContext(ctx)
 			g.Go(func() error { return srv.Serve(ctx, ln) })
@@ -93,12 +102,29 @@ func newEdgeCmd() *cobra.Command {
 		},
 	}
 	f.register(cmd.Flags(), []string{"127.0.0.1:9092"})
-	cmd.Flags().StringVar(&addr, "edge-addr", "127.0.0.1:8080", "address of the ingestion server (HTTP/1.1 and h2c)")
+	cmd.Flags().StringVar(&addr, "edge-addr", "127.0.0.1:8080", "address of the ingestion server (HTTP/1.1 and h2c; with --tls-cert, HTTPS and HTTP/2)")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with; none: cleartext")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	cmd.Flags().StringVar(&tlsClientCA, "tls-client-ca", "", "PEM CA certificates; clients must present a certificate they signed (mTLS), matched to keys file entries by client_cert")
 	cmd.Flags().StringVar(&dedupeURL, "dedupe-redis-url", "", "Redis that remembers published event ids, so that a retry is not published twice; none: every event is published")
 	cmd.Flags().DurationVar(&dedupeWindow, "dedupe-window", 24*time.Hour, "how long event ids are remembered")
 	cmd.Flags().StringVar(&keysFile, "keys", "", "file of API keys producers must present (reloaded on SIGHUP; make keys with spate keys new); none: anyone may publish")
 	annotateEnv(cmd.Flags())
 	return cmd
+}
+
+// edgeTLS returns the edge's TLS configuration from its flags; no
+// certificate: nil, cleartext.
+func edgeTLS(cert, key, clientCA string) (*tls.Config, error) {
+	switch {
+	case cert == "" && (key != "" || clientCA != ""):
+		return nil, errors.New("--tls-key and --tls-client-ca need --tls-cert")
+	case cert == "":
+		return nil, nil
+	case key == "":
+		return nil, errors.New("--tls-cert needs --tls-key")
+	}
+	return edge.TLSConfig(cert, key, clientCA)
 }
 
 // consumerFlags are the flags of the consumer roles.

@@ -1,7 +1,9 @@
 // Package edge is Spate's ingestion server. On one port it takes CloudEvents
 // over HTTP (POST /v1/events as application/cloudevents+json,
 // application/cloudevents-batch+json or a protobuf PublishRequest) and the
-// Connect/gRPC/gRPC-Web IngestService, over HTTP/1.1 and cleartext HTTP/2.
+// Connect/gRPC/gRPC-Web IngestService, over HTTP/1.1 and cleartext HTTP/2,
+// or over TLS (HTTP/1.1 and HTTP/2), optionally requiring client
+// certificates (mTLS; see Config.TLS).
 //
 // Guarantees: every event of a request is validated against its registered
 // schema before any of it is published, so a request with one bad event is
@@ -11,11 +13,14 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,10 +63,42 @@ type Config struct {
 	// (same source and id) within its window gets its first receipt back
 	// and is not published twice. Zero: every event is published.
 	Dedupe *Dedupe
-	// Keys, when set, are the API keys the edge requires, with what each
-	// may publish and how fast. Zero: no authentication (for development).
-	// Server.SetKeys replaces them while serving.
+	// Keys, when set, are the API keys and client certificates the edge
+	// requires, with what each may publish and how fast. Zero: no
+	// authentication (for development), unless TLS requires client
+	// certificates. Server.SetKeys replaces them while serving.
 	Keys *Keys
+	// TLS, when set, makes Serve serve HTTPS (HTTP/1.1 and HTTP/2) with it.
+	// When it also requires and verifies client certificates (mTLS; see
+	// TLSConfig), a client without a certificate of a trusted CA cannot
+	// connect, and a request is authenticated by its certificate unless it
+	// presents an API key. Zero: cleartext HTTP/1.1 and h2c.
+	TLS *tls.Config
+}
+
+// TLSConfig returns the TLS configuration of an edge that serves with the
+// certificate and key in the PEM files certFile and keyFile. With
+// clientCAFile, a PEM file of CA certificates, clients must present a
+// certificate one of them signed: mTLS.
+func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCAFile == "" {
+		return cfg, nil
+	}
+	pem, err := os.ReadFile(clientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: client CAs: %w", err)
+	}
+	cfg.ClientCAs = x509.NewCertPool()
+	if !cfg.ClientCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls: client CAs: %s holds no PEM certificate", clientCAFile)
+	}
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	return cfg, nil
 }
 
 // Server is the ingestion edge. Create it with New.
@@ -109,7 +146,7 @@ func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
 	mux.Handle("POST /v1/events", s.metrics.instrument("http", http.HandlerFunc(s.serveEvents)))
 	path, h := spatev1connect.NewIngestServiceHandler(ingest{s}, connect.WithReadMaxBytes(int(cfg.MaxBodyBytes)))
 	mux.Handle(path, s.metrics.instrument("connect", h))
-	s.handler = mux
+	s.handler = withClientCert(mux)
 	return s
 }
 
@@ -162,8 +199,13 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true)
+	if s.cfg.TLS != nil {
+		protos.SetHTTP2(true)
+	} else {
+		protos.SetUnencryptedHTTP2(true)
+	}
 	srv := &http.Server{
+		TLSConfig:         s.cfg.TLS,
 		Handler:           s.handler,
 		Protocols:         protos,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -174,7 +216,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if s.cfg.TLS != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve edge on %s: %w", ln.Addr(), err)

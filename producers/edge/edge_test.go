@@ -34,10 +34,19 @@ const topic = "events"
 func TestMain(m *testing.M) { spatetest.Main(m) }
 
 type fixture struct {
-	url string
-	cl  *kgo.Client
-	adm *kadm.Client
-	srv *edge.Server
+	url    string
+	cl     *kgo.Client
+	adm    *kadm.Client
+	srv    *edge.Server
+	client *http.Client // zero: http.DefaultClient
+}
+
+// httpClient is the client the fixture's requests go through.
+func (f *fixture) httpClient() *http.Client {
+	if f.client != nil {
+		return f.client
+	}
+	return http.DefaultClient
 }
 
 // start runs an edge on 127.0.0.1 against a fresh broker.
@@ -72,6 +81,9 @@ func serveEdge(t *testing.T, cl *kgo.Client, cfg edge.Config) (*edge.Server, str
 			t.Errorf("Serve: %v", err)
 		}
 	})
+	if cfg.TLS != nil {
+		return srv, "https://" + ln.Addr().String()
+	}
 	return srv, "http://" + ln.Addr().String()
 }
 
@@ -89,7 +101,7 @@ func (f *fixture) highWatermark(t *testing.T) int64 {
 
 func (f *fixture) post(t *testing.T, ct string, body []byte) (int, []byte) {
 	t.Helper()
-	resp, err := http.Post(f.url+"/v1/events", ct, bytes.NewReader(body))
+	resp, err := f.httpClient().Post(f.url+"/v1/events", ct, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}

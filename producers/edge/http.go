@@ -43,7 +43,7 @@ type receiptJSON struct {
 }
 
 func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
-	key, err := s.authenticate(r.Header) // before reading what may be a large body
+	key, err := s.authenticate(r.Context(), r.Header) // before reading what may be a large body
 	if err != nil {
 		writeRefusal(w, err)
 		return

@@ -3,6 +3,7 @@ package edge
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net/http"
@@ -14,17 +15,19 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Keys are the API keys an edge accepts and what each may publish. Only
-// the SHA-256 of each key is kept; a presented key is hashed and compared
-// with every stored hash in constant time.
+// Keys are the API keys and client certificates an edge accepts and what
+// each may publish. Only the SHA-256 of each key is kept; a presented key
+// is hashed and compared with every stored hash in constant time.
 type Keys struct {
 	keys []*apiKey
 }
 
-// apiKey is one producer's key.
+// apiKey is one producer: an API key, a client certificate, or both.
 type apiKey struct {
 	name    string
 	hash    [sha256.Size]byte
+	hashed  bool     // hash holds an API key's hash
+	cert    string   // a client certificate's name; empty: none
 	types   []string // patterns (see wildcard); none: any type
 	sources []string // patterns; none: any source
 	rate    float64  // events per second; 0: unlimited
@@ -41,9 +44,13 @@ type apiKey struct {
 //	    sources: ["/shop/*"]            # sources it may publish as; default any
 //	    rate: 500                       # events per second; default unlimited
 //	    burst: 1000                     # default: rate
+//	  - name: billing
+//	    client_cert: billing.internal   # mTLS: a client certificate whose subject
+//	                                    # CN, DNS or URI SAN this is
 //
-// In types and sources, * matches any run of characters, slashes included.
-// Errors name the file and line.
+// An entry has sha256, client_cert or both. In types and sources, *
+// matches any run of characters, slashes included. Errors name the file
+// and line.
 func LoadKeys(file string, data []byte) (*Keys, error) {
 	var doc struct {
 		Keys []yaml.Node `yaml:"keys"`
@@ -55,17 +62,18 @@ func LoadKeys(file string, data []byte) (*Keys, error) {
 	names := map[string]bool{}
 	for _, n := range doc.Keys {
 		var kc struct {
-			Name    string   `yaml:"name"`
-			SHA256  string   `yaml:"sha256"`
-			Types   []string `yaml:"types"`
-			Sources []string `yaml:"sources"`
-			Rate    float64  `yaml:"rate"`
-			Burst   int      `yaml:"burst"`
+			Name       string   `yaml:"name"`
+			SHA256     string   `yaml:"sha256"`
+			ClientCert string   `yaml:"client_cert"`
+			Types      []string `yaml:"types"`
+			Sources    []string `yaml:"sources"`
+			Rate       float64  `yaml:"rate"`
+			Burst      int      `yaml:"burst"`
 		}
 		bad := func(format string, args ...any) error {
 			return fmt.Errorf("%s:%d: key %s: %s", file, n.Line, kc.Name, fmt.Sprintf(format, args...))
 		}
-		allowed := []string{"name", "sha256", "types", "sources", "rate", "burst"}
+		allowed := []string{"name", "sha256", "client_cert", "types", "sources", "rate", "burst"}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			if !slices.Contains(allowed, n.Content[i].Value) {
 				return nil, fmt.Errorf("%s:%d: unknown key %q; want one of %s", file, n.Content[i].Line, n.Content[i].Value, strings.Join(allowed, ", "))
@@ -74,19 +82,23 @@ func LoadKeys(file string, data []byte) (*Keys, error) {
 		if err := n.Decode(&kc); err != nil {
 			return nil, bad("%v", err)
 		}
-		k := &apiKey{name: kc.Name, types: kc.Types, sources: kc.Sources, rate: kc.Rate, burst: kc.Burst}
+		k := &apiKey{name: kc.Name, cert: kc.ClientCert, types: kc.Types, sources: kc.Sources, rate: kc.Rate, burst: kc.Burst}
 		h, err := hex.DecodeString(strings.TrimPrefix(kc.SHA256, "sha256:"))
 		switch {
 		case kc.Name == "":
 			return nil, bad("name is required")
 		case names[kc.Name]:
 			return nil, bad("declared twice")
-		case err != nil || len(h) != sha256.Size:
+		case kc.SHA256 == "" && kc.ClientCert == "":
+			return nil, bad("give sha256 (the hash of an API key), client_cert (the name of a client certificate), or both")
+		case kc.SHA256 != "" && (err != nil || len(h) != sha256.Size):
 			return nil, bad("sha256 must be 64 hex digits, the SHA-256 of the key")
+		case kc.ClientCert != "" && slices.ContainsFunc(ks.keys, func(o *apiKey) bool { return o.cert == kc.ClientCert }):
+			return nil, bad("client_cert %q is another key's too", kc.ClientCert)
 		case kc.Rate < 0 || kc.Burst < 0:
 			return nil, bad("rate and burst must not be negative")
 		}
-		copy(k.hash[:], h)
+		k.hashed = copy(k.hash[:], h) == sha256.Size
 		if k.rate > 0 {
 			if k.burst == 0 {
 				k.burst = max(int(k.rate), 1)
@@ -126,11 +138,38 @@ func (ks *Keys) find(token string) *apiKey {
 	h := sha256.Sum256([]byte(token))
 	var found *apiKey
 	for _, k := range ks.keys {
-		if subtle.ConstantTimeCompare(h[:], k.hash[:]) == 1 {
+		if subtle.ConstantTimeCompare(h[:], k.hash[:]) == 1 && k.hashed {
 			found = k
 		}
 	}
 	return found
+}
+
+// findCert returns the key whose client_cert names c, a client certificate
+// the TLS handshake verified.
+func (ks *Keys) findCert(c *x509.Certificate) *apiKey {
+	names := certNames(c)
+	for _, k := range ks.keys {
+		if k.cert != "" && slices.Contains(names, k.cert) {
+			return k
+		}
+	}
+	return nil
+}
+
+// certNames are the names a client certificate goes by: its subject's
+// common name, then its DNS and URI (e.g. SPIFFE ID) subject alternative
+// names.
+func certNames(c *x509.Certificate) []string {
+	var names []string
+	if c.Subject.CommonName != "" {
+		names = append(names, c.Subject.CommonName)
+	}
+	names = append(names, c.DNSNames...)
+	for _, u := range c.URIs {
+		names = append(names, u.String())
+	}
+	return names
 }
 
 // token returns the API key of a request: Authorization: Bearer KEY, or

@@ -57,7 +57,7 @@ func (f *fixture) postAs(t *testing.T, key, ct, body string) (int, http.Header, 
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := f.httpClient().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,6 +196,8 @@ func TestLoadKeysErrors(t *testing.T) {
 		{"keys:\n  - name: a\n    sha256: " + h + "\n  - name: a\n    sha256: " + h + "\n", "keys.yaml:4: key a: declared twice"},
 		{"keys:\n  - name: a\n    sha256: " + h + "\n    rate: -1\n", "must not be negative"},
 		{"keys:\n  - name: a\n    sha256: " + h + "\n    secret: x\n", "keys.yaml:4: unknown key \"secret\""},
+		{"keys:\n  - name: a\n    types: [\"*\"]\n", "keys.yaml:2: key a: give sha256 (the hash of an API key), client_cert (the name of a client certificate), or both"},
+		{"keys:\n  - name: a\n    client_cert: x\n  - name: b\n    client_cert: x\n", "keys.yaml:4: key b: client_cert \"x\" is another key's too"},
 	} {
 		if _, err := edge.LoadKeys("keys.yaml", []byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("LoadKeys(%q) = %v, want an error containing %q", tc.yaml, err, tc.want)

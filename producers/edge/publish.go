@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
@@ -21,7 +22,8 @@ import (
 // Headers the edge adds to every record, besides the event's ce_* ones. A
 // producer cannot set them: its attributes only ever become ce_* headers.
 const (
-	// HeaderPrincipal names the API key that published the event.
+	// HeaderPrincipal names the API key or client certificate that published
+	// the event.
 	HeaderPrincipal = "spate_principal"
 	// HeaderReceivedAt is when the edge received the event, RFC 3339.
 	HeaderReceivedAt = "spate_received_at"
@@ -42,24 +44,52 @@ func (r *refusal) Error() string {
 	return r.detail
 }
 
-// authenticate returns the key a request presents: nil when the edge has no
-// keys, a 401 refusal when it has and the request's key is missing or wrong.
-func (s *Server) authenticate(h http.Header) (*apiKey, error) {
+// authenticate returns the key a request presents, by its API key or else
+// by the client certificate its connection verified (ctx carries it):
+//   - without keys, nil, or with a client certificate a key named after it
+//     that may publish anything;
+//   - with keys, the one matching, or a 401 refusal when none does.
+func (s *Server) authenticate(ctx context.Context, h http.Header) (*apiKey, error) {
 	ks := s.keys.Load()
-	if ks == nil {
-		return nil, nil
+	cert, _ := ctx.Value(clientCertKey{}).(*x509.Certificate)
+	unauthenticated := func(detail string) (*apiKey, error) {
+		return nil, &refusal{status: http.StatusUnauthorized, kind: "unauthenticated", title: "Unauthenticated", detail: detail}
 	}
 	tok := token(h)
-	if tok == "" {
-		return nil, &refusal{status: http.StatusUnauthorized, kind: "unauthenticated", title: "Unauthenticated",
-			detail: "an API key is required: Authorization: Bearer KEY"}
+	switch {
+	case ks == nil && cert != nil:
+		return &apiKey{name: certNames(cert)[0]}, nil
+	case ks == nil:
+		return nil, nil
+	case tok != "":
+		if k := ks.find(tok); k != nil {
+			return k, nil
+		}
+		return unauthenticated("the API key is not valid")
+	case cert != nil:
+		if k := ks.findCert(cert); k != nil {
+			return k, nil
+		}
+		return unauthenticated(fmt.Sprintf("the client certificate %q is in no entry of the keys file", certNames(cert)[0]))
 	}
-	k := ks.find(tok)
-	if k == nil {
-		return nil, &refusal{status: http.StatusUnauthorized, kind: "unauthenticated", title: "Unauthenticated",
-			detail: "the API key is not valid"}
-	}
-	return k, nil
+	return unauthenticated("an API key is required: Authorization: Bearer KEY")
+}
+
+// clientCertKey is the context key of the client certificate a request's
+// TLS connection verified.
+type clientCertKey struct{}
+
+// withClientCert puts the client certificate a request's connection
+// verified, if any, in its context, where Connect handlers find it too.
+func withClientCert(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+			if c := r.TLS.VerifiedChains[0][0]; len(certNames(c)) > 0 {
+				r = r.WithContext(context.WithValue(r.Context(), clientCertKey{}, c))
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // publish checks the request's size, validates every event, checks what
@@ -249,7 +279,7 @@ var connectCodes = map[int]connect.Code{
 }
 
 func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
-	key, err := in.s.authenticate(req.Header())
+	key, err := in.s.authenticate(ctx, req.Header())
 	size := int64(proto.Size(req.Msg))
 	if err == nil && !take(&in.s.inflightBytes, size, in.s.cfg.MaxInflightBytes) {
 		err = overloaded("request bytes")

@@ -1,0 +1,232 @@
+package edge_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+)
+
+// authority is a test certificate authority.
+type authority struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newAuthority(t *testing.T, name string) *authority {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &authority{cert: cert, key: key}
+}
+
+// issue returns a certificate for tmpl's names, signed by a.
+func (a *authority) issue(t *testing.T, tmpl *x509.Certificate) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// writePEM writes blocks of type typ into a new file and returns its path.
+func writePEM(t *testing.T, name, typ string, ders ...[]byte) string {
+	t.Helper()
+	var b []byte
+	for _, der := range ders {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})...)
+	}
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// clientWith returns an HTTP/2 client that trusts ca and presents cert
+// (none when it is zero).
+func clientWith(ca *authority, cert tls.Certificate) *http.Client {
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	cfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if cert.Certificate != nil {
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}, Timeout: 30 * time.Second}
+}
+
+// An edge with mTLS: clients need a certificate of the trusted CA, and are
+// authorized by the keys file entry that names it, or by an API key.
+func TestMutualTLS(t *testing.T) {
+	t.Parallel()
+	serverCA, clientCA, strangerCA := newAuthority(t, "server CA"), newAuthority(t, "client CA"), newAuthority(t, "stranger CA")
+	server := serverCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "edge"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	serverKey, err := x509.MarshalPKCS8PrivateKey(server.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := edge.TLSConfig(writePEM(t, "edge.pem", "CERTIFICATE", server.Certificate[0]),
+		writePEM(t, "edge-key.pem", "PRIVATE KEY", serverKey), writePEM(t, "clients.pem", "CERTIFICATE", clientCA.cert.Raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spiffe, _ := url.Parse("spiffe://shop/billing")
+	clientAuth := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	billing := clientCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "billing-7f3a"}, URIs: []*url.URL{spiffe}, ExtKeyUsage: clientAuth})
+	stranger := clientCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "stranger"}, ExtKeyUsage: clientAuth})
+	forged := strangerCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "billing-7f3a"}, URIs: []*url.URL{spiffe}, ExtKeyUsage: clientAuth})
+
+	ks, err := edge.LoadKeys("keys.yaml", fmt.Appendf(nil, `
+keys:
+  - name: billing
+    client_cert: spiffe://shop/billing
+    types: ["shop.payment.*"]
+  - name: checkout
+    sha256: %s
+    types: ["shop.order.*"]
+`, edge.HashKey(checkoutKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, edge.Config{TLS: tlsCfg, Keys: ks})
+	as := func(c *http.Client) *fixture { g := *f; g.client = c; return &g }
+	const one = "application/cloudevents+json"
+
+	asBilling := as(clientWith(serverCA, billing))
+	if code, _, p := asBilling.postAs(t, "", one, paymentJSON("pay-1")); code != 202 {
+		t.Fatalf("billing's certificate, a payment: %d %+v, want 202", code, p)
+	}
+	if code, _, p := asBilling.postAs(t, "", one, orderJSON("o-1", "o-1")); code != 403 || !strings.Contains(p.Errors[0].Detail, "key billing") {
+		t.Errorf("billing's certificate, an order: %d %+v, want 403 naming billing", code, p)
+	}
+	asStranger := as(clientWith(serverCA, stranger))
+	if code, _, p := asStranger.postAs(t, "", one, paymentJSON("pay-2")); code != 401 || !strings.Contains(p.Detail, `"stranger"`) {
+		t.Errorf("a trusted certificate in no entry: %d %+v, want 401 naming it", code, p)
+	}
+	if code, _, p := asStranger.postAs(t, checkoutKey, one, orderJSON("o-2", "o-2")); code != 202 {
+		t.Errorf("a trusted certificate and an API key: %d %+v, want 202 as checkout", code, p)
+	}
+
+	// Over Connect (HTTP/2), the certificate authenticates too.
+	c := spatev1connect.NewIngestServiceClient(asBilling.client, f.url)
+	if _, err := c.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "pay-3"))); err != nil {
+		t.Errorf("connect with billing's certificate: %v", err)
+	}
+	resp, err := asBilling.client.Get(f.url + "/v1/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Proto != "HTTP/2.0" {
+		t.Errorf("protocol %s, want HTTP/2.0 over TLS", resp.Proto)
+	}
+
+	// Without a certificate of the trusted CA, no request gets through.
+	before := f.highWatermark(t)
+	for name, c := range map[string]*http.Client{
+		"no certificate":              clientWith(serverCA, tls.Certificate{}),
+		"a certificate of another CA": clientWith(serverCA, forged),
+	} {
+		resp, err := c.Post(f.url+"/v1/events", one, strings.NewReader(paymentJSON("pay-4")))
+		if err == nil {
+			resp.Body.Close()
+			t.Errorf("%s: status %d, want the TLS handshake refused", name, resp.StatusCode)
+		}
+	}
+	if after := f.highWatermark(t); after != before {
+		t.Errorf("high watermark moved from %d to %d: a client without a trusted certificate published", before, after)
+	}
+}
+
+// Without a keys file, mTLS alone authenticates: any client with a trusted
+// certificate may publish, and its events carry the certificate's name.
+func TestMutualTLSWithoutKeys(t *testing.T) {
+	t.Parallel()
+	serverCA, clientCA := newAuthority(t, "server CA"), newAuthority(t, "client CA")
+	server := serverCA.issue(t, &x509.Certificate{IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	roots := x509.NewCertPool()
+	roots.AddCert(clientCA.cert)
+	f := start(t, edge.Config{TLS: &tls.Config{Certificates: []tls.Certificate{server}, ClientCAs: roots, ClientAuth: tls.RequireAndVerifyClientCert}})
+	f.client = clientWith(serverCA, clientCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "warehouse"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}))
+	code, body := f.post(t, "application/cloudevents+json", []byte(paymentJSON("pay-1")))
+	if code != 202 {
+		t.Fatalf("status %d (%s), want 202", code, body)
+	}
+	var rs receipts
+	if err := json.Unmarshal(body, &rs); err != nil || len(rs.Receipts) != 1 {
+		t.Fatalf("receipts %s (%v)", body, err)
+	}
+	r := fetch(t, f, rs.Receipts[0].Partition, rs.Receipts[0].Offset)
+	for _, h := range r.Headers {
+		if h.Key == edge.HeaderPrincipal {
+			if string(h.Value) != "warehouse" {
+				t.Errorf("%s = %q, want the certificate's name warehouse", h.Key, h.Value)
+			}
+			return
+		}
+	}
+	t.Errorf("record headers %v lack %s", r.Headers, edge.HeaderPrincipal)
+}
+
+func TestTLSConfigErrors(t *testing.T) {
+	ca := newAuthority(t, "CA")
+	cert := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "edge"}})
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := writePEM(t, "c.pem", "CERTIFICATE", cert.Certificate[0]), writePEM(t, "k.pem", "PRIVATE KEY", key)
+	for name, tc := range map[string]struct{ cert, key, ca, want string }{
+		"missing certificate": {filepath.Join(t.TempDir(), "none.pem"), keyFile, "", "no such file"},
+		"key for no cert":     {certFile, certFile, "", "tls:"},
+		"missing client CAs":  {certFile, keyFile, filepath.Join(t.TempDir(), "none.pem"), "client CAs"},
+		"client CAs not PEM":  {certFile, keyFile, keyFile, "holds no PEM certificate"},
+	} {
+		if _, err := edge.TLSConfig(tc.cert, tc.key, tc.ca); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: TLSConfig error %v, want one containing %q", name, err, tc.want)
+		}
+	}
+}
