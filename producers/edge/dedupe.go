@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,10 +24,16 @@ import (
 // published gets 409, retry later. When a publish fails, the claim is
 // released; when its outcome is unknown (a timeout), the claim stays until
 // Kafka settles the record, so a retry can never write it twice.
+//
+// The claims of concurrent requests go to Redis together, in one script
+// call, and so do their receipts, in one pipeline: under load one round
+// trip serves many requests.
 type Dedupe struct {
-	rdb    redis.UniversalClient
-	window time.Duration
-	prefix string
+	rdb     redis.UniversalClient
+	window  time.Duration
+	prefix  string
+	claims  batcher[*claimJob]
+	settles batcher[*settleJob]
 }
 
 // NewDedupe returns a store in rdb remembering events for window, under
@@ -35,7 +42,110 @@ func NewDedupe(rdb redis.UniversalClient, window time.Duration, prefix string) *
 	if prefix == "" {
 		prefix = "spate:"
 	}
-	return &Dedupe{rdb: rdb, window: window, prefix: prefix}
+	d := &Dedupe{rdb: rdb, window: window, prefix: prefix}
+	d.claims = batcher[*claimJob]{run: d.runClaims, max: dedupeFlushes}
+	d.settles = batcher[*settleJob]{run: d.runSettles, max: dedupeFlushes}
+	return d
+}
+
+// dedupeFlushes is how many round trips of each kind may be in flight.
+const dedupeFlushes = 4
+
+// batcher runs the jobs of concurrent callers together. A job joins the
+// queue; up to max flushes at a time each take every job queued and run
+// them as one batch, until the queue is empty. Alone, a job runs at once;
+// under load, jobs that arrive during a round trip share the next.
+type batcher[J any] struct {
+	run func([]J) // runs a batch and finishes each of its jobs
+	max int
+
+	mu       sync.Mutex
+	queue    []J
+	flushing int
+}
+
+func (b *batcher[J]) add(j J) {
+	b.mu.Lock()
+	b.queue = append(b.queue, j)
+	if b.flushing == b.max {
+		b.mu.Unlock()
+		return
+	}
+	b.flushing++
+	b.mu.Unlock()
+	go b.flush()
+}
+
+func (b *batcher[J]) flush() {
+	for {
+		b.mu.Lock()
+		jobs := b.queue
+		b.queue = nil
+		if len(jobs) == 0 {
+			b.flushing--
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		b.run(jobs)
+	}
+}
+
+// claimJob is one request's claim: vals gets what claimScript returns for
+// its keys.
+type claimJob struct {
+	keys []string
+	vals []string
+	err  error
+	done chan struct{}
+}
+
+// settleJob is one request's receipts (sets) and released claims (dels).
+type settleJob struct {
+	sets [][2]string // key, receipt
+	dels []string
+	err  error
+	done chan struct{}
+}
+
+// runClaims claims the keys of every job in one script call. A batch
+// does not end with a request that gave up: its claims must be known to be
+// released, so it runs under go-redis's own timeouts.
+func (d *Dedupe) runClaims(jobs []*claimJob) {
+	var keys []string
+	for _, j := range jobs {
+		keys = append(keys, j.keys...)
+	}
+	vals, err := claimScript.Run(context.Background(), d.rdb, keys, d.window.Milliseconds()).StringSlice()
+	if err == nil && len(vals) != len(keys) {
+		err = fmt.Errorf("claim script returned %d values for %d keys", len(vals), len(keys))
+	}
+	for _, j := range jobs {
+		if j.err = err; err == nil {
+			j.vals, vals = vals[:len(j.keys)], vals[len(j.keys):]
+		}
+		close(j.done)
+	}
+}
+
+// runSettles writes the receipts and releases of every job in one
+// pipeline.
+func (d *Dedupe) runSettles(jobs []*settleJob) {
+	ctx := context.Background()
+	p := d.rdb.Pipeline()
+	for _, j := range jobs {
+		for _, kv := range j.sets {
+			p.Set(ctx, kv[0], kv[1], d.window)
+		}
+		for _, k := range j.dels {
+			p.Del(ctx, k)
+		}
+	}
+	_, err := p.Exec(ctx)
+	for _, j := range jobs {
+		j.err = err
+		close(j.done)
+	}
 }
 
 const pending = "pending"
@@ -62,15 +172,17 @@ return out
 // claim claims the events' ids. It returns, per event, nil for an event
 // claimed now (to be published) or the receipt of an earlier publish, and
 // whether any is being published by another request; then it claims none.
-func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (prior []*spatev1.Receipt, busy bool, err error) {
-	keys := make([]string, len(evs))
+func (d *Dedupe) claim(evs []*spatev1.Event) (prior []*spatev1.Receipt, busy bool, err error) {
+	j := &claimJob{keys: make([]string, len(evs)), done: make(chan struct{})}
 	for i, ev := range evs {
-		keys[i] = d.key(ev)
+		j.keys[i] = d.key(ev)
 	}
-	vals, err := claimScript.Run(ctx, d.rdb, keys, d.window.Milliseconds()).StringSlice()
-	if err != nil {
-		return nil, false, fmt.Errorf("dedupe claim: %w", err)
+	d.claims.add(j)
+	<-j.done
+	if j.err != nil {
+		return nil, false, fmt.Errorf("dedupe claim: %w", j.err)
 	}
+	vals := j.vals
 	prior = make([]*spatev1.Receipt, len(evs))
 	var mine []*spatev1.Event
 	for i, v := range vals {
@@ -88,7 +200,7 @@ func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (prior []*spat
 		}
 	}
 	if busy { // give back what this request claimed; the pending ones are another's
-		d.settle(ctx, mine, make([]*spatev1.Receipt, len(mine)), nil)
+		d.settle(mine, make([]*spatev1.Receipt, len(mine)), nil)
 	}
 	return prior, busy, nil
 }
@@ -96,19 +208,24 @@ func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (prior []*spat
 // settle records the receipts of events that were written and releases the
 // claims of those that were not (receipt nil). Only the events claimed by
 // this request (prior nil) are touched.
-func (d *Dedupe) settle(ctx context.Context, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
-	p := d.rdb.Pipeline()
+func (d *Dedupe) settle(evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
+	j := &settleJob{done: make(chan struct{})}
 	for i, ev := range evs {
 		switch {
 		case prior[i] != nil:
 		case rs != nil && rs[i] != nil:
-			p.Set(ctx, d.key(ev), formatReceipt(rs[i]), d.window)
+			j.sets = append(j.sets, [2]string{d.key(ev), formatReceipt(rs[i])})
 		default:
-			p.Del(ctx, d.key(ev))
+			j.dels = append(j.dels, d.key(ev))
 		}
 	}
-	if _, err := p.Exec(ctx); err != nil {
-		return fmt.Errorf("dedupe settle: %w", err)
+	if len(j.sets)+len(j.dels) == 0 {
+		return nil
+	}
+	d.settles.add(j)
+	<-j.done
+	if j.err != nil {
+		return fmt.Errorf("dedupe settle: %w", j.err)
 	}
 	return nil
 }

@@ -137,3 +137,51 @@ func TestTimedOutPublishKeepsItsClaim(t *testing.T) {
 		t.Fatalf("high watermark %d, want 1 record", hw)
 	}
 }
+
+// Many requests at once share the dedupe store's round trips: each still
+// gets the claim and the receipt of its own events.
+func TestConcurrentRequestsShareDedupeRoundTrips(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Dedupe: newDedupe(t)})
+	const ids = 100
+	var mu sync.Mutex
+	receiptsByID := map[string]map[string]bool{}
+	var wg sync.WaitGroup
+	for i := range ids {
+		id := fmt.Sprint("e-", i)
+		for range 2 { // each event twice, at once
+			wg.Go(func() {
+				code, r := f.receiptsOf(t, "application/cloudevents+json", orderJSON(id, "s"))
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case code == 202 && len(r) == 1 && strings.HasPrefix(r[0], id+":"):
+					if receiptsByID[id] == nil {
+						receiptsByID[id] = map[string]bool{}
+					}
+					receiptsByID[id][r[0]] = true
+				case code != 409:
+					t.Errorf("%s: %d %v, want 202 with its own receipt, or 409", id, code, r)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	offsets := map[string]bool{}
+	for i := range ids {
+		rs := receiptsByID[fmt.Sprint("e-", i)]
+		if len(rs) != 1 {
+			t.Errorf("e-%d got receipts %v, want exactly one", i, rs)
+		}
+		for r := range rs {
+			at := r[strings.Index(r, ":"):]
+			if offsets[at] {
+				t.Errorf("receipt %s: another event has the record %s", r, at)
+			}
+			offsets[at] = true
+		}
+	}
+	if hw := f.highWatermark(t); hw != ids {
+		t.Fatalf("high watermark %d, want %d records: each event once", hw, ids)
+	}
+}
