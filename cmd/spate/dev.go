@@ -149,7 +149,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	}
 	defer cl.Close()
 	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}
-	tasks := []func(context.Context) error{func(ctx context.Context) error { return reloadKeysOnHangup(ctx, log, f.keys, srv) }}
+	tasks := []func(context.Context) error{func(ctx context.Context) error { return reloadOnHangup(ctx, log, f.keys, srv, nil) }}
 	var groups []*consumers.Group
 	if !f.edgeOnly {
 		proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, cfg.projections)

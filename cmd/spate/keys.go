@@ -62,10 +62,11 @@ func loadKeys(file string) (*edge.Keys, error) {
 	return edge.LoadKeys(file, data)
 }
 
-// reloadKeysOnHangup reloads the keys file into srv on every SIGHUP until
-// ctx ends; a file that does not load leaves the keys as they were.
-func reloadKeysOnHangup(ctx context.Context, log *slog.Logger, file string, srv *edge.Server) error {
-	if file == "" {
+// reloadOnHangup reloads, on every SIGHUP until ctx ends, the keys file
+// into srv and the TLS files, when there are any. What does not load stays
+// as it was.
+func reloadOnHangup(ctx context.Context, log *slog.Logger, keysFile string, srv *edge.Server, tlsFiles *edge.TLSFiles) error {
+	if keysFile == "" && tlsFiles == nil {
 		return nil
 	}
 	hup := make(chan os.Signal, 1)
@@ -77,12 +78,20 @@ func reloadKeysOnHangup(ctx context.Context, log *slog.Logger, file string, srv 
 			return nil
 		case <-hup:
 		}
-		ks, err := loadKeys(file)
-		if err != nil {
-			log.Error("reload keys; keeping the ones loaded before", "file", file, "err", err)
-			continue
+		if keysFile != "" {
+			if ks, err := loadKeys(keysFile); err != nil {
+				log.Error("reload keys; keeping the ones loaded before", "file", keysFile, "err", err)
+			} else {
+				srv.SetKeys(ks)
+				log.Info("keys reloaded", "file", keysFile)
+			}
 		}
-		srv.SetKeys(ks)
-		log.Info("keys reloaded", "file", file)
+		if tlsFiles != nil {
+			if err := tlsFiles.Reload(); err != nil {
+				log.Error("reload TLS files; keeping the ones loaded before", "err", err)
+			} else {
+				log.Info("TLS files reloaded")
+			}
+		}
 	}
 }

@@ -73,9 +73,13 @@ func newEdgeCmd() *cobra.Command {
 			if ddb != nil {
 				defer ddb.Close()
 			}
-			tlsCfg, err := edgeTLS(tlsCert, tlsKey, tlsClientCA)
+			tlsFiles, err := edgeTLS(tlsCert, tlsKey, tlsClientCA)
 			if err != nil {
 				return err
+			}
+			var tlsCfg *tls.Config
+			if tlsFiles != nil {
+				tlsCfg = tlsFiles.Config()
 			}
 			if keys == nil && tlsClientCA == "" {
 				e.log.Warn("no --keys and no --tls-client-ca: the edge accepts events from anyone")
@@ -97,25 +101,25 @@ func newEdgeCmd() *cobra.Command {
 			g.Go(func() error {
 				return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}), e.log)
 			})
-			g.Go(func() error { return reloadKeysOnHangup(ctx, e.log, keysFile, srv) })
+			g.Go(func() error { return reloadOnHangup(ctx, e.log, keysFile, srv, tlsFiles) })
 			return g.Wait()
 		},
 	}
 	f.register(cmd.Flags(), []string{"127.0.0.1:9092"})
 	cmd.Flags().StringVar(&addr, "edge-addr", "127.0.0.1:8080", "address of the ingestion server (HTTP/1.1 and h2c; with --tls-cert, HTTPS and HTTP/2)")
-	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with; none: cleartext")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with (read again on SIGHUP, with the key and client CAs); none: cleartext")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	cmd.Flags().StringVar(&tlsClientCA, "tls-client-ca", "", "PEM CA certificates; clients must present a certificate they signed (mTLS), matched to keys file entries by client_cert")
 	cmd.Flags().StringVar(&dedupeURL, "dedupe-redis-url", "", "Redis that remembers published event ids, so that a retry is not published twice; none: every event is published")
 	cmd.Flags().DurationVar(&dedupeWindow, "dedupe-window", 24*time.Hour, "how long event ids are remembered")
-	cmd.Flags().StringVar(&keysFile, "keys", "", "file of API keys producers must present (reloaded on SIGHUP; make keys with spate keys new); none: anyone may publish")
+	cmd.Flags().StringVar(&keysFile, "keys", "", "file of API keys producers must present (reloaded on SIGHUP, as are the TLS files; make keys with spate keys new); none: anyone may publish")
 	annotateEnv(cmd.Flags())
 	return cmd
 }
 
-// edgeTLS returns the edge's TLS configuration from its flags; no
-// certificate: nil, cleartext.
-func edgeTLS(cert, key, clientCA string) (*tls.Config, error) {
+// edgeTLS returns the edge's TLS files from its flags; no certificate:
+// nil, cleartext.
+func edgeTLS(cert, key, clientCA string) (*edge.TLSFiles, error) {
 	switch {
 	case cert == "" && (key != "" || clientCA != ""):
 		return nil, errors.New("--tls-key and --tls-client-ca need --tls-cert")
@@ -124,7 +128,7 @@ func edgeTLS(cert, key, clientCA string) (*tls.Config, error) {
 	case key == "":
 		return nil, errors.New("--tls-cert needs --tls-key")
 	}
-	return edge.TLSConfig(cert, key, clientCA)
+	return edge.LoadTLSFiles(cert, key, clientCA)
 }
 
 // consumerFlags are the flags of the consumer roles.

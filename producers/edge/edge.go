@@ -79,13 +79,14 @@ type Config struct {
 // TLSConfig returns the TLS configuration of an edge that serves with the
 // certificate and key in the PEM files certFile and keyFile. With
 // clientCAFile, a PEM file of CA certificates, clients must present a
-// certificate one of them signed: mTLS.
+// certificate one of them signed: mTLS. TLSFiles does the same and can read
+// the files again.
 func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	if clientCAFile == "" {
 		return cfg, nil
 	}
@@ -99,6 +100,42 @@ func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 	}
 	cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	return cfg, nil
+}
+
+// TLSFiles is an edge's TLS configuration read from files, as TLSConfig
+// reads them, that Reload reads again: certificates rotate without a
+// restart. Connections made before a reload keep what they were made with.
+type TLSFiles struct {
+	certFile, keyFile, clientCAFile string
+	cur                             atomic.Pointer[tls.Config]
+}
+
+// LoadTLSFiles reads the files; see TLSConfig.
+func LoadTLSFiles(certFile, keyFile, clientCAFile string) (*TLSFiles, error) {
+	f := &TLSFiles{certFile: certFile, keyFile: keyFile, clientCAFile: clientCAFile}
+	return f, f.Reload()
+}
+
+// Reload reads the files again. If they do not load, the configuration
+// stays as it was.
+func (f *TLSFiles) Reload() error {
+	cfg, err := TLSConfig(f.certFile, f.keyFile, f.clientCAFile)
+	if err != nil {
+		return err
+	}
+	f.cur.Store(cfg)
+	return nil
+}
+
+// Config returns the configuration to serve with (Config.TLS): each new
+// connection gets the files as last loaded.
+func (f *TLSFiles) Config() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return f.cur.Load(), nil
+		},
+	}
 }
 
 // Server is the ingestion edge. Create it with New.

@@ -230,3 +230,82 @@ func TestTLSConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TLSFiles.Reload rotates the edge's certificate and client CAs for new
+// connections, and keeps them when the files do not load.
+func TestTLSFilesReload(t *testing.T) {
+	t.Parallel()
+	serverCA, oldCA, newCA := newAuthority(t, "server CA"), newAuthority(t, "old client CA"), newAuthority(t, "new client CA")
+	serve := func(name string) (cert, key []byte) {
+		c := serverCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: name}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		k, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Certificate[0], k
+	}
+	cert, key := serve("edge-1")
+	certFile, keyFile := writePEM(t, "edge.pem", "CERTIFICATE", cert), writePEM(t, "edge-key.pem", "PRIVATE KEY", key)
+	caFile := writePEM(t, "clients.pem", "CERTIFICATE", oldCA.cert.Raw)
+	files, err := edge.LoadTLSFiles(certFile, keyFile, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, edge.Config{TLS: files.Config()})
+	clientAuth := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	fresh := func(ca *authority) *http.Client { // a new connection, so a new handshake, each request
+		c := clientWith(serverCA, ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "producer"}, ExtKeyUsage: clientAuth}))
+		c.Transport.(*http.Transport).DisableKeepAlives = true
+		return c
+	}
+	// served says which server certificate a client with a certificate of
+	// ca gets, or the error of its handshake.
+	served := func(ca *authority) (string, error) {
+		resp, err := fresh(ca).Get(f.url + "/v1/events")
+		if err != nil {
+			return "", err
+		}
+		resp.Body.Close()
+		if resp.Proto != "HTTP/2.0" {
+			return "", fmt.Errorf("protocol %s, want HTTP/2.0", resp.Proto)
+		}
+		return resp.TLS.PeerCertificates[0].Subject.CommonName, nil
+	}
+	if name, err := served(oldCA); err != nil || name != "edge-1" {
+		t.Fatalf("before the rotation: %q, %v; want edge-1 to serve the old CA's client", name, err)
+	}
+	if _, err := served(newCA); err == nil {
+		t.Fatal("before the rotation: the new CA's client connected")
+	}
+
+	cert, key = serve("edge-2")
+	writeFile := func(path, typ string, der []byte) {
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(certFile, "CERTIFICATE", cert)
+	writeFile(keyFile, "PRIVATE KEY", key)
+	writeFile(caFile, "CERTIFICATE", newCA.cert.Raw)
+	if name, err := served(oldCA); err != nil || name != "edge-1" {
+		t.Fatalf("rotated files, not reloaded: %q, %v; want edge-1 still", name, err)
+	}
+	if err := files.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := served(newCA); err != nil || name != "edge-2" {
+		t.Fatalf("after the reload: %q, %v; want edge-2 to serve the new CA's client", name, err)
+	}
+	if _, err := served(oldCA); err == nil {
+		t.Fatal("after the reload: the old CA's client connected")
+	}
+
+	writeFile(caFile, "PRIVATE KEY", key) // no certificate in it
+	if err := files.Reload(); err == nil {
+		t.Fatal("Reload of a client CA file without certificates: no error")
+	}
+	if name, err := served(newCA); err != nil || name != "edge-2" {
+		t.Fatalf("after a failed reload: %q, %v; want what was loaded before", name, err)
+	}
+}
