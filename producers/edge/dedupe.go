@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -43,21 +45,31 @@ func NewDedupe(rdb redis.UniversalClient, window time.Duration, prefix string) *
 		prefix = "spate:"
 	}
 	d := &Dedupe{rdb: rdb, window: window, prefix: prefix}
-	d.claims = batcher[*claimJob]{run: d.runClaims, max: dedupeFlushes}
-	d.settles = batcher[*settleJob]{run: d.runSettles, max: dedupeFlushes}
+	d.claims = batcher[*claimJob]{run: d.runClaims, max: dedupeFlushes, limit: dedupeBatchKeys,
+		size: func(j *claimJob) int { return len(j.keys) }}
+	d.settles = batcher[*settleJob]{run: d.runSettles, max: dedupeFlushes, limit: dedupeBatchKeys,
+		size: func(j *settleJob) int { return len(j.sets) + len(j.dels) }}
 	return d
 }
 
-// dedupeFlushes is how many round trips of each kind may be in flight.
-const dedupeFlushes = 4
+const (
+	// dedupeFlushes is how many round trips of each kind may be in flight.
+	dedupeFlushes = 4
+	// dedupeBatchKeys caps the keys of one round trip, so that one script
+	// call keeps Redis busy for a short while only.
+	dedupeBatchKeys = 5000
+)
 
 // batcher runs the jobs of concurrent callers together. A job joins the
-// queue; up to max flushes at a time each take every job queued and run
-// them as one batch, until the queue is empty. Alone, a job runs at once;
-// under load, jobs that arrive during a round trip share the next.
+// queue; up to max flushes at a time each take the jobs queued, up to limit
+// in size (at least one), and run them as one batch, until the queue is
+// empty. Alone, a job runs at once; under load, jobs that arrive during a
+// round trip share the next.
 type batcher[J any] struct {
-	run func([]J) // runs a batch and finishes each of its jobs
-	max int
+	run   func([]J) // runs a batch and finishes each of its jobs
+	max   int
+	size  func(J) int
+	limit int
 
 	mu       sync.Mutex
 	queue    []J
@@ -79,13 +91,18 @@ func (b *batcher[J]) add(j J) {
 func (b *batcher[J]) flush() {
 	for {
 		b.mu.Lock()
-		jobs := b.queue
-		b.queue = nil
-		if len(jobs) == 0 {
+		if len(b.queue) == 0 {
 			b.flushing--
 			b.mu.Unlock()
 			return
 		}
+		n, size := 1, b.size(b.queue[0])
+		for n < len(b.queue) && size+b.size(b.queue[n]) <= b.limit {
+			size += b.size(b.queue[n])
+			n++
+		}
+		jobs := b.queue[:n:n]
+		b.queue = b.queue[n:]
 		b.mu.Unlock()
 		b.run(jobs)
 	}
@@ -94,11 +111,18 @@ func (b *batcher[J]) flush() {
 // claimJob is one request's claim: vals gets what claimScript returns for
 // its keys.
 type claimJob struct {
-	keys []string
-	vals []string
-	err  error
-	done chan struct{}
+	keys  []string
+	vals  []string
+	err   error
+	done  chan struct{}
+	state atomic.Int32 // claimWaiting, claimAnswered or claimAbandoned
 }
+
+const (
+	claimWaiting int32 = iota
+	claimAnswered
+	claimAbandoned // the request gave up: the claims it got are given back
+)
 
 // settleJob is one request's receipts (sets) and released claims (dels).
 type settleJob struct {
@@ -108,23 +132,44 @@ type settleJob struct {
 	done chan struct{}
 }
 
-// runClaims claims the keys of every job in one script call. A batch
-// does not end with a request that gave up: its claims must be known to be
-// released, so it runs under go-redis's own timeouts.
+// runClaims claims the keys of every job in one script call, each job
+// under a token of its own: if go-redis retries the call after a lost reply,
+// the script knows the keys a job claimed the first time as the job's, and
+// still tells two jobs claiming one key apart. A batch runs under go-redis's
+// own timeouts, whoever gave up: what it claimed for a request that gave
+// up, or for all when it failed, it gives back.
 func (d *Dedupe) runClaims(jobs []*claimJob) {
+	ctx := context.Background()
 	var keys []string
-	for _, j := range jobs {
+	args := []any{d.window.Milliseconds()}
+	tokens := make([]string, len(jobs))
+	for i, j := range jobs {
+		tokens[i] = fmt.Sprintf("%s:%016x", pending, rand.Uint64())
 		keys = append(keys, j.keys...)
+		for range j.keys {
+			args = append(args, tokens[i])
+		}
 	}
-	vals, err := claimScript.Run(context.Background(), d.rdb, keys, d.window.Milliseconds()).StringSlice()
+	vals, err := claimScript.Run(ctx, d.rdb, keys, args...).StringSlice()
 	if err == nil && len(vals) != len(keys) {
 		err = fmt.Errorf("claim script returned %d values for %d keys", len(vals), len(keys))
 	}
-	for _, j := range jobs {
+	var giveBack []string
+	var giveBackTokens []any
+	for i, j := range jobs {
 		if j.err = err; err == nil {
 			j.vals, vals = vals[:len(j.keys)], vals[len(j.keys):]
 		}
+		abandoned := !j.state.CompareAndSwap(claimWaiting, claimAnswered)
+		for k, key := range j.keys {
+			if err != nil || abandoned && j.vals[k] == "" {
+				giveBack, giveBackTokens = append(giveBack, key), append(giveBackTokens, tokens[i])
+			}
+		}
 		close(j.done)
+	}
+	if len(giveBack) > 0 {
+		releaseScript.Run(ctx, d.rdb, giveBack, giveBackTokens...) // best effort: what stays expires with the window
 	}
 }
 
@@ -148,6 +193,8 @@ func (d *Dedupe) runSettles(jobs []*settleJob) {
 	}
 }
 
+// A claim's value is pending + ":" + a token. Receipts start with a topic
+// name, which cannot hold a colon.
 const pending = "pending"
 
 func (d *Dedupe) key(ev *spatev1.Event) string {
@@ -155,30 +202,53 @@ func (d *Dedupe) key(ev *spatev1.Event) string {
 	return d.prefix + "dedupe:" + hex.EncodeToString(h[:16])
 }
 
-// claimScript claims each key that is free and returns, per key, "" for a
-// claim, or what the key holds: "pending" or a receipt.
+// claimScript claims each key KEYS[i] that is free, or already holds its
+// claimant's token ARGV[i+1], for ARGV[1] ms. It returns, per key, "" for a
+// claim, or what the key holds: another's claim ("pending:<token>") or a
+// receipt.
 var claimScript = redis.NewScript(`
 local out = {}
 for i, k in ipairs(KEYS) do
-	if redis.call('SET', k, 'pending', 'NX', 'PX', ARGV[1]) then
+	if redis.call('SET', k, ARGV[i + 1], 'NX', 'PX', ARGV[1]) then
 		out[i] = ''
 	else
-		out[i] = redis.call('GET', k) or ''
+		local v = redis.call('GET', k) or ''
+		if v == ARGV[i + 1] then v = '' end
+		out[i] = v
 	end
 end
 return out
 `)
 
+// releaseScript deletes each key KEYS[i] that still holds the claim token
+// ARGV[i].
+var releaseScript = redis.NewScript(`
+for i, k in ipairs(KEYS) do
+	if redis.call('GET', k) == ARGV[i] then
+		redis.call('DEL', k)
+	end
+end
+return 0
+`)
+
 // claim claims the events' ids. It returns, per event, nil for an event
 // claimed now (to be published) or the receipt of an earlier publish, and
 // whether any is being published by another request; then it claims none.
-func (d *Dedupe) claim(evs []*spatev1.Event) (prior []*spatev1.Receipt, busy bool, err error) {
+// When ctx ends first, what it claimed is given back.
+func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (prior []*spatev1.Receipt, busy bool, err error) {
 	j := &claimJob{keys: make([]string, len(evs)), done: make(chan struct{})}
 	for i, ev := range evs {
 		j.keys[i] = d.key(ev)
 	}
 	d.claims.add(j)
-	<-j.done
+	select {
+	case <-j.done:
+	case <-ctx.Done():
+		if j.state.CompareAndSwap(claimWaiting, claimAbandoned) {
+			return nil, false, fmt.Errorf("dedupe claim: %w", ctx.Err())
+		}
+		<-j.done // answered just now
+	}
 	if j.err != nil {
 		return nil, false, fmt.Errorf("dedupe claim: %w", j.err)
 	}
@@ -186,10 +256,10 @@ func (d *Dedupe) claim(evs []*spatev1.Event) (prior []*spatev1.Receipt, busy boo
 	prior = make([]*spatev1.Receipt, len(evs))
 	var mine []*spatev1.Event
 	for i, v := range vals {
-		switch v {
-		case "":
+		switch {
+		case v == "":
 			mine = append(mine, evs[i])
-		case pending:
+		case v == pending || strings.HasPrefix(v, pending+":"):
 			busy = true
 		default:
 			r, err := parseReceipt(evs[i].Id, v)

@@ -138,9 +138,10 @@ func TestTimedOutPublishKeepsItsClaim(t *testing.T) {
 	}
 }
 
-// Many requests at once share the dedupe store's round trips: each still
-// gets the claim and the receipt of its own events.
-func TestConcurrentRequestsShareDedupeRoundTrips(t *testing.T) {
+// Many requests at once, which the dedupe store serves together, each
+// copy of an event sent twice at once: each request gets the claim and the
+// receipt of its own events, and each event is published once.
+func TestManyConcurrentRequestsEachGetTheirOwnReceipts(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{Dedupe: newDedupe(t)})
 	const ids = 100
@@ -183,5 +184,36 @@ func TestConcurrentRequestsShareDedupeRoundTrips(t *testing.T) {
 	}
 	if hw := f.highWatermark(t); hw != ids {
 		t.Fatalf("high watermark %d, want %d records: each event once", hw, ids)
+	}
+}
+
+// A claim whose reply was lost is retried by go-redis and runs a second
+// time; it must know the claim it made the first time as its own, not
+// answer 409 and leave the event claimed for the whole window.
+func TestClaimRetriedAfterLostReply(t *testing.T) {
+	t.Parallel()
+	opts, err := redis.ParseURL(spatetest.Redis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := spatetest.NewReplyDropper(t, opts.Addr)
+	viaProxy := *opts
+	viaProxy.Addr = proxy.Addr()
+	rdb := redis.NewClient(&viaProxy) // go-redis retries on a lost connection by default
+	t.Cleanup(func() { rdb.Close() })
+	f := start(t, edge.Config{Dedupe: edge.NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))})
+
+	code, first := f.receiptsOf(t, "application/cloudevents+json", orderJSON("e1", "s"))
+	if !proxy.Dropped() {
+		t.Fatal("the proxy dropped no reply: the test proved nothing")
+	}
+	if code != 202 || len(first) != 1 {
+		t.Fatalf("publish whose claim reply was lost: %d %v, want 202", code, first)
+	}
+	if code, again := f.receiptsOf(t, "application/cloudevents+json", orderJSON("e1", "s")); code != 202 || again[0] != first[0] {
+		t.Fatalf("resent: %d %v, want 202 with the first receipt %v", code, again, first)
+	}
+	if hw := f.highWatermark(t); hw != 1 {
+		t.Fatalf("high watermark %d, want 1 record", hw)
 	}
 }

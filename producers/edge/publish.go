@@ -142,7 +142,7 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	if d := s.cfg.Dedupe; d != nil {
 		var busy bool
 		var err error
-		if prior, busy, err = d.claim(evs); err != nil {
+		if prior, busy, err = d.claim(ctx, evs); err != nil {
 			s.log.WarnContext(ctx, "dedupe", "err", err)
 			return refuse(&refusal{status: http.StatusServiceUnavailable, kind: "dedupe-unavailable", title: "Dedupe store unavailable",
 				detail: "the store that keeps retries from being published twice does not answer; nothing was published", retryAfter: time.Second}, "failed")
