@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -45,8 +46,9 @@ type apiKey struct {
 //	    rate: 500                       # events per second; default unlimited
 //	    burst: 1000                     # default: rate
 //	  - name: billing
-//	    client_cert: billing.internal   # mTLS: a client certificate whose subject
-//	                                    # CN, DNS or URI SAN this is
+//	    client_cert: billing.internal   # mTLS: a client certificate with this DNS
+//	                                    # name (a URI name, e.g. spiffe://..., if it
+//	                                    # has "://"; the subject CN if it has no SAN)
 //
 // An entry has sha256, client_cert or both. In types and sources, *
 // matches any run of characters, slashes included. Errors name the file
@@ -146,30 +148,48 @@ func (ks *Keys) find(token string) *apiKey {
 }
 
 // findCert returns the key whose client_cert names c, a client certificate
-// the TLS handshake verified.
-func (ks *Keys) findCert(c *x509.Certificate) *apiKey {
-	names := certNames(c)
+// the TLS handshake verified, or an error when none or several do.
+func (ks *Keys) findCert(c *x509.Certificate) (*apiKey, error) {
+	var found []*apiKey
 	for _, k := range ks.keys {
-		if k.cert != "" && slices.Contains(names, k.cert) {
-			return k
+		if k.cert != "" && certNamed(c, k.cert) {
+			found = append(found, k)
 		}
 	}
-	return nil
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("the client certificate %q is in no entry of the keys file", certName(c))
+	case 1:
+		return found[0], nil
+	}
+	return nil, fmt.Errorf("the client certificate %q matches %d entries of the keys file; it must match one", certName(c), len(found))
 }
 
-// certNames are the names a client certificate goes by: its subject's
-// common name, then its DNS and URI (e.g. SPIFFE ID) subject alternative
-// names.
-func certNames(c *x509.Certificate) []string {
-	var names []string
-	if c.Subject.CommonName != "" {
-		names = append(names, c.Subject.CommonName)
+// certNamed reports whether c goes by name: a name with "://" by one of its
+// URI subject alternative names (e.g. a SPIFFE ID), another name by one of
+// its DNS names, or by its subject's common name when it has neither kind
+// of alternative name, as TLS host name checks do.
+func certNamed(c *x509.Certificate, name string) bool {
+	if strings.Contains(name, "://") {
+		return slices.ContainsFunc(c.URIs, func(u *url.URL) bool { return u.String() == name })
 	}
-	names = append(names, c.DNSNames...)
-	for _, u := range c.URIs {
-		names = append(names, u.String())
+	if len(c.DNSNames) > 0 || len(c.URIs) > 0 {
+		return slices.Contains(c.DNSNames, name)
 	}
-	return names
+	return c.Subject.CommonName == name
+}
+
+// certName is what a client certificate is called in errors and, without
+// a keys file, in spate_principal: its first URI or DNS name, else its
+// subject's common name; empty when it has none of them.
+func certName(c *x509.Certificate) string {
+	switch {
+	case len(c.URIs) > 0:
+		return c.URIs[0].String()
+	case len(c.DNSNames) > 0:
+		return c.DNSNames[0]
+	}
+	return c.Subject.CommonName
 }
 
 // token returns the API key of a request: Authorization: Bearer KEY, or

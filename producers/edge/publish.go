@@ -58,7 +58,7 @@ func (s *Server) authenticate(ctx context.Context, h http.Header) (*apiKey, erro
 	tok := token(h)
 	switch {
 	case ks == nil && cert != nil:
-		return &apiKey{name: certNames(cert)[0]}, nil
+		return &apiKey{name: certName(cert)}, nil
 	case ks == nil:
 		return nil, nil
 	case tok != "":
@@ -67,10 +67,11 @@ func (s *Server) authenticate(ctx context.Context, h http.Header) (*apiKey, erro
 		}
 		return unauthenticated("the API key is not valid")
 	case cert != nil:
-		if k := ks.findCert(cert); k != nil {
-			return k, nil
+		k, err := ks.findCert(cert)
+		if err != nil {
+			return unauthenticated(err.Error())
 		}
-		return unauthenticated(fmt.Sprintf("the client certificate %q is in no entry of the keys file", certNames(cert)[0]))
+		return k, nil
 	}
 	return unauthenticated("an API key is required: Authorization: Bearer KEY")
 }
@@ -84,7 +85,7 @@ type clientCertKey struct{}
 func withClientCert(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
-			if c := r.TLS.VerifiedChains[0][0]; len(certNames(c)) > 0 {
+			if c := r.TLS.VerifiedChains[0][0]; certName(c) != "" {
 				r = r.WithContext(context.WithValue(r.Context(), clientCertKey{}, c))
 			}
 		}

@@ -126,6 +126,12 @@ keys:
   - name: checkout
     sha256: %s
     types: ["shop.order.*"]
+  - name: warehouse
+    client_cert: warehouse.internal
+  - name: depot
+    client_cert: depot.internal
+  - name: by-common-name
+    client_cert: legacy-client
 `, edge.HashKey(checkoutKey)))
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +153,27 @@ keys:
 	}
 	if code, _, p := asStranger.postAs(t, checkoutKey, one, orderJSON("o-2", "o-2")); code != 202 {
 		t.Errorf("a trusted certificate and an API key: %d %+v, want 202 as checkout", code, p)
+	}
+
+	// A certificate goes by its URI names for names with "://", by its DNS
+	// names otherwise, and by its common name only when it has neither; and
+	// it must match one entry.
+	for _, tc := range []struct {
+		name   string
+		cert   *x509.Certificate
+		status int
+	}{
+		{"a common name that looks like a URI name", &x509.Certificate{Subject: pkix.Name{CommonName: "spiffe://shop/billing"}}, 401},
+		{"a common name beside DNS names", &x509.Certificate{Subject: pkix.Name{CommonName: "legacy-client"}, DNSNames: []string{"other.internal"}}, 401},
+		{"a common name alone", &x509.Certificate{Subject: pkix.Name{CommonName: "legacy-client"}}, 202},
+		{"a DNS name", &x509.Certificate{DNSNames: []string{"warehouse.internal"}}, 202},
+		{"names of two entries", &x509.Certificate{DNSNames: []string{"warehouse.internal", "depot.internal"}}, 401},
+	} {
+		tc.cert.ExtKeyUsage = clientAuth
+		g := as(clientWith(serverCA, clientCA.issue(t, tc.cert)))
+		if code, _, p := g.postAs(t, "", one, paymentJSON("pay-"+tc.name)); code != tc.status {
+			t.Errorf("%s: %d %+v, want %d", tc.name, code, p, tc.status)
+		}
 	}
 
 	// Over Connect (HTTP/2), the certificate authenticates too.
