@@ -23,6 +23,7 @@ import (
 	"mime"
 	"slices"
 	"strings"
+	"sync"
 
 	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -54,8 +55,10 @@ var (
 // Registry maps event types to payload messages. It is safe for concurrent
 // use once built.
 type Registry struct {
-	types     map[string]protoreflect.MessageType
-	validator protovalidate.Validator
+	types map[string]protoreflect.MessageType
+	// validator is built on first use: only Decode, the edge's, checks
+	// constraints, and a sink need not pay for it, nor fail on a rule.
+	validator func() (protovalidate.Validator, error)
 }
 
 // Violation is a payload field that breaks a constraint of its schema.
@@ -131,15 +134,13 @@ func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
 		}
 	}
-	mds := make([]protoreflect.MessageDescriptor, 0, len(r.types))
-	for _, mt := range r.types {
-		mds = append(mds, mt.Descriptor())
-	}
-	v, err := protovalidate.New(protovalidate.WithMessageDescriptors(mds...))
-	if err != nil {
-		return nil, fmt.Errorf("schemas: constraints: %w", err)
-	}
-	r.validator = v
+	r.validator = sync.OnceValues(func() (protovalidate.Validator, error) {
+		mds := make([]protoreflect.MessageDescriptor, 0, len(r.types))
+		for _, mt := range r.types {
+			mds = append(mds, mt.Descriptor())
+		}
+		return protovalidate.New(protovalidate.WithMessageDescriptors(mds...))
+	})
 	return r, nil
 }
 
@@ -199,7 +200,11 @@ func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Mes
 	if err != nil {
 		return nil, err
 	}
-	if err := r.validator.Validate(m); err != nil {
+	v, err := r.validator()
+	if err != nil {
+		return nil, fmt.Errorf("schemas: constraints: %w", err)
+	}
+	if err := v.Validate(m); err != nil {
 		verr, ok := errors.AsType[*protovalidate.ValidationError](err)
 		if !ok {
 			return nil, fmt.Errorf("%s: constraints: %w", eventType, err)

@@ -66,10 +66,7 @@ func loadKeys(file string) (*edge.Keys, error) {
 // into srv and the TLS files, when there are any. What does not load stays
 // as it was.
 func reloadOnHangup(ctx context.Context, log *slog.Logger, keysFile string, srv *edge.Server, tlsFiles *edge.TLSFiles) error {
-	if keysFile == "" && tlsFiles == nil {
-		return nil
-	}
-	hup := make(chan os.Signal, 1)
+	hup := make(chan os.Signal, 1) // always caught: a SIGHUP never stops the edge
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	for {
@@ -77,6 +74,9 @@ func reloadOnHangup(ctx context.Context, log *slog.Logger, keysFile string, srv 
 		case <-ctx.Done():
 			return nil
 		case <-hup:
+		}
+		if keysFile == "" && tlsFiles == nil {
+			log.Info("SIGHUP: no keys file or TLS files to reload")
 		}
 		if keysFile != "" {
 			if ks, err := loadKeys(keysFile); err != nil {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // spate edge refuses TLS flags that do not go together, and unreadable
@@ -21,7 +22,9 @@ func TestEdgeTLSFlags(t *testing.T) {
 		{[]string{"--tls-cert", missing, "--tls-key", missing}, "no such file"},
 	} {
 		args := append([]string{"edge", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, tc.args...)
-		_, _, err := runSpate(context.Background(), args...)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // should it serve instead of failing
+		_, _, err := runSpate(ctx, args...)
+		cancel()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("spate %s: error %v, want one containing %q", strings.Join(args, " "), err, tc.want)
 		}
