@@ -132,22 +132,21 @@ type settleJob struct {
 	done chan struct{}
 }
 
-// runClaims claims the keys of every job in one script call, each job
+// runClaims claims the keys of every job in one script call, each key
 // under a token of its own: if go-redis retries the call after a lost reply,
-// the script knows the keys a job claimed the first time as the job's, and
-// still tells two jobs claiming one key apart. A batch runs under go-redis's
-// own timeouts, whoever gave up: what it claimed for a request that gave
-// up, or for all when it failed, it gives back.
+// the script knows the keys it claimed the first time as its own, and still
+// tells two claims of one key apart, in one request or in two. A batch runs
+// under go-redis's own timeouts, whoever gave up: what it claimed for a
+// request that gave up, or for all when it failed, it gives back.
 func (d *Dedupe) runClaims(jobs []*claimJob) {
 	ctx := context.Background()
 	var keys []string
-	args := []any{d.window.Milliseconds()}
-	tokens := make([]string, len(jobs))
-	for i, j := range jobs {
-		tokens[i] = fmt.Sprintf("%s:%016x", pending, rand.Uint64())
+	args := []any{d.window.Milliseconds()} // then the keys' tokens
+	for _, j := range jobs {
 		keys = append(keys, j.keys...)
-		for range j.keys {
-			args = append(args, tokens[i])
+		base := rand.Uint64()
+		for k := range j.keys {
+			args = append(args, fmt.Sprintf("%s:%016x:%d", pending, base, k))
 		}
 	}
 	vals, err := claimScript.Run(ctx, d.rdb, keys, args...).StringSlice()
@@ -156,16 +155,18 @@ func (d *Dedupe) runClaims(jobs []*claimJob) {
 	}
 	var giveBack []string
 	var giveBackTokens []any
-	for i, j := range jobs {
+	at := 0 // of the first key of j in keys
+	for _, j := range jobs {
 		if j.err = err; err == nil {
-			j.vals, vals = vals[:len(j.keys)], vals[len(j.keys):]
+			j.vals = vals[at : at+len(j.keys)]
 		}
 		abandoned := !j.state.CompareAndSwap(claimWaiting, claimAnswered)
 		for k, key := range j.keys {
 			if err != nil || abandoned && j.vals[k] == "" {
-				giveBack, giveBackTokens = append(giveBack, key), append(giveBackTokens, tokens[i])
+				giveBack, giveBackTokens = append(giveBack, key), append(giveBackTokens, args[1+at+k])
 			}
 		}
+		at += len(j.keys)
 		close(j.done)
 	}
 	if len(giveBack) > 0 {

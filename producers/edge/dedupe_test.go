@@ -69,6 +69,22 @@ func TestRetriesArePublishedOnce(t *testing.T) {
 	}
 }
 
+// An event twice in one request is refused (409, as a copy in flight is),
+// and the request leaves no claim behind.
+func TestEventTwiceInOneRequestIsNotPublished(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Dedupe: newDedupe(t)})
+	if code, r := f.receiptsOf(t, "application/cloudevents-batch+json", "["+orderJSON("e1", "s")+","+orderJSON("e1", "s")+"]"); code != 409 {
+		t.Fatalf("e1 twice in a batch: %d %v, want 409", code, r)
+	}
+	if hw := f.highWatermark(t); hw != 0 {
+		t.Fatalf("high watermark %d, want no record", hw)
+	}
+	if code, r := f.receiptsOf(t, "application/cloudevents+json", orderJSON("e1", "s")); code != 202 {
+		t.Fatalf("e1 alone afterwards: %d %v, want 202: the refused request must give its claim back", code, r)
+	}
+}
+
 func TestConcurrentCopiesArePublishedOnce(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{Dedupe: newDedupe(t)})
