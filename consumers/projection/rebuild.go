@@ -53,7 +53,7 @@ type RebuildConfig struct {
 
 // ErrRebuildRunning reports that another process is rebuilding the same
 // projections.
-var ErrRebuildRunning = errors.New("a rebuild of these projections is running")
+var ErrRebuildRunning = errors.New("a rebuild of these projections is running (one that was just killed holds its lock until Postgres notices: retry in a moment)")
 
 // A Rebuild builds projections afresh from the history in Kafka into
 // shadow tables, in a schema of their own, while the live projector keeps

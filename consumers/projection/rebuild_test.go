@@ -200,6 +200,17 @@ func TestRebuildKilledHalfWayResumes(t *testing.T) {
 	if !errors.As(c.err, &ee) || !ee.Sys().(syscall.WaitStatus).Signaled() {
 		t.Fatalf("rebuilding child exited with %v, want killed by SIGKILL; output:\n%s", c.err, &c.out)
 	}
+	// The killed child's session holds the rebuild's lock until Postgres
+	// notices the connection closed, which takes a moment.
+	spatetest.Eventually(t, failureTimeout, func() string {
+		var held int
+		err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks
+			WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&held)
+		if err != nil || held > 0 {
+			return fmt.Sprintf("%d advisory locks still held (%v)", held, err)
+		}
+		return ""
+	})
 	var shadowed int64
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM spate_rebuild_customer_totals_orders.orders`).Scan(&shadowed); err != nil || shadowed == 0 {
 		t.Fatalf("shadow orders after the kill: %d rows (%v), want some", shadowed, err)
