@@ -107,20 +107,15 @@ func (f *dlqFlags) preRun(cmd *cobra.Command, _ []string) error {
 	return envFallback(fromEnv)
 }
 
-// env returns what the command is built from, logging to w.
-func (f *dlqFlags) env(w io.Writer) (*env, error) {
-	log, kafkaLog, err := f.loggers(w)
+// open returns the selection the flags make and what the command is built
+// from, logging to its standard error.
+func (f *dlqFlags) open(cmd *cobra.Command) (dlqFilter, *env, error) {
+	flt, err := f.filter(time.Now())
 	if err != nil {
-		return nil, err
+		return flt, nil, err
 	}
-	if len(f.brokers) == 0 {
-		return nil, fmt.Errorf("--kafka-brokers is required")
-	}
-	reg, err := loadRegistry(f.schemas)
-	if err != nil {
-		return nil, err
-	}
-	return &env{log: log, kafkaLog: kafkaLog, reg: reg, metrics: newMetrics(), brokers: f.brokers, topic: f.topic}, nil
+	e, err := newEnv(&f.logFlags, &f.kafkaFlags, f.schemas, cmd.ErrOrStderr())
+	return flt, e, err
 }
 
 // filter returns the selection the flags make. It refuses ambiguous or
@@ -454,11 +449,7 @@ says which dead letters were re-driven. List changes nothing.`,
 		Args:              cobra.NoArgs,
 		PersistentPreRunE: f.preRun,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			flt, err := f.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			e, err := f.env(cmd.ErrOrStderr())
+			flt, e, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -671,11 +662,7 @@ With --postgres-url it also says whether the dead letter was re-driven.`,
 					return fmt.Errorf("PARTITION:OFFSET names one record: --group and --all-groups do not apply")
 				}
 			}
-			flt, err := f.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			e, err := f.env(cmd.ErrOrStderr())
+			flt, e, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -831,11 +818,7 @@ repair them.`,
 				}
 				ats = append(ats, at)
 			}
-			flt, err := f.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			e, err := f.env(cmd.ErrOrStderr())
+			flt, e, err := f.open(cmd)
 			if err != nil {
 				return err
 			}

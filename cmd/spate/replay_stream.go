@@ -96,18 +96,10 @@ terminal, otherwise a log line every few seconds; a summary goes to stdout.`,
 			if err != nil {
 				return err
 			}
-			if len(kf.brokers) == 0 {
-				return errors.New("--kafka-brokers is required")
-			}
-			log, kafkaLog, err := lf.loggers(cmd.ErrOrStderr())
+			e, err := newEnv(&lf, &kf, f.schemas, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			reg, err := loadRegistry(f.schemas)
-			if err != nil {
-				return err
-			}
-			e := &env{log: log, kafkaLog: kafkaLog, reg: reg, brokers: kf.brokers, topic: kf.topic}
 			return j.run(cmd.Context(), e, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}

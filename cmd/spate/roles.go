@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -33,18 +34,24 @@ func (r *roleFlags) register(fs *pflag.FlagSet, defaultBrokers []string) {
 }
 
 func (r *roleFlags) env() (*env, error) {
-	log, kafkaLog, err := r.loggers(os.Stderr)
+	return newEnv(&r.logFlags, &r.kafkaFlags, r.schemas, os.Stderr)
+}
+
+// newEnv returns what a command is built from: its logs, written to w, its
+// Kafka and its schemas (the compiled-in ones and those in schemasFile).
+func newEnv(lf *logFlags, kf *kafkaFlags, schemasFile string, w io.Writer) (*env, error) {
+	log, kafkaLog, err := lf.loggers(w)
 	if err != nil {
 		return nil, err
 	}
-	if len(r.brokers) == 0 {
+	if len(kf.brokers) == 0 {
 		return nil, fmt.Errorf("--kafka-brokers is required")
 	}
-	reg, err := loadRegistry(r.schemas)
+	reg, err := loadRegistry(schemasFile)
 	if err != nil {
 		return nil, err
 	}
-	return &env{log: log, kafkaLog: kafkaLog, reg: reg, metrics: newMetrics(), brokers: r.brokers, topic: r.topic}, nil
+	return &env{log: log, kafkaLog: kafkaLog, reg: reg, metrics: newMetrics(), brokers: kf.brokers, topic: kf.topic}, nil
 }
 
 func newEdgeCmd() *cobra.Command {
