@@ -11,8 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/producers"
@@ -27,7 +25,8 @@ const benchEvents = 100_000
 
 // BenchmarkConsume measures each consumer (one group member, four
 // partitions) draining benchEvents events that are already in Kafka: the
-// projector with event_log alone and with the example projections, and the
+// projector with event_log alone, with the example's SQL projections
+// (orders, payments, customer_totals) and with all of the example's, and the
 // fan-out; and in the same run the raw ceiling of each sink: pgx COPY of the
 // event_log rows, and pipelined XADDs of the stream entries. Run with
 // -benchtime=1x or 3x:
@@ -56,10 +55,14 @@ func BenchmarkConsume(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	exampleSQL, err := projection.Select(exampleCfg.projections, "orders", "payments", "customer_totals")
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name  string
 		projs []projection.Projection
-	}{{"project-event_log", nil}, {"project-example", exampleCfg.projections}} {
+	}{{"project-event_log", nil}, {"project-example-sql", exampleSQL}, {"project-example", exampleCfg.projections}} {
 		b.Run(tc.name, func(b *testing.B) {
 			for b.Loop() {
 				e := freshEnv(e)
@@ -151,7 +154,8 @@ func BenchmarkConsume(b *testing.B) {
 	})
 }
 
-// benchPublish writes benchEvents events of the shop domain to Kafka as the
+// benchPublish writes benchEvents events of the shop domain (the mix of
+// spatetest.ShopMix: distinct orders over many customers) to Kafka as the
 // edge would, and returns them.
 func benchPublish(b *testing.B, e *env) []*spatev1.Event {
 	b.Helper()
@@ -160,23 +164,11 @@ func benchPublish(b *testing.B, e *env) []*spatev1.Event {
 		b.Fatal(err)
 	}
 	defer cl.Close()
-	var evs []*spatev1.Event
-	for seq := 0; seq < benchEvents; seq += 100 {
-		_, body, err := request(seq/100%e2eClients, seq, 100, true)
-		if err != nil {
+	evs := spatetest.ShopMix(benchEvents, time.Now())
+	for i := 0; i < len(evs); i += 1000 {
+		if _, err := producers.Publish(context.Background(), cl, e.topic, evs[i:min(i+1000, len(evs))]); err != nil {
 			b.Fatal(err)
 		}
-		var req spatev1.PublishRequest
-		if err := proto.Unmarshal(body, &req); err != nil {
-			b.Fatal(err)
-		}
-		for _, ev := range req.Events {
-			ev.Datacontenttype, ev.Time = schemas.ContentTypeProtobuf, timestamppb.Now()
-		}
-		if _, err := producers.Publish(context.Background(), cl, e.topic, req.Events); err != nil {
-			b.Fatal(err)
-		}
-		evs = append(evs, req.Events...)
 	}
 	return evs
 }

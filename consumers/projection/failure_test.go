@@ -59,42 +59,6 @@ const (
 // compared with the reference.
 var projectionTables = []string{"event_log", "spate_latest", "spate_counters", "customer_totals", "customer_totals_orders", "orders", "payments"}
 
-// shopMix returns n events of the shop domain, the same on every call: in
-// every 10, 6 orders placed, 2 cancellations (of orders placed 3 blocks of
-// 10 earlier, or in the same block at the start) and 2 payments, for n/10
-// customers, each event 10 ms after the one before it. The subject of
-// every event is its order's id, so an order's events share a partition.
-func shopMix(t *testing.T, n int) []*spatev1.Event {
-	t.Helper()
-	customers := max(n/10, 1)
-	order := func(j int) string { return orderID(j%customers, j) }
-	evs := make([]*spatev1.Event, n)
-	for i := range n {
-		block, k := i/10, i%10
-		id, at := fmt.Sprint("e-", i), time.Duration(i)*10*time.Millisecond
-		switch {
-		case k < 6:
-			j := block*6 + k
-			evs[i] = shopEvent(t, id, order(j), at, &shopv1.OrderPlaced{OrderId: order(j), CustomerId: fmt.Sprint("c-", j%customers),
-				AmountCents: int64(100 + i), Currency: "EUR", Items: []*shopv1.LineItem{{Sku: fmt.Sprint("sku-", i%7), Quantity: int32(1 + i%3), PriceCents: 100}}})
-		case k < 8:
-			j := (block-3)*6 + k - 6
-			if block < 3 {
-				j = block*6 + k - 6
-			}
-			evs[i] = shopEvent(t, id, order(j), at, &shopv1.OrderCancelled{OrderId: order(j), Reason: "changed mind"})
-		default:
-			j := block*6 + k - 8
-			evs[i] = shopEvent(t, id, order(j), at, &shopv1.PaymentCaptured{PaymentId: fmt.Sprint("pay-", i), OrderId: order(j),
-				AmountCents: int64(100 + i), Currency: "EUR"})
-		}
-	}
-	return evs
-}
-
-// orderID is the id of order j of customer c: "o-<c>-<j>".
-func orderID(c, j int) string { return fmt.Sprintf("o-%d-%d", c, j) }
-
 // newProducer returns a client that publishes to brokers, closed at cleanup.
 func newProducer(t *testing.T, brokers []string) *kgo.Client {
 	t.Helper()
@@ -361,7 +325,7 @@ func openTransactions(t *testing.T, pool *pgxpool.Pool) string {
 
 // theReference holds the table hashes of the reference database, built
 // once per test binary by the first test that asks. The events are the same
-// in every test (shopMix) and published the same way (publish), so each
+// in every test (spatetest.ShopMix) and published the same way (publish), so each
 // lands at the same partition and offset on any fresh topic.
 var theReference struct {
 	sync.Mutex
@@ -369,14 +333,14 @@ var theReference struct {
 }
 
 // referenceHashes returns the table hashes of a database that a projector
-// filled from failureEvents events of shopMix without faults.
+// filled from failureEvents events of spatetest.ShopMix without faults.
 func referenceHashes(t *testing.T) map[string]string {
 	t.Helper()
 	theReference.Lock()
 	defer theReference.Unlock()
 	if theReference.hashes == nil {
 		brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
-		if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, failureEvents)); err != nil {
+		if err := publish(context.Background(), newProducer(t, brokers), spatetest.ShopMix(failureEvents, t0)); err != nil {
 			t.Fatal(err)
 		}
 		theReference.hashes = reference(t, brokers, failureEvents)
@@ -589,7 +553,7 @@ func TestProjectorKilledAfterCommit(t *testing.T) {
 func testKilled(t *testing.T, point string) {
 	const n, group = failureEvents, "killed"
 	brokers := kafkaShortSessions(t)
-	evs := shopMix(t, n)
+	evs := spatetest.ShopMix(n, t0)
 	if err := publish(context.Background(), newProducer(t, brokers), evs); err != nil {
 		t.Fatal(err)
 	}
@@ -643,7 +607,7 @@ func TestPostgresCrashUnderLoad(t *testing.T) {
 	})
 	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
 	cl := newProducer(t, brokers)
-	evs := shopMix(t, n)
+	evs := spatetest.ShopMix(n, t0)
 	pool := newPool(t, pg.URL())
 	startMember(t, "crashed", pg.URL(), group, brokers)
 
@@ -679,7 +643,7 @@ func TestBackendsTerminatedUnderLoad(t *testing.T) {
 	ctx := context.Background()
 	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
 	cl := newProducer(t, brokers)
-	evs := shopMix(t, n)
+	evs := spatetest.ShopMix(n, t0)
 	dbURL := spatetest.Postgres(t)
 	pool := newPool(t, dbURL)
 
@@ -760,7 +724,7 @@ func TestThreeProjectorsJoinAndLeave(t *testing.T) {
 	ctx := context.Background()
 	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
 	cl := newProducer(t, brokers)
-	evs := shopMix(t, n)
+	evs := spatetest.ShopMix(n, t0)
 	dbURL := spatetest.Postgres(t)
 	pool := newPool(t, dbURL)
 
@@ -820,7 +784,7 @@ func TestCommitAcknowledgementLost(t *testing.T) {
 	ctx := context.Background()
 	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
 	cl := newProducer(t, brokers)
-	evs := shopMix(t, n)
+	evs := spatetest.ShopMix(n, t0)
 	dbURL := spatetest.Postgres(t)
 	pool := newPool(t, dbURL)
 

@@ -72,7 +72,7 @@ func TestRebuildAfterChangeEqualsFreshBuild(t *testing.T) {
 	t.Parallel()
 	const n = 4000
 	brokers := spatetest.Kafka(t, failurePartitions, failureTopic)
-	evs := shopMix(t, n)
+	evs := spatetest.ShopMix(n, t0)
 	prod := newProducer(t, brokers)
 	ctx := context.Background()
 	if err := publish(ctx, prod, evs[:n/2]); err != nil {
@@ -102,7 +102,7 @@ func TestRebuildAfterChangeEqualsFreshBuild(t *testing.T) {
 	// The old projector must not apply its definition to the new tables
 	// (TestDefinitionChangeStopsProjector): it stops until it is restarted
 	// with the new one.
-	more := shopMix(t, n+500)
+	more := spatetest.ShopMix(n+500, t0)
 	if err := publish(ctx, prod, more[n:]); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestRebuildAfterChangeEqualsFreshBuild(t *testing.T) {
 func caughtUp(t *testing.T, n int) (brokers []string, dbURL string, pool *pgxpool.Pool, live *member) {
 	t.Helper()
 	brokers = spatetest.Kafka(t, failurePartitions, failureTopic)
-	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n)); err != nil {
+	if err := publish(context.Background(), newProducer(t, brokers), spatetest.ShopMix(n, t0)); err != nil {
 		t.Fatal(err)
 	}
 	dbURL = spatetest.Postgres(t)
@@ -149,7 +149,7 @@ func TestRebuildUnchangedEqualsLive(t *testing.T) {
 		t.Fatalf("rebuilt tables differ from the live ones they replaced (-live +rebuilt):\n%s", diff)
 	}
 	// The live projector, whose definitions are the rebuilt ones, goes on.
-	if err := publish(context.Background(), newProducer(t, brokers), shopMix(t, n+100)[n:]); err != nil {
+	if err := publish(context.Background(), newProducer(t, brokers), spatetest.ShopMix(n+100, t0)[n:]); err != nil {
 		t.Fatal(err)
 	}
 	waitProgress(t, pool, "live", n+100)
