@@ -1,8 +1,11 @@
 // Package consumers runs the Kafka consumer groups behind Spate's sinks.
 //
-// A Group polls, hands each partition's records to the sink's Handler
-// (partitions in parallel, joined), commits, and only then allows a
-// rebalance. The sink, not Kafka, holds the truth about what was consumed:
+// A Group polls and hands each partition's records to a worker of that
+// partition, which applies them to the sink's Handler in offset order;
+// partitions apply in parallel and never wait for each other. A revoked
+// partition's worker finishes the batch it is applying before the partition
+// can go to another member. The sink, not Kafka, holds the truth about what
+// was consumed:
 // Handler.Apply stores the partition's next offset atomically with its
 // writes, and on every assignment the group resumes from Handler.Offsets.
 // Kafka commits are made for lag monitoring only. Together with a Handler
@@ -29,7 +32,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"golang.org/x/sync/errgroup"
 )
 
 // Batch is a run of records of one partition, in offset order.
@@ -133,7 +135,27 @@ type Group struct {
 
 	started     chan struct{} // closed at the first resume
 	startedOnce sync.Once
+
+	mu      sync.Mutex // guards workers: the poll loop starts them, group callbacks stop them
+	workers map[topicPartition]*worker
 }
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// worker applies the fetches of one partition, in order.
+type worker struct {
+	in   chan kgo.FetchTopicPartition
+	quit chan struct{} // closed to stop it after the batch it is applying
+	done chan struct{} // closed when it stopped
+}
+
+// queuedFetches is how many fetches of a partition may wait for its worker:
+// the poll loop blocks (and with it rebalances) once a worker is that far
+// behind, so the backlog stays in Kafka.
+const queuedFetches = 2
 
 // New returns a group that feeds h. opts are passed to kgo.NewClient after
 // the group's own, so they carry seed brokers, TLS, SASL and the like.
@@ -165,18 +187,22 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group), started: make(chan struct{})}
+	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group),
+		started: make(chan struct{}), workers: map[topicPartition]*worker{}}
 	own := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),
 		kgo.ConsumeResetOffset(reset),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.DisableAutoCommit(),
+		// Commits are for lag monitoring: of what the workers applied,
+		// every 5 s and when partitions are revoked.
+		kgo.AutoCommitMarks(),
+		// Fetches are handed to workers before a rebalance can start, so
+		// a worker only ever gets records of a partition it owns.
 		kgo.BlockRebalanceOnPoll(),
-		// A poll's partitions apply concurrently, and the next poll waits
-		// for all of them. With franz-go's default 1 MiB a partition, a
-		// poll often holds one partition alone, and one core idles: a
-		// quarter of that gives most polls records of several partitions.
+		// Smaller fetches than franz-go's 1 MiB a partition: batches of
+		// about a thousand events, so that a worker's transaction or
+		// script stays short.
 		kgo.FetchMaxPartitionBytes(256 << 10),
 		kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offs map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 			return g.resume(ctx, offs, reset)
@@ -184,12 +210,17 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
 			g.log.Info("partitions assigned", "partitions", tps)
 		}),
-		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
+		kgo.OnPartitionsRevoked(func(ctx context.Context, cl *kgo.Client, tps map[string][]int32) {
 			g.log.Info("partitions revoked", "partitions", tps)
+			g.stopWorkers(tps)
+			if err := cl.CommitMarkedOffsets(ctx); err != nil {
+				g.log.Warn("commit offsets for monitoring", "err", err)
+			}
 			g.metrics.forget(tps)
 		}),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
 			g.log.Warn("partitions lost", "partitions", tps)
+			g.stopWorkers(tps)
 			g.metrics.forget(tps)
 		}),
 	}
@@ -240,8 +271,10 @@ func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset
 	return offs, nil
 }
 
-// Run consumes until ctx ends, then lets batches in flight finish (up to
-// DrainTimeout), leaves the group and closes the client.
+// Run consumes until ctx ends, then lets the batches that workers are
+// applying finish (up to DrainTimeout), leaves the group and closes the
+// client. It returns an error only if a worker failed for a reason other
+// than being stopped.
 func (g *Group) Run(ctx context.Context) error {
 	defer g.cl.CloseAllowingRebalance()
 	// Batches run on their own context so that a stop lets them finish.
@@ -249,7 +282,14 @@ func (g *Group) Run(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(g.cfg.DrainTimeout, cancel) })
 	defer stop()
+	defer g.stopWorkers(nil)
 
+	failed := make(chan struct{})
+	var failure error
+	var failOnce sync.Once
+	fail := func(err error) {
+		failOnce.Do(func() { failure = err; close(failed) })
+	}
 	for {
 		fetches := g.cl.PollRecords(ctx, g.cfg.MaxPollRecords)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
@@ -260,29 +300,77 @@ func (g *Group) Run(ctx context.Context) error {
 				g.log.Error("fetch", "topic", topic, "partition", p, "err", err)
 			}
 		})
-		var eg errgroup.Group
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if len(p.Records) == 0 {
 				return
 			}
-			eg.Go(func() error {
-				if err := g.process(pctx, p.Topic, p.Partition, p.Records); err != nil {
-					return err
-				}
-				g.metrics.lag(p.Topic, p.Partition, p.HighWatermark-p.Records[len(p.Records)-1].Offset-1)
-				return nil
-			})
+			select {
+			case g.worker(pctx, p.Topic, p.Partition, fail).in <- p:
+			case <-failed:
+			case <-ctx.Done():
+			}
 		})
-		if err := eg.Wait(); err != nil {
+		select {
+		case <-failed:
 			if pctx.Err() != nil {
 				return nil // stopped while a batch was failing; the sink kept its offset
 			}
-			return err
-		}
-		if err := g.cl.CommitUncommittedOffsets(pctx); err != nil {
-			g.log.Warn("commit offsets for monitoring", "err", err)
+			return failure
+		default:
 		}
 		g.cl.AllowRebalance()
+	}
+}
+
+// worker returns the worker of a partition, starting it if there is none.
+func (g *Group) worker(ctx context.Context, topic string, partition int32, fail func(error)) *worker {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	tp := topicPartition{topic, partition}
+	if w := g.workers[tp]; w != nil {
+		return w
+	}
+	w := &worker{in: make(chan kgo.FetchTopicPartition, queuedFetches-1), quit: make(chan struct{}), done: make(chan struct{})}
+	g.workers[tp] = w
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case <-w.quit:
+				return
+			case p := <-w.in:
+				select {
+				case <-w.quit: // stopped while waiting: drop what is queued
+					return
+				default:
+				}
+				if err := g.process(ctx, p.Topic, p.Partition, p.Records); err != nil {
+					fail(err)
+					return
+				}
+				g.metrics.lag(p.Topic, p.Partition, p.HighWatermark-p.Records[len(p.Records)-1].Offset-1)
+				g.cl.MarkCommitRecords(p.Records[len(p.Records)-1])
+			}
+		}
+	}()
+	return w
+}
+
+// stopWorkers stops the workers of tps (all of them if tps is nil) and
+// waits until each finished the batch it was applying.
+func (g *Group) stopWorkers(tps map[string][]int32) {
+	g.mu.Lock()
+	var stopping []*worker
+	for tp, w := range g.workers {
+		if tps == nil || slices.Contains(tps[tp.topic], tp.partition) {
+			close(w.quit)
+			stopping = append(stopping, w)
+			delete(g.workers, tp)
+		}
+	}
+	g.mu.Unlock()
+	for _, w := range stopping {
+		<-w.done
 	}
 }
 

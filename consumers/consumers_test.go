@@ -88,10 +88,12 @@ func produce(t *testing.T, brokers []string, topic string, from, n int) {
 	}
 }
 
-// runGroup runs a group into h until the returned stop is called.
-func runGroup(t *testing.T, brokers []string, topic string, h consumers.Handler) (stop func()) {
+// runGroup runs a group into h until the returned stop is called. opts go
+// to the group's Kafka client.
+func runGroup(t *testing.T, brokers []string, topic string, h consumers.Handler, opts ...kgo.Opt) (stop func()) {
 	t.Helper()
-	g, err := consumers.New(h, consumers.Config{Group: "g", Topics: []string{topic}, MaxBackoff: 200 * time.Millisecond}, kgo.SeedBrokers(brokers...))
+	g, err := consumers.New(h, consumers.Config{Group: "g", Topics: []string{topic}, MaxBackoff: 200 * time.Millisecond},
+		append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +161,77 @@ func TestResumesFromSinkAcrossRestarts(t *testing.T) {
 		return ""
 	})
 	checkExactlyOnce(t, sink, 3000)
+}
+
+// heldSink is a memSink whose batches of partition 0 wait until held is
+// closed.
+type heldSink struct {
+	*memSink
+	held chan struct{}
+}
+
+func (s *heldSink) Apply(ctx context.Context, b consumers.Batch) error {
+	if b.Partition == 0 {
+		select {
+		case <-s.held:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return s.memSink.Apply(ctx, b)
+}
+
+// A partition whose batch is slow does not hold the others back: they go on
+// to their next batches meanwhile.
+func TestSlowPartitionDoesNotHoldOthers(t *testing.T) {
+	t.Parallel()
+	const partitions, perRound = 4, 20
+	brokers := spatetest.Kafka(t, partitions, "t")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("t"), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	produced := 0
+	round := func() { // perRound records in each partition
+		t.Helper()
+		var recs []*kgo.Record
+		for p := range int32(partitions) {
+			for range perRound {
+				recs = append(recs, &kgo.Record{Partition: p, Value: []byte("v")})
+			}
+		}
+		if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		produced += len(recs)
+	}
+	sink := &heldSink{memSink: newMemSink(), held: make(chan struct{})}
+	runGroup(t, brokers, "t", sink)
+	// Two rounds while partition 0 waits on its first batch: the others
+	// apply both.
+	for r := 1; r <= 2; r++ {
+		round()
+		spatetest.Eventually(t, 30*time.Second, func() string {
+			sink.mu.Lock()
+			defer sink.mu.Unlock()
+			for p := int32(1); p < partitions; p++ {
+				if sink.next[p] < int64(r*perRound) {
+					return fmt.Sprintf("while partition 0 waits, partitions 1..%d applied up to %v, want %d each", partitions-1, sink.next, r*perRound)
+				}
+			}
+			return ""
+		})
+	}
+	close(sink.held)
+	round()
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		if n := sink.count(); n < produced {
+			return fmt.Sprintf("applied %d of %d", n, produced)
+		}
+		return ""
+	})
+	checkExactlyOnce(t, sink.memSink, produced)
 }
 
 func TestSinkOffsetsWinOverKafka(t *testing.T) {
