@@ -67,7 +67,7 @@ func BenchmarkProjections(b *testing.B) {
 			events int
 		}{{"batched", 1000, 50_000}, {"per-event", 1, 2_000}} {
 			b.Run(tc.name+"/"+mode.name, func(b *testing.B) {
-				recs := benchRecords(b, mode.events)
+				recs := benchRecords(mode.events)
 				for i := 0; b.Loop(); i++ {
 					resetTables(b, pool)
 					p := projection.New(pool, schemas.Builtin(), projection.Config{Group: fmt.Sprint("bench-", i), Projections: tc.projs})
@@ -88,30 +88,13 @@ func BenchmarkProjections(b *testing.B) {
 	}
 }
 
-// benchRecords returns n records of partition 0: for every 10 events, 6
-// orders placed, 2 cancelled and 2 payments, over n/10 customers.
-func benchRecords(b *testing.B, n int) []*kgo.Record {
-	t := &testing.T{}
+// benchRecords returns n records of partition 0 from offset 0, of the
+// events of spatetest.ShopMix.
+func benchRecords(n int) []*kgo.Record {
 	recs := make([]*kgo.Record, n)
-	for i := range n {
-		order := fmt.Sprint("o-", i/10*6+i%10)
-		var ev = shopEvent(t, fmt.Sprint("e", i), order, time.Duration(i)*time.Millisecond,
-			&shopv1.OrderPlaced{OrderId: order, CustomerId: fmt.Sprint("c-", i%max(n/10, 1)), AmountCents: int64(i), Currency: "EUR",
-				Items: []*shopv1.LineItem{{Sku: "sku-1", Quantity: 1, PriceCents: int64(i)}}})
-		switch i % 10 {
-		case 6, 7:
-			cancelled := fmt.Sprint("o-", i/10*6+i%10-6)
-			ev = shopEvent(t, fmt.Sprint("e", i), cancelled, time.Duration(i)*time.Millisecond, &shopv1.OrderCancelled{OrderId: cancelled, Reason: "r"})
-		case 8, 9:
-			ev = shopEvent(t, fmt.Sprint("e", i), order, time.Duration(i)*time.Millisecond,
-				&shopv1.PaymentCaptured{PaymentId: fmt.Sprint("pay-", i), OrderId: order, AmountCents: int64(i), Currency: "EUR"})
-		}
-		r := cekafka.Record("events", ev)
-		r.Offset = int64(i)
-		recs[i] = r
-	}
-	if t.Failed() {
-		b.Fatal("building events failed")
+	for i, ev := range spatetest.ShopMix(n, t0) {
+		recs[i] = cekafka.Record("events", ev)
+		recs[i].Offset = int64(i)
 	}
 	return recs
 }
