@@ -440,7 +440,10 @@ func (r *rebuildRun) fetch(ctx context.Context, live map[int32]int64) error {
 func (r *rebuildRun) applyPending(ctx context.Context, live map[int32]int64) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, p := range slices.Sorted(maps.Keys(r.pending)) {
-		t := r.target(live, p)
+		// Goroutines started for other partitions write r.applied.
+		r.mu.Lock()
+		t, applied := r.target(live, p), r.applied[p]
+		r.mu.Unlock()
 		recs := r.pending[p]
 		n := 0
 		for n < len(recs) && n < r.cfg.BatchSize && recs[n].Offset < t {
@@ -458,7 +461,7 @@ func (r *rebuildRun) applyPending(ctx context.Context, live map[int32]int64) err
 		default:
 			continue
 		}
-		if n == 0 && r.applied[p] >= next {
+		if n == 0 && applied >= next {
 			continue
 		}
 		if n > 0 {
