@@ -315,6 +315,7 @@ func (g *Group) Run(ctx context.Context) error {
 			if pctx.Err() != nil {
 				return nil // stopped while a batch was failing; the sink kept its offset
 			}
+			cancel() // the other workers' batches are abandoned, not waited for: the sinks keep their offsets
 			return failure
 		default:
 		}
