@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/spate-io/spate/throwaway"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -197,6 +198,19 @@ func Redis(t testing.TB) string {
 		t.Fatalf("spatetest.Redis: %v", err)
 	}
 	return u
+}
+
+// RedisClient returns a client of the Redis server of Redis(t), closed when
+// the test ends.
+func RedisClient(t testing.TB) *goredis.Client {
+	t.Helper()
+	opts, err := goredis.ParseURL(Redis(t))
+	if err != nil {
+		t.Fatalf("spatetest.RedisClient: %v", err)
+	}
+	c := goredis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // KeyPrefix returns a Redis key prefix unique to this call, such as

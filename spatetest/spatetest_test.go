@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/redis/go-redis/v9"
 	"github.com/spate-io/spate/spatetest"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -107,12 +106,7 @@ func TestPostgresGivesEachTestItsOwnEmptyDatabase(t *testing.T) {
 
 func TestRedis(t *testing.T) {
 	t.Parallel()
-	opts, err := redis.ParseURL(spatetest.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(opts)
-	defer c.Close()
+	c := spatetest.RedisClient(t)
 	ctx := t.Context()
 
 	p1, p2 := spatetest.KeyPrefix(t), spatetest.KeyPrefix(t)

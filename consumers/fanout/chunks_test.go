@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spate-io/spate/consumers/fanout"
@@ -22,12 +21,7 @@ import (
 // one entry per event below the stored offset, in order.
 func TestChunksNeverSplitAnEvent(t *testing.T) {
 	t.Parallel()
-	opts, err := redis.ParseURL(spatetest.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
+	rdb := spatetest.RedisClient(t)
 	ctx := context.Background()
 	for _, chunk := range []int{1, 2, 4, 5, 10} {
 		t.Run(fmt.Sprint("chunk=", chunk), func(t *testing.T) {

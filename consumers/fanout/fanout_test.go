@@ -29,12 +29,7 @@ func TestMain(m *testing.M) {
 
 func newWriter(t *testing.T, chunk int) (*fanout.Writer, *redis.Client) {
 	t.Helper()
-	opts, err := redis.ParseURL(spatetest.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	rdb := spatetest.RedisClient(t)
 	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: spatetest.KeyPrefix(t), ChunkSize: chunk})
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/schemas"
@@ -18,12 +17,7 @@ import (
 // that moved forward. Other groups keep theirs.
 func TestOffsetsResetIsWhatTheWriterResumesFrom(t *testing.T) {
 	t.Parallel()
-	opts, err := redis.ParseURL(spatetest.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	rdb := spatetest.RedisClient(t)
 	ctx := context.Background()
 	prefix := spatetest.KeyPrefix(t)
 	mine := fanout.Config{Prefix: prefix} // the default group
@@ -90,12 +84,7 @@ func TestOffsetsResetIsWhatTheWriterResumesFrom(t *testing.T) {
 // and no partition changes.
 func TestSetOffsetsRefusesNegative(t *testing.T) {
 	t.Parallel()
-	opts, err := redis.ParseURL(spatetest.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	rdb := spatetest.RedisClient(t)
 	ctx := context.Background()
 	cfg := fanout.Config{Prefix: spatetest.KeyPrefix(t)}
 	if _, err := fanout.SetOffsets(ctx, rdb, cfg, "events", map[int32]int64{0: 4, 1: 4}); err != nil {

@@ -26,12 +26,7 @@ func newRouted(t *testing.T, config string) (*fanout.Writer, *redis.Client, stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, err := redis.ParseURL(spatetest.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	rdb := spatetest.RedisClient(t)
 	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: prefix, Routes: routes})
 	if err != nil {
 		t.Fatal(err)

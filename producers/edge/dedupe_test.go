@@ -20,12 +20,7 @@ import (
 
 func newDedupe(t *testing.T) *edge.Dedupe {
 	t.Helper()
-	opts, err := redis.ParseURL(spatetest.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
+	rdb := spatetest.RedisClient(t)
 	return edge.NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
 }
 
