@@ -8,26 +8,38 @@ import (
 	"testing"
 )
 
-// ReplyDropper is a TCP proxy to Redis that lets the first script call that
-// ran (not a NOSCRIPT) reach Redis, then closes the client's connection
-// instead of passing the reply on: the write happened, the client cannot
-// know. A client that retries runs the script a second time.
+// ReplyDropper is a TCP proxy to Redis that lets the first write holding
+// a given command reach Redis, then closes the client's connection instead
+// of passing the reply on (unless the reply is a NOSCRIPT, which ran
+// nothing): the command ran, the client cannot know. A client that retries
+// runs it a second time.
 type ReplyDropper struct {
 	ln      net.Listener
 	target  string
+	match   []byte
 	dropped atomic.Bool
 	wg      sync.WaitGroup
 }
 
+// Commands for NewReplyDropper to match, as they appear, upper-cased, in
+// what a client writes.
+var (
+	// DropScriptReply matches EVAL and EVALSHA.
+	DropScriptReply = []byte("EVAL")
+	// DropSetNXReply matches a SET with NX (among other commands).
+	DropSetNXReply = []byte("\r\nNX\r\n")
+)
+
 // NewReplyDropper starts a proxy to the Redis at target (host:port) on
-// 127.0.0.1, closed at cleanup.
-func NewReplyDropper(t testing.TB, target string) *ReplyDropper {
+// 127.0.0.1, closed at cleanup, that drops the reply to the first write
+// holding match.
+func NewReplyDropper(t testing.TB, target string, match []byte) *ReplyDropper {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &ReplyDropper{ln: ln, target: target}
+	p := &ReplyDropper{ln: ln, target: target, match: match}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(func() {
@@ -55,7 +67,7 @@ func (p *ReplyDropper) accept() {
 			c.Close()
 			continue
 		}
-		var sawScript atomic.Bool
+		var sawMatch atomic.Bool
 		p.wg.Add(2)
 		go func() { // client to Redis
 			defer p.wg.Done()
@@ -63,8 +75,8 @@ func (p *ReplyDropper) accept() {
 			for {
 				n, err := c.Read(buf)
 				if n > 0 {
-					if bytes.Contains(bytes.ToUpper(buf[:n]), []byte("EVAL")) {
-						sawScript.Store(true)
+					if bytes.Contains(bytes.ToUpper(buf[:n]), p.match) {
+						sawMatch.Store(true)
 					}
 					s.Write(buf[:n])
 				}
@@ -80,7 +92,7 @@ func (p *ReplyDropper) accept() {
 			for {
 				n, err := s.Read(buf)
 				if n > 0 {
-					if sawScript.Load() && !bytes.HasPrefix(buf[:n], []byte("-NOSCRIPT")) && p.dropped.CompareAndSwap(false, true) {
+					if sawMatch.Load() && !bytes.HasPrefix(buf[:n], []byte("-NOSCRIPT")) && p.dropped.CompareAndSwap(false, true) {
 						c.Close() // the reply is lost
 						s.Close()
 						return

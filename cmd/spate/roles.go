@@ -117,7 +117,7 @@ func newEdgeCmd() *cobra.Command {
 	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with (read again on SIGHUP, with the key and client CAs); none: cleartext")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	cmd.Flags().StringVar(&tlsClientCA, "tls-client-ca", "", "PEM CA certificates; clients must present a certificate they signed (mTLS), matched to keys file entries by client_cert")
-	cmd.Flags().StringVar(&dedupeURL, "dedupe-redis-url", "", "Redis that remembers published event ids, so that a retry is not published twice; none: every event is published")
+	cmd.Flags().StringVar(&dedupeURL, "dedupe-redis-url", "", "Redis (7.0 or later) that remembers published event ids, so that a retry is not published twice; none: every event is published")
 	cmd.Flags().DurationVar(&dedupeWindow, "dedupe-window", 24*time.Hour, "how long event ids are remembered")
 	cmd.Flags().StringVar(&keysFile, "keys", "", "file of API keys producers must present (reloaded on SIGHUP, as are the TLS files; make keys with spate keys new); none: anyone may publish")
 	annotateEnv(cmd.Flags())

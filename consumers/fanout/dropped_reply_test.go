@@ -20,7 +20,7 @@ func TestLostReplyIsRetriedWithoutDuplicates(t *testing.T) {
 	direct := redis.NewClient(opts)
 	defer direct.Close()
 
-	proxy := spatetest.NewReplyDropper(t, opts.Addr)
+	proxy := spatetest.NewReplyDropper(t, opts.Addr, spatetest.DropScriptReply)
 	viaProxy := *opts
 	viaProxy.Addr = proxy.Addr()
 	rdb := redis.NewClient(&viaProxy) // go-redis retries on a lost connection by default

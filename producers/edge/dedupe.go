@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -27,9 +28,9 @@ import (
 // released; when its outcome is unknown (a timeout), the claim stays until
 // Kafka settles the record, so a retry can never write it twice.
 //
-// The claims of concurrent requests go to Redis together, in one script
-// call, and so do their receipts, in one pipeline: under load one round
-// trip serves many requests.
+// The claims of concurrent requests go to Redis together, in one pipeline
+// (SET NX GET: Redis 7.0 or later), and so do their receipts: under load one
+// round trip serves many requests.
 type Dedupe struct {
 	rdb     redis.UniversalClient
 	window  time.Duration
@@ -55,8 +56,8 @@ func NewDedupe(rdb redis.UniversalClient, window time.Duration, prefix string) *
 const (
 	// dedupeFlushes is how many round trips of each kind may be in flight.
 	dedupeFlushes = 4
-	// dedupeBatchKeys caps the keys of one round trip, so that one script
-	// call keeps Redis busy for a short while only.
+	// dedupeBatchKeys caps the keys of one round trip, so that the
+	// requests sharing it wait for a short one only.
 	dedupeBatchKeys = 5000
 )
 
@@ -108,7 +109,7 @@ func (b *batcher[J]) flush() {
 	}
 }
 
-// claimJob is one request's claim: vals gets what claimScript returns for
+// claimJob is one request's claim: vals gets what claimKeys returns for
 // its keys.
 type claimJob struct {
 	keys  []string
@@ -132,27 +133,24 @@ type settleJob struct {
 	done chan struct{}
 }
 
-// runClaims claims the keys of every job in one script call, each key
-// under a token of its own: if go-redis retries the call after a lost reply,
-// the script knows the keys it claimed the first time as its own, and still
-// tells two claims of one key apart, in one request or in two. A batch runs
+// runClaims claims the keys of every job in one pipeline, each key under a
+// token of its own: if go-redis retries the pipeline after a lost reply,
+// the keys it claimed the first time hold its own tokens, and two claims of
+// one key, in one request or in two, still differ. A batch runs
 // under go-redis's own timeouts, whoever gave up: what it claimed for a
 // request that gave up, or for all when it failed, it gives back.
 func (d *Dedupe) runClaims(jobs []*claimJob) {
 	ctx := context.Background()
 	var keys []string
-	args := []any{d.window.Milliseconds()} // then the keys' tokens
+	var tokens []any
 	for _, j := range jobs {
 		keys = append(keys, j.keys...)
 		base := rand.Uint64()
 		for k := range j.keys {
-			args = append(args, fmt.Sprintf("%s:%016x:%d", pending, base, k))
+			tokens = append(tokens, fmt.Sprintf("%s:%016x:%d", pending, base, k))
 		}
 	}
-	vals, err := claimScript.Run(ctx, d.rdb, keys, args...).StringSlice()
-	if err == nil && len(vals) != len(keys) {
-		err = fmt.Errorf("claim script returned %d values for %d keys", len(vals), len(keys))
-	}
+	vals, err := d.claimKeys(ctx, keys, tokens)
 	var giveBack []string
 	var giveBackTokens []any
 	at := 0 // of the first key of j in keys
@@ -163,7 +161,7 @@ func (d *Dedupe) runClaims(jobs []*claimJob) {
 		abandoned := !j.state.CompareAndSwap(claimWaiting, claimAnswered)
 		for k, key := range j.keys {
 			if err != nil || abandoned && j.vals[k] == "" {
-				giveBack, giveBackTokens = append(giveBack, key), append(giveBackTokens, args[1+at+k])
+				giveBack, giveBackTokens = append(giveBack, key), append(giveBackTokens, tokens[at+k])
 			}
 		}
 		at += len(j.keys)
@@ -203,23 +201,31 @@ func (d *Dedupe) key(ev *spatev1.Event) string {
 	return d.prefix + "dedupe:" + hex.EncodeToString(h[:16])
 }
 
-// claimScript claims each key KEYS[i] that is free, or already holds its
-// claimant's token ARGV[i+1], for ARGV[1] ms. It returns, per key, "" for a
-// claim, or what the key holds: another's claim ("pending:<token>") or a
-// receipt.
-var claimScript = redis.NewScript(`
-local out = {}
-for i, k in ipairs(KEYS) do
-	if redis.call('SET', k, ARGV[i + 1], 'NX', 'PX', ARGV[1]) then
-		out[i] = ''
-	else
-		local v = redis.call('GET', k) or ''
-		if v == ARGV[i + 1] then v = '' end
-		out[i] = v
-	end
-end
-return out
-`)
+// claimKeys claims each key keys[i] that is free, or already holds its
+// claimant's token tokens[i], for the window, in one pipeline of SET NX GET
+// (Redis 7.0 or later). It returns, per key, "" for a claim, or what the
+// key holds: another's claim ("pending:<token>") or a receipt.
+func (d *Dedupe) claimKeys(ctx context.Context, keys []string, tokens []any) ([]string, error) {
+	p := d.rdb.Pipeline()
+	cmds := make([]*redis.StatusCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = p.SetArgs(ctx, k, tokens[i], redis.SetArgs{Mode: "NX", Get: true, TTL: d.window})
+	}
+	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	vals := make([]string, len(keys))
+	for i, c := range cmds {
+		switch v, err := c.Result(); {
+		case errors.Is(err, redis.Nil): // it was free: claimed now
+		case err != nil:
+			return nil, err
+		case v != tokens[i]: // another's; its own is this request's, set by a retry of this pipeline
+			vals[i] = v
+		}
+	}
+	return vals, nil
+}
 
 // releaseScript deletes each key KEYS[i] that still holds the claim token
 // ARGV[i].

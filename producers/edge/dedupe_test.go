@@ -207,7 +207,7 @@ func TestClaimRetriedAfterLostReply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := spatetest.NewReplyDropper(t, opts.Addr)
+	proxy := spatetest.NewReplyDropper(t, opts.Addr, spatetest.DropSetNXReply)
 	viaProxy := *opts
 	viaProxy.Addr = proxy.Addr()
 	rdb := redis.NewClient(&viaProxy) // go-redis retries on a lost connection by default
