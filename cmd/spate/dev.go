@@ -193,7 +193,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			edge: ln.Addr().String(), admin: aln.Addr().String(),
 			kafka: brokers[0], kafkaNote: kafkaNote, topic: f.topic,
 			postgres: pgURL, postgresNote: pgNote, redis: redisURL, redisNote: redisNote,
-			prefix: f.streamPrefix, took: time.Since(started),
+			prefix: f.streamPrefix, edgeOnly: f.edgeOnly, took: time.Since(started),
 		})
 		return nil
 	})
@@ -251,6 +251,7 @@ type bannerInfo struct {
 	kafka, kafkaNote, topic  string
 	postgres, postgresNote   string
 	redis, redisNote, prefix string
+	edgeOnly                 bool
 	took                     time.Duration
 }
 
@@ -270,12 +271,23 @@ Send an event:
     -H 'Content-Type: application/cloudevents+json' \
     -d '{"specversion":"1.0","id":"order-1001-placed","source":"/shop/checkout","type":"shop.order.placed.v1","subject":"order-1001","data":{"orderId":"order-1001","customerId":"cust-7","amountCents":4200,"currency":"EUR","items":[{"sku":"tea-1","quantity":2,"priceCents":2100}]}}'
 
-See it arrive:
+%s
+Ctrl-C stops everything and removes the throwaway data.
+`, b.took.Seconds(), b.edge, b.admin, b.kafka, b.kafkaNote, b.topic, b.postgres, b.postgresNote, b.redis, b.redisNote,
+		b.edge, arrival(b))
+}
+
+// arrival tells where to see an event arrive.
+func arrival(b bannerInfo) string {
+	if b.edgeOnly {
+		return fmt.Sprintf(`With --edge-only nothing consumes the topic; any Kafka client reads it:
+
+  kcat -b %s -C -t %s -e
+`, b.kafka, b.topic)
+	}
+	return fmt.Sprintf(`See it arrive:
 
   psql '%s' -c 'SELECT id, type, subject, payload FROM event_log ORDER BY time DESC LIMIT 5'
   redis-cli -u '%s' XRANGE %sshop.order.placed.v1 - +
-
-Ctrl-C stops everything and removes the throwaway data.
-`, b.took.Seconds(), b.edge, b.admin, b.kafka, b.kafkaNote, b.topic, b.postgres, b.postgresNote, b.redis, b.redisNote,
-		b.edge, b.postgres, b.redis, b.prefix)
+`, b.postgres, b.redis, b.prefix)
 }
