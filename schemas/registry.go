@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -63,8 +64,10 @@ type Registry struct {
 
 // Violation is a payload field that breaks a constraint of its schema.
 type Violation struct {
-	// Field is the field's path in the payload by .proto names, e.g.
-	// items[0].quantity; empty for a constraint on the whole message.
+	// Field is the field's path in the payload, by the names a payload of
+	// its content type is written with: JSON names for JSON (e.g.
+	// items[0].priceCents), .proto names for protobuf (items[0].price_cents).
+	// Empty for a constraint on the whole message.
 	Field string
 	// Rule names the constraint, e.g. int32.gt.
 	Rule string
@@ -209,14 +212,40 @@ func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Mes
 		if !ok {
 			return nil, fmt.Errorf("%s: constraints: %w", eventType, err)
 		}
+		kind, _ := contentKind(contentType) // decode checked it
 		out := &ViolationsError{Violations: make([]Violation, len(verr.Violations))}
 		for i, v := range verr.Violations {
-			out.Violations[i] = Violation{Field: protovalidate.FieldPathString(v.Proto.GetField()),
+			path := v.Proto.GetField()
+			if kind == ContentTypeJSON {
+				path = jsonNames(m.ProtoReflect().Descriptor(), path)
+			}
+			out.Violations[i] = Violation{Field: protovalidate.FieldPathString(path),
 				Rule: v.Proto.GetRuleId(), Detail: v.Proto.GetMessage()}
 		}
 		return nil, out
 	}
 	return m, nil
+}
+
+// jsonNames returns a copy of path, a field path from md, that names its
+// fields by their JSON names. Extensions keep their full names.
+func jsonNames(md protoreflect.MessageDescriptor, path *validate.FieldPath) *validate.FieldPath {
+	out := proto.CloneOf(path)
+	for _, el := range out.GetElements() {
+		if md == nil {
+			break
+		}
+		fd := md.Fields().ByNumber(protoreflect.FieldNumber(el.GetFieldNumber()))
+		if fd == nil { // an extension
+			break
+		}
+		el.SetFieldName(fd.JSONName())
+		if fd.IsMap() {
+			fd = fd.MapValue()
+		}
+		md = fd.Message()
+	}
+	return out
 }
 
 // Parse decodes a payload like Decode but keeps fields the schema does not

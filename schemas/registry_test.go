@@ -8,6 +8,7 @@ import (
 
 	validate "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -104,7 +105,7 @@ func TestDecode(t *testing.T) {
 		{name: "json with parameters", eventType: placed, contentType: "application/json; charset=utf-8", data: orderCamel, want: order()},
 		{name: "json suffix", eventType: placed, contentType: "application/vnd.shop+json", data: orderCamel, want: order()},
 		{name: "json upper-case media type", eventType: placed, contentType: "Application/JSON", data: orderCamel, want: order()},
-		{name: "json empty object", eventType: placed, contentType: "application/json", data: `{}`, wantInErr: "order_id: must be at least 1 characters"},
+		{name: "json empty object", eventType: placed, contentType: "application/json", data: `{}`, wantInErr: "orderId: must be at least 1 characters"},
 		{
 			name: "json other type", eventType: "shop.order.cancelled.v1", contentType: "application/json",
 			data: `{"orderId":"o-1","reason":"changed mind"}`,
@@ -206,25 +207,39 @@ func TestDecode(t *testing.T) {
 }
 
 // Decode enforces the schema's buf.validate constraints and reports every
-// field at fault, nested ones by their path.
+// field at fault, nested ones by their path, named as the payload's
+// encoding names them.
 func TestDecodeViolations(t *testing.T) {
 	reg := schemas.Builtin()
 	bad := order()
 	bad.AmountCents = -5
 	bad.Currency = "euro"
-	bad.Items[1].Quantity = 0
-	_, err := reg.Decode(placed, "application/protobuf", marshal(t, bad))
-	verr, ok := errors.AsType[*schemas.ViolationsError](err)
-	if !ok {
-		t.Fatalf("Decode: got error %v, want a *ViolationsError", err)
+	bad.Items[1].PriceCents = -1
+	asJSON, err := protojson.Marshal(bad)
+	if err != nil {
+		t.Fatal(err)
 	}
-	want := []schemas.Violation{
-		{Field: "amount_cents", Rule: "int64.gte", Detail: "must be greater than or equal to 0"},
-		{Field: "currency", Rule: "string.pattern", Detail: "does not match regex pattern `^[A-Z]{3}$`"},
-		{Field: "items[1].quantity", Rule: "int32.gt", Detail: "must be greater than 0"},
-	}
-	if diff := cmp.Diff(want, verr.Violations); diff != "" {
-		t.Errorf("violations (-want +got):\n%s", diff)
+	for _, tt := range []struct {
+		contentType                  string
+		data                         []byte
+		amountCents, itemsPriceCents string
+	}{
+		{"application/protobuf", marshal(t, bad), "amount_cents", "items[1].price_cents"},
+		{"application/json", asJSON, "amountCents", "items[1].priceCents"},
+	} {
+		_, err := reg.Decode(placed, tt.contentType, tt.data)
+		verr, ok := errors.AsType[*schemas.ViolationsError](err)
+		if !ok {
+			t.Fatalf("Decode %s: got error %v, want a *ViolationsError", tt.contentType, err)
+		}
+		want := []schemas.Violation{
+			{Field: tt.amountCents, Rule: "int64.gte", Detail: "must be greater than or equal to 0"},
+			{Field: "currency", Rule: "string.pattern", Detail: "does not match regex pattern `^[A-Z]{3}$`"},
+			{Field: tt.itemsPriceCents, Rule: "int64.gte", Detail: "must be greater than or equal to 0"},
+		}
+		if diff := cmp.Diff(want, verr.Violations); diff != "" {
+			t.Errorf("violations of %s (-want +got):\n%s", tt.contentType, diff)
+		}
 	}
 	// Sinks read what the edge accepted, and events from before a
 	// constraint was added: Parse does not enforce them.
@@ -616,8 +631,8 @@ func TestLoadDescriptorSet(t *testing.T) {
 		t.Errorf("a loaded type does not decode: %v", err)
 	}
 	_, err = reg.Canonical("dyn.thing.made.v1", "application/json", []byte(`{"thingId":""}`))
-	if verr, ok := errors.AsType[*schemas.ViolationsError](err); !ok || len(verr.Violations) != 1 || verr.Violations[0].Field != "thing_id" {
-		t.Errorf("a loaded type's constraint: got error %v, want a violation of thing_id", err)
+	if verr, ok := errors.AsType[*schemas.ViolationsError](err); !ok || len(verr.Violations) != 1 || verr.Violations[0].Field != "thingId" {
+		t.Errorf("a loaded type's constraint: got error %v, want a violation of thingId (named as JSON names it)", err)
 	}
 
 	set.File = set.File[6:] // without its imports

@@ -315,7 +315,7 @@ func TestValidate(t *testing.T) {
 			name: "payload breaking constraints: every field at fault",
 			ev: &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.placed.v1", Datacontenttype: "application/json",
 				Data: []byte(`{"orderId":"o-1","customerId":"c-1","amountCents":-1,"currency":"EUR","items":[{"sku":"s","quantity":1},{"sku":"","quantity":1}]}`)},
-			wantErrs: []FieldError{{Field: "data.amount_cents"}, {Field: "data.items[1].sku"}},
+			wantErrs: []FieldError{{Field: "data.amountCents"}, {Field: "data.items[1].sku"}},
 		},
 		{
 			name:     "missing id",
@@ -441,7 +441,7 @@ func TestValidateMessages(t *testing.T) {
 			name: "constraint",
 			ev: &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.cancelled.v1", Datacontenttype: "application/json",
 				Data: []byte(`{"orderId":""}`)},
-			field:  "data.order_id",
+			field:  "data.orderId", // named as JSON names it
 			detail: "must be at least 1 characters (string.min_len)",
 		},
 	}
