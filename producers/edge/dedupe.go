@@ -22,11 +22,15 @@ import (
 // source and id (the CloudEvents identity): an event sent again within the
 // window gets its first receipt back and is not published a second time.
 //
-// An event's id is claimed before it is published and given its receipt once
-// Kafka acknowledged it. A copy sent while the first is still being
-// published gets 409, retry later. When a publish fails, the claim is
-// released; when its outcome is unknown (a timeout), the claim stays until
-// Kafka settles the record, so a retry can never write it twice.
+// An event's id is claimed before it is published: its key gets the
+// claiming request's token and the event's place in the request. Once
+// Kafka acknowledged the request's events, their receipts go to one key of
+// the request's, all in one value: a request of many events costs one
+// write, not one an event. A copy sent while the first is still being
+// published (its claim has no receipt yet) gets 409, retry later. When a
+// publish fails, the claim is released; when its outcome is unknown (a
+// timeout), the claim stays until Kafka settles the record, so a retry can
+// never write it twice.
 //
 // The claims of concurrent requests go to Redis together, in one pipeline
 // (SET NX GET: Redis 7.0 or later), and so do their receipts: under load one
@@ -49,7 +53,7 @@ func NewDedupe(rdb redis.UniversalClient, window time.Duration, prefix string) *
 	d.claims = batcher[*claimJob]{run: d.runClaims, max: dedupeFlushes, limit: dedupeBatchKeys,
 		size: func(j *claimJob) int { return len(j.keys) }}
 	d.settles = batcher[*settleJob]{run: d.runSettles, max: dedupeFlushes, limit: dedupeBatchKeys,
-		size: func(j *settleJob) int { return len(j.sets) + len(j.dels) }}
+		size: func(j *settleJob) int { return 1 + len(j.dels) }}
 	return d
 }
 
@@ -109,10 +113,11 @@ func (b *batcher[J]) flush() {
 	}
 }
 
-// claimJob is one request's claim: vals gets what claimKeys returns for
-// its keys.
+// claimJob is one request's claim under its token: vals gets what
+// claimKeys returns for its keys.
 type claimJob struct {
 	keys  []string
+	token string
 	vals  []string
 	err   error
 	done  chan struct{}
@@ -125,12 +130,14 @@ const (
 	claimAbandoned // the request gave up: the claims it got are given back
 )
 
-// settleJob is one request's receipts (sets) and released claims (dels).
+// settleJob is one request's receipts, by the request's token, and its
+// released claims (dels).
 type settleJob struct {
-	sets [][2]string // key, receipt
-	dels []string
-	err  error
-	done chan struct{}
+	token    string
+	receipts string // by place in the request; see formatReceipts
+	dels     []string
+	err      error
+	done     chan struct{}
 }
 
 // runClaims claims the keys of every job in one pipeline, each key under a
@@ -145,9 +152,8 @@ func (d *Dedupe) runClaims(jobs []*claimJob) {
 	var tokens []any
 	for _, j := range jobs {
 		keys = append(keys, j.keys...)
-		base := rand.Uint64()
 		for k := range j.keys {
-			tokens = append(tokens, fmt.Sprintf("%s:%016x:%d", pending, base, k))
+			tokens = append(tokens, claimValue(j.token, k))
 		}
 	}
 	vals, err := d.claimKeys(ctx, keys, tokens)
@@ -178,11 +184,11 @@ func (d *Dedupe) runSettles(jobs []*settleJob) {
 	ctx := context.Background()
 	p := d.rdb.Pipeline()
 	for _, j := range jobs {
-		for _, kv := range j.sets {
-			p.Set(ctx, kv[0], kv[1], d.window)
+		if j.receipts != "" {
+			p.Set(ctx, d.receiptsKey(j.token), j.receipts, d.window)
 		}
-		for _, k := range j.dels {
-			p.Del(ctx, k)
+		if len(j.dels) > 0 {
+			p.Del(ctx, j.dels...)
 		}
 	}
 	_, err := p.Exec(ctx)
@@ -192,9 +198,19 @@ func (d *Dedupe) runSettles(jobs []*settleJob) {
 	}
 }
 
-// A claim's value is pending + ":" + a token. Receipts start with a topic
-// name, which cannot hold a colon.
+// A claim's value is pending + ":" + the request's token + ":" + the
+// event's place in the request. Receipts, which keys written by earlier
+// versions hold, start with a topic name, which cannot hold a colon.
 const pending = "pending"
+
+func claimValue(token string, place int) string {
+	return pending + ":" + token + ":" + strconv.Itoa(place)
+}
+
+// receiptsKey holds the receipts of the request with token.
+func (d *Dedupe) receiptsKey(token string) string {
+	return d.prefix + "dedupe-receipts:" + token
+}
 
 func (d *Dedupe) key(ev *spatev1.Event) string {
 	h := sha256.Sum256([]byte(ev.Source + "\x00" + ev.Id))
@@ -238,12 +254,13 @@ end
 return 0
 `)
 
-// claim claims the events' ids. It returns, per event, nil for an event
-// claimed now (to be published) or the receipt of an earlier publish, and
-// whether any is being published by another request; then it claims none.
-// When ctx ends first, what it claimed is given back.
-func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (prior []*spatev1.Receipt, busy bool, err error) {
-	j := &claimJob{keys: make([]string, len(evs)), done: make(chan struct{})}
+// claim claims the events' ids under a new token of the request's. It
+// returns, per event, nil for an event claimed now (to be published) or the
+// receipt of an earlier publish, and whether any is being published by
+// another request; then it claims none. When ctx ends first, what it
+// claimed is given back.
+func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (token string, prior []*spatev1.Receipt, busy bool, err error) {
+	j := &claimJob{keys: make([]string, len(evs)), token: fmt.Sprintf("%016x", rand.Uint64()), done: make(chan struct{})}
 	for i, ev := range evs {
 		j.keys[i] = d.key(ev)
 	}
@@ -252,51 +269,100 @@ func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (prior []*spat
 	case <-j.done:
 	case <-ctx.Done():
 		if j.state.CompareAndSwap(claimWaiting, claimAbandoned) {
-			return nil, false, fmt.Errorf("dedupe claim: %w", ctx.Err())
+			return "", nil, false, fmt.Errorf("dedupe claim: %w", ctx.Err())
 		}
 		<-j.done // answered just now
 	}
 	if j.err != nil {
-		return nil, false, fmt.Errorf("dedupe claim: %w", j.err)
+		return "", nil, false, fmt.Errorf("dedupe claim: %w", j.err)
 	}
-	vals := j.vals
 	prior = make([]*spatev1.Receipt, len(evs))
 	var mine []*spatev1.Event
-	for i, v := range vals {
+	var others []int // events another request claimed
+	for i, v := range j.vals {
 		switch {
 		case v == "":
 			mine = append(mine, evs[i])
 		case v == pending || strings.HasPrefix(v, pending+":"):
-			busy = true
-		default:
+			others = append(others, i)
+		default: // a receipt, as earlier versions wrote them
 			r, err := parseReceipt(evs[i].Id, v)
 			if err != nil {
-				return nil, false, err
+				return "", nil, false, err
 			}
 			prior[i] = r
 		}
 	}
-	if busy { // give back what this request claimed; the pending ones are another's
-		d.settle(mine, make([]*spatev1.Receipt, len(mine)), nil)
+	if len(others) > 0 {
+		if busy, err = d.receiptsOf(ctx, evs, j.vals, others, prior); err != nil {
+			busy = true // give back what this request claimed, then fail
+		}
 	}
-	return prior, busy, nil
+	if busy { // give back what this request claimed; the pending ones are another's
+		d.settle(j.token, mine, make([]*spatev1.Receipt, len(mine)), nil)
+	}
+	if err != nil {
+		return "", nil, false, fmt.Errorf("dedupe claim: %w", err)
+	}
+	return j.token, prior, busy, nil
 }
 
-// settle records the receipts of events that were written and releases the
-// claims of those that were not (receipt nil). Only the events claimed by
-// this request (prior nil) are touched.
-func (d *Dedupe) settle(evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
-	j := &settleJob{done: make(chan struct{})}
+// receiptsOf looks up, for the events at others, the receipts of the
+// requests whose claims vals holds, into prior. It reports whether any has
+// none yet: a publish still in flight.
+func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []string, others []int, prior []*spatev1.Receipt) (busy bool, err error) {
+	p := d.rdb.Pipeline()
+	gets := make([]*redis.StringCmd, len(others))
+	places := make([]int, len(others))
+	for n, i := range others {
+		token, place, ok := strings.Cut(strings.TrimPrefix(vals[i], pending+":"), ":")
+		if places[n], err = strconv.Atoi(place); !ok || err != nil {
+			return true, nil // a claim of an earlier version, which held no place
+		}
+		gets[n] = p.Get(ctx, d.receiptsKey(token))
+	}
+	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return false, err
+	}
+	for n, i := range others {
+		v, err := gets[n].Result()
+		if errors.Is(err, redis.Nil) {
+			busy = true
+			continue
+		} else if err != nil {
+			return false, err
+		}
+		rs := strings.Split(v, receiptSep)
+		if places[n] >= len(rs) || rs[places[n]] == "" {
+			busy = true // not written, yet claimed: it must be released soon
+			continue
+		}
+		if prior[i], err = parseReceipt(evs[i].Id, rs[places[n]]); err != nil {
+			return false, err
+		}
+	}
+	return busy, nil
+}
+
+// settle records, under the request's token, the receipts of events that
+// were written, and releases the claims of those that were not (receipt
+// nil). Only the events claimed by this request (prior nil) are touched.
+func (d *Dedupe) settle(token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
+	j := &settleJob{token: token, done: make(chan struct{})}
+	written := make([]*spatev1.Receipt, len(evs))
 	for i, ev := range evs {
 		switch {
 		case prior[i] != nil:
 		case rs != nil && rs[i] != nil:
-			j.sets = append(j.sets, [2]string{d.key(ev), formatReceipt(rs[i])})
+			written[i] = rs[i]
 		default:
 			j.dels = append(j.dels, d.key(ev))
 		}
 	}
-	if len(j.sets)+len(j.dels) == 0 {
+	if len(j.dels) < len(evs) {
+		j.receipts = formatReceipts(written)
+	}
+	if j.receipts == "" && len(j.dels) == 0 {
 		return nil
 	}
 	d.settles.add(j)
@@ -305,6 +371,30 @@ func (d *Dedupe) settle(evs []*spatev1.Event, prior, rs []*spatev1.Receipt) erro
 		return fmt.Errorf("dedupe settle: %w", j.err)
 	}
 	return nil
+}
+
+// receiptSep separates the receipts of a request: neither topic names nor
+// numbers hold it.
+const receiptSep = "\n"
+
+// formatReceipts renders the receipts of a request by place, "" for an
+// event without one; "" when none has one.
+func formatReceipts(rs []*spatev1.Receipt) string {
+	var b strings.Builder
+	some := false
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteString(receiptSep)
+		}
+		if r != nil {
+			b.WriteString(formatReceipt(r))
+			some = true
+		}
+	}
+	if !some {
+		return ""
+	}
+	return b.String()
 }
 
 func formatReceipt(r *spatev1.Receipt) string {

@@ -55,6 +55,10 @@ func TestRetriesArePublishedOnce(t *testing.T) {
 	if code != 202 || len(mixed) != 3 || mixed[1] != first[0] || mixed[0] == mixed[2] || !strings.HasPrefix(mixed[2], "e3:") {
 		t.Fatalf("batch of e2, e1 (seen), e3: %d %v, want e1's first receipt in the middle", code, mixed)
 	}
+	// A request's receipts are kept together: a retry gets its event's own.
+	if code, again := f.receiptsOf(t, one, orderJSON("e3", "s")); code != 202 || again[0] != mixed[2] {
+		t.Fatalf("resent e3: %d %v, want 202 with its receipt from the batch %v", code, again, mixed[2])
+	}
 	otherSource := strings.Replace(orderJSON("e1", "s"), `"source":"/test"`, `"source":"/elsewhere"`, 1)
 	if _, r := f.receiptsOf(t, one, otherSource); len(r) != 1 || r[0] == first[0] {
 		t.Fatalf("e1 from another source: %v, want a new record (an event is source and id)", r)

@@ -140,10 +140,11 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	// Events published before (within the dedupe window) are answered
 	// with their first receipt; only the others go to Kafka.
 	var prior []*spatev1.Receipt
+	var token string
 	if d := s.cfg.Dedupe; d != nil {
 		var busy bool
 		var err error
-		if prior, busy, err = d.claim(ctx, evs); err != nil {
+		if token, prior, busy, err = d.claim(ctx, evs); err != nil {
 			s.log.WarnContext(ctx, "dedupe", "err", err)
 			return refuse(&refusal{status: http.StatusServiceUnavailable, kind: "dedupe-unavailable", title: "Dedupe store unavailable",
 				detail: "the store that keeps retries from being published twice does not answer; nothing was published", retryAfter: time.Second}, "failed")
@@ -167,7 +168,7 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 		if s.cfg.Dedupe != nil {
 			// Record what Kafka settled, whenever that is: a claim whose
 			// record may still be written must not be released early.
-			if err := s.cfg.Dedupe.settle(evs, prior, spread(rs, prior)); err != nil {
+			if err := s.cfg.Dedupe.settle(token, evs, prior, spread(rs, prior)); err != nil {
 				s.log.Warn("dedupe", "err", err)
 			}
 		}
