@@ -273,7 +273,7 @@ func (r *Registry) decode(eventType, contentType string, data []byte, strict boo
 			return nil, cleanErr(err)
 		}
 		if strict {
-			if err := noUnknown(m.ProtoReflect(), ""); err != nil {
+			if err := noUnknown(m.ProtoReflect()); err != nil {
 				return nil, err
 			}
 		}
@@ -324,44 +324,59 @@ func contentKind(contentType string) (string, error) {
 }
 
 // noUnknown reports the first field, at any depth, that the schema does not know.
-func noUnknown(m protoreflect.Message, path string) error {
-	if len(m.GetUnknown()) > 0 {
-		name := path
-		if name == "" {
-			name = string(m.Descriptor().FullName())
-		}
-		return fmt.Errorf("%s: unknown field in protobuf payload", name)
+func noUnknown(m protoreflect.Message) error {
+	path, found := unknownAt(m)
+	if !found {
+		return nil
 	}
-	var err error
+	if path == "" {
+		path = string(m.Descriptor().FullName())
+	}
+	return fmt.Errorf("%s: unknown field in protobuf payload", path)
+}
+
+// unknownAt finds the first message, at any depth, holding fields the schema
+// does not know, and returns its path from m ("" for m itself). The path is
+// built only once one is found: the walk of a payload without unknown fields
+// allocates nothing.
+func unknownAt(m protoreflect.Message) (path string, found bool) {
+	if len(m.GetUnknown()) > 0 {
+		return "", true
+	}
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
 			return true
 		}
-		p := string(fd.Name())
-		if path != "" {
-			p = path + "." + p
-		}
+		var sub string
 		switch {
 		case fd.IsList():
 			l := v.List()
 			for i := range l.Len() {
-				if err = noUnknown(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i)); err != nil {
-					return false
+				if sub, found = unknownAt(l.Get(i).Message()); found {
+					path = fmt.Sprintf("%s[%d]", fd.Name(), i)
+					break
 				}
 			}
 		case fd.IsMap():
 			if fd.MapValue().Kind() == protoreflect.MessageKind {
 				v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-					err = noUnknown(mv.Message(), fmt.Sprintf("%s[%v]", p, k.Interface()))
-					return err == nil
+					if sub, found = unknownAt(mv.Message()); found {
+						path = fmt.Sprintf("%s[%v]", fd.Name(), k.Interface())
+					}
+					return !found
 				})
 			}
 		default:
-			err = noUnknown(v.Message(), p)
+			if sub, found = unknownAt(v.Message()); found {
+				path = string(fd.Name())
+			}
 		}
-		return err == nil
+		if found && sub != "" {
+			path += "." + sub
+		}
+		return !found
 	})
-	return err
+	return path, found
 }
 
 // cleanErr drops the "proto:" prefix (protobuf-go varies its spacing on

@@ -644,3 +644,27 @@ func TestLoadDescriptorSet(t *testing.T) {
 		t.Error("Load of garbage: no error")
 	}
 }
+
+// BenchmarkCanonical measures what the edge does to every payload: decode
+// strictly, check constraints, encode canonically.
+//
+//	go test -run '^$' -bench Canonical ./schemas/
+func BenchmarkCanonical(b *testing.B) {
+	reg := schemas.Builtin()
+	for _, bc := range []struct {
+		name, contentType string
+		data              []byte
+	}{
+		{"protobuf", "application/protobuf", marshal(b, order())},
+		{"json", "application/json", []byte(orderCamel)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := reg.Canonical(placed, bc.contentType, bc.data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
