@@ -18,6 +18,7 @@
 package schemas
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"mime"
@@ -203,28 +204,38 @@ func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Mes
 	if err != nil {
 		return nil, err
 	}
-	v, err := r.validator()
-	if err != nil {
-		return nil, fmt.Errorf("schemas: constraints: %w", err)
-	}
-	if err := v.Validate(m); err != nil {
-		verr, ok := errors.AsType[*protovalidate.ValidationError](err)
-		if !ok {
-			return nil, fmt.Errorf("%s: constraints: %w", eventType, err)
-		}
-		kind, _ := contentKind(contentType) // decode checked it
-		out := &ViolationsError{Violations: make([]Violation, len(verr.Violations))}
-		for i, v := range verr.Violations {
-			path := v.Proto.GetField()
-			if kind == ContentTypeJSON {
-				path = jsonNames(m.ProtoReflect().Descriptor(), path)
-			}
-			out.Violations[i] = Violation{Field: protovalidate.FieldPathString(path),
-				Rule: v.Proto.GetRuleId(), Detail: v.Proto.GetMessage()}
-		}
-		return nil, out
+	if err := r.check(eventType, contentType, m); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// check enforces the constraints of m's schema, naming fields as a payload
+// of contentType, which decode accepted, names them.
+func (r *Registry) check(eventType, contentType string, m proto.Message) error {
+	v, err := r.validator()
+	if err != nil {
+		return fmt.Errorf("schemas: constraints: %w", err)
+	}
+	err = v.Validate(m)
+	if err == nil {
+		return nil
+	}
+	verr, ok := errors.AsType[*protovalidate.ValidationError](err)
+	if !ok {
+		return fmt.Errorf("%s: constraints: %w", eventType, err)
+	}
+	kind, _ := contentKind(contentType)
+	out := &ViolationsError{Violations: make([]Violation, len(verr.Violations))}
+	for i, v := range verr.Violations {
+		path := v.Proto.GetField()
+		if kind == ContentTypeJSON {
+			path = jsonNames(m.ProtoReflect().Descriptor(), path)
+		}
+		out.Violations[i] = Violation{Field: protovalidate.FieldPathString(path),
+			Rule: v.Proto.GetRuleId(), Detail: v.Proto.GetMessage()}
+	}
+	return out
 }
 
 // jsonNames returns a copy of path, a field path from md, that names its
@@ -284,11 +295,40 @@ func (r *Registry) decode(eventType, contentType string, data []byte, strict boo
 // Canonical decodes a payload like Decode and returns its canonical protobuf
 // encoding.
 func (r *Registry) Canonical(eventType, contentType string, data []byte) ([]byte, error) {
+	if out, m := r.canonicalAlready(eventType, contentType, data); m != nil {
+		if err := r.check(eventType, contentType, m); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
 	m, err := r.Decode(eventType, contentType, data)
 	if err != nil {
 		return nil, err
 	}
-	return proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	return canonical.Marshal(m)
+}
+
+var canonical = proto.MarshalOptions{Deterministic: true}
+
+// canonicalAlready is Canonical's short way, for the common protobuf payload
+// that is already canonical: decoded leaving out fields the schema does not
+// know, it encodes to the very same bytes, so it held none, and the strict
+// decode's walk for them is not needed. It returns the payload decoded, or
+// nil when the short way does not apply.
+func (r *Registry) canonicalAlready(eventType, contentType string, data []byte) ([]byte, proto.Message) {
+	mt, ok := r.types[eventType]
+	if !ok || !isProtobuf(contentType) {
+		return nil, nil
+	}
+	m := mt.New().Interface()
+	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, m); err != nil {
+		return nil, nil
+	}
+	out, err := canonical.Marshal(m)
+	if err != nil || !bytes.Equal(out, data) {
+		return nil, nil
+	}
+	return out, m
 }
 
 // jsonOut writes protojson with the .proto field names and every field
@@ -303,6 +343,12 @@ func (r *Registry) JSON(eventType, contentType string, data []byte) ([]byte, err
 		return nil, err
 	}
 	return jsonOut.Marshal(m)
+}
+
+// isProtobuf reports, cheaply, whether contentKind would say protobuf for the
+// usual spellings of it; for others it may say false.
+func isProtobuf(contentType string) bool {
+	return contentType == "" || contentType == ContentTypeProtobuf
 }
 
 // contentKind maps a content type to ContentTypeProtobuf or ContentTypeJSON.

@@ -284,6 +284,25 @@ func TestCanonical(t *testing.T) {
 			t.Errorf("Canonical: got %x with error, want nil", got)
 		}
 	})
+
+	// Canonical protobuf takes a short way; it refuses what Decode refuses.
+	bad := order()
+	bad.Items[1].Quantity = 0
+	for _, tt := range []struct {
+		name, wantInErr string
+		data            []byte
+	}{
+		{"unknown field last", "shop.v1.OrderPlaced: unknown field", withUnknown(want)},
+		{"unknown field in line item", "items[1]: unknown field", itemsWithUnknown(t)},
+		{"constraint", "items[1].quantity: must be greater than 0", marshal(t, bad)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := reg.Canonical(placed, "application/protobuf", tt.data)
+			if err == nil || !strings.Contains(err.Error(), tt.wantInErr) {
+				t.Errorf("Canonical: got %x, error %v; want an error naming %q", got, err, tt.wantInErr)
+			}
+		})
+	}
 }
 
 // firstFieldLast moves the first field of the protobuf message b to its end.
