@@ -9,7 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
+	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -61,29 +61,35 @@ func Publish(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.E
 func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, done func([]*spatev1.Receipt), headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
 	recs := make([]*kgo.Record, len(evs))
 	errs := make([]error, len(evs))
-	var wg sync.WaitGroup
-	wg.Add(len(evs))
+	all := make(chan struct{}) // closed by the last promise
+	var left atomic.Int64
+	if left.Store(int64(len(evs))); len(evs) == 0 {
+		close(all)
+	}
 	for i, ev := range evs {
 		recs[i] = cekafka.Record(topic, ev)
 		recs[i].Headers = append(recs[i].Headers, headers...)
 		cl.Produce(ctx, recs[i], func(_ *kgo.Record, err error) {
 			errs[i] = err
-			wg.Done()
+			if left.Add(-1) == 0 {
+				close(all)
+			}
 		})
 	}
-	all := make(chan struct{})
-	// Owned by the client: it calls every promise, at the latest when it
-	// closes, so this ends.
-	go func() {
-		wg.Wait()
-		if done != nil { // before all: on success, done has run when this returns
-			done(receipts(evs, recs, errs))
-		}
-		close(all)
-	}()
 	select {
 	case <-all:
+		if done != nil { // on success, done has run when this returns
+			done(receipts(evs, recs, errs))
+		}
 	case <-ctx.Done():
+		if done != nil {
+			// The client calls every promise, at the latest when it
+			// closes, so this ends.
+			go func() {
+				<-all
+				done(receipts(evs, recs, errs))
+			}()
+		}
 		return nil, fmt.Errorf("publish %d events to %s: %w: %w", len(evs), topic, ErrUnknownOutcome, ctx.Err())
 	}
 	failed := 0
