@@ -3,8 +3,11 @@ package edge
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -51,73 +54,170 @@ const (
 	attrDataBase64      = "data_base64"
 )
 
+// jsonEvent is an event in the CloudEvents JSON format as read, each
+// attribute as its raw JSON value (nil when absent). Members are matched by
+// exact name; all others are extensions.
+type jsonEvent struct {
+	SpecVersion     jsontext.Value            `json:"specversion"`
+	ID              jsontext.Value            `json:"id"`
+	Source          jsontext.Value            `json:"source"`
+	Type            jsontext.Value            `json:"type"`
+	Subject         jsontext.Value            `json:"subject"`
+	Time            jsontext.Value            `json:"time"`
+	DataContentType jsontext.Value            `json:"datacontenttype"`
+	DataSchema      jsontext.Value            `json:"dataschema"`
+	Data            jsontext.Value            `json:"data"`
+	DataBase64      jsontext.Value            `json:"data_base64"`
+	Extensions      map[string]jsontext.Value `json:",embed"`
+}
+
 // decodeJSONEvent reads one event in the CloudEvents JSON format into the
 // envelope. It checks the JSON shape only; validate checks the content.
 // JSON is read strictly (encoding/json/v2 semantics): duplicate member
 // names and invalid UTF-8 are refused, not resolved silently.
 func decodeJSONEvent(i int, raw jsontext.Value) (*spatev1.Event, []FieldError) {
-	var attrs map[string]jsontext.Value
-	err := json.Unmarshal(raw, &attrs)
-	return eventFromAttrs(i, attrs, err)
+	je, err := readJSONEvent(raw)
+	return eventFromJSON(i, je, err)
 }
 
-// eventFromAttrs is decodeJSONEvent after the unmarshal into attrs, which
-// failed with err if not nil.
-func eventFromAttrs(i int, attrs map[string]jsontext.Value, err error) (*spatev1.Event, []FieldError) {
-	if err != nil || attrs == nil {
+// eventReader reads events member by member: cheaper than unmarshaling
+// into jsonEvent by reflection, and the attributes' values alias the input.
+type eventReader struct {
+	in  bytes.Buffer
+	dec *jsontext.Decoder
+}
+
+var eventReaders = sync.Pool{New: func() any {
+	r := &eventReader{}
+	r.dec = jsontext.NewDecoder(&r.in)
+	return r
+}}
+
+// readJSONEvent reads raw, one JSON value, as json.Unmarshal into a
+// *jsonEvent would, strictly alike (duplicate names and invalid UTF-8 are
+// refused): nil for null, an error for anything but an object.
+func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
+	r := eventReaders.Get().(*eventReader)
+	defer eventReaders.Put(r)
+	r.in = *bytes.NewBuffer(raw)
+	r.dec.Reset(&r.in)
+	defer r.dec.Reset(&r.in) // forget raw
+
+	switch tok, err := r.dec.ReadToken(); {
+	case err != nil:
+		return nil, err
+	case tok.Kind() == 'n':
+		return nil, r.end()
+	case tok.Kind() != '{':
+		return nil, errors.New("not an object")
+	}
+	je := &jsonEvent{}
+	for r.dec.PeekKind() != '}' {
+		name, err := r.dec.ReadToken()
+		if err != nil {
+			return nil, err
+		}
+		k := name.String()
+		v, err := r.dec.ReadValue()
+		if err != nil {
+			return nil, err
+		}
+		end := int(r.dec.InputOffset())
+		v = raw[end-len(v) : end : end]
+		switch k {
+		case attrSpecVersion:
+			je.SpecVersion = v
+		case attrID:
+			je.ID = v
+		case attrSource:
+			je.Source = v
+		case attrType:
+			je.Type = v
+		case attrSubject:
+			je.Subject = v
+		case attrTime:
+			je.Time = v
+		case attrDataContentType:
+			je.DataContentType = v
+		case attrDataSchema:
+			je.DataSchema = v
+		case attrData:
+			je.Data = v
+		case attrDataBase64:
+			je.DataBase64 = v
+		default:
+			if je.Extensions == nil {
+				je.Extensions = map[string]jsontext.Value{}
+			}
+			je.Extensions[k] = v
+		}
+	}
+	if _, err := r.dec.ReadToken(); err != nil { // '}'
+		return nil, err
+	}
+	return je, r.end()
+}
+
+// end checks that the input holds nothing more.
+func (r *eventReader) end() error {
+	if _, err := r.dec.ReadToken(); err != io.EOF {
+		return errors.New("trailing data after the event")
+	}
+	return nil
+}
+
+// eventFromJSON is decodeJSONEvent after the unmarshal into je, which
+// failed with err if not nil; je is nil for JSON null.
+func eventFromJSON(i int, je *jsonEvent, err error) (*spatev1.Event, []FieldError) {
+	if err != nil || je == nil {
 		return nil, []FieldError{{Index: i, Field: "", Detail: "an event must be a JSON object"}}
 	}
 	var errs []FieldError
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, FieldError{Index: i, Field: field, Detail: fmt.Sprintf(format, args...)})
 	}
-	str := func(name string) string {
-		v, ok := attrs[name]
-		if !ok {
+	str := func(name string, v jsontext.Value) string {
+		if v == nil {
 			return ""
 		}
-		var s string
-		if err := json.Unmarshal(v, &s); err != nil {
+		s, ok := unquote(v)
+		if !ok {
 			bad(name, "must be a string")
 		}
 		return s
 	}
 
 	ev := &spatev1.Event{
-		Id:              str(attrID),
-		Source:          str(attrSource),
-		Type:            str(attrType),
-		Subject:         str(attrSubject),
-		Datacontenttype: str(attrDataContentType),
-		Dataschema:      str(attrDataSchema),
+		Id:              str(attrID, je.ID),
+		Source:          str(attrSource, je.Source),
+		Type:            str(attrType, je.Type),
+		Subject:         str(attrSubject, je.Subject),
+		Datacontenttype: str(attrDataContentType, je.DataContentType),
+		Dataschema:      str(attrDataSchema, je.DataSchema),
 	}
-	switch sv, ok := attrs[attrSpecVersion]; {
-	case !ok:
+	switch sv := je.SpecVersion; {
+	case sv == nil:
 		bad(attrSpecVersion, `is required and must be "1.0"`)
 	case !bytes.Equal(sv, []byte(`"1.0"`)):
 		bad(attrSpecVersion, `must be "1.0", got %s`, sv)
 	}
-	if raw, ok := attrs[attrTime]; ok {
-		var t string
-		if err := json.Unmarshal(raw, &t); err != nil {
+	if raw := je.Time; raw != nil {
+		if t, ok := unquote(raw); !ok {
 			bad(attrTime, "must be a string")
 		} else if ts, err := time.Parse(time.RFC3339Nano, t); err != nil {
 			bad(attrTime, "must be an RFC 3339 timestamp, got %q", t)
-		} else if err := timestamppb.New(ts).CheckValid(); err != nil {
+		} else if ev.Time = timestamppb.New(ts); ev.Time.CheckValid() != nil {
+			ev.Time = nil
 			bad(attrTime, "must be between 0001-01-01 and 9999-12-31 UTC, got %q", t)
-		} else {
-			ev.Time = timestamppb.New(ts)
 		}
 	}
 
-	data, hasData := attrs[attrData]
-	b64, hasB64 := attrs[attrDataBase64]
-	switch {
-	case hasData && hasB64:
+	switch data, b64 := je.Data, je.DataBase64; {
+	case data != nil && b64 != nil:
 		bad(attrData, "give data or data_base64, not both")
-	case hasB64:
-		var s string
-		if err := json.Unmarshal(b64, &s); err != nil {
+	case b64 != nil:
+		s, ok := unquote(b64)
+		if !ok {
 			bad(attrDataBase64, "must be a base64 string")
 			break
 		}
@@ -127,7 +227,7 @@ func eventFromAttrs(i int, attrs map[string]jsontext.Value, err error) (*spatev1
 			break
 		}
 		ev.Data = d
-	case hasData:
+	case data != nil:
 		// JSON data is the payload in JSON; a JSON string holding something
 		// else is not what this edge accepts (use data_base64).
 		if ev.Datacontenttype == "" {
@@ -136,12 +236,7 @@ func eventFromAttrs(i int, attrs map[string]jsontext.Value, err error) (*spatev1
 		ev.Data = data
 	}
 
-	for name, v := range attrs {
-		switch name {
-		case attrSpecVersion, attrID, attrSource, attrType, attrSubject, attrTime,
-			attrDataContentType, attrDataSchema, attrData, attrDataBase64:
-			continue
-		}
+	for name, v := range je.Extensions {
 		if msg := checkExtensionName(name); msg != "" {
 			bad(name, "%s", msg)
 			continue
@@ -152,16 +247,39 @@ func eventFromAttrs(i int, attrs map[string]jsontext.Value, err error) (*spatev1
 			continue
 		}
 		if ev.Extensions == nil {
-			ev.Extensions = make(map[string]string)
+			ev.Extensions = make(map[string]string, len(je.Extensions))
 		}
 		ev.Extensions[name] = s
 	}
 	return ev, errs
 }
 
+// unquote unmarshals v, a valid JSON value, into a string, and reports
+// whether it could (null leaves it empty).
+func unquote(v jsontext.Value) (string, bool) {
+	if s, ok := plainString(v); ok {
+		return s, true
+	}
+	var s string
+	return s, json.Unmarshal(v, &s) == nil
+}
+
+// plainString returns the string v, a valid JSON value, holds if it is a
+// string without escapes: its own bytes between the quotes, no decoder
+// needed.
+func plainString(v jsontext.Value) (string, bool) {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' && bytes.IndexByte(v, '\\') < 0 {
+		return string(v[1 : len(v)-1]), true
+	}
+	return "", false
+}
+
 // extensionValue returns the string form of an extension attribute: a string,
 // a number or a boolean.
 func extensionValue(v jsontext.Value) (string, error) {
+	if s, ok := plainString(v); ok {
+		return s, nil
+	}
 	var x any
 	if err := json.Unmarshal(v, &x); err != nil {
 		return "", err

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/proto"
@@ -474,6 +476,17 @@ func FuzzDecodeJSONEvent(f *testing.F) {
 	reg := schemas.Builtin()
 	now := timestamppb.New(time.Date(2025, 5, 6, 7, 8, 9, 10, time.UTC))
 	f.Fuzz(func(t *testing.T, raw []byte) {
+		// readJSONEvent reads as json.Unmarshal would, only cheaper.
+		read, readErr := readJSONEvent(raw)
+		var want *jsonEvent
+		wantErr := json.Unmarshal(raw, &want)
+		if (readErr == nil) != (wantErr == nil) {
+			t.Fatalf("readJSONEvent: got error %v, json.Unmarshal %v", readErr, wantErr)
+		}
+		if readErr == nil && !cmp.Equal(read, want, cmpopts.EquateEmpty()) {
+			t.Fatalf("readJSONEvent: got %+v, json.Unmarshal %+v", read, want)
+		}
+
 		ev, errs := decodeJSONEvent(7, raw)
 		for _, e := range errs {
 			if e.Index != 7 || e.Detail == "" {
@@ -522,4 +535,20 @@ func FuzzDecodeJSONEvent(f *testing.F) {
 			t.Fatalf("cekafka.Event(Record): mismatch (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// BenchmarkDecodeJSONEvent measures reading one CloudEvents JSON event's
+// envelope, as a batch request does for each of its events.
+//
+//	go test -run '^$' -bench DecodeJSONEvent ./producers/edge/
+func BenchmarkDecodeJSONEvent(b *testing.B) {
+	raw := jsontext.Value(`{"specversion":"1.0","id":"bench-1-12345","source":"/bench","type":"shop.order.placed.v1",` +
+		`"subject":"order-123","time":"2026-11-24T01:02:03.456Z","tenant":"acme",` +
+		`"data":{"orderId":"order-123","customerId":"c-1","amountCents":4200,"currency":"EUR","items":[{"sku":"tea-1","quantity":2,"priceCents":2100}]}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, errs := decodeJSONEvent(0, raw); len(errs) > 0 {
+			b.Fatal(errs)
+		}
+	}
 }

@@ -78,13 +78,13 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	case contentTypeEvent:
 		// One parse: malformed JSON is told apart from JSON that is not
 		// an event object.
-		var attrs map[string]jsontext.Value
-		err := jsonv2.Unmarshal(body, &attrs)
+		var je *jsonEvent
+		err := jsonv2.Unmarshal(body, &je)
 		if syn := (*jsontext.SyntacticError)(nil); errors.As(err, &syn) {
 			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is not valid JSON: "+jsonErr(err), nil)
 			return
 		}
-		ev, e := eventFromAttrs(0, attrs, err)
+		ev, e := eventFromJSON(0, je, err)
 		evs, errs = []*spatev1.Event{ev}, e
 	case contentTypeBatch:
 		var raws []jsontext.Value
