@@ -68,6 +68,10 @@ proto-check: proto
 	@untracked=$$(git ls-files --others --exclude-standard -- '*.pb.go' '*.connect.go'); \
 		if [ -n "$$untracked" ]; then echo "generated but not committed: $$untracked"; exit 1; fi
 
+## lint: staticcheck over every package
+lint:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
 ## fuzz: run each fuzz target for FUZZTIME (default 20s)
 FUZZTIME ?= 20s
 fuzz:
