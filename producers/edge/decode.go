@@ -98,10 +98,13 @@ var eventReaders = sync.Pool{New: func() any {
 // refused): nil for null, an error for anything but an object.
 func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
 	r := eventReaders.Get().(*eventReader)
-	defer eventReaders.Put(r)
 	r.in = *bytes.NewBuffer(raw)
 	r.dec.Reset(&r.in)
-	defer r.dec.Reset(&r.in) // forget raw
+	defer func() {
+		r.in = bytes.Buffer{} // the pool must not keep raw
+		r.dec.Reset(&r.in)
+		eventReaders.Put(r)
+	}()
 
 	switch tok, err := r.dec.ReadToken(); {
 	case err != nil:
