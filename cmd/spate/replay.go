@@ -56,9 +56,9 @@ Typical use: a projection's SQL changed in spate.yaml. Rebuild it with the
 new file, then restart the projectors with that file: a live projector
 whose definition differs from the swapped-in one stops applying (and says
 why) until it is restarted with the new one. Projections that read each
-other's tables (customer_totals reads orders) must be rebuilt together.
+other's tables (say, totals that read orders) must be rebuilt together.
 Their statements must name tables without a schema.`,
-		Example: `  spate replay projection orders customer_totals --config spate.yaml --postgres-url postgres://spate@db/spate
+		Example: `  spate replay projection orders --config spate.yaml --postgres-url postgres://spate@db/spate
   spate replay projection payments --config spate.yaml --from -24h --rate 5000`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, names []string) error {

@@ -1,6 +1,7 @@
 package projection
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"regexp"
@@ -132,19 +133,26 @@ func compileBatchStatement(n *yaml.Node, typs []string, mds []protoreflect.Messa
 	unnest := make([]string, len(names))
 	for i, name := range names {
 		line := first + strings.Count(n.Value[:at[i]], "\n")
+		// A payload field that some of the types lack is NULL in their
+		// events' rows; one that none of them has is an error.
+		var firstErr error
+		typ, typOf := "", ""
 		for j, md := range mds {
 			g, err := paramGetter(name, md)
 			if err != nil {
-				return nil, line, err
+				firstErr = cmp.Or(firstErr, err)
+				g = func(*Event) (any, error) { return nil, nil }
+			} else if t := paramType(name, md); typ == "" {
+				typ, typOf = t, typs[j]
+			} else if t != typ {
+				return nil, line, fmt.Errorf(":%s is %s in %s but %s in %s; a column has one type", name, typ, typOf, t, typs[j])
 			}
 			st.params[typs[j]] = append(st.params[typs[j]], g)
-			t := paramType(name, md)
-			if j == 0 {
-				st.types = append(st.types, t)
-			} else if t != st.types[i] {
-				return nil, line, fmt.Errorf(":%s is %s in %s but %s in %s; a column has one type", name, st.types[i], typs[0], t, typs[j])
-			}
 		}
+		if typ == "" {
+			return nil, line, firstErr
+		}
+		st.types = append(st.types, typ)
 		cols[i] = pgx.Identifier{name}.Sanitize()
 		unnest[i] = fmt.Sprintf("$%d::%s[]", i+1, st.types[i])
 	}
