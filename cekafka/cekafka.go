@@ -96,8 +96,20 @@ func Record(topic string, ev *spatev1.Event) *kgo.Record {
 // ce_source and ce_type headers.
 func Event(r *kgo.Record) (*spatev1.Event, error) {
 	ev := &spatev1.Event{Data: r.Value}
+	// The header values become strings that share one allocation.
+	n := 0
 	for _, h := range r.Headers {
-		v := string(h.Value)
+		n += len(h.Value)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, h := range r.Headers {
+		b.Write(h.Value)
+	}
+	values := b.String()
+	for _, h := range r.Headers {
+		v := values[:len(h.Value)]
+		values = values[len(h.Value):]
 		switch h.Key {
 		case HeaderSpecVersion:
 		case HeaderID:
