@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -131,13 +132,14 @@ const (
 )
 
 // settleJob is one request's receipts, by the request's token, and its
-// released claims (dels).
+// claims to release: keys, each with the claim value it must still hold.
 type settleJob struct {
-	token    string
-	receipts string // by place in the request; see formatReceipts
-	dels     []string
-	err      error
-	done     chan struct{}
+	token        string
+	receipts     string // by place in the request; see formatReceipts
+	dels         []string
+	delsClaimsOf []any
+	err          error
+	done         chan struct{}
 }
 
 // runClaims claims the keys of every job in one pipeline, each key under a
@@ -178,20 +180,29 @@ func (d *Dedupe) runClaims(jobs []*claimJob) {
 	}
 }
 
-// runSettles writes the receipts and releases of every job in one
-// pipeline.
+// runSettles writes the receipts of every job in one pipeline, and
+// releases their claims in one script call (after a publish failed: rare).
+// A release deletes only a claim that is still the job's own: a retry after
+// a lost reply, or a release after the claim expired and another request
+// claimed the id, leaves the other's claim alone.
 func (d *Dedupe) runSettles(jobs []*settleJob) {
 	ctx := context.Background()
 	p := d.rdb.Pipeline()
+	var dels []string
+	var claims []any
 	for _, j := range jobs {
 		if j.receipts != "" {
 			p.Set(ctx, d.receiptsKey(j.token), j.receipts, d.window)
 		}
-		if len(j.dels) > 0 {
-			p.Del(ctx, j.dels...)
-		}
+		dels, claims = append(dels, j.dels...), append(claims, j.delsClaimsOf...)
 	}
-	_, err := p.Exec(ctx)
+	var err error
+	if p.Len() > 0 {
+		_, err = p.Exec(ctx)
+	}
+	if len(dels) > 0 {
+		err = cmp.Or(err, releaseScript.Run(ctx, d.rdb, dels, claims...).Err())
+	}
 	for _, j := range jobs {
 		j.err = err
 		close(j.done)
@@ -277,12 +288,10 @@ func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (token string,
 		return "", nil, false, fmt.Errorf("dedupe claim: %w", j.err)
 	}
 	prior = make([]*spatev1.Receipt, len(evs))
-	var mine []*spatev1.Event
 	var others []int // events another request claimed
 	for i, v := range j.vals {
 		switch {
-		case v == "":
-			mine = append(mine, evs[i])
+		case v == "": // claimed now
 		case v == pending || strings.HasPrefix(v, pending+":"):
 			others = append(others, i)
 		default: // a receipt, as earlier versions wrote them
@@ -299,7 +308,16 @@ func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (token string,
 		}
 	}
 	if busy { // give back what this request claimed; the pending ones are another's
-		d.settle(j.token, mine, make([]*spatev1.Receipt, len(mine)), nil)
+		var keys []string
+		var claims []any
+		for i, v := range j.vals {
+			if v == "" {
+				keys, claims = append(keys, j.keys[i]), append(claims, claimValue(j.token, i))
+			}
+		}
+		if len(keys) > 0 {
+			releaseScript.Run(context.WithoutCancel(ctx), d.rdb, keys, claims...) // best effort: what stays expires with the window
+		}
 	}
 	if err != nil {
 		return "", nil, false, fmt.Errorf("dedupe claim: %w", err)
@@ -317,7 +335,7 @@ func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []st
 	for n, i := range others {
 		token, place, ok := strings.Cut(strings.TrimPrefix(vals[i], pending+":"), ":")
 		if places[n], err = strconv.Atoi(place); !ok || err != nil {
-			return true, nil // a claim of an earlier version, which held no place
+			return true, nil // a claim that names no place: in flight
 		}
 		gets[n] = p.Get(ctx, d.receiptsKey(token))
 	}
@@ -356,7 +374,7 @@ func (d *Dedupe) settle(token string, evs []*spatev1.Event, prior, rs []*spatev1
 		case rs != nil && rs[i] != nil:
 			written[i] = rs[i]
 		default:
-			j.dels = append(j.dels, d.key(ev))
+			j.dels, j.delsClaimsOf = append(j.dels, d.key(ev)), append(j.delsClaimsOf, claimValue(token, i))
 		}
 	}
 	if len(j.dels) < len(evs) {

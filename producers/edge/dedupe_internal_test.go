@@ -1,0 +1,39 @@
+package edge
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	"github.com/spate-io/spate/spatetest"
+)
+
+// A request that gives up its claim after the claim expired and another
+// request claimed the id anew must leave the other's claim alone: deleting
+// it would let a third copy be published.
+func TestReleaseLeavesAnothersClaim(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := spatetest.RedisClient(t)
+	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
+	ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
+
+	first, _, busy, err := d.claim(ctx, ev)
+	if err != nil || busy {
+		t.Fatalf("first claim: busy %v, %v", busy, err)
+	}
+	if err := rdb.Del(ctx, d.key(ev[0])).Err(); err != nil { // as if the window ended
+		t.Fatal(err)
+	}
+	if _, _, busy, err := d.claim(ctx, ev); err != nil || busy {
+		t.Fatalf("second claim, after the first expired: busy %v, %v", busy, err)
+	}
+	// The first request's publish failed at last: it gives its claim back.
+	if err := d.settle(first, ev, make([]*spatev1.Receipt, 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, busy, err := d.claim(ctx, ev); err != nil || !busy {
+		t.Fatalf("third claim while the second is in flight: busy %v, %v; want busy", busy, err)
+	}
+}
