@@ -59,13 +59,17 @@ func Publish(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.E
 // acknowledged and others failed, the error wraps ErrUnknownOutcome too.
 // headers are added to every record, after the event's own.
 func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, done func([]*spatev1.Receipt), headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
+	if len(evs) == 0 {
+		if done != nil {
+			done(nil)
+		}
+		return nil, nil
+	}
 	recs := make([]*kgo.Record, len(evs))
 	errs := make([]error, len(evs))
 	all := make(chan struct{}) // closed by the last promise
 	var left atomic.Int64
-	if left.Store(int64(len(evs))); len(evs) == 0 {
-		close(all)
-	}
+	left.Store(int64(len(evs)))
 	for i, ev := range evs {
 		recs[i] = cekafka.Record(topic, ev)
 		recs[i].Headers = append(recs[i].Headers, headers...)
