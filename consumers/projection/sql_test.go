@@ -156,6 +156,37 @@ func TestOutOfOrderDeliveryKeepsTheNewest(t *testing.T) {
 		"shop.order.cancelled.v1|cancel", "shop.order.placed.v1|place", "shop.payment.captured.v1|pay-new")
 }
 
+// Events of one order at the same time: the example applies them alike in
+// one batch or in two, whichever comes first.
+func TestSameTimeEventsApplyAlikeInOneBatchOrTwo(t *testing.T) {
+	t.Parallel()
+	placed := shopEvent(t, "place", "o-1", 0, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 100, Currency: "EUR"})
+	cancelled := shopEvent(t, "cancel", "o-1", 0, &shopv1.OrderCancelled{OrderId: "o-1", Reason: "r"})
+	for _, tc := range []struct {
+		name string
+		evs  []*spatev1.Event
+	}{{"placed first", []*spatev1.Event{placed, cancelled}}, {"cancelled first", []*spatev1.Event{cancelled, placed}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := asBatch(tc.evs...)
+			state := func(batches ...consumers.Batch) []string {
+				p, pool := newConfigured(t, shopv1.ExampleConfig)
+				for _, bb := range batches {
+					if err := p.Apply(context.Background(), bb); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return rows(t, pool, `SELECT o.status || ' ' || t.orders || ' ' || t.amount_cents
+					FROM orders AS o JOIN customer_totals AS t USING (customer_id)`)
+			}
+			one := state(b)
+			two := state(consumers.Batch{Topic: b.Topic, Records: b.Records[:1], Next: 1}, consumers.Batch{Topic: b.Topic, Records: b.Records[1:], Next: 2})
+			if fmt.Sprint(one) != fmt.Sprint(two) {
+				t.Errorf("in one batch %v, in two %v", one, two)
+			}
+		})
+	}
+}
+
 func TestParametersAreNeverSQL(t *testing.T) {
 	t.Parallel()
 	p, pool := newConfigured(t, []byte(`
