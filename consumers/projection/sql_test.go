@@ -187,6 +187,28 @@ func TestSameTimeEventsApplyAlikeInOneBatchOrTwo(t *testing.T) {
 	}
 }
 
+// Two placed events of one order, the newer first: the newer one's
+// customer and amount stand, in one batch or in two.
+func TestOlderPlacedEventNeverOverwrites(t *testing.T) {
+	t.Parallel()
+	newer := shopEvent(t, "newer", "o-1", time.Minute, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-2", AmountCents: 200, Currency: "EUR"})
+	older := shopEvent(t, "older", "o-1", 0, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 100, Currency: "EUR"})
+	b := asBatch(newer, older)
+	for _, batches := range [][]consumers.Batch{
+		{b},
+		{{Topic: b.Topic, Records: b.Records[:1], Next: 1}, {Topic: b.Topic, Records: b.Records[1:], Next: 2}},
+	} {
+		p, pool := newConfigured(t, shopv1.ExampleConfig)
+		for _, bb := range batches {
+			if err := p.Apply(context.Background(), bb); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wantRows(t, pool, `SELECT order_id, customer_id, amount_cents FROM orders`, "o-1|c-2|200")
+		wantRows(t, pool, `SELECT customer_id, orders, amount_cents FROM customer_totals WHERE orders <> 0 ORDER BY customer_id`, "c-2|1|200")
+	}
+}
+
 func TestParametersAreNeverSQL(t *testing.T) {
 	t.Parallel()
 	p, pool := newConfigured(t, []byte(`
