@@ -317,7 +317,7 @@ var canonical = proto.MarshalOptions{Deterministic: true}
 // nil when the short way does not apply.
 func (r *Registry) canonicalAlready(eventType, contentType string, data []byte) ([]byte, proto.Message) {
 	mt, ok := r.types[eventType]
-	if !ok || !isProtobuf(contentType) {
+	if kind, err := contentKind(contentType); !ok || err != nil || kind != ContentTypeProtobuf {
 		return nil, nil
 	}
 	m := mt.New().Interface()
@@ -345,16 +345,14 @@ func (r *Registry) JSON(eventType, contentType string, data []byte) ([]byte, err
 	return jsonOut.Marshal(m)
 }
 
-// isProtobuf reports, cheaply, whether contentKind would say protobuf for the
-// usual spellings of it; for others it may say false.
-func isProtobuf(contentType string) bool {
-	return contentType == "" || contentType == ContentTypeProtobuf
-}
-
 // contentKind maps a content type to ContentTypeProtobuf or ContentTypeJSON.
+// The usual spellings need no parsing.
 func contentKind(contentType string) (string, error) {
-	if contentType == "" {
+	switch contentType {
+	case "", ContentTypeProtobuf:
 		return ContentTypeProtobuf, nil
+	case ContentTypeJSON:
+		return ContentTypeJSON, nil
 	}
 	mt, _, err := mime.ParseMediaType(contentType)
 	if err != nil {

@@ -69,41 +69,36 @@ func (p *ReplyDropper) accept() {
 		}
 		var sawMatch atomic.Bool
 		p.wg.Add(2)
-		go func() { // client to Redis
-			defer p.wg.Done()
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := c.Read(buf)
-				if n > 0 {
-					if bytes.Contains(bytes.ToUpper(buf[:n]), p.match) {
-						sawMatch.Store(true)
-					}
-					s.Write(buf[:n])
-				}
-				if err != nil {
-					s.Close()
-					return
-				}
+		go p.relay(s, c, func(b []byte) bool { // client to Redis
+			if bytes.Contains(bytes.ToUpper(b), p.match) {
+				sawMatch.Store(true)
 			}
-		}()
-		go func() { // Redis to client
-			defer p.wg.Done()
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := s.Read(buf)
-				if n > 0 {
-					if sawMatch.Load() && !bytes.HasPrefix(buf[:n], []byte("-NOSCRIPT")) && p.dropped.CompareAndSwap(false, true) {
-						c.Close() // the reply is lost
-						s.Close()
-						return
-					}
-					c.Write(buf[:n])
-				}
-				if err != nil {
-					c.Close()
-					return
-				}
+			return true
+		})
+		go p.relay(c, s, func(b []byte) bool { // Redis to client
+			return !sawMatch.Load() || bytes.HasPrefix(b, []byte("-NOSCRIPT")) || !p.dropped.CompareAndSwap(false, true)
+		})
+	}
+}
+
+// relay copies what from reads to to, each read passed on only if pass
+// says so; otherwise, and when from ends, it closes both: a reply not
+// passed on is lost.
+func (p *ReplyDropper) relay(to, from net.Conn, pass func([]byte) bool) {
+	defer p.wg.Done()
+	defer to.Close()
+	defer from.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := from.Read(buf)
+		if n > 0 {
+			if !pass(buf[:n]) {
+				return
 			}
-		}()
+			to.Write(buf[:n])
+		}
+		if err != nil {
+			return
+		}
 	}
 }

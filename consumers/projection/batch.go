@@ -108,6 +108,9 @@ func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) er
 	return br.Close()
 }
 
+// nullParam is the parameter of an event whose type lacks the field.
+func nullParam(*Event) (any, error) { return nil, nil }
+
 // leadingWith matches a statement that starts with its own WITH clause.
 var leadingWith = regexp.MustCompile(`(?is)^\s*WITH\s+(RECURSIVE\s+)?`)
 
@@ -141,7 +144,7 @@ func compileBatchStatement(n *yaml.Node, typs []string, mds []protoreflect.Messa
 			g, err := paramGetter(name, md)
 			if err != nil {
 				firstErr = cmp.Or(firstErr, err)
-				g = func(*Event) (any, error) { return nil, nil }
+				g = nullParam
 			} else if t := paramType(name, md); typ == "" {
 				typ, typOf = t, typs[j]
 			} else if t != typ {

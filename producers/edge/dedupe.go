@@ -175,9 +175,7 @@ func (d *Dedupe) runClaims(jobs []*claimJob) {
 		at += len(j.keys)
 		close(j.done)
 	}
-	if len(giveBack) > 0 {
-		releaseScript.Run(ctx, d.rdb, giveBack, giveBackTokens...) // best effort: what stays expires with the window
-	}
+	d.release(ctx, giveBack, giveBackTokens) // best effort: what stays expires with the window
 }
 
 // runSettles writes the receipts of every job in one pipeline, and
@@ -200,9 +198,7 @@ func (d *Dedupe) runSettles(jobs []*settleJob) {
 	if p.Len() > 0 {
 		_, err = p.Exec(ctx)
 	}
-	if len(dels) > 0 {
-		err = cmp.Or(err, releaseScript.Run(ctx, d.rdb, dels, claims...).Err())
-	}
+	err = cmp.Or(err, d.release(ctx, dels, claims))
 	for _, j := range jobs {
 		j.err = err
 		close(j.done)
@@ -252,6 +248,15 @@ func (d *Dedupe) claimKeys(ctx context.Context, keys []string, tokens []any) ([]
 		}
 	}
 	return vals, nil
+}
+
+// release deletes each key keys[i] that still holds the claim value
+// claims[i]: a claim another request made since is left alone.
+func (d *Dedupe) release(ctx context.Context, keys []string, claims []any) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	return releaseScript.Run(ctx, d.rdb, keys, claims...).Err()
 }
 
 // releaseScript deletes each key KEYS[i] that still holds the claim token
@@ -315,9 +320,7 @@ func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (token string,
 				keys, claims = append(keys, j.keys[i]), append(claims, claimValue(j.token, i))
 			}
 		}
-		if len(keys) > 0 {
-			releaseScript.Run(context.WithoutCancel(ctx), d.rdb, keys, claims...) // best effort: what stays expires with the window
-		}
+		d.release(context.WithoutCancel(ctx), keys, claims) // best effort: what stays expires with the window
 	}
 	if err != nil {
 		return "", nil, false, fmt.Errorf("dedupe claim: %w", err)
@@ -377,9 +380,7 @@ func (d *Dedupe) settle(token string, evs []*spatev1.Event, prior, rs []*spatev1
 			j.dels, j.delsClaimsOf = append(j.dels, d.key(ev)), append(j.delsClaimsOf, claimValue(token, i))
 		}
 	}
-	if len(j.dels) < len(evs) {
-		j.receipts = formatReceipts(written)
-	}
+	j.receipts = formatReceipts(written)
 	if j.receipts == "" && len(j.dels) == 0 {
 		return nil
 	}
