@@ -280,7 +280,7 @@ func (r *Registry) decode(eventType, contentType string, data []byte, strict boo
 			return nil, cleanErr(err)
 		}
 	default:
-		if err := proto.Unmarshal(data, m); err != nil {
+		if err := unmarshalProto(proto.UnmarshalOptions{}, data, m); err != nil {
 			return nil, cleanErr(err)
 		}
 		if strict {
@@ -321,7 +321,7 @@ func (r *Registry) canonicalAlready(eventType, contentType string, data []byte) 
 		return nil, nil
 	}
 	m := mt.New().Interface()
-	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, m); err != nil {
+	if err := unmarshalProto(proto.UnmarshalOptions{DiscardUnknown: true}, data, m); err != nil {
 		return nil, nil
 	}
 	out, err := canonical.Marshal(m)
@@ -421,6 +421,20 @@ func unknownAt(m protoreflect.Message) (path string, found bool) {
 		return !found
 	})
 	return path, found
+}
+
+// unmarshalProto is opts.Unmarshal, with a panic turned into an error: a
+// payload must never bring the edge or a consumer down. Decoding a dynamic
+// message (a type loaded with --schemas) panics in google.golang.org/protobuf
+// v1.36 when a map entry holds its key twice, the second time with the
+// wrong wire type.
+func unmarshalProto(opts proto.UnmarshalOptions, data []byte, m proto.Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("cannot parse invalid wire-format data: %v", p)
+		}
+	}()
+	return opts.Unmarshal(data, m)
 }
 
 // cleanErr drops the "proto:" prefix (protobuf-go varies its spacing on

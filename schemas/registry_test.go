@@ -624,6 +624,62 @@ func TestParseKeepsWhatDecodeRefuses(t *testing.T) {
 	}
 }
 
+// TestMalformedMapEntryOfLoadedType feeds a type loaded at run time (a
+// dynamic message) a map entry whose key comes twice, the second time with
+// the wrong wire type, on which google.golang.org/protobuf panics: every
+// decoding path must answer an error instead.
+func TestMalformedMapEntryOfLoadedType(t *testing.T) {
+	opts := &descriptorpb.MessageOptions{}
+	proto.SetExtension(opts, spatev1.E_EventType, "dyn.labelled.v1")
+	str := descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum()
+	opt := descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()
+	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{
+		Name:       proto.String("dyn/v1/labelled.proto"),
+		Package:    proto.String("dyn.v1.labelled"),
+		Syntax:     proto.String("proto3"),
+		Dependency: []string{"spate/v1/event.proto"},
+		MessageType: []*descriptorpb.DescriptorProto{{
+			Name: proto.String("Labelled"),
+			Field: []*descriptorpb.FieldDescriptorProto{{
+				Name: proto.String("labels"), Number: proto.Int32(1), Label: descriptorpb.FieldDescriptorProto_LABEL_REPEATED.Enum(),
+				Type: descriptorpb.FieldDescriptorProto_TYPE_MESSAGE.Enum(), TypeName: proto.String(".dyn.v1.labelled.Labelled.LabelsEntry"),
+			}},
+			NestedType: []*descriptorpb.DescriptorProto{{
+				Name: proto.String("LabelsEntry"),
+				Field: []*descriptorpb.FieldDescriptorProto{
+					{Name: proto.String("key"), Number: proto.Int32(1), Type: str, Label: opt},
+					{Name: proto.String("value"), Number: proto.Int32(2), Type: str, Label: opt},
+				},
+				Options: &descriptorpb.MessageOptions{MapEntry: proto.Bool(true)},
+			}},
+			Options: opts,
+		}},
+	}, protoregistry.GlobalFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := schemas.New(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "k")
+	entry = protowire.AppendVarint(protowire.AppendTag(entry, 1, protowire.VarintType), 0)
+	data := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), entry)
+	for name, decode := range map[string]func() error{
+		"Decode": func() error { _, err := reg.Decode("dyn.labelled.v1", schemas.ContentTypeProtobuf, data); return err },
+		"Parse":  func() error { _, err := reg.Parse("dyn.labelled.v1", schemas.ContentTypeProtobuf, data); return err },
+		"Canonical": func() error {
+			_, err := reg.Canonical("dyn.labelled.v1", schemas.ContentTypeProtobuf, data)
+			return err
+		},
+		"JSON": func() error { _, err := reg.JSON("dyn.labelled.v1", schemas.ContentTypeProtobuf, data); return err },
+	} {
+		if err := decode(); err == nil || !strings.Contains(err.Error(), "invalid wire-format data") {
+			t.Errorf("%s: got error %v, want one about invalid wire-format data", name, err)
+		}
+	}
+}
+
 func TestLoadDescriptorSet(t *testing.T) {
 	fd := dynamicFile(t, "ok", "dyn.thing.made.v1", "dyn.part.made.v1")
 	set := &descriptorpb.FileDescriptorSet{}
