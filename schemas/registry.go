@@ -1,6 +1,7 @@
 // Package schemas is Spate's event-type registry. It maps each event type
 // (domain.entity.verb.vN) to the protobuf message of its payload, decodes and
-// validates payloads, and transcodes JSON with protojson.
+// validates payloads, and transcodes JSON: protojson reads it, MarshalJSON
+// writes it.
 //
 // A message joins the registry through the spate.v1.event_type option:
 //
@@ -331,18 +332,14 @@ func (r *Registry) canonicalAlready(eventType, contentType string, data []byte) 
 	return out, m
 }
 
-// jsonOut writes protojson with the .proto field names and every field
-// present, which suits SQL (payload->>'amount_cents') and subscribers alike.
-var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
-
-// JSON returns a payload of the given content type as protojson. It reads
-// like Parse: fields the schema does not know are left out.
+// JSON returns a payload of the given content type as MarshalJSON writes it.
+// It reads like Parse: fields the schema does not know are left out.
 func (r *Registry) JSON(eventType, contentType string, data []byte) ([]byte, error) {
 	m, err := r.Parse(eventType, contentType, data)
 	if err != nil {
 		return nil, err
 	}
-	return jsonOut.Marshal(m)
+	return MarshalJSON(m)
 }
 
 // contentKind maps a content type to ContentTypeProtobuf or ContentTypeJSON.

@@ -7,9 +7,10 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/spate-io/spate/schemas"
 )
 
 // compileSQL replaces the :name parameters of a statement with what ref
@@ -255,7 +256,7 @@ func fieldValue(m protoreflect.Message, fd protoreflect.FieldDescriptor) (any, e
 		if ts, ok := v.Message().Interface().(*timestamppb.Timestamp); ok {
 			return ts.AsTime(), nil
 		}
-		b, err := jsonOut.Marshal(v.Message().Interface())
+		b, err := schemas.MarshalJSON(v.Message().Interface())
 		return string(b), err
 	case fd.Kind() == protoreflect.EnumKind:
 		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
@@ -269,7 +270,7 @@ func fieldValue(m protoreflect.Message, fd protoreflect.FieldDescriptor) (any, e
 // jsonValue encodes one element of a repeated field or map as JSON.
 func jsonValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) (json.RawMessage, error) {
 	if fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind {
-		return jsonOut.Marshal(v.Message().Interface())
+		return schemas.MarshalJSON(v.Message().Interface())
 	}
 	if fd.Kind() == protoreflect.EnumKind {
 		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
@@ -278,6 +279,3 @@ func jsonValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) (json.RawM
 	}
 	return json.Marshal(v.Interface())
 }
-
-// jsonOut matches the JSON the registry writes: .proto names, every field.
-var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}

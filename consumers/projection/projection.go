@@ -72,11 +72,11 @@ type Event struct {
 	json []byte
 }
 
-// JSON returns the payload as protojson with the .proto field names and
-// every field present.
+// JSON returns the payload as schemas.MarshalJSON writes it: protojson with
+// the .proto field names and every field present.
 func (ev *Event) JSON() ([]byte, error) {
 	if ev.json == nil {
-		b, err := jsonOut.Marshal(ev.Payload)
+		b, err := schemas.MarshalJSON(ev.Payload)
 		if err != nil {
 			return nil, err
 		}
