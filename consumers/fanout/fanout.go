@@ -152,7 +152,11 @@ func (w *Writer) Offsets(ctx context.Context, topic string, partitions []int32) 
 //
 // KEYS[1] is the offsets hash, KEYS[2..] the stream of each entry.
 // ARGV[1] is the hash field, ARGV[2] the next offset; then, per entry, its
-// offset, its number of field/value arguments, and those.
+// offset, its number of extra field/value arguments, the values of the
+// fields every entry has (id, source, type, subject, time and data; the
+// script adds datacontenttype, always application/json), and the extra
+// fields and values. The names are in the script, not in every call: a call
+// passes half the arguments, and Redis copies each into the script's ARGV.
 var addScript = redis.NewScript(`
 local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local a = 3
@@ -161,10 +165,12 @@ for k = 2, #KEYS do
 	local off = tonumber(ARGV[a])
 	local n = tonumber(ARGV[a + 1])
 	if off >= stored then
-		redis.call('XADD', KEYS[k], '*', unpack(ARGV, a + 2, a + 1 + n))
+		redis.call('XADD', KEYS[k], '*', 'id', ARGV[a + 2], 'source', ARGV[a + 3], 'type', ARGV[a + 4],
+			'subject', ARGV[a + 5], 'time', ARGV[a + 6], 'datacontenttype', 'application/json', 'data', ARGV[a + 7],
+			unpack(ARGV, a + 8, a + 7 + n))
 		added = added + 1
 	end
-	a = a + 2 + n
+	a = a + 8 + n
 end
 local nxt = tonumber(ARGV[2])
 if nxt > stored then
@@ -172,6 +178,10 @@ if nxt > stored then
 end
 return added
 `)
+
+// entryValues is how many values of the fields every entry has a script
+// call passes.
+const entryValues = 6
 
 // Apply implements consumers.Handler.
 func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
@@ -221,11 +231,11 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 		}
 		keys := make([]string, 1, 1+len(chunk))
 		keys[0] = w.offsetsKey()
-		args := make([]any, 0, 2+len(chunk)*20)
+		args := make([]any, 0, 2+len(chunk)*10)
 		args = append(args, field, next)
 		for _, e := range chunk {
 			keys = append(keys, e.stream)
-			args = append(args, e.offset, len(e.fields))
+			args = append(args, e.offset, len(e.fields)-entryValues)
 			args = append(args, e.fields...)
 		}
 		if err := addScript.Run(ctx, w.rdb, keys, args...).Err(); err != nil {
@@ -245,8 +255,10 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 	return nil
 }
 
-// entry decodes a record into its stream entry's fields. A record that is not
-// a Spate event, or whose payload does not decode, is poison.
+// entry decodes a record into its stream entry's field values, as addScript
+// takes them: the values of id, source, type, subject, time and data, then
+// dataschema and extensions as name/value pairs. A record that is not a
+// Spate event, or whose payload does not decode, is poison.
 func (w *Writer) entry(r *kgo.Record) (*spatev1.Event, []any, error) {
 	ev, err := cekafka.Event(r)
 	if err != nil {
@@ -263,20 +275,13 @@ func (w *Writer) entry(r *kgo.Record) (*spatev1.Event, []any, error) {
 	if ev.Time != nil {
 		t = ev.Time.AsTime()
 	}
-	fields := append(make([]any, 0, 16+2*len(ev.Extensions)),
-		"id", ev.Id,
-		"source", ev.Source,
-		"type", ev.Type,
-		"subject", ev.Subject,
-		"time", t.UTC().Format(time.RFC3339Nano),
-		"datacontenttype", schemas.ContentTypeJSON,
-		"data", data,
-	)
+	values := append(make([]any, 0, entryValues+2+2*len(ev.Extensions)),
+		ev.Id, ev.Source, ev.Type, ev.Subject, t.UTC().Format(time.RFC3339Nano), data)
 	if ev.Dataschema != "" {
-		fields = append(fields, "dataschema", ev.Dataschema)
+		values = append(values, "dataschema", ev.Dataschema)
 	}
 	for k, v := range ev.Extensions {
-		fields = append(fields, k, v)
+		values = append(values, k, v)
 	}
-	return ev, fields, nil
+	return ev, values, nil
 }

@@ -148,6 +148,39 @@ func TestEntryFields(t *testing.T) {
 	if _, ok := v["time"].(string); !ok {
 		t.Errorf("no time field in %v", v)
 	}
+	// The fields come in this order, which readers of raw XRANGE see.
+	raw, err := rdb.Do(context.Background(), "XRANGE", w.Stream("shop.order.placed.v1"), "-", "+").Slice()
+	if err != nil || len(raw) != 1 {
+		t.Fatalf("raw XRANGE = %v, %v; want one entry", raw, err)
+	}
+	kv := raw[0].([]any)[1].([]any)
+	var names []string
+	for i := 0; i < len(kv); i += 2 {
+		names = append(names, kv[i].(string))
+	}
+	if diff := cmp.Diff([]string{"id", "source", "type", "subject", "time", "datacontenttype", "data", "tenant"}, names); diff != "" {
+		t.Errorf("field order (-want +got):\n%s", diff)
+	}
+
+	// dataschema, when set, follows data.
+	data, err := proto.Marshal(&shopv1.OrderCancelled{OrderId: "o-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cekafka.Record("events", &spatev1.Event{Id: "e-1", Source: "/test", Type: "shop.order.cancelled.v1",
+		Subject: "o-0", Time: timestamppb.Now(), Dataschema: "urn:shop:cancelled", Data: data})
+	r.Offset = 1
+	if err := w.Apply(context.Background(), batch([]*kgo.Record{r})); err != nil {
+		t.Fatal(err)
+	}
+	raw, err = rdb.Do(context.Background(), "XRANGE", w.Stream("shop.order.cancelled.v1"), "-", "+").Slice()
+	if err != nil || len(raw) != 1 {
+		t.Fatalf("raw XRANGE = %v, %v; want one entry", raw, err)
+	}
+	kv = raw[0].([]any)[1].([]any)
+	if n := len(kv); n != 16 || kv[14] != "dataschema" || kv[15] != "urn:shop:cancelled" {
+		t.Errorf("entry %v: want 8 fields, dataschema urn:shop:cancelled last", kv)
+	}
 }
 
 func TestUndecodableRecordIsPoison(t *testing.T) {

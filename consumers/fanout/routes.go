@@ -46,7 +46,21 @@ type keyPart struct {
 	attr    string
 }
 
-var keyValue = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,128}$`)
+// validKeyPart reports whether v may be put into a stream key: 1 to 128
+// ASCII letters, digits, '.', '_', '-' or '/'.
+func validKeyPart(v string) bool {
+	if len(v) == 0 || len(v) > 128 {
+		return false
+	}
+	for i := range len(v) {
+		switch c := v[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-', c == '/':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // compile parses the template.
 func (r *Route) compile() error {
@@ -130,7 +144,7 @@ func (r *Route) key(ev *spatev1.Event) (string, error) {
 		default:
 			v = ev.Extensions[p.attr[4:]]
 		}
-		if !keyValue.MatchString(v) {
+		if !validKeyPart(v) {
 			shown := v
 			if len(shown) > 40 {
 				shown = shown[:40] + "..."
