@@ -53,46 +53,92 @@ var errNotPlain = errors.New("not a plain message")
 
 const timestampName = "google.protobuf.Timestamp"
 
-// plainMessages caches plainJSON by message descriptor.
-var plainMessages sync.Map // protoreflect.MessageDescriptor → bool
+// notPlainMessages caches !plainJSON by message descriptor.
+var notPlainMessages sync.Map // protoreflect.MessageDescriptor → bool
 
 // plainJSON reports whether messages of md, and every message they can
 // hold, are either google.protobuf.Timestamp or messages that protojson
 // writes field by field: no other well-known type, no extension ranges.
 func plainJSON(md protoreflect.MessageDescriptor) bool {
-	if v, ok := plainMessages.Load(md); ok {
-		return v.(bool)
-	}
-	ok := plainIn(md, map[protoreflect.MessageDescriptor]bool{})
-	plainMessages.Store(md, ok)
-	return ok
+	return !cachedOnMessages(&notPlainMessages, md, func(md protoreflect.MessageDescriptor) bool {
+		if md.FullName() == timestampName {
+			return false
+		}
+		if md.ParentFile().Package() == "google.protobuf" || md.ExtensionRanges().Len() > 0 {
+			return true
+		}
+		fds := md.Fields()
+		for i := range fds.Len() {
+			if e := fds.Get(i).Enum(); e != nil && e.FullName() == "google.protobuf.NullValue" {
+				return true
+			}
+		}
+		return false
+	})
 }
 
-func plainIn(md protoreflect.MessageDescriptor, seen map[protoreflect.MessageDescriptor]bool) bool {
-	if md.FullName() == timestampName {
-		return true
-	}
-	if md.ParentFile().Package() == "google.protobuf" || md.ExtensionRanges().Len() > 0 {
+// jsonMayFailMessages caches jsonMayFail by message descriptor.
+var jsonMayFailMessages sync.Map // protoreflect.MessageDescriptor → bool
+
+// jsonMayFail reports whether protojson may refuse a message of md that
+// decoded from protobuf: one that can hold a well-known type (a Timestamp out
+// of range, say), or a string whose UTF-8 decoding did not check (proto2,
+// editions).
+func jsonMayFail(md protoreflect.MessageDescriptor) bool {
+	return cachedOnMessages(&jsonMayFailMessages, md, func(md protoreflect.MessageDescriptor) bool {
+		if md.ParentFile().Package() == "google.protobuf" {
+			return true
+		}
+		if md.ParentFile().Syntax() == protoreflect.Proto3 {
+			return false
+		}
+		fds := md.Fields()
+		for i := range fds.Len() {
+			fd := fds.Get(i)
+			if fd.IsMap() && fd.MapKey().Kind() == protoreflect.StringKind {
+				return true
+			}
+			if fd.IsMap() {
+				fd = fd.MapValue()
+			}
+			if fd.Kind() == protoreflect.StringKind {
+				return true
+			}
+		}
 		return false
+	})
+}
+
+// cachedOnMessages reports, caching the answer in cache, whether is holds
+// for md or for any message that a message of md can hold, at any depth.
+func cachedOnMessages(cache *sync.Map, md protoreflect.MessageDescriptor, is func(protoreflect.MessageDescriptor) bool) bool {
+	if v, ok := cache.Load(md); ok {
+		return v.(bool)
 	}
+	found := onMessages(md, is, map[protoreflect.MessageDescriptor]bool{})
+	cache.Store(md, found)
+	return found
+}
+
+func onMessages(md protoreflect.MessageDescriptor, is func(protoreflect.MessageDescriptor) bool, seen map[protoreflect.MessageDescriptor]bool) bool {
 	if seen[md] {
-		return true // a cycle: this message is being checked already
+		return false // a cycle: this message is being looked at already
 	}
 	seen[md] = true
+	if is(md) {
+		return true
+	}
 	fds := md.Fields()
 	for i := range fds.Len() {
 		fd := fds.Get(i)
 		if fd.IsMap() {
 			fd = fd.MapValue()
 		}
-		switch {
-		case fd.Message() != nil && !plainIn(fd.Message(), seen):
-			return false
-		case fd.Enum() != nil && fd.Enum().FullName() == "google.protobuf.NullValue":
-			return false
+		if fd.Message() != nil && onMessages(fd.Message(), is, seen) {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // appendJSONMessage appends m as protojson.MarshalOptions{UseProtoNames:

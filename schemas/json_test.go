@@ -4,21 +4,29 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 )
+
+// loadedType is the event type of the message All of jsonTestTypes.
+const loadedType = "jt.all.v1"
 
 // jsonTestTypes builds, without code generation, a proto3 message All with
 // a field of every kind (scalars, enum, bytes, nested and recursive
@@ -95,6 +103,8 @@ func jsonTestTypes(t testing.TB) (all, p2, withDuration protoreflect.MessageDesc
 		field("e", 5, enm, opt, ".jt.E"),
 	}
 	p2Fields[0].DefaultValue = proto.String("5")
+	allOptions := &descriptorpb.MessageOptions{}
+	proto.SetExtension(allOptions, spatev1.E_EventType, loadedType)
 	fdp := &descriptorpb.FileDescriptorProto{
 		Name:       proto.String("jt.proto"),
 		Package:    proto.String("jt"),
@@ -110,8 +120,9 @@ func jsonTestTypes(t testing.TB) (all, p2, withDuration protoreflect.MessageDesc
 		}},
 		MessageType: []*descriptorpb.DescriptorProto{
 			{
-				Name:  proto.String("All"),
-				Field: allFields,
+				Name:    proto.String("All"),
+				Field:   allFields,
+				Options: allOptions,
 				NestedType: []*descriptorpb.DescriptorProto{
 					entry("MapStrI64Entry", str, descriptorpb.FieldDescriptorProto_TYPE_INT64, ""),
 					entry("MapI32MsgEntry", descriptorpb.FieldDescriptorProto_TYPE_INT32, msg, ".jt.All"),
@@ -301,6 +312,44 @@ func TestMarshalJSONLikeProtojson(t *testing.T) {
 	}
 }
 
+// TestDecodeRefusesWhatSinksCannotWrite: a protobuf payload that decodes
+// but that protojson would refuse to write must not pass the edge, or every
+// sink would dead-letter it.
+func TestDecodeRefusesWhatSinksCannotWrite(t *testing.T) {
+	all, p2, _ := jsonTestTypes(t)
+	reg, err := New(all.ParentFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ts := range []*timestamppb.Timestamp{{Nanos: 1_938_227_200}, {Seconds: 253402300800}} {
+		m := dynamicpb.NewMessage(all)
+		m.Set(all.Fields().ByName("ts"), protoreflect.ValueOfMessage(ts.ProtoReflect()))
+		data, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.Parse(loadedType, ContentTypeProtobuf, data); err != nil {
+			t.Fatalf("Parse: %v; want the payload to decode", err)
+		}
+		for name, decode := range map[string]func() error{
+			"Decode":    func() error { _, err := reg.Decode(loadedType, ContentTypeProtobuf, data); return err },
+			"Canonical": func() error { _, err := reg.Canonical(loadedType, ContentTypeProtobuf, data); return err },
+		} {
+			if err := decode(); err == nil || !strings.Contains(err.Error(), "cannot be written as JSON") {
+				t.Errorf("%s of timestamp %v: got error %v, want one saying it cannot be written as JSON", name, ts, err)
+			}
+		}
+	}
+	// Only messages that can hold such values pay for the check.
+	for md, want := range map[protoreflect.MessageDescriptor]bool{
+		all: true, p2: true, (&shopv1.OrderPlaced{}).ProtoReflect().Descriptor(): false,
+	} {
+		if got := jsonMayFail(md); got != want {
+			t.Errorf("jsonMayFail(%s) = %v, want %v", md.FullName(), got, want)
+		}
+	}
+}
+
 // FuzzMarshalJSON checks MarshalJSON against protojson on every message the
 // fuzzer's bytes decode to, as All and as the proto2 P2.
 func FuzzMarshalJSON(f *testing.F) {
@@ -320,6 +369,67 @@ func FuzzMarshalJSON(f *testing.F) {
 				continue
 			}
 			checkLikeProtojson(t, m)
+		}
+	})
+}
+
+// FuzzLoadedType runs the registry's decoders over a type loaded at run
+// time, a dynamic message with a field of every kind, where generated code
+// does not help: none may panic, and what Decode takes must survive
+// Canonical and JSON unchanged.
+func FuzzLoadedType(f *testing.F) {
+	all, _, _ := jsonTestTypes(f)
+	reg, err := New(all.ParentFile())
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, m := range []proto.Message{fullAll(all, 1), fullAll(all, 0), dynamicpb.NewMessage(all)} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(false, b)
+		js, err := MarshalJSON(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(true, js)
+	}
+	f.Add(true, []byte(`{"map_i32_msg":{"-1":{"ts":"2026-11-24T00:00:00.5Z"}},"rep_db":["NaN",1e300]}`))
+	f.Fuzz(func(t *testing.T, isJSON bool, data []byte) {
+		ct := ContentTypeProtobuf
+		if isJSON {
+			ct = ContentTypeJSON
+		}
+		_, _ = reg.Parse(loadedType, ct, data)
+		_, _ = reg.JSON(loadedType, ct, data)
+		m, err := reg.Decode(loadedType, ct, data)
+		if err != nil {
+			if _, cerr := reg.Canonical(loadedType, ct, data); cerr == nil {
+				t.Fatalf("Canonical took a payload Decode refused (%v)", err)
+			}
+			return
+		}
+		canon, err := reg.Canonical(loadedType, ct, data)
+		if err != nil {
+			t.Fatalf("Canonical: got error %v for a payload Decode took", err)
+		}
+		m2, err := reg.Decode(loadedType, ContentTypeProtobuf, canon)
+		if err != nil {
+			t.Fatalf("Decode(Canonical): got error %v, want none", err)
+		}
+		js, err := reg.JSON(loadedType, ct, data)
+		if err != nil {
+			t.Fatalf("JSON: got error %v for a payload Decode took", err)
+		}
+		m3, err := reg.Decode(loadedType, ContentTypeJSON, js)
+		if err != nil {
+			t.Fatalf("Decode(JSON): got error %v for %s, want none", err, js)
+		}
+		for name, got := range map[string]proto.Message{"Decode(Canonical)": m2, "Decode(JSON)": m3} {
+			if diff := cmp.Diff(m, got, protocmp.Transform(), cmpopts.EquateNaNs()); diff != "" {
+				t.Fatalf("%s differs from Decode (-want +got):\n%s", name, diff)
+			}
 		}
 	})
 }

@@ -220,7 +220,7 @@ func (r *Registry) check(eventType, contentType string, m proto.Message) error {
 	}
 	err = v.Validate(m)
 	if err == nil {
-		return nil
+		return jsonWritable(m)
 	}
 	verr, ok := errors.AsType[*protovalidate.ValidationError](err)
 	if !ok {
@@ -237,6 +237,20 @@ func (r *Registry) check(eventType, contentType string, m proto.Message) error {
 			Rule: v.Proto.GetRuleId(), Detail: v.Proto.GetMessage()}
 	}
 	return out
+}
+
+// jsonWritable refuses a payload that the sinks could not write as JSON,
+// which they would dead-letter: a google.protobuf.Timestamp out of its
+// range, say, or, in a proto2 message, a string that is not UTF-8. Only
+// messages that can hold such values pay for the check.
+func jsonWritable(m proto.Message) error {
+	if !jsonMayFail(m.ProtoReflect().Descriptor()) {
+		return nil
+	}
+	if _, err := MarshalJSON(m); err != nil {
+		return fmt.Errorf("cannot be written as JSON: %w", cleanErr(err))
+	}
+	return nil
 }
 
 // jsonNames returns a copy of path, a field path from md, that names its
