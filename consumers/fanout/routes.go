@@ -156,7 +156,29 @@ func (r *Route) key(ev *spatev1.Event) (string, error) {
 	return b.String(), nil
 }
 
-// pattern is a SCAN pattern that matches every key the route can build.
+// builds reports whether the route can build key: its literals as they are,
+// each placeholder a valid key part.
+func (r *Route) builds(key string) bool { return buildsFrom(r.parts, key) }
+
+func buildsFrom(parts []keyPart, key string) bool {
+	if len(parts) == 0 {
+		return key == ""
+	}
+	p := parts[0]
+	if p.attr == "" {
+		rest, ok := strings.CutPrefix(key, p.literal)
+		return ok && buildsFrom(parts[1:], rest)
+	}
+	for i := 1; i <= min(len(key), 128) && validKeyPart(key[i-1:i]); i++ {
+		if buildsFrom(parts[1:], key[i:]) {
+			return true
+		}
+	}
+	return false
+}
+
+// pattern is a SCAN pattern that matches every key the route can build, and
+// others (builds tells them apart).
 func (r *Route) pattern() string {
 	var b strings.Builder
 	for _, p := range r.parts {

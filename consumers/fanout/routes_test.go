@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -184,5 +186,151 @@ routes:
 			}
 			trimTo(10, "all acknowledged: maxlen applies")
 		})
+	}
+}
+
+// TestTrimOnlyStreamsItsRouteBuilds: a route's SCAN pattern also matches
+// keys that no event of the route can go to (a placeholder cannot hold ':'),
+// such as another route's streams or a subscriber's dead letters. A lossy
+// retention must leave those alone.
+func TestTrimOnlyStreamsItsRouteBuilds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["*"]
+    stream: "PREFIX:t:{ext.tenant}"
+    maxlen: 5
+    lossy: true
+  - types: ["*"]
+    stream: "PREFIX:t:{ext.tenant}:orders"
+`)
+	if err := w.Apply(ctx, batch(records(t, 0, 100))); err != nil {
+		t.Fatal(err)
+	}
+	orders, dead := prefix+"t:acme:orders", prefix+"t:acme:dlq"
+	if err := rdb.XGroupCreate(ctx, orders, "slow", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		rdb.XAdd(ctx, &redis.XAddArgs{Stream: dead, Values: []any{"f", "v"}})
+	}
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]int64{prefix + "t:acme": 5, orders: 100, dead: 20} {
+		if n := rdb.XLen(ctx, key).Val(); n != want {
+			t.Errorf("%s: %d entries after trimming, want %d", key, n, want)
+		}
+	}
+}
+
+// TestTrimFarOverRetention trims a stream far over its maxlen, in steps of
+// at most a thousand entries, to its maxlen in one pass; and a maxage that
+// reaches back before 1970 deletes nothing.
+func TestTrimFarOverRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["shop.order.placed.v1"]
+    stream: "PREFIX:placed"
+    maxlen: 10
+  - types: ["shop.order.cancelled.v1"]
+    stream: "PREFIX:cancelled"
+    maxage: 500000h
+`)
+	if err := w.Apply(ctx, batch(records(t, 0, 5000))); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	last, err := rdb.XRevRangeN(ctx, prefix+"placed", "+", "-", 1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.XLen(ctx, prefix+"placed").Val(); n != 10 || last[0].Values["id"] != "e-4998" {
+		t.Errorf("placed: %d entries, newest %v; want 10, the newest e-4998", n, last[0].Values["id"])
+	}
+	if n := rdb.XLen(ctx, prefix+"cancelled").Val(); n != 2500 {
+		t.Errorf("cancelled: %d entries after trimming to 500000h, want all 2500", n)
+	}
+}
+
+// TestTrimLossyOnlyWhereEveryRouteIs: a stream that a lossy route and a
+// route that is not lossy can both build keeps what groups need.
+func TestTrimLossyOnlyWhereEveryRouteIs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["*"]
+    stream: "PREFIX:{ext.tenant}"
+    maxlen: 5
+    lossy: true
+  - types: ["*"]
+    stream: "PREFIX:{type}"
+`)
+	if err := w.Apply(ctx, batch(records(t, 0, 100))); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.XGroupCreate(ctx, prefix+"acme", "slow", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.XLen(ctx, prefix+"acme").Val(); n != 100 {
+		t.Errorf("%d entries left, want all 100: the group read none", n)
+	}
+}
+
+// TestTrimReportsLagAndPending checks the gauges a trim pass sets for each
+// group on a stream.
+func TestTrimReportsLagAndPending(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	prefix := spatetest.KeyPrefix(t)
+	routes, err := fanout.LoadRoutes("spate.yaml", []byte("routes:\n  - types: [\"*\"]\n    stream: "+prefix+"all\n    maxlen: 1000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := spatetest.RedisClient(t)
+	reg := prometheus.NewRegistry()
+	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: prefix, Routes: routes, Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Apply(ctx, batch(records(t, 0, 100))); err != nil {
+		t.Fatal(err)
+	}
+	stream := prefix + "all"
+	rdb.XGroupCreate(ctx, stream, "slow", "0")
+	read, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "slow", Consumer: "c", Streams: []string{stream, ">"}, Count: 30}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range read[0].Messages[:20] {
+		rdb.XAck(ctx, stream, "slow", m.ID)
+	}
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if m.Gauge != nil {
+				got[mf.GetName()] = m.Gauge.GetValue()
+			}
+		}
+	}
+	want := map[string]float64{"spate_fanout_group_lag_entries": 70, "spate_fanout_group_pending_entries": 10}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("gauges (-want +got):\n%s", diff)
 	}
 }

@@ -2,19 +2,24 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Trim applies the routes' retention every interval until ctx ends. Each
 // pass scans the streams a route can write, and trims each to its MaxLen
 // and MaxAge, but never past the oldest entry that a consumer group on the
 // stream still needs (unread, or read and pending) unless the route is
-// Lossy. It also refreshes the groups' lag and pending metrics. Errors are
-// logged and the next pass tries again.
+// Lossy (and no route that is not lossy can write the stream). It also
+// refreshes the groups' lag and pending metrics. Errors are logged and the
+// next pass tries again.
 func (w *Writer) Trim(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		return fmt.Errorf("trim: interval %v: want a positive duration", interval)
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -29,8 +34,11 @@ func (w *Writer) Trim(ctx context.Context, interval time.Duration) error {
 	}
 }
 
-// TrimOnce runs one trim pass over every route with a retention.
+// TrimOnce runs one trim pass over every route with a retention. A stream
+// that fails to trim does not stop the pass: it returns the failures of all
+// streams and SCANs, joined.
 func (w *Writer) TrimOnce(ctx context.Context) error {
+	var errs []error
 	for i := range w.routes {
 		rt := &w.routes[i]
 		if rt.MaxLen == 0 && rt.MaxAge == 0 {
@@ -38,126 +46,159 @@ func (w *Writer) TrimOnce(ctx context.Context) error {
 		}
 		iter := w.rdb.ScanType(ctx, 0, rt.pattern(), 1000, "stream").Iterator()
 		for iter.Next(ctx) {
-			if err := w.trimStream(ctx, rt, iter.Val()); err != nil {
-				return fmt.Errorf("trim %s: %w", iter.Val(), err)
+			key := iter.Val()
+			if !rt.builds(key) {
+				continue // matches the pattern, but no event of this route can go there
+			}
+			if err := w.trimStream(ctx, rt, key); err != nil {
+				errs = append(errs, fmt.Errorf("trim %s: %w", key, err))
 			}
 		}
 		if err := iter.Err(); err != nil {
-			return fmt.Errorf("scan %s: %w", rt.pattern(), err)
+			errs = append(errs, fmt.Errorf("scan %s: %w", rt.pattern(), err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
+
+// trimLimit is how many entries one trim script deletes at most, so that a
+// stream far over its retention does not block Redis for long; the pass
+// calls it again until it is done.
+const trimLimit = 1000
 
 // trimStream trims one stream of rt.
 func (w *Writer) trimStream(ctx context.Context, rt *Route, key string) error {
-	var cut streamID // entries below cut go; zero: none
-	if rt.MaxAge > 0 {
-		cut = streamID{ms: uint64(time.Now().Add(-rt.MaxAge).UnixMilli())}
+	lossy := rt.Lossy
+	for i := range w.routes {
+		if o := &w.routes[i]; !o.Lossy && o.builds(key) {
+			lossy = false // another route that keeps what groups need writes here too
+		}
 	}
-	if rt.MaxLen > 0 {
-		kept, err := w.rdb.XRevRangeN(ctx, key, "+", "-", rt.MaxLen).Result()
+	maxAge := rt.MaxAge.Milliseconds()
+	if rt.MaxAge > 0 {
+		maxAge = max(maxAge, 1)
+	}
+	for {
+		res, err := trimScript.Run(ctx, w.rdb, []string{key}, rt.MaxLen, maxAge, lossy, trimLimit).Slice()
 		if err != nil {
 			return err
 		}
-		if int64(len(kept)) == rt.MaxLen {
-			oldest, err := parseStreamID(kept[len(kept)-1].ID)
-			if err != nil {
-				return err
+		trimmed, _ := res[0].(int64)
+		more, _ := res[1].(int64)
+		w.metrics.trimmed.Add(float64(trimmed))
+		groups, _ := res[2].([]any)
+		for _, g := range groups {
+			g, _ := g.([]any)
+			if len(g) != 3 {
+				continue
 			}
-			cut = maxID(cut, oldest)
-		}
-	}
-	if cut.isZero() {
-		return nil
-	}
-	safe, err := w.safeCut(ctx, key)
-	if err != nil {
-		return err
-	}
-	if !rt.Lossy && safe.less(cut) {
-		cut = safe
-	}
-	n, err := w.rdb.XTrimMinID(ctx, key, cut.String()).Result()
-	if err != nil {
-		return err
-	}
-	w.metrics.trimmed.Add(float64(n))
-	return nil
-}
-
-// safeCut returns the oldest entry any consumer group on the stream still
-// needs: its oldest pending entry, or the first after its last delivered
-// one. With no groups it returns the maximum id: nothing to protect.
-func (w *Writer) safeCut(ctx context.Context, key string) (streamID, error) {
-	groups, err := w.rdb.XInfoGroups(ctx, key).Result()
-	if err != nil {
-		return streamID{}, err
-	}
-	safe := streamID{ms: ^uint64(0), seq: ^uint64(0)}
-	for _, g := range groups {
-		w.metrics.lag.WithLabelValues(key, g.Name).Set(float64(g.Lag))
-		w.metrics.pending.WithLabelValues(key, g.Name).Set(float64(g.Pending))
-		last, err := parseStreamID(g.LastDeliveredID)
-		if err != nil {
-			return streamID{}, err
-		}
-		need := last.next()
-		if g.Pending > 0 {
-			p, err := w.rdb.XPending(ctx, key, g.Name).Result()
-			if err != nil {
-				return streamID{}, err
+			name, _ := g[0].(string)
+			lag, _ := g[1].(int64)
+			pending, _ := g[2].(int64)
+			if lag < 0 {
+				w.metrics.lag.DeleteLabelValues(key, name) // Redis cannot tell the lag now
+			} else {
+				w.metrics.lag.WithLabelValues(key, name).Set(float64(lag))
 			}
-			low, err := parseStreamID(p.Lower)
-			if err != nil {
-				return streamID{}, err
-			}
-			if low.less(need) {
-				need = low
-			}
+			w.metrics.pending.WithLabelValues(key, name).Set(float64(pending))
 		}
-		if need.less(safe) {
-			safe = need
+		if more == 0 || ctx.Err() != nil {
+			return nil
 		}
 	}
-	return safe, nil
 }
 
-// streamID is a Redis stream entry id, ms-seq.
-type streamID struct{ ms, seq uint64 }
+// trimScript trims a stream, atomically, to its retention, but unless the
+// stream is lossy never past the oldest entry that a consumer group on it
+// still needs: the first after the last one delivered to the group, or the
+// oldest the group read and has not acknowledged. Being one script, no
+// group can be created, moved back or read from between the check and the
+// trim.
+//
+// KEYS[1] is the stream. ARGV: maxlen (0: none), maxage in milliseconds of
+// Redis's clock (0: none), lossy (1 or 0), and the most entries to delete.
+// It returns the entries deleted, 1 if it stopped at that limit (0 if not),
+// and each group's name, lag (-1: unknown) and pending count.
+var trimScript = redis.NewScript(`
+local key = KEYS[1]
+local maxlen, maxage, lossy, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+if redis.call('EXISTS', key) == 0 then
+	return {0, 0, {}}
+end
 
-func parseStreamID(s string) (streamID, error) {
-	msPart, seqPart, _ := strings.Cut(s, "-")
-	ms, err := strconv.ParseUint(msPart, 10, 64)
-	if err != nil {
-		return streamID{}, fmt.Errorf("stream id %q: %w", s, err)
-	}
-	var seq uint64
-	if seqPart != "" {
-		if seq, err = strconv.ParseUint(seqPart, 10, 64); err != nil {
-			return streamID{}, fmt.Errorf("stream id %q: %w", s, err)
-		}
-	}
-	return streamID{ms, seq}, nil
-}
+-- Stream ids compared exactly, as decimal strings without leading zeros.
+local function cmpnum(a, b)
+	if #a ~= #b then return #a < #b and -1 or 1 end
+	if a == b then return 0 end
+	return a < b and -1 or 1
+end
+local function split(id)
+	local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+	return ms, seq
+end
+local function less(x, y)
+	local xm, xs = split(x)
+	local ym, ys = split(y)
+	local c = cmpnum(xm, ym)
+	if c ~= 0 then return c < 0 end
+	return cmpnum(xs, ys) < 0
+end
+local function incr(n) -- n + 1, in decimal
+	local i = #n
+	while i > 0 and string.sub(n, i, i) == '9' do i = i - 1 end
+	if i == 0 then return '1' .. string.rep('0', #n) end
+	return string.sub(n, 1, i - 1) .. string.char(string.byte(n, i) + 1) .. string.rep('0', #n - i)
+end
+local function after(id) -- the smallest id after id
+	local ms, seq = split(id)
+	if seq == '18446744073709551615' then return incr(ms) .. '-0' end
+	return ms .. '-' .. incr(seq)
+end
 
-func (a streamID) String() string {
-	return strconv.FormatUint(a.ms, 10) + "-" + strconv.FormatUint(a.seq, 10)
-}
-func (a streamID) isZero() bool         { return a == streamID{} }
-func (a streamID) less(b streamID) bool { return a.ms < b.ms || a.ms == b.ms && a.seq < b.seq }
+-- cut: entries below it go. more: the limit stopped it short.
+local cut, more = nil, false
+local len = redis.call('XLEN', key)
+if maxlen > 0 and len > maxlen then
+	local n = math.min(len - maxlen, limit)
+	local e = redis.call('XRANGE', key, '-', '+', 'COUNT', n + 1)
+	cut, more = e[#e][1], len - maxlen > limit
+end
+if maxage > 0 then
+	local t = redis.call('TIME')
+	local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - maxage
+	if ms > 0 then
+		local agecut = string.format('%.0f', ms) .. '-0'
+		if cut == nil or less(cut, agecut) then
+			local e = redis.call('XRANGE', key, '-', '(' .. agecut, 'COUNT', limit + 1)
+			if #e > limit then
+				cut, more = e[#e][1], true
+			elseif #e > 0 then
+				cut, more = agecut, false
+			end
+		end
+	end
+end
 
-// next is the smallest id after a.
-func (a streamID) next() streamID {
-	if a.seq == ^uint64(0) {
-		return streamID{ms: a.ms + 1}
-	}
-	return streamID{a.ms, a.seq + 1}
-}
+local groups = {}
+local safe = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+	local f = {}
+	for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+	local need = after(f['last-delivered-id'])
+	if f['pending'] > 0 then
+		local p = redis.call('XPENDING', key, f['name'])
+		if p[2] and less(p[2], need) then need = p[2] end
+	end
+	if safe == nil or less(need, safe) then safe = need end
+	table.insert(groups, {f['name'], f['lag'] or -1, f['pending']})
+end
 
-func maxID(a, b streamID) streamID {
-	if a.less(b) {
-		return b
-	}
-	return a
-}
+local trimmed = 0
+if cut then
+	if not lossy and safe and less(safe, cut) then
+		cut, more = safe, false
+	end
+	trimmed = redis.call('XTRIM', key, 'MINID', cut)
+end
+return {trimmed, more and 1 or 0, groups}
+`)
