@@ -166,11 +166,11 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 	if len(cfg.Topics) == 0 {
 		cfg.Topics = []string{"spate.events"}
 	}
-	reset := kgo.NewOffset().AtStart()
+	start := kgo.NewOffset().AtStart()
 	switch cfg.StartAt {
 	case "", "earliest":
 	case "latest":
-		reset = kgo.NewOffset().AtEnd()
+		start = kgo.NewOffset().AtEnd()
 	default:
 		return nil, fmt.Errorf("consumers: StartAt %q: want earliest or latest", cfg.StartAt)
 	}
@@ -192,7 +192,12 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 	own := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),
-		kgo.ConsumeResetOffset(reset),
+		// StartAt is for partitions the sink holds no offset of (resume
+		// sets it). An offset the sink holds that Kafka no longer has (its
+		// retention deleted the records while the sink was down) resumes
+		// at the oldest record Kafka still has, whatever StartAt says:
+		// jumping to the end would skip records that are still there.
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		// Commits are for lag monitoring: of what the workers applied,
 		// every 5 s and when partitions are revoked.
@@ -205,7 +210,7 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 		// script stays short.
 		kgo.FetchMaxPartitionBytes(256 << 10),
 		kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offs map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
-			return g.resume(ctx, offs, reset)
+			return g.resume(ctx, offs, start)
 		}),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
 			g.log.Info("partitions assigned", "partitions", tps)
@@ -240,10 +245,10 @@ func (g *Group) Started() <-chan struct{} { return g.started }
 func (g *Group) Ping(ctx context.Context) error { return g.cl.Ping(ctx) }
 
 // resume replaces the offsets Kafka has for newly assigned partitions with
-// the ones the sink stored. It retries until the sink answers or the group
+// the ones the sink stored, or start for a partition it stored none of. It retries until the sink answers or the group
 // session ends, so a sink that is down at assignment delays consumption
 // instead of failing it.
-func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset, reset kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset, start kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 	for topic, parts := range offs {
 		ps := make([]int32, 0, len(parts))
 		for p := range parts {
@@ -262,7 +267,7 @@ func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset
 			if o, ok := stored[p]; ok {
 				parts[p] = kgo.NewOffset().At(o).WithEpoch(-1)
 			} else {
-				parts[p] = reset
+				parts[p] = start
 			}
 		}
 		g.log.Info("resuming", "topic", topic, "stored", stored)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spate-io/spate/consumers"
@@ -344,5 +345,52 @@ func TestPoisonGoesToDeadLetterTopic(t *testing.T) {
 	}
 	if string(recs[0].Value) != "123" {
 		t.Errorf("dead letter value %q, want the original %q", recs[0].Value, "123")
+	}
+}
+
+// TestStoredOffsetKafkaNoLongerHas: while the sink was down, Kafka's
+// retention deleted records past the offset the sink stored. The group
+// resumes at the oldest record Kafka still has, even with StartAt latest
+// (which is only for partitions the sink holds no offset of).
+func TestStoredOffsetKafkaNoLongerHas(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 100)
+	adm, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	offs := kadm.Offsets{}
+	offs.AddOffset("t", 0, 50, -1)
+	deleted, err := kadm.NewClient(adm).DeleteRecords(context.Background(), offs)
+	if err != nil || deleted.Error() != nil {
+		t.Fatalf("delete records below 50: %v, %v", err, deleted.Error())
+	}
+	sink := newMemSink()
+	sink.next[0] = 10
+	g, err := consumers.New(sink, consumers.Config{Group: "g", Topics: []string{"t"}, StartAt: "latest"}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	spatetest.Eventually(t, 20*time.Second, func() string {
+		if n := sink.count(); n < 50 {
+			return fmt.Sprintf("applied %d of the 50 records Kafka still has", n)
+		}
+		return ""
+	})
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if got := sink.applied[0]; got[0] != 50 || len(got) != 50 {
+		t.Fatalf("applied %v, want offsets 50..99", got)
 	}
 }
