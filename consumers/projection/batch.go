@@ -39,32 +39,10 @@ func (p *batchProjection) Migrate(ctx context.Context, tx pgx.Tx) error {
 }
 
 // Apply applies the batch in a savepoint. A set statement cannot say which
-// event made it fail, so on a data or constraint error it applies the halves
-// of the batch in savepoints of their own, down to the one event at fault,
-// which it reports as an EventError. Only the failing path pays for this.
+// event made it fail, so on a data or constraint error it finds the event at
+// fault by applying halves of the batch (findFailing).
 func (p *batchProjection) Apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {
-	sp, err := tx.Begin(ctx) // a savepoint
-	if err != nil {
-		return err
-	}
-	err = p.apply(ctx, sp, evs)
-	if err == nil {
-		return sp.Commit(ctx)
-	}
-	if rerr := sp.Rollback(ctx); rerr != nil {
-		return rerr
-	}
-	switch {
-	case !deterministic(err):
-		return err
-	case len(evs) == 1:
-		return &EventError{Event: evs[0], Err: err}
-	}
-	mid := len(evs) / 2
-	if err := p.Apply(ctx, tx, evs[:mid]); err != nil {
-		return err
-	}
-	return p.Apply(ctx, tx, evs[mid:])
+	return findFailing(ctx, tx, p.apply, evs)
 }
 
 func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {

@@ -258,11 +258,19 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	// What each projection did, observed once the transaction committed.
 	var took []time.Duration
 	var fresh []*Event
-	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		var err error
-		fresh, took, err = p.applyIn(ctx, tx, b, evs)
-		return err
-	})
+	run := func(find bool) error {
+		return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+			var err error
+			fresh, took, err = p.applyIn(ctx, tx, b, evs, find)
+			return err
+		})
+	}
+	err := run(false)
+	var ee *EventError
+	if err != nil && deterministic(err) && !errors.As(err, &ee) {
+		// A projection failed on data but did not say which event: find it.
+		err = run(true)
+	}
 	if err != nil {
 		return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, b.Next, err)
 	}
@@ -279,8 +287,9 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 
 // applyIn applies evs, the decoded records of b, in tx and stores b.Next
 // as the partition's offset. It returns the events that were new, and the
-// time each projection took.
-func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, evs []*Event) (fresh []*Event, took []time.Duration, err error) {
+// time each projection took. With find, each projection applies through
+// findFailing, which names the event a failure on data comes from.
+func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, evs []*Event, find bool) (fresh []*Event, took []time.Duration, err error) {
 	// Lock the partition's offset row (creating it at 0 if new) and read
 	// it; then, in a statement of its own, so that it sees a rebuild that
 	// committed while this one waited for the lock, check that the
@@ -317,7 +326,11 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 	if len(fresh) > 0 {
 		for _, pr := range p.projs {
 			start := time.Now()
-			if err := pr.Apply(ctx, tx, fresh); err != nil {
+			apply := pr.Apply
+			if find {
+				apply = func(ctx context.Context, tx pgx.Tx, evs []*Event) error { return findFailing(ctx, tx, pr.Apply, evs) }
+			}
+			if err := apply(ctx, tx, fresh); err != nil {
 				return nil, nil, p.classify(pr, err)
 			}
 			took = append(took, time.Since(start))
@@ -332,6 +345,36 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 		return nil, nil, fmt.Errorf("store offset: %w", err)
 	}
 	return fresh, took, nil
+}
+
+// findFailing applies evs with apply in a savepoint. On a failure on data
+// (see deterministic) that names no event, it applies the halves of evs in
+// savepoints of their own, down to the one event at fault, which it reports
+// as an EventError. Only the failing path pays for this.
+func findFailing(ctx context.Context, tx pgx.Tx, apply func(context.Context, pgx.Tx, []*Event) error, evs []*Event) error {
+	sp, err := tx.Begin(ctx) // a savepoint
+	if err != nil {
+		return err
+	}
+	err = apply(ctx, sp, evs)
+	if err == nil {
+		return sp.Commit(ctx)
+	}
+	if rerr := sp.Rollback(ctx); rerr != nil {
+		return rerr
+	}
+	var ee *EventError
+	switch {
+	case !deterministic(err), errors.As(err, &ee):
+		return err
+	case len(evs) == 1:
+		return &EventError{Event: evs[0], Err: err}
+	}
+	mid := len(evs) / 2
+	if err := findFailing(ctx, tx, apply, evs[:mid]); err != nil {
+		return err
+	}
+	return findFailing(ctx, tx, apply, evs[mid:])
 }
 
 // EventError attributes a projection's failure to one of its events.

@@ -170,6 +170,50 @@ func TestOffsetOnlyBatchMovesOffset(t *testing.T) {
 	}
 }
 
+// TestBuiltinFailureOnDataIsPoison: a valid event that a built-in
+// projection cannot store (Postgres refuses U+0000 in jsonb) is found in its
+// batch and becomes poison after PoisonAfter tries, like a SQL projection's
+// would, instead of being retried for ever.
+func TestBuiltinFailureOnDataIsPoison(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	for _, pr := range []projection.Projection{projection.EventLog(), projection.Latest("")} {
+		t.Run(pr.Name(), func(t *testing.T) {
+			p := projection.New(pool, schemas.Builtin(), projection.Config{Group: "nul-" + pr.Name(), Projections: []projection.Projection{pr}})
+			if err := p.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			recs := records(t, 0, 10)
+			data, err := proto.Marshal(&shopv1.OrderPlaced{OrderId: "o-\x00", CustomerId: "c-1", Currency: "EUR"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs[6] = cekafka.Record("events", &spatev1.Event{Id: "e-6", Source: "/test", Type: "shop.order.placed.v1",
+				Subject: "o-6", Time: timestamppb.Now(), Datacontenttype: schemas.ContentTypeProtobuf, Data: data})
+			recs[6].Offset = 6
+			for try := 1; ; try++ {
+				err := p.Apply(ctx, batch(recs))
+				var pe *consumers.PoisonError
+				if errors.As(err, &pe) {
+					if pe.Record != recs[6] || pe.Sink != pr.Name() || pe.Class != "data-exception" || try != 3 {
+						t.Fatalf("try %d: PoisonError for offset %d, sink %q, class %q; want offset 6, sink %s, data-exception, at try 3",
+							try, pe.Record.Offset, pe.Sink, pe.Class, pr.Name())
+					}
+					break
+				}
+				if err == nil || try == 3 {
+					t.Fatalf("try %d: Apply = %v, want an error, and a PoisonError at try 3", try, err)
+				}
+			}
+		})
+	}
+}
+
 func TestUndecodableRecordIsPoison(t *testing.T) {
 	t.Parallel()
 	p, pool := newProjector(t)
