@@ -98,12 +98,16 @@ type Config struct {
 	Consumer string
 	// StartID is where a group that does not exist yet starts in each
 	// stream: "0" (the whole stream), "$" (new entries only) or an entry ID.
-	// Zero: "0".
+	// Zero: "0". A group that vanishes while Run runs (the stream was
+	// deleted, or Redis restarted without its data) is created again at "0",
+	// whatever StartID says: every entry in the stream then came after the
+	// loss, and none may be skipped.
 	StartID string
 	// Count caps the entries one read returns. Zero: 100.
 	Count int
-	// Block is how long a read waits for new entries. It also bounds the
-	// time Run takes to notice that its context ended. Zero: 2 s.
+	// Block is how long a read waits for new entries, in whole milliseconds
+	// of at least 1 (Redis's unit). It also bounds the time Run takes to
+	// notice that its context ended. Zero: 2 s.
 	Block time.Duration
 	// ClaimIdle is how long an entry stays pending, unacknowledged, before
 	// a member takes it over and delivers it again. It must exceed the
@@ -167,8 +171,11 @@ func New(rdb redis.UniversalClient, cfg Config, h Handler) (*Subscriber, error) 
 	if cfg.Count == 0 {
 		cfg.Count = 100
 	}
-	if cfg.Block == 0 {
+	switch {
+	case cfg.Block == 0:
 		cfg.Block = 2 * time.Second
+	case cfg.Block < time.Millisecond:
+		cfg.Block = time.Millisecond // Redis would read less as 0: block for ever
 	}
 	if cfg.ClaimIdle == 0 {
 		cfg.ClaimIdle = 30 * time.Second
@@ -216,13 +223,14 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	var (
 		b         backoff
 		grouped   bool
+		startID   = s.cfg.StartID
 		nextClaim time.Time // claim at once: take over what dead members left
 	)
 	s.log.Info("subscribing", "streams", s.cfg.Streams)
 	for ctx.Err() == nil {
 		err := func() error {
 			if !grouped {
-				if err := s.createGroups(ctx); err != nil {
+				if err := s.createGroups(ctx, startID); err != nil {
 					return err
 				}
 				grouped = true
@@ -244,7 +252,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 		default:
 			if redis.HasErrorPrefix(err, "NOGROUP") {
-				grouped = false // the stream or group was deleted: create them again
+				// The stream or group was deleted: create them again, from
+				// the start of what the stream holds now.
+				grouped, startID = false, "0"
 			}
 			d := b.next()
 			s.log.Warn("retrying", "err", err, "wait", d)
@@ -256,13 +266,14 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	return nil
 }
 
-// createGroups creates the group on each stream, and the stream if missing.
-func (s *Subscriber) createGroups(ctx context.Context) error {
+// createGroups creates the group on each stream that lacks it, at startID,
+// and the stream if missing.
+func (s *Subscriber) createGroups(ctx context.Context, startID string) error {
 	for _, stream := range s.cfg.Streams {
-		err := s.rdb.XGroupCreateMkStream(ctx, stream, s.cfg.Group, s.cfg.StartID).Err()
+		err := s.rdb.XGroupCreateMkStream(ctx, stream, s.cfg.Group, startID).Err()
 		switch {
 		case err == nil:
-			s.log.Info("created group", "stream", stream, "start_id", s.cfg.StartID)
+			s.log.Info("created group", "stream", stream, "start_id", startID)
 		case redis.HasErrorPrefix(err, "BUSYGROUP"):
 		case redis.HasErrorPrefix(err, "WRONGTYPE"):
 			return fmt.Errorf("create group %s on %s: %w: %w", s.cfg.Group, stream, errConfig, err)
@@ -304,7 +315,7 @@ func (s *Subscriber) read(ctx, hctx context.Context, block time.Duration) error 
 			}
 			ok, err := s.handle(hctx, Message{Stream: st.Stream, ID: x.ID, Values: x.Values, Deliveries: 1})
 			if err != nil {
-				return err
+				return errors.Join(err, s.ack(hctx, st.Stream, acks)) // what was handled is done
 			}
 			if ok {
 				acks = append(acks, x.ID)
@@ -363,7 +374,7 @@ func (s *Subscriber) claim(ctx, hctx context.Context) error {
 						ok, err = s.handle(hctx, m)
 					}
 					if err != nil {
-						return err
+						return errors.Join(err, s.ack(hctx, stream, acks)) // what was handled is done
 					}
 					if ok {
 						acks = append(acks, x.ID)

@@ -459,38 +459,52 @@ func TestRecoversFromRedisRestartAndKilledConnections(t *testing.T) {
 	})
 }
 
+// TestCreatesTheGroupAgainWhenTheStreamIsDeleted: the group comes back,
+// and takes every entry of the new stream, even with StartID "$" (which is
+// only for the group's first creation).
 func TestCreatesTheGroupAgainWhenTheStreamIsDeleted(t *testing.T) {
 	t.Parallel()
-	rdb := connect(t, spatetest.Redis(t))
-	stream := spatetest.KeyPrefix(t) + "orders"
-	var rec recorder
-	sub, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, Block: 50 * time.Millisecond}, rec.handle)
-	if err != nil {
-		t.Fatal(err)
+	for _, startID := range []string{"0", "$"} {
+		t.Run("StartID="+startID, func(t *testing.T) {
+			t.Parallel()
+			rdb := connect(t, spatetest.Redis(t))
+			stream := spatetest.KeyPrefix(t) + "orders"
+			var rec recorder
+			sub, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, StartID: startID, Block: 50 * time.Millisecond}, rec.handle)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, t.Context(), sub)
+			spatetest.Eventually(t, waitFor, func() string {
+				if groups, err := rdb.XInfoGroups(t.Context(), stream).Result(); err != nil || len(groups) != 1 {
+					return fmt.Sprintf("groups %v, %v: want the subscriber's", groups, err)
+				}
+				return ""
+			})
+			want := publish(t, rdb, stream, 0, 1)
+			spatetest.Eventually(t, waitFor, func() string {
+				if n := rec.missing(want); n > 0 {
+					return "entry not handled"
+				}
+				return ""
+			})
+			// As after a restart of a Redis without persistence: the stream,
+			// and its group, are gone.
+			if err := rdb.Del(t.Context(), stream).Err(); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, publish(t, rdb, stream, 1, 3)...)
+			spatetest.Eventually(t, waitFor, func() string {
+				if n := rec.missing(want); n > 0 {
+					return fmt.Sprintf("%d of %d not handled", n, len(want))
+				}
+				if p := pending(t, rdb, stream, "g"); p != 0 {
+					return fmt.Sprintf("%d pending", p)
+				}
+				return ""
+			})
+		})
 	}
-	start(t, t.Context(), sub)
-	want := publish(t, rdb, stream, 0, 1)
-	spatetest.Eventually(t, waitFor, func() string {
-		if n := rec.missing(want); n > 0 {
-			return "entry not handled"
-		}
-		return ""
-	})
-	// As after a restart of a Redis without persistence: the stream, and
-	// its group, are gone.
-	if err := rdb.Del(t.Context(), stream).Err(); err != nil {
-		t.Fatal(err)
-	}
-	want = append(want, publish(t, rdb, stream, 1, 3)...)
-	spatetest.Eventually(t, waitFor, func() string {
-		if n := rec.missing(want); n > 0 {
-			return fmt.Sprintf("%d of %d not handled", n, len(want))
-		}
-		if p := pending(t, rdb, stream, "g"); p != 0 {
-			return fmt.Sprintf("%d pending", p)
-		}
-		return ""
-	})
 }
 
 // logBuffer keeps what is logged, and passes it on to the test's output.
@@ -547,6 +561,40 @@ func TestStopLetsTheHandlerInFlightFinish(t *testing.T) {
 	info, err := rdb.XInfoGroups(t.Context(), stream).Result()
 	if err != nil || len(info) != 1 || info[0].LastDeliveredID != ids[0] {
 		t.Errorf("groups: %+v, %v; want g, last delivered %s", info, err, ids[0])
+	}
+}
+
+// TestSubMillisecondBlockStillEnds: Redis reads BLOCK in milliseconds, and
+// BLOCK 0 waits for ever, so a Block under 1 ms must not become 0: a stop
+// would then wait for the client's read timeout (about 10 s) instead of the
+// next read's end.
+func TestSubMillisecondBlockStillEnds(t *testing.T) {
+	t.Parallel()
+	rdb := connect(t, spatetest.Redis(t))
+	stream := spatetest.KeyPrefix(t) + "orders"
+	var rec recorder
+	sub, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, Block: 500 * time.Microsecond}, rec.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(ctx) }()
+	want := publish(t, rdb, stream, 0, 1)
+	spatetest.Eventually(t, waitFor, func() string {
+		if rec.missing(want) > 0 {
+			return "entry not handled"
+		}
+		return ""
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still running 5 s after its context ended: an idle read is blocking for ever")
 	}
 }
 
