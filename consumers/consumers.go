@@ -2,10 +2,13 @@
 //
 // A Group polls and hands each partition's records to a worker of that
 // partition, which applies them to the sink's Handler in offset order;
-// partitions apply in parallel and never wait for each other. A revoked
-// partition's worker finishes the batch it is applying before the partition
-// can go to another member. The sink, not Kafka, holds the truth about what
-// was consumed:
+// partitions apply in parallel and never wait for each other. A partition
+// whose worker falls behind (its sink is slow, or failing) is paused: Kafka
+// keeps its backlog while the other partitions go on, and the group goes on
+// polling, so it takes part in rebalances. A revoked partition's worker
+// stops (abandoning the batch it is applying: the sink keeps its offset)
+// before the partition can go to another member. The sink, not Kafka, holds
+// the truth about what was consumed:
 // Handler.Apply stores the partition's next offset atomically with its
 // writes, and on every assignment the group resumes from Handler.Offsets.
 // Kafka commits are made for lag monitoring only. Together with a Handler
@@ -15,8 +18,9 @@
 // Errors: a Handler wraps a record it can never apply in a PoisonError; the
 // group writes that record to the dead-letter topic (<topic>.dlq) with the
 // reason in headers and moves on. Any other error is retried with backoff
-// until it succeeds or the group stops: nothing is skipped, and while a sink
-// is down the group stops polling, so the backlog waits in Kafka.
+// until it succeeds, the partition is revoked or the group stops: nothing is
+// skipped, and while a sink is down its partitions are paused, so the
+// backlog waits in Kafka.
 package consumers
 
 import (
@@ -147,14 +151,22 @@ type topicPartition struct {
 
 // worker applies the fetches of one partition, in order.
 type worker struct {
-	in   chan kgo.FetchTopicPartition
-	quit chan struct{} // closed to stop it after the batch it is applying
-	done chan struct{} // closed when it stopped
+	topic     string
+	partition int32
+
+	mu     sync.Mutex
+	queue  []kgo.FetchTopicPartition // fetches waiting, in order
+	paused bool                      // the partition's fetching is paused
+
+	wake chan struct{}      // signalled when a fetch is queued
+	stop context.CancelFunc // ends the worker's context: the batch it applies is abandoned
+	quit chan struct{}      // closed to stop it
+	done chan struct{}      // closed when it stopped
 }
 
-// queuedFetches is how many fetches of a partition may wait for its worker:
-// the poll loop blocks (and with it rebalances) once a worker is that far
-// behind, so the backlog stays in Kafka.
+// queuedFetches is how many fetches of a partition may wait for its worker.
+// Then the partition is paused, so its backlog stays in Kafka, until the
+// worker has taken them all.
 const queuedFetches = 2
 
 // New returns a group that feeds h. opts are passed to kgo.NewClient after
@@ -217,7 +229,7 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 		}),
 		kgo.OnPartitionsRevoked(func(ctx context.Context, cl *kgo.Client, tps map[string][]int32) {
 			g.log.Info("partitions revoked", "partitions", tps)
-			g.stopWorkers(tps)
+			g.stopWorkers(tps, true)
 			if err := cl.CommitMarkedOffsets(ctx); err != nil {
 				g.log.Warn("commit offsets for monitoring", "err", err)
 			}
@@ -225,7 +237,7 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 		}),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, tps map[string][]int32) {
 			g.log.Warn("partitions lost", "partitions", tps)
-			g.stopWorkers(tps)
+			g.stopWorkers(tps, true)
 			g.metrics.forget(tps)
 		}),
 	}
@@ -287,16 +299,20 @@ func (g *Group) Run(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(g.cfg.DrainTimeout, cancel) })
 	defer stop()
-	defer g.stopWorkers(nil)
+	defer g.stopWorkers(nil, false)
 
+	// A failing worker ends the poll at once, so Run returns without
+	// waiting for more records.
+	pollCtx, pollCancel := context.WithCancel(ctx)
+	defer pollCancel()
 	failed := make(chan struct{})
 	var failure error
 	var failOnce sync.Once
 	fail := func(err error) {
-		failOnce.Do(func() { failure = err; close(failed) })
+		failOnce.Do(func() { failure = err; close(failed); pollCancel() })
 	}
 	for {
-		fetches := g.cl.PollRecords(ctx, g.cfg.MaxPollRecords)
+		fetches := g.cl.PollRecords(pollCtx, g.cfg.MaxPollRecords)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			return nil
 		}
@@ -306,13 +322,8 @@ func (g *Group) Run(ctx context.Context) error {
 			}
 		})
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-			if len(p.Records) == 0 {
-				return
-			}
-			select {
-			case g.worker(pctx, p.Topic, p.Partition, fail).in <- p:
-			case <-failed:
-			case <-ctx.Done():
+			if len(p.Records) > 0 {
+				g.worker(pctx, p.Topic, p.Partition, fail).push(g.cl, p)
 			}
 		})
 		select {
@@ -328,6 +339,52 @@ func (g *Group) Run(ctx context.Context) error {
 	}
 }
 
+// push queues a fetch for the worker, and pauses the partition once
+// queuedFetches wait.
+func (w *worker) push(cl *kgo.Client, p kgo.FetchTopicPartition) {
+	w.mu.Lock()
+	w.queue = append(w.queue, p)
+	if len(w.queue) >= queuedFetches && !w.paused {
+		w.paused = true
+		cl.PauseFetchPartitions(map[string][]int32{w.topic: {w.partition}})
+	}
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the next fetch to apply, waiting for one; false once the
+// worker is stopped. Taking the last queued fetch resumes a paused partition,
+// so the next fetch arrives while this one applies.
+func (w *worker) next(cl *kgo.Client) (kgo.FetchTopicPartition, bool) {
+	for {
+		select {
+		case <-w.quit: // stopped: what is queued is dropped
+			return kgo.FetchTopicPartition{}, false
+		default:
+		}
+		w.mu.Lock()
+		if len(w.queue) > 0 {
+			p := w.queue[0]
+			w.queue = w.queue[1:]
+			if len(w.queue) == 0 && w.paused {
+				w.paused = false
+				cl.ResumeFetchPartitions(map[string][]int32{w.topic: {w.partition}})
+			}
+			w.mu.Unlock()
+			return p, true
+		}
+		w.mu.Unlock()
+		select {
+		case <-w.quit:
+			return kgo.FetchTopicPartition{}, false
+		case <-w.wake:
+		}
+	}
+}
+
 // worker returns the worker of a partition, starting it if there is none.
 func (g *Group) worker(ctx context.Context, topic string, partition int32, fail func(error)) *worker {
 	g.mu.Lock()
@@ -336,40 +393,46 @@ func (g *Group) worker(ctx context.Context, topic string, partition int32, fail 
 	if w := g.workers[tp]; w != nil {
 		return w
 	}
-	w := &worker{in: make(chan kgo.FetchTopicPartition, queuedFetches-1), quit: make(chan struct{}), done: make(chan struct{})}
+	wctx, stop := context.WithCancel(ctx)
+	w := &worker{topic: topic, partition: partition, wake: make(chan struct{}, 1), stop: stop,
+		quit: make(chan struct{}), done: make(chan struct{})}
 	g.workers[tp] = w
 	go func() {
 		defer close(w.done)
 		for {
-			select {
-			case <-w.quit:
+			p, ok := w.next(g.cl)
+			if !ok {
 				return
-			case p := <-w.in:
-				select {
-				case <-w.quit: // stopped while waiting: drop what is queued
-					return
-				default:
-				}
-				if err := g.process(ctx, p.Topic, p.Partition, p.Records); err != nil {
-					fail(err)
-					return
-				}
-				g.metrics.lag(p.Topic, p.Partition, p.HighWatermark-p.Records[len(p.Records)-1].Offset-1)
-				g.cl.MarkCommitRecords(p.Records[len(p.Records)-1])
 			}
+			if err := g.process(wctx, p.Topic, p.Partition, p.Records); err != nil {
+				select {
+				case <-w.quit: // stopped: the sink kept its offset
+				default:
+					fail(err)
+				}
+				return
+			}
+			g.metrics.lag(p.Topic, p.Partition, p.HighWatermark-p.Records[len(p.Records)-1].Offset-1)
+			g.cl.MarkCommitRecords(p.Records[len(p.Records)-1])
 		}
 	}()
 	return w
 }
 
 // stopWorkers stops the workers of tps (all of them if tps is nil) and
-// waits until each finished the batch it was applying.
-func (g *Group) stopWorkers(tps map[string][]int32) {
+// waits until each stopped. With abandon, the batches they apply are
+// abandoned (the sinks keep their offsets); without, they finish, or end
+// with the workers' context. Their partitions are no longer paused: if one
+// comes back, it is fetched.
+func (g *Group) stopWorkers(tps map[string][]int32, abandon bool) {
 	g.mu.Lock()
 	var stopping []*worker
 	for tp, w := range g.workers {
 		if tps == nil || slices.Contains(tps[tp.topic], tp.partition) {
 			close(w.quit)
+			if abandon {
+				w.stop()
+			}
 			stopping = append(stopping, w)
 			delete(g.workers, tp)
 		}
@@ -377,6 +440,13 @@ func (g *Group) stopWorkers(tps map[string][]int32) {
 	g.mu.Unlock()
 	for _, w := range stopping {
 		<-w.done
+		w.stop()
+		w.mu.Lock()
+		if w.paused {
+			w.paused = false
+			g.cl.ResumeFetchPartitions(map[string][]int32{w.topic: {w.partition}})
+		}
+		w.mu.Unlock()
 	}
 }
 

@@ -209,9 +209,10 @@ func TestSlowPartitionDoesNotHoldOthers(t *testing.T) {
 	}
 	sink := &heldSink{memSink: newMemSink(), held: make(chan struct{})}
 	runGroup(t, brokers, "t", sink)
-	// Two rounds while partition 0 waits on its first batch: the others
-	// apply both.
-	for r := 1; r <= 2; r++ {
+	// Six rounds while partition 0 waits on its first batch: the others
+	// apply them all. Partition 0's fetches pile up only until it is
+	// paused.
+	for r := 1; r <= 6; r++ {
 		round()
 		spatetest.Eventually(t, 30*time.Second, func() string {
 			sink.mu.Lock()
@@ -233,6 +234,71 @@ func TestSlowPartitionDoesNotHoldOthers(t *testing.T) {
 		return ""
 	})
 	checkExactlyOnce(t, sink.memSink, produced)
+}
+
+// A member whose partition is stuck (its sink never finishes a batch) still
+// takes part in rebalances: a member that joins gets partitions, rather
+// than waiting for the stuck one to be expelled from the group (after its
+// 60 s rebalance timeout), and the partitions that are not stuck go on.
+func TestStuckPartitionDoesNotBlockRebalance(t *testing.T) {
+	t.Parallel()
+	const partitions = 4
+	brokers := spatetest.Kafka(t, partitions, "t")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("t"), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	perPartition := 0
+	round := func() {
+		t.Helper()
+		var recs []*kgo.Record
+		for p := range int32(partitions) {
+			for range 20 {
+				recs = append(recs, &kgo.Record{Partition: p, Value: []byte("v")})
+			}
+		}
+		if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		perPartition += 20
+	}
+	shared := &heldSink{memSink: newMemSink(), held: make(chan struct{})} // partition 0 never finishes
+	applied := func(want int) string {
+		shared.mu.Lock()
+		defer shared.mu.Unlock()
+		for p := int32(1); p < partitions; p++ {
+			if shared.next[p] < int64(want) {
+				return fmt.Sprintf("partitions 1..%d applied up to %v, want %d each", partitions-1, shared.next, want)
+			}
+		}
+		return ""
+	}
+	runGroup(t, brokers, "t", shared)
+	for range 6 {
+		round()
+		spatetest.Eventually(t, 30*time.Second, func() string { return applied(perPartition) })
+	}
+	runGroup(t, brokers, "t", shared)
+	adm := kadm.NewClient(cl)
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		groups, err := adm.DescribeGroups(t.Context(), "g")
+		if err != nil {
+			return err.Error()
+		}
+		g := groups["g"]
+		if len(g.Members) != 2 {
+			return fmt.Sprintf("%d members, want 2", len(g.Members))
+		}
+		for _, m := range g.Members {
+			if c, ok := m.Assigned.AsConsumer(); !ok || len(c.Topics) == 0 {
+				return fmt.Sprintf("member %s has no partitions yet", m.MemberID)
+			}
+		}
+		return ""
+	})
+	round()
+	spatetest.Eventually(t, 30*time.Second, func() string { return applied(perPartition) })
 }
 
 func TestSinkOffsetsWinOverKafka(t *testing.T) {
