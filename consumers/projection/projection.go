@@ -247,10 +247,12 @@ func (p *Projector) Offsets(ctx context.Context, topic string, partitions []int3
 // new events to every projection and stores the partition's next offset.
 func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	evs := make([]*Event, 0, len(b.Records))
+	var bad []error // poison: records that do not decode, in offset order
 	for _, r := range b.Records {
 		ev, err := p.decode(r)
 		if err != nil {
-			return err
+			bad = append(bad, err)
+			continue
 		}
 		evs = append(evs, ev)
 	}
@@ -261,7 +263,7 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	run := func(find bool) error {
 		return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			var err error
-			fresh, took, err = p.applyIn(ctx, tx, b, evs, find)
+			fresh, took, err = p.applyIn(ctx, tx, b, evs, bad, find)
 			return err
 		})
 	}
@@ -286,10 +288,13 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 }
 
 // applyIn applies evs, the decoded records of b, in tx and stores b.Next
-// as the partition's offset. It returns the events that were new, and the
+// as the partition's offset. bad holds the PoisonErrors of b's records that
+// did not decode: the first at or past the stored offset is returned, those
+// below it were applied before (by a projector that could decode them) and
+// are skipped like the others. It returns the events that were new, and the
 // time each projection took. With find, each projection applies through
 // findFailing, which names the event a failure on data comes from.
-func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, evs []*Event, find bool) (fresh []*Event, took []time.Duration, err error) {
+func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, evs []*Event, bad []error, find bool) (fresh []*Event, took []time.Duration, err error) {
 	// Lock the partition's offset row (creating it at 0 if new) and read
 	// it; then, in a statement of its own, so that it sees a rebuild that
 	// committed while this one waited for the lock, check that the
@@ -319,6 +324,11 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 	}
 	if b.Next <= stored {
 		return nil, nil, nil // all applied before
+	}
+	for _, err := range bad {
+		if pe, ok := errors.AsType[*consumers.PoisonError](err); !ok || pe.Record.Offset >= stored {
+			return nil, nil, err
+		}
 	}
 	// Records are in offset order: skip those applied before.
 	skip, _ := slices.BinarySearchFunc(evs, stored, func(ev *Event, o int64) int { return cmp.Compare(ev.Offset, o) })

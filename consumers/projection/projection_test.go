@@ -214,6 +214,24 @@ func TestBuiltinFailureOnDataIsPoison(t *testing.T) {
 	}
 }
 
+// TestUndecodableRecordAppliedBeforeIsSkipped: a record below the stored
+// offset was applied before, by a projector that could decode it (another
+// member, with a newer schema, say). A projector that cannot must skip it
+// like the others, not dead-letter it.
+func TestUndecodableRecordAppliedBeforeIsSkipped(t *testing.T) {
+	t.Parallel()
+	p, pool := newProjector(t)
+	if err := p.Apply(context.Background(), batch(records(t, 0, 5))); err != nil {
+		t.Fatal(err)
+	}
+	recs := records(t, 0, 8)
+	recs[2].Value = []byte{0xff, 0xff, 0xff}
+	if err := p.Apply(context.Background(), batch(recs)); err != nil {
+		t.Fatalf("Apply = %v, want the undecodable record below the stored offset skipped", err)
+	}
+	wantOffsets(t, eventLog(t, pool), 0, 8)
+}
+
 func TestUndecodableRecordIsPoison(t *testing.T) {
 	t.Parallel()
 	p, pool := newProjector(t)

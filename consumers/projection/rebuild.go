@@ -663,7 +663,7 @@ func (r *rebuildRun) applyGap(ctx context.Context, tx pgx.Tx, lo map[int32]int64
 			evs = append(evs, ev)
 		}
 		b := consumers.Batch{Topic: r.cfg.Topic, Partition: p, Records: recs[:n], Next: t}
-		if _, _, err := r.proj.applyIn(ctx, tx, b, evs, false); err != nil {
+		if _, _, err := r.proj.applyIn(ctx, tx, b, evs, nil, false); err != nil {
 			return 0, err
 		}
 		applied += n
