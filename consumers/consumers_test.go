@@ -93,8 +93,13 @@ func produce(t *testing.T, brokers []string, topic string, from, n int) {
 // to the group's Kafka client.
 func runGroup(t *testing.T, brokers []string, topic string, h consumers.Handler, opts ...kgo.Opt) (stop func()) {
 	t.Helper()
-	g, err := consumers.New(h, consumers.Config{Group: "g", Topics: []string{topic}, MaxBackoff: 200 * time.Millisecond},
-		append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
+	return runGroupWith(t, brokers, consumers.Config{Group: "g", Topics: []string{topic}, MaxBackoff: 200 * time.Millisecond}, h, opts...)
+}
+
+// runGroupWith is runGroup with the group's Config.
+func runGroupWith(t *testing.T, brokers []string, cfg consumers.Config, h consumers.Handler, opts ...kgo.Opt) (stop func()) {
+	t.Helper()
+	g, err := consumers.New(h, cfg, append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,19 +440,7 @@ func TestStoredOffsetKafkaNoLongerHas(t *testing.T) {
 	}
 	sink := newMemSink()
 	sink.next[0] = 10
-	g, err := consumers.New(sink, consumers.Config{Group: "g", Topics: []string{"t"}, StartAt: "latest"}, kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runGroupWith(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, StartAt: "latest"}, sink)
 	spatetest.Eventually(t, 20*time.Second, func() string {
 		if n := sink.count(); n < 50 {
 			return fmt.Sprintf("applied %d of the 50 records Kafka still has", n)

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/spatetest"
@@ -86,11 +85,7 @@ func offsetRange(from, to int64) []int64 {
 func TestOffsetsNeedTheTable(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t, spatetest.Postgres(t))
 
 	if _, err := projection.StoredOffsets(ctx, pool, "g", "events"); !errors.Is(err, projection.ErrNoOffsetsTable) {
 		t.Errorf("StoredOffsets: got %v, want ErrNoOffsetsTable", err)

@@ -29,11 +29,7 @@ func TestMain(m *testing.M) {
 func newProjector(t *testing.T) (*projection.Projector, *pgxpool.Pool) {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t, spatetest.Postgres(t))
 	p := projection.New(pool, schemas.Builtin(), projection.Config{})
 	if err := p.Migrate(ctx); err != nil {
 		t.Fatal(err)
@@ -177,11 +173,7 @@ func TestOffsetOnlyBatchMovesOffset(t *testing.T) {
 func TestBuiltinFailureOnDataIsPoison(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t, spatetest.Postgres(t))
 	for _, pr := range []projection.Projection{projection.EventLog(), projection.Latest("")} {
 		t.Run(pr.Name(), func(t *testing.T) {
 			p := projection.New(pool, schemas.Builtin(), projection.Config{Group: "nul-" + pr.Name(), Projections: []projection.Projection{pr}})

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spate-io/spate/cekafka"
@@ -283,11 +282,7 @@ func TestRedriveRefuses(t *testing.T) {
 func TestRedriveOfAGoProjectionsPoison(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, spatetest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t, spatetest.Postgres(t))
 	p := projection.New(pool, schemas.Builtin(), projection.Config{Projections: []projection.Projection{projection.EventLog(), rejecter{}}})
 	if err := p.Migrate(ctx); err != nil {
 		t.Fatal(err)
