@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -162,4 +163,42 @@ func stalledBroker(t *testing.T, partitions int32) (c *kfake.Cluster, unstall fu
 		return nil, nil, false
 	})
 	return c, unstall
+}
+
+// TestTimedOutEventsKeepTheirBytesCounted: events whose publish timed out
+// stay in the Kafka client until the broker answers, so their bytes count
+// against MaxInflightBytes until then, not only while their request runs:
+// against a stalled broker, the edge soon sheds load as overloaded instead
+// of piling up more large events.
+func TestTimedOutEventsKeepTheirBytesCounted(t *testing.T) {
+	c, _ := stalledBroker(t, 1)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	_, base := serveEdge(t, cl, edge.Config{PublishTimeout: 100 * time.Millisecond, MaxInflightBytes: 1 << 20})
+	big := func(id string) string { // an event of about 300 KB
+		return fmt.Sprintf(`{"specversion":"1.0","id":%q,"source":"/test","type":"shop.order.placed.v1","subject":"s",`+
+			`"data":{"orderId":"o","customerId":"c-1","amountCents":1,"currency":"EUR","items":[{"sku":%q,"quantity":1,"priceCents":1}]}}`,
+			id, strings.Repeat("x", 300<<10))
+	}
+	kinds := map[string]int{}
+	for i := range 10 {
+		resp, err := http.Post(base+"/v1/events", "application/cloudevents+json", strings.NewReader(big(fmt.Sprint("e", i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p edge.Problem
+		err = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("event %d: status %d (%v), want 503 against a stalled broker", i, resp.StatusCode, err)
+		}
+		kinds[strings.TrimPrefix(p.Type, "urn:spate:problem:")]++
+	}
+	// About 1 MiB of 300 KB events fits: three time out, the rest are shed.
+	if kinds["outcome-unknown"] != 3 || kinds["overloaded"] != 7 {
+		t.Errorf("answers %v, want 3 outcome-unknown (then in flight) and 7 overloaded", kinds)
+	}
 }

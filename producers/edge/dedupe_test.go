@@ -1,6 +1,7 @@
 package edge_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,12 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
 	"github.com/spate-io/spate/spatetest"
 )
 
@@ -81,6 +84,29 @@ func TestEventTwiceInOneRequestIsNotPublished(t *testing.T) {
 	}
 	if code, r := f.receiptsOf(t, "application/cloudevents+json", orderJSON("e1", "s")); code != 202 {
 		t.Fatalf("e1 alone afterwards: %d %v, want 202: the refused request must give its claim back", code, r)
+	}
+}
+
+// TestConflictOverConnectAndGRPC: the 409 of an event being published by
+// another request reaches Connect and gRPC clients as Aborted (retry), not
+// as code 0, which gRPC reads as OK.
+func TestConflictOverConnectAndGRPC(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Dedupe: newDedupe(t)})
+	h2c := &http.Client{Transport: &http.Transport{Protocols: func() *http.Protocols {
+		p := new(http.Protocols)
+		p.SetUnencryptedHTTP2(true)
+		return p
+	}()}}
+	for name, c := range map[string]spatev1connect.IngestServiceClient{
+		"connect":  spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url),
+		"gRPC":     spatev1connect.NewIngestServiceClient(h2c, f.url, connect.WithGRPC()),
+		"gRPC-Web": spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url, connect.WithGRPCWeb()),
+	} {
+		_, err := c.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "twice-"+name, "twice-"+name)))
+		if connect.CodeOf(err) != connect.CodeAborted {
+			t.Errorf("%s: the same id twice in a request: %v (code %v), want Aborted", name, err, connect.CodeOf(err))
+		}
 	}
 }
 

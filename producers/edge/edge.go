@@ -57,7 +57,9 @@ type Config struct {
 	// 10000.
 	MaxInflightEvents int64
 	// MaxInflightBytes caps the bytes of the request bodies being handled,
-	// likewise. Zero: 64 MiB.
+	// likewise; and, apart from those, the bytes of the events handed to
+	// Kafka and not yet acknowledged, timed-out requests' included. Zero:
+	// 64 MiB.
 	MaxInflightBytes int64
 	// Dedupe, when set, makes publishing idempotent: an event sent again
 	// (same source and id) within its window gets its first receipt back
@@ -149,6 +151,7 @@ type Server struct {
 	keys    atomic.Pointer[Keys]
 
 	inflightEvents, inflightBytes atomic.Int64
+	inflightRecordBytes           atomic.Int64 // the bytes of the events in inflightEvents
 	lastFailure                   atomic.Int64 // unix nanoseconds of the last publish Kafka did not acknowledge
 }
 
@@ -207,6 +210,8 @@ func (s *Server) Ready(context.Context) error {
 		return errors.New("in-flight events at their cap: kafka is slow")
 	case s.inflightBytes.Load() >= s.cfg.MaxInflightBytes:
 		return errors.New("in-flight bytes at their cap")
+	case s.inflightRecordBytes.Load() >= s.cfg.MaxInflightBytes:
+		return errors.New("bytes of in-flight events at their cap: kafka is slow")
 	case time.Since(time.Unix(0, s.lastFailure.Load())) < 10*time.Second:
 		return errors.New("kafka did not acknowledge a publish in the last 10 s")
 	}

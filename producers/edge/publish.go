@@ -185,10 +185,18 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 	if len(evs) == 0 {
 		return nil, nil
 	}
-	n := int64(len(evs))
+	n, size := int64(len(evs)), int64(0)
+	for _, ev := range evs {
+		size += int64(proto.Size(ev))
+	}
 	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
 		settled(nil)
 		return nil, overloaded("events")
+	}
+	if !take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes) {
+		s.inflightEvents.Add(-n)
+		settled(nil)
+		return nil, overloaded("bytes of events")
 	}
 	name := ""
 	headers := []kgo.RecordHeader{{Key: HeaderReceivedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))}}
@@ -199,9 +207,10 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
 	defer cancel()
 	// The events stay in flight until Kafka settles each, even past a
-	// timeout: what the client still holds counts against the cap.
+	// timeout: what the client still holds counts against the caps.
 	rs, err := producers.PublishTracked(ctx, s.cl, s.cfg.Topic, evs, func(rs []*spatev1.Receipt) {
 		s.inflightEvents.Add(-n)
+		s.inflightRecordBytes.Add(-size)
 		settled(rs)
 	}, headers...)
 	if err != nil {
@@ -275,6 +284,7 @@ var connectCodes = map[int]connect.Code{
 	http.StatusBadRequest:            connect.CodeInvalidArgument,
 	http.StatusUnauthorized:          connect.CodeUnauthenticated,
 	http.StatusForbidden:             connect.CodePermissionDenied,
+	http.StatusConflict:              connect.CodeAborted, // retry to get the receipt
 	http.StatusRequestEntityTooLarge: connect.CodeResourceExhausted,
 	http.StatusTooManyRequests:       connect.CodeResourceExhausted,
 	http.StatusServiceUnavailable:    connect.CodeUnavailable,
@@ -298,7 +308,11 @@ func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.Publi
 	if !errors.As(err, &r) {
 		return nil, connect.NewError(connect.CodeInternal, errors.New("internal error"))
 	}
-	cerr := connect.NewError(connectCodes[r.status], r)
+	code, ok := connectCodes[r.status]
+	if !ok {
+		code = connect.CodeInternal // never 0, which gRPC reads as OK
+	}
+	cerr := connect.NewError(code, r)
 	if r.retryAfter > 0 {
 		cerr.Meta().Set("Retry-After", retryAfter(r.retryAfter))
 	}
