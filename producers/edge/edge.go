@@ -184,8 +184,9 @@ func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
 
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/events", s.metrics.instrument("http", http.HandlerFunc(s.serveEvents)))
-	path, h := spatev1connect.NewIngestServiceHandler(ingest{s}, connect.WithReadMaxBytes(int(cfg.MaxBodyBytes)))
-	mux.Handle(path, s.metrics.instrument("connect", h))
+	path, h := spatev1connect.NewIngestServiceHandler(ingest{s},
+		append(connectCodecs(cfg.MaxEvents), connect.WithReadMaxBytes(int(cfg.MaxBodyBytes)))...)
+	mux.Handle(path, s.metrics.instrument("connect", s.authenticateConnect(h)))
 	s.handler = withClientCert(mux)
 	return s
 }

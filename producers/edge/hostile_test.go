@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -76,5 +78,40 @@ func TestHostileSizesAreRefused(t *testing.T) {
 
 	if after := f.highWatermark(t); after != before {
 		t.Fatalf("high watermark moved from %d to %d", before, after)
+	}
+}
+
+// TestTinyEventsAreCountedBeforeDecoding: a body of a million or more empty
+// events (two bytes each in protobuf, three in JSON; each decodes to a few
+// hundred) is refused by counting, before it is decoded, on every path. Not
+// parallel: it measures what the process allocates meanwhile.
+func TestTinyEventsAreCountedBeforeDecoding(t *testing.T) {
+	f := start(t, edge.Config{})
+	tinyProto := bytes.Repeat([]byte{0x0a, 0x00}, 2<<20-1)
+	tinyJSON := []byte(`{"events":[` + strings.TrimSuffix(strings.Repeat("{},", 1<<20), ",") + `]}`)
+	for _, tc := range []struct {
+		name, path, ct string
+		body           []byte
+	}{
+		{"HTTP protobuf", "/v1/events", "application/x-protobuf", tinyProto},
+		{"Connect proto", spatev1connect.IngestServicePublishProcedure, "application/proto", tinyProto},
+		{"Connect JSON", spatev1connect.IngestServicePublishProcedure, "application/json", tinyJSON},
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		resp, err := http.Post(f.url+tc.path, tc.ct, bytes.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		runtime.ReadMemStats(&after)
+		if resp.StatusCode != 400 || !strings.Contains(string(msg), "at most 1000") {
+			t.Errorf("%s: %d %.200s, want 400 saying at most 1000 events are taken", tc.name, resp.StatusCode, msg)
+		}
+		// The body is 4 MiB; decoding it would allocate hundreds.
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+			t.Errorf("%s: %d MiB allocated while refusing it, want under 64 MiB: the events were decoded", tc.name, alloc>>20)
+		}
 	}
 }

@@ -103,6 +103,11 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 			evs[i], errs = ev, append(errs, e...)
 		}
 	default:
+		if n, err := protobufEventCount(body); err == nil && n > s.cfg.MaxEvents { // before decoding each
+			writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
+				fmt.Sprintf("the request holds %d events; at most %d are taken", n, s.cfg.MaxEvents), nil)
+			return
+		}
 		var req spatev1.PublishRequest
 		if err := proto.Unmarshal(body, &req); err != nil {
 			writeProblem(w, http.StatusBadRequest, "malformed-protobuf", "Malformed protobuf", "the body is not a spate.v1.PublishRequest", nil)

@@ -122,6 +122,18 @@ func TestAPIKeysAuthenticateAndAuthorize(t *testing.T) {
 	if _, err := c.Publish(context.Background(), req); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("connect without key: %v, want Unauthenticated", err)
 	}
+	// Authentication comes before Connect reads the body: a body that does
+	// not decode, without a key, is Unauthenticated too.
+	garbled, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, strings.NewReader("\xff\xff\xff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbled.Header.Set("Content-Type", "application/proto")
+	if resp, err := http.DefaultClient.Do(garbled); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("connect without key, body that does not decode: %v %v, want 401 (unauthenticated)", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	req.Header().Set("Authorization", "Bearer "+checkoutKey)
 	if _, err := c.Publish(context.Background(), req); connect.CodeOf(err) != connect.CodePermissionDenied {
 		t.Errorf("connect, payment with the checkout key: %v, want PermissionDenied", err)

@@ -291,22 +291,24 @@ var connectCodes = map[int]connect.Code{
 }
 
 func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
-	key, err := in.s.authenticate(ctx, req.Header())
+	key, _ := ctx.Value(keyKey{}).(*apiKey) // authenticateConnect found it
 	size := int64(proto.Size(req.Msg))
-	if err == nil && !take(&in.s.inflightBytes, size, in.s.cfg.MaxInflightBytes) {
-		err = overloaded("request bytes")
-	} else if err == nil {
-		defer in.s.inflightBytes.Add(-size)
+	if !take(&in.s.inflightBytes, size, in.s.cfg.MaxInflightBytes) {
+		return nil, connectError(overloaded("request bytes"))
 	}
-	if err == nil {
-		var rs []*spatev1.Receipt
-		if rs, err = in.s.publish(ctx, key, req.Msg.GetEvents()); err == nil {
-			return connect.NewResponse(&spatev1.PublishResponse{Receipts: rs}), nil
-		}
+	defer in.s.inflightBytes.Add(-size)
+	rs, err := in.s.publish(ctx, key, req.Msg.GetEvents())
+	if err != nil {
+		return nil, connectError(err)
 	}
+	return connect.NewResponse(&spatev1.PublishResponse{Receipts: rs}), nil
+}
+
+// connectError is the Connect error of a refusal.
+func connectError(err error) *connect.Error {
 	var r *refusal
 	if !errors.As(err, &r) {
-		return nil, connect.NewError(connect.CodeInternal, errors.New("internal error"))
+		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 	}
 	code, ok := connectCodes[r.status]
 	if !ok {
@@ -316,5 +318,5 @@ func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.Publi
 	if r.retryAfter > 0 {
 		cerr.Meta().Set("Retry-After", retryAfter(r.retryAfter))
 	}
-	return nil, cerr
+	return cerr
 }
