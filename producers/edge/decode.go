@@ -23,12 +23,16 @@ import (
 type FieldError struct {
 	// Index is the event's position in the request, from 0.
 	Index int `json:"index"`
-	// Field names the attribute, or "data" (or "data.<path>") for the payload.
-	Field  string `json:"field"`
+	// Field names the attribute, or "data" (or "data.<path>") for the
+	// payload; empty, the event as a whole.
+	Field  string `json:"field,omitempty"`
 	Detail string `json:"detail"`
 }
 
 func (e FieldError) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("event %d: %s", e.Index, e.Detail)
+	}
 	return fmt.Sprintf("event %d: %s: %s", e.Index, e.Field, e.Detail)
 }
 

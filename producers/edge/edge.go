@@ -28,6 +28,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spate-io/spate/producers"
@@ -334,8 +335,20 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	case ev.Time.CheckValid() != nil:
 		bad(attrTime, "must be a valid timestamp between 0001-01-01 and 9999-12-31 UTC")
 	}
+	if len(errs) == 0 {
+		if n := proto.Size(ev); n > MaxEventBytes {
+			bad("", fmt.Sprintf("the event is %d bytes encoded; at most %d fit a Kafka record", n, MaxEventBytes))
+		}
+	}
 	return errs
 }
+
+// MaxEventBytes caps an event's encoded size (its payload, attributes and
+// extensions), so that its record fits Kafka's default limits (a producer
+// batch of 1,000,012 bytes, a broker message of 1 MiB) with room for the
+// record's headers. A larger event is refused as invalid: Kafka would refuse
+// it whenever it is sent.
+const MaxEventBytes = 900_000
 
 // publishErr is what a client is told of a failed publish: no broker detail.
 func publishErr(err error) error {

@@ -115,3 +115,24 @@ func TestTinyEventsAreCountedBeforeDecoding(t *testing.T) {
 		}
 	}
 }
+
+// TestOversizedEventIsInvalid: an event too large for a Kafka record (here
+// by a 1.5 MB extension, within the body cap) is refused as invalid. Sent
+// to Kafka it would fail every time, and the edge would answer 503 (retry)
+// and turn unready for all producers.
+func TestOversizedEventIsInvalid(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{})
+	before := f.highWatermark(t)
+	big := strings.Replace(orderJSON("big", "s"), `"tenant":"acme"`, `"tenant":"`+strings.Repeat("a", 1_500_000)+`"`, 1)
+	code, _, p := f.postAs(t, "", "application/cloudevents+json", big)
+	if code != 400 || len(p.Errors) != 1 || !strings.Contains(p.Errors[0].Detail, "at most 900000") {
+		t.Errorf("1.5 MB event: %d %+v, want 400 saying at most 900000 bytes fit", code, p)
+	}
+	if err := f.srv.Ready(context.Background()); err != nil {
+		t.Errorf("Ready = %v after an oversized event, want nil", err)
+	}
+	if after := f.highWatermark(t); after != before {
+		t.Fatalf("high watermark moved from %d to %d", before, after)
+	}
+}

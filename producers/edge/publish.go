@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -213,6 +214,13 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 		s.inflightRecordBytes.Add(-size)
 		settled(rs)
 	}, headers...)
+	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
+		// The event, not Kafka, is at fault (a broker with a lower limit
+		// than MaxEventBytes): the edge stays ready.
+		s.metrics.events.WithLabelValues("invalid").Add(float64(len(evs)))
+		return nil, &refusal{status: http.StatusRequestEntityTooLarge, kind: "event-too-large", title: "Event too large",
+			detail: "Kafka refused an event of this request as too large; the others may have been written: send them again, with the same ids, without it"}
+	}
 	if err != nil {
 		s.lastFailure.Store(time.Now().UnixNano())
 		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
