@@ -20,8 +20,9 @@ import (
 )
 
 // Dedupe remembers in Redis, for a window, the events an edge published, by
-// source and id (the CloudEvents identity): an event sent again within the
-// window gets its first receipt back and is not published a second time.
+// source and id (the CloudEvents identity) and the key that published them:
+// an event sent again within the window by the same key gets its first
+// receipt back and is not published a second time.
 //
 // An event's id is claimed before it is published: its key gets the
 // claiming request's token and the event's place in the request. Once
@@ -219,8 +220,17 @@ func (d *Dedupe) receiptsKey(token string) string {
 	return d.prefix + "dedupe-receipts:" + token
 }
 
-func (d *Dedupe) key(ev *spatev1.Event) string {
-	h := sha256.Sum256([]byte(ev.Source + "\x00" + ev.Id))
+// key is where the event's claim, then receipt, is kept: by the principal
+// that published it (the API key or certificate; "" without
+// authentication) and the event's source and id. A key cannot read another
+// key's receipts, nor keep its events out, by sending the same source and
+// id; each principal's retries still fold.
+func (d *Dedupe) key(principal string, ev *spatev1.Event) string {
+	id := ev.Source + "\x00" + ev.Id
+	if principal != "" {
+		id = strconv.Itoa(len(principal)) + ":" + principal + "\x00" + id
+	}
+	h := sha256.Sum256([]byte(id))
 	return d.prefix + "dedupe:" + hex.EncodeToString(h[:16])
 }
 
@@ -275,10 +285,10 @@ return 0
 // receipt of an earlier publish, and whether any is being published by
 // another request; then it claims none. When ctx ends first, what it
 // claimed is given back.
-func (d *Dedupe) claim(ctx context.Context, evs []*spatev1.Event) (token string, prior []*spatev1.Receipt, busy bool, err error) {
+func (d *Dedupe) claim(ctx context.Context, principal string, evs []*spatev1.Event) (token string, prior []*spatev1.Receipt, busy bool, err error) {
 	j := &claimJob{keys: make([]string, len(evs)), token: fmt.Sprintf("%016x", rand.Uint64()), done: make(chan struct{})}
 	for i, ev := range evs {
-		j.keys[i] = d.key(ev)
+		j.keys[i] = d.key(principal, ev)
 	}
 	d.claims.add(j)
 	select {
@@ -368,7 +378,7 @@ func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []st
 // settle records, under the request's token, the receipts of events that
 // were written, and releases the claims of those that were not (receipt
 // nil). Only the events claimed by this request (prior nil) are touched.
-func (d *Dedupe) settle(token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
+func (d *Dedupe) settle(principal, token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
 	j := &settleJob{token: token, done: make(chan struct{})}
 	written := make([]*spatev1.Receipt, len(evs))
 	for i, ev := range evs {
@@ -377,7 +387,7 @@ func (d *Dedupe) settle(token string, evs []*spatev1.Event, prior, rs []*spatev1
 		case rs != nil && rs[i] != nil:
 			written[i] = rs[i]
 		default:
-			j.dels, j.delsClaimsOf = append(j.dels, d.key(ev)), append(j.delsClaimsOf, claimValue(token, i))
+			j.dels, j.delsClaimsOf = append(j.dels, d.key(principal, ev)), append(j.delsClaimsOf, claimValue(token, i))
 		}
 	}
 	j.receipts = formatReceipts(written)

@@ -19,21 +19,21 @@ func TestReleaseLeavesAnothersClaim(t *testing.T) {
 	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
 	ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
 
-	first, _, busy, err := d.claim(ctx, ev)
+	first, _, busy, err := d.claim(ctx, "k", ev)
 	if err != nil || busy {
 		t.Fatalf("first claim: busy %v, %v", busy, err)
 	}
-	if err := rdb.Del(ctx, d.key(ev[0])).Err(); err != nil { // as if the window ended
+	if err := rdb.Del(ctx, d.key("k", ev[0])).Err(); err != nil { // as if the window ended
 		t.Fatal(err)
 	}
-	if _, _, busy, err := d.claim(ctx, ev); err != nil || busy {
+	if _, _, busy, err := d.claim(ctx, "k", ev); err != nil || busy {
 		t.Fatalf("second claim, after the first expired: busy %v, %v", busy, err)
 	}
 	// The first request's publish failed at last: it gives its claim back.
-	if err := d.settle(first, ev, make([]*spatev1.Receipt, 1), nil); err != nil {
+	if err := d.settle("k", first, ev, make([]*spatev1.Receipt, 1), nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, busy, err := d.claim(ctx, ev); err != nil || !busy {
+	if _, _, busy, err := d.claim(ctx, "k", ev); err != nil || !busy {
 		t.Fatalf("third claim while the second is in flight: busy %v, %v; want busy", busy, err)
 	}
 }

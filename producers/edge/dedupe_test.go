@@ -45,6 +45,53 @@ func (f *fixture) receiptsOf(t *testing.T, ct, body string) (int, []string) {
 	return code, out
 }
 
+// bearer is a transport that presents an API key.
+type bearer string
+
+func (k bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+string(k))
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestDedupeIsPerKey: two keys allowed the same source send an event of the
+// same id. Each is published, and each key's retry gets its own receipt: a
+// key can neither keep another's events out nor read its receipts.
+func TestDedupeIsPerKey(t *testing.T) {
+	t.Parallel()
+	const webKey = "spk_web_0123456789"
+	ks, err := edge.LoadKeys("keys.yaml", []byte(fmt.Sprintf(`
+keys:
+  - name: checkout
+    sha256: %s
+    types: ["shop.order.*"]
+    sources: ["/shop/*"]
+  - name: web
+    sha256: %s
+    types: ["shop.order.*"]
+    sources: ["/shop/*"]
+`, edge.HashKey(checkoutKey), edge.HashKey(webKey))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, edge.Config{Dedupe: newDedupe(t), Keys: ks})
+	as := func(key string) *fixture {
+		g := *f
+		g.client = &http.Client{Transport: bearer(key)}
+		return &g
+	}
+	const one = "application/cloudevents+json"
+	_, web := as(webKey).receiptsOf(t, one, orderFrom("order-42", "/shop/web"))
+	_, checkout := as(checkoutKey).receiptsOf(t, one, orderFrom("order-42", "/shop/web"))
+	_, again := as(checkoutKey).receiptsOf(t, one, orderFrom("order-42", "/shop/web"))
+	if len(web) != 1 || len(checkout) != 1 || checkout[0] == web[0] || len(again) != 1 || again[0] != checkout[0] {
+		t.Fatalf("receipts: web %v, checkout %v, checkout again %v; want two records, and checkout's retry answered with checkout's", web, checkout, again)
+	}
+	if hw := f.highWatermark(t); hw != 2 {
+		t.Fatalf("high watermark %d, want 2 records", hw)
+	}
+}
+
 func TestRetriesArePublishedOnce(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{Dedupe: newDedupe(t)})

@@ -231,6 +231,15 @@ func wildcard(pattern, s string) bool {
 }
 
 // authorize returns the events k may not publish, as field errors.
+// principal names the key in records (HeaderPrincipal) and in the dedupe
+// store; nil, without authentication, is "".
+func (k *apiKey) principal() string {
+	if k == nil {
+		return ""
+	}
+	return k.name
+}
+
 func (k *apiKey) authorize(evsTypes, evsSources []string) []FieldError {
 	var errs []FieldError
 	for i := range evsTypes {
