@@ -257,9 +257,9 @@ func (g *Group) Started() <-chan struct{} { return g.started }
 func (g *Group) Ping(ctx context.Context) error { return g.cl.Ping(ctx) }
 
 // resume replaces the offsets Kafka has for newly assigned partitions with
-// the ones the sink stored, or start for a partition it stored none of. It retries until the sink answers or the group
-// session ends, so a sink that is down at assignment delays consumption
-// instead of failing it.
+// the ones the sink stored, or start for a partition it stored none of. It
+// retries until the sink answers or the group session ends, so a sink that
+// is down at assignment delays consumption instead of failing it.
 func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset, start kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 	for topic, parts := range offs {
 		ps := make([]int32, 0, len(parts))

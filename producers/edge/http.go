@@ -68,6 +68,10 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	defer s.inflightBytes.Add(-size)
 	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
+		// Read what is left of the body, up to the cap, before answering:
+		// closing a connection with unread data resets it, and the client,
+		// still sending, would see a broken pipe instead of the answer.
+		io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
 		writeRefusal(w, err)
 		return
 	}
