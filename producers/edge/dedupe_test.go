@@ -140,11 +140,7 @@ func TestEventTwiceInOneRequestIsNotPublished(t *testing.T) {
 func TestConflictOverConnectAndGRPC(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{Dedupe: newDedupe(t)})
-	h2c := &http.Client{Transport: &http.Transport{Protocols: func() *http.Protocols {
-		p := new(http.Protocols)
-		p.SetUnencryptedHTTP2(true)
-		return p
-	}()}}
+	h2c := h2cClient()
 	for name, c := range map[string]spatev1connect.IngestServiceClient{
 		"connect":  spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url),
 		"gRPC":     spatev1connect.NewIngestServiceClient(h2c, f.url, connect.WithGRPC()),

@@ -230,14 +230,17 @@ func TestPublishProtobuf(t *testing.T) {
 	}
 }
 
+// h2cClient is an HTTP client that speaks cleartext HTTP/2, as gRPC needs.
+func h2cClient() *http.Client {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: p}}
+}
+
 func TestConnectAndGRPC(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{})
-	h2c := &http.Client{Transport: &http.Transport{Protocols: func() *http.Protocols {
-		p := new(http.Protocols)
-		p.SetUnencryptedHTTP2(true)
-		return p
-	}()}}
+	h2c := h2cClient()
 	for name, c := range map[string]spatev1connect.IngestServiceClient{
 		"connect over HTTP/1.1": spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url),
 		"gRPC over h2c":         spatev1connect.NewIngestServiceClient(h2c, f.url, connect.WithGRPC()),
