@@ -326,6 +326,21 @@ func TestValidate(t *testing.T) {
 			wantErrs: []FieldError{{Index: 5, Field: "id"}},
 		},
 		{
+			name:     "control characters in id and source",
+			ev:       &spatev1.Event{Id: "e-\x00", Source: "/shop\n", Type: "shop.order.placed.v1", Data: orderPB},
+			wantErrs: []FieldError{{Field: "id"}, {Field: "source"}},
+		},
+		{
+			name:     "dot segments in source",
+			ev:       &spatev1.Event{Id: "e-1", Source: "/shop/../billing/x", Type: "shop.order.placed.v1", Data: orderPB},
+			wantErrs: []FieldError{{Field: "source"}},
+		},
+		{
+			name: "dots elsewhere in source are fine",
+			ev:   &spatev1.Event{Id: "e-1", Source: "https://shop.example/v1.2/..x?next=../", Type: "shop.order.placed.v1", Time: at, Data: orderPB},
+			want: &spatev1.Event{Id: "e-1", Source: "https://shop.example/v1.2/..x?next=../", Type: "shop.order.placed.v1", Time: at, Datacontenttype: "application/protobuf", Data: orderPB},
+		},
+		{
 			name:     "missing source",
 			ev:       &spatev1.Event{Id: "e-1", Type: "shop.order.placed.v1", Data: orderPB},
 			wantErrs: []FieldError{{Field: "source"}},

@@ -289,11 +289,19 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	bad := func(field, detail string) {
 		errs = append(errs, FieldError{Index: i, Field: field, Detail: detail})
 	}
-	if ev.Id == "" {
+	switch {
+	case ev.Id == "":
 		bad(attrID, "is required")
+	case hasControl(ev.Id):
+		bad(attrID, "must not hold control characters")
 	}
-	if ev.Source == "" {
+	switch {
+	case ev.Source == "":
 		bad(attrSource, "is required")
+	case hasControl(ev.Source):
+		bad(attrSource, "must not hold control characters")
+	case hasDotSegment(ev.Source):
+		bad(attrSource, `must not hold "." or ".." path segments: keys allow sources by pattern, and /shop/../billing is not under /shop`)
 	}
 	for name := range ev.Extensions {
 		if msg := checkExtensionName(name); msg != "" {
@@ -341,6 +349,25 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 		}
 	}
 	return errs
+}
+
+// hasControl reports whether s holds an ASCII control character.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+// hasDotSegment reports whether the path of a URI reference (what comes
+// before any "?" or "#") has a "." or ".." segment.
+func hasDotSegment(ref string) bool {
+	if i := strings.IndexAny(ref, "?#"); i >= 0 {
+		ref = ref[:i]
+	}
+	for seg := range strings.SplitSeq(ref, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }
 
 // MaxEventBytes caps an event's encoded size (its payload, attributes and
