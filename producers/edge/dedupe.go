@@ -179,8 +179,8 @@ func (d *Dedupe) runClaims(jobs []*claimJob) {
 	d.release(ctx, giveBack, giveBackTokens) // best effort: what stays expires with the window
 }
 
-// runSettles writes the receipts of every job in one pipeline, and
-// releases their claims in one script call (after a publish failed: rare).
+// runSettles writes the receipts of every job in one pipeline, and then
+// releases their claims in another (after a publish failed: rare).
 // A release deletes only a claim that is still the job's own: a retry after
 // a lost reply, or a release after the claim expired and another request
 // claimed the id, leaves the other's claim alone.
@@ -261,24 +261,29 @@ func (d *Dedupe) claimKeys(ctx context.Context, keys []string, tokens []any) ([]
 }
 
 // release deletes each key keys[i] that still holds the claim value
-// claims[i]: a claim another request made since is left alone.
+// claims[i]: a claim another request made since is left alone. Each key
+// goes in a script call of its own, all in one pipeline: on Redis Cluster
+// the keys are in different slots, and one call over several would fail.
 func (d *Dedupe) release(ctx context.Context, keys []string, claims []any) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	return releaseScript.Run(ctx, d.rdb, keys, claims...).Err()
+	p := d.rdb.Pipeline()
+	for i, k := range keys {
+		p.Eval(ctx, releaseScript, []string{k}, claims[i])
+	}
+	_, err := p.Exec(ctx)
+	return err
 }
 
-// releaseScript deletes each key KEYS[i] that still holds the claim token
-// ARGV[i].
-var releaseScript = redis.NewScript(`
-for i, k in ipairs(KEYS) do
-	if redis.call('GET', k) == ARGV[i] then
-		redis.call('DEL', k)
-	end
+// releaseScript deletes KEYS[1] if it still holds the claim value ARGV[1].
+// Releases are rare (a publish failed), so it is sent whole each time.
+const releaseScript = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+	return redis.call('DEL', KEYS[1])
 end
 return 0
-`)
+`
 
 // claim claims the events' ids under a new token of the request's. It
 // returns, per event, nil for an event claimed now (to be published) or the
@@ -310,19 +315,18 @@ func (d *Dedupe) claim(ctx context.Context, principal string, evs []*spatev1.Eve
 		case v == pending || strings.HasPrefix(v, pending+":"):
 			others = append(others, i)
 		default: // a receipt, as earlier versions wrote them
-			r, err := parseReceipt(evs[i].Id, v)
-			if err != nil {
-				return "", nil, false, err
+			r, perr := parseReceipt(evs[i].Id, v)
+			if perr != nil {
+				err = cmp.Or(err, perr)
+				continue
 			}
 			prior[i] = r
 		}
 	}
-	if len(others) > 0 {
-		if busy, err = d.receiptsOf(ctx, evs, j.vals, others, prior); err != nil {
-			busy = true // give back what this request claimed, then fail
-		}
+	if err == nil && len(others) > 0 {
+		busy, err = d.receiptsOf(ctx, evs, j.vals, others, prior)
 	}
-	if busy { // give back what this request claimed; the pending ones are another's
+	if busy || err != nil { // give back what this request claimed; the pending ones are another's
 		var keys []string
 		var claims []any
 		for i, v := range j.vals {

@@ -37,3 +37,23 @@ func TestReleaseLeavesAnothersClaim(t *testing.T) {
 		t.Fatalf("third claim while the second is in flight: busy %v, %v; want busy", busy, err)
 	}
 }
+
+// TestUnreadableReceiptGivesBackTheRequestsClaims: a request whose claim
+// finds a receipt it cannot read fails, and gives back the ids it claimed
+// meanwhile, so that they can be published by a retry.
+func TestUnreadableReceiptGivesBackTheRequestsClaims(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := spatetest.RedisClient(t)
+	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
+	fresh, garbled := &spatev1.Event{Id: "e1", Source: "s"}, &spatev1.Event{Id: "e2", Source: "s"}
+	if err := rdb.Set(ctx, d.key("k", garbled), "not a receipt", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := d.claim(ctx, "k", []*spatev1.Event{fresh, garbled}); err == nil {
+		t.Fatal("claim over an unreadable receipt: no error, want one")
+	}
+	if _, _, busy, err := d.claim(ctx, "k", []*spatev1.Event{fresh}); err != nil || busy {
+		t.Fatalf("claim of e1 alone afterwards: busy %v, %v; want it free", busy, err)
+	}
+}
