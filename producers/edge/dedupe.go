@@ -382,8 +382,11 @@ func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []st
 // settle records, under the request's token, the receipts of events that
 // were written, and releases the claims of those that were not (receipt
 // nil). Only the events claimed by this request (prior nil) are touched.
+// If that fails, it returns the error and tries again in the background,
+// backing off up to settleRetryMax, for as long as the window lasts:
+// without their receipts, the claims would answer every retry 409.
 func (d *Dedupe) settle(principal, token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
-	j := &settleJob{token: token, done: make(chan struct{})}
+	j := settleJob{token: token}
 	written := make([]*spatev1.Receipt, len(evs))
 	for i, ev := range evs {
 		switch {
@@ -398,13 +401,31 @@ func (d *Dedupe) settle(principal, token string, evs []*spatev1.Event, prior, rs
 	if j.receipts == "" && len(j.dels) == 0 {
 		return nil
 	}
-	d.settles.add(j)
-	<-j.done
-	if j.err != nil {
-		return fmt.Errorf("dedupe settle: %w", j.err)
+	try := func() error {
+		job := j
+		job.done = make(chan struct{})
+		d.settles.add(&job)
+		<-job.done
+		return job.err
 	}
-	return nil
+	err := try()
+	if err == nil {
+		return nil
+	}
+	go func() {
+		until := time.Now().Add(d.window)
+		for wait := 100 * time.Millisecond; time.Now().Before(until); wait = min(2*wait, settleRetryMax) {
+			time.Sleep(wait)
+			if try() == nil {
+				return
+			}
+		}
+	}()
+	return fmt.Errorf("dedupe settle (trying again in the background): %w", err)
 }
+
+// settleRetryMax caps the wait between two tries of a settle that failed.
+const settleRetryMax = 10 * time.Second
 
 // receiptSep separates the receipts of a request: neither topic names nor
 // numbers hold it.

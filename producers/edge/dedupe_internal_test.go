@@ -2,8 +2,14 @@ package edge
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/spatetest"
@@ -56,4 +62,57 @@ func TestUnreadableReceiptGivesBackTheRequestsClaims(t *testing.T) {
 	if _, _, busy, err := d.claim(ctx, "k", []*spatev1.Event{fresh}); err != nil || busy {
 		t.Fatalf("claim of e1 alone afterwards: busy %v, %v; want it free", busy, err)
 	}
+}
+
+// failFirstReceipts fails the first pipeline that writes a request's
+// receipts, as a Redis that went away for a moment would.
+type failFirstReceipts struct{ failed atomic.Bool }
+
+func (h *failFirstReceipts) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *failFirstReceipts) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *failFirstReceipts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if c.Name() == "set" && strings.Contains(fmt.Sprint(c.Args()[1]), "dedupe-receipts:") && h.failed.CompareAndSwap(false, true) {
+				err := errors.New("injected: redis went away")
+				for _, c := range cmds {
+					c.SetErr(err)
+				}
+				return err
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestSettleTriesAgain: when the receipts of a publish Kafka acknowledged
+// cannot be written at once, they are written later, so a retry gets its
+// receipt rather than 409 for the whole window.
+func TestSettleTriesAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := spatetest.RedisClient(t)
+	rdb.AddHook(&failFirstReceipts{})
+	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
+	ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
+	token, _, busy, err := d.claim(ctx, "k", ev)
+	if err != nil || busy {
+		t.Fatalf("claim: busy %v, %v", busy, err)
+	}
+	written := []*spatev1.Receipt{{Id: "e1", Topic: "events", Partition: 2, Offset: 7}}
+	if err := d.settle("k", token, ev, make([]*spatev1.Receipt, 1), written); err == nil {
+		t.Fatal("settle: no error, want the injected one")
+	}
+	spatetest.Eventually(t, 10*time.Second, func() string {
+		_, prior, busy, err := d.claim(ctx, "k", ev)
+		switch {
+		case err != nil:
+			return err.Error()
+		case busy || prior[0] == nil:
+			return fmt.Sprintf("retry: busy %v, receipt %v; want the receipt", busy, prior[0])
+		case prior[0].Offset != 7:
+			return fmt.Sprintf("retry: receipt %v, want offset 7", prior[0])
+		}
+		return ""
+	})
 }
