@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,6 +79,14 @@ type Writer struct {
 	// hook, if set (by tests), is called with "mid-batch" after a script
 	// call stored a chunk of a batch whose later chunks are not stored yet.
 	hook func(point string)
+
+	gaugedMu sync.Mutex
+	gauged   map[groupSeries]bool // the lag and pending series the last trim pass set
+}
+
+// groupSeries names the lag and pending series of a group on a stream.
+type groupSeries struct {
+	stream, group string
 }
 
 // New returns a writer adding to rdb and decoding with reg. It fails on a

@@ -317,20 +317,33 @@ func TestTrimReportsLagAndPending(t *testing.T) {
 	if err := w.TrimOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			if m.Gauge != nil {
-				got[mf.GetName()] = m.Gauge.GetValue()
+	gauges := func() map[string]float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				if m.Gauge != nil {
+					got[mf.GetName()] = m.Gauge.GetValue()
+				}
 			}
 		}
+		return got
 	}
 	want := map[string]float64{"spate_fanout_group_lag_entries": 70, "spate_fanout_group_pending_entries": 10}
-	if diff := cmp.Diff(want, got); diff != "" {
+	if diff := cmp.Diff(want, gauges()); diff != "" {
 		t.Errorf("gauges (-want +got):\n%s", diff)
+	}
+	// A group that is deleted loses its series at the next pass.
+	if err := rdb.XGroupDestroy(ctx, stream, "slow").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := gauges(); len(got) != 0 {
+		t.Errorf("gauges %v after the group was deleted, want none", got)
 	}
 }

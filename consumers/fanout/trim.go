@@ -39,6 +39,7 @@ func (w *Writer) Trim(ctx context.Context, interval time.Duration) error {
 // streams and SCANs, joined.
 func (w *Writer) TrimOnce(ctx context.Context) error {
 	var errs []error
+	seen := map[groupSeries]bool{}
 	for i := range w.routes {
 		rt := &w.routes[i]
 		if rt.MaxLen == 0 && rt.MaxAge == 0 {
@@ -50,7 +51,7 @@ func (w *Writer) TrimOnce(ctx context.Context) error {
 			if !rt.builds(key) {
 				continue // matches the pattern, but no event of this route can go there
 			}
-			if err := w.trimStream(ctx, rt, key); err != nil {
+			if err := w.trimStream(ctx, rt, key, seen); err != nil {
 				errs = append(errs, fmt.Errorf("trim %s: %w", key, err))
 			}
 		}
@@ -58,7 +59,25 @@ func (w *Writer) TrimOnce(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("scan %s: %w", rt.pattern(), err))
 		}
 	}
+	if len(errs) == 0 {
+		w.forgetGroupsGone(seen)
+	}
 	return errors.Join(errs...)
+}
+
+// forgetGroupsGone deletes the lag and pending series of the groups (or
+// streams) that the last pass saw and this one, seen, did not: they were
+// deleted.
+func (w *Writer) forgetGroupsGone(seen map[groupSeries]bool) {
+	w.gaugedMu.Lock()
+	defer w.gaugedMu.Unlock()
+	for s := range w.gauged {
+		if !seen[s] {
+			w.metrics.lag.DeleteLabelValues(s.stream, s.group)
+			w.metrics.pending.DeleteLabelValues(s.stream, s.group)
+		}
+	}
+	w.gauged = seen
 }
 
 // trimLimit is how many entries one trim script deletes at most, so that a
@@ -66,8 +85,9 @@ func (w *Writer) TrimOnce(ctx context.Context) error {
 // calls it again until it is done.
 const trimLimit = 1000
 
-// trimStream trims one stream of rt.
-func (w *Writer) trimStream(ctx context.Context, rt *Route, key string) error {
+// trimStream trims one stream of rt, and adds the series of its groups to
+// seen.
+func (w *Writer) trimStream(ctx context.Context, rt *Route, key string, seen map[groupSeries]bool) error {
 	lossy := rt.Lossy
 	for i := range w.routes {
 		if o := &w.routes[i]; !o.Lossy && o.builds(key) {
@@ -101,6 +121,7 @@ func (w *Writer) trimStream(ctx context.Context, rt *Route, key string) error {
 				w.metrics.lag.WithLabelValues(key, name).Set(float64(lag))
 			}
 			w.metrics.pending.WithLabelValues(key, name).Set(float64(pending))
+			seen[groupSeries{key, name}] = true
 		}
 		if more == 0 || ctx.Err() != nil {
 			return nil
