@@ -201,11 +201,38 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 		fields []any
 	}
 	entries := make([]entry, 0, len(b.Records))
+	field := offsetField(b.Topic, b.Partition)
+	// A record that cannot go to Redis is poison, unless it is below the
+	// stored offset: then it was written before, by a writer that could
+	// (another member, with a newer schema, say), and is skipped like the
+	// records around it. The stored offset is read only on this path.
+	stored := int64(-1)
+	poison := func(r *kgo.Record, perr error) (skip bool, err error) {
+		if stored < 0 {
+			s, err := w.rdb.HGet(ctx, w.offsetsKey(), field).Int64()
+			switch {
+			case errors.Is(err, redis.Nil):
+				s = 0
+			case err != nil:
+				return false, fmt.Errorf("apply %s/%d: load offset: %w", b.Topic, b.Partition, err)
+			}
+			stored = s
+		}
+		if r.Offset < stored {
+			return true, nil
+		}
+		return false, perr
+	}
+records:
 	for _, r := range b.Records {
 		ev, fields, err := w.entry(r)
 		if err != nil {
-			return err
+			if skip, err := poison(r, err); !skip {
+				return err
+			}
+			continue
 		}
+		at := len(entries)
 		for i := range w.routes {
 			rt := &w.routes[i]
 			if !rt.matches(ev.Type) {
@@ -213,12 +240,15 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 			}
 			key, err := rt.key(ev)
 			if err != nil {
-				return &consumers.PoisonError{Record: r, Sink: "route " + rt.Stream, Class: "stream-key", Err: err}
+				if skip, err := poison(r, &consumers.PoisonError{Record: r, Sink: "route " + rt.Stream, Class: "stream-key", Err: err}); !skip {
+					return err
+				}
+				entries = entries[:at]
+				continue records
 			}
 			entries = append(entries, entry{key, rt.Stream, r.Offset, fields})
 		}
 	}
-	field := offsetField(b.Topic, b.Partition)
 	for start := 0; ; {
 		// A chunk holds up to ChunkSize entries but never ends between two
 		// entries of one record: the offset it stores says that all of a

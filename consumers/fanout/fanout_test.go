@@ -183,6 +183,29 @@ func TestEntryFields(t *testing.T) {
 	}
 }
 
+// TestUndecodableRecordWrittenBeforeIsSkipped: a record below the stored
+// offset was written before, by a writer that could decode it. One that
+// cannot must skip it like the others, not dead-letter it.
+func TestUndecodableRecordWrittenBeforeIsSkipped(t *testing.T) {
+	t.Parallel()
+	w, rdb := newWriter(t, 0)
+	if err := w.Apply(context.Background(), batch(records(t, 0, 5))); err != nil {
+		t.Fatal(err)
+	}
+	recs := records(t, 0, 8)
+	recs[2].Value = []byte{0xff}
+	if err := w.Apply(context.Background(), batch(recs)); err != nil {
+		t.Fatalf("Apply = %v, want the undecodable record below the stored offset skipped", err)
+	}
+	placed, cancelled := ids(t, rdb, w.Stream("shop.order.placed.v1")), ids(t, rdb, w.Stream("shop.order.cancelled.v1"))
+	if diff := cmp.Diff([]string{"e-0", "e-2", "e-4", "e-6"}, placed); diff != "" {
+		t.Errorf("placed (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"e-1", "e-3", "e-5", "e-7"}, cancelled); diff != "" {
+		t.Errorf("cancelled (-want +got):\n%s", diff)
+	}
+}
+
 func TestUndecodableRecordIsPoison(t *testing.T) {
 	t.Parallel()
 	w, rdb := newWriter(t, 0)
