@@ -16,7 +16,9 @@
 //	if err != nil {
 //		return err
 //	}
-//	return sub.Run(ctx) // until ctx ends
+//	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+//	defer stop()
+//	return sub.Run(ctx) // until Ctrl-C
 //
 // Members of one group share the entries of its streams: each new entry goes
 // to one member (XREADGROUP). Every ClaimIdle/2 each member also takes over

@@ -1,6 +1,7 @@
 package edge_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -192,16 +193,19 @@ func TestTimedOutPublishKeepsItsClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	_, url := serveEdge(t, cl, edge.Config{Dedupe: newDedupe(t), PublishTimeout: 300 * time.Millisecond})
+	// Long enough for the record to reach the (stalled) broker even on a
+	// loaded machine: one that times out before it was sent is known not to
+	// be written, and its claim is given back.
+	_, url := serveEdge(t, cl, edge.Config{Dedupe: newDedupe(t), PublishTimeout: 2 * time.Second})
 	f := &fixture{url: url}
 	const one = "application/cloudevents+json"
 
-	if code, _ := f.post(t, one, []byte(orderJSON("e1", "s"))); code != 503 {
-		t.Fatalf("publish against a stalled broker: %d, want 503 (outcome unknown)", code)
+	if code, body := f.post(t, one, []byte(orderJSON("e1", "s"))); code != 503 || !bytes.Contains(body, []byte("outcome-unknown")) {
+		t.Fatalf("publish against a stalled broker: %d %s, want 503 (outcome unknown)", code, body)
 	}
 	// Its record may still be written: a retry must not write another.
-	if code, _ := f.post(t, one, []byte(orderJSON("e1", "s"))); code != 409 {
-		t.Fatalf("retry while the first record is unsettled: %d, want 409", code)
+	if code, body := f.post(t, one, []byte(orderJSON("e1", "s"))); code != 409 {
+		t.Fatalf("retry while the first record is unsettled: %d %s, want 409", code, body)
 	}
 	unstall()
 	var r []string
