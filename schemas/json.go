@@ -380,7 +380,7 @@ const (
 func appendTimestamp(b []byte, m protoreflect.Message) ([]byte, error) {
 	fds := m.Descriptor().Fields()
 	secs, nanos := m.Get(fds.ByNumber(1)).Int(), m.Get(fds.ByNumber(2)).Int()
-	if secs < minTimestampSeconds || secs > maxTimestampSeconds || nanos < 0 || nanos > 1e9 {
+	if secs < minTimestampSeconds || secs > maxTimestampSeconds || nanos < 0 || nanos > 999_999_999 {
 		return nil, errNotPlain
 	}
 	b = append(b, '"')

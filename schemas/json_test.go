@@ -286,6 +286,8 @@ func TestMarshalJSONLikeProtojson(t *testing.T) {
 	badTS.Set(all.Fields().ByName("ts"), protoreflect.ValueOfMessage((&timestamppb.Timestamp{Seconds: 253402300800}).ProtoReflect()))
 	badNanos := dynamicpb.NewMessage(all)
 	badNanos.Set(all.Fields().ByName("ts"), protoreflect.ValueOfMessage((&timestamppb.Timestamp{Nanos: -1}).ProtoReflect()))
+	wholeSecondOfNanos := dynamicpb.NewMessage(all)
+	wholeSecondOfNanos.Set(all.Fields().ByName("ts"), protoreflect.ValueOfMessage((&timestamppb.Timestamp{Nanos: 1e9}).ProtoReflect()))
 	dur := dynamicpb.NewMessage(withDuration)
 	dur.Set(withDuration.Fields().ByName("d"), protoreflect.ValueOfMessage(durationpb.New(1500*time.Millisecond).ProtoReflect()))
 	for name, tc := range map[string]struct {
@@ -299,6 +301,7 @@ func TestMarshalJSONLikeProtojson(t *testing.T) {
 		"proto2, invalid UTF-8":    {p2BadUTF8, false},
 		"timestamp past 9999":      {badTS, false},
 		"timestamp negative nanos": {badNanos, false},
+		"timestamp nanos of 1e9":   {wholeSecondOfNanos, false},
 		"another well-known type":  {dur, true},
 		"a compiled-in shop type":  {&shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 4200, Currency: "EUR", Items: []*shopv1.LineItem{{Sku: "s", Quantity: 2, PriceCents: 2100}}}, true},
 		"a Timestamp at top level": {timestamppb.New(time.Date(2026, 11, 24, 1, 2, 3, 4000, time.UTC)), true},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"connectrpc.com/connect"
@@ -34,6 +35,10 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key, err := s.authenticate(r.Context(), r.Header)
 		if err != nil {
+			// Read (and drop) the body, up to the cap, before answering, as
+			// serveEvents does: a connection closed with unread data is
+			// reset, and the client would not see the answer.
+			io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
 			errw.Write(w, r, connectError(err))
 			return
 		}
@@ -123,33 +128,42 @@ func protobufEventCount(b []byte) (int, error) {
 }
 
 // jsonEventCount counts the elements of the events array of a JSON
-// PublishRequest without decoding them. What is not such an object counts
-// as no events: decoding then says what is wrong with it.
+// PublishRequest without decoding them. Duplicate member names are taken,
+// as protojson takes unknown ones; what is not such an object is an error,
+// as it would be to protojson.
 func jsonEventCount(b []byte) (int, error) {
-	d := jsontext.NewDecoder(bytes.NewReader(b))
-	if tok, err := d.ReadToken(); err != nil || tok.Kind() != '{' {
-		return 0, nil
+	d := jsontext.NewDecoder(bytes.NewReader(b), jsontext.AllowDuplicateNames(true))
+	tok, err := d.ReadToken()
+	if err != nil {
+		return 0, err
+	}
+	if tok.Kind() != '{' {
+		return 0, errors.New("a PublishRequest is a JSON object")
 	}
 	n := 0
 	for d.PeekKind() == '"' {
 		name, err := d.ReadToken()
 		if err != nil {
-			return 0, nil
+			return 0, err
 		}
 		if name.String() != "events" || d.PeekKind() != '[' {
 			if err := d.SkipValue(); err != nil {
-				return 0, nil
+				return 0, err
 			}
 			continue
 		}
-		d.ReadToken()
-		for d.PeekKind() != ']' && d.PeekKind() != 0 {
+		if _, err := d.ReadToken(); err != nil {
+			return 0, err
+		}
+		for d.PeekKind() != ']' {
 			if err := d.SkipValue(); err != nil {
-				return 0, nil
+				return 0, err
 			}
 			n++
 		}
-		d.ReadToken()
+		if _, err := d.ReadToken(); err != nil {
+			return 0, err
+		}
 	}
 	return n, nil
 }

@@ -89,6 +89,8 @@ func TestTinyEventsAreCountedBeforeDecoding(t *testing.T) {
 	f := start(t, edge.Config{})
 	tinyProto := bytes.Repeat([]byte{0x0a, 0x00}, 2<<20-1)
 	tinyJSON := []byte(`{"events":[` + strings.TrimSuffix(strings.Repeat("{},", 1<<20), ",") + `]}`)
+	// protojson takes an unknown member twice: so must the count.
+	tinyJSONDuplicates := append([]byte(`{"x":0,"x":0,`), tinyJSON[1:]...)
 	for _, tc := range []struct {
 		name, path, ct string
 		body           []byte
@@ -96,6 +98,7 @@ func TestTinyEventsAreCountedBeforeDecoding(t *testing.T) {
 		{"HTTP protobuf", "/v1/events", "application/x-protobuf", tinyProto},
 		{"Connect proto", spatev1connect.IngestServicePublishProcedure, "application/proto", tinyProto},
 		{"Connect JSON", spatev1connect.IngestServicePublishProcedure, "application/json", tinyJSON},
+		{"Connect JSON, a member twice", spatev1connect.IngestServicePublishProcedure, "application/json", tinyJSONDuplicates},
 	} {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
