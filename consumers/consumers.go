@@ -362,6 +362,15 @@ func (w *worker) push(cl *kgo.Client, p kgo.FetchTopicPartition) {
 	}
 }
 
+// resume resumes fetching the worker's partition if push paused it. The
+// caller holds w.mu.
+func (w *worker) resume(cl *kgo.Client) {
+	if w.paused {
+		w.paused = false
+		cl.ResumeFetchPartitions(map[string][]int32{w.topic: {w.partition}})
+	}
+}
+
 // next returns the next fetch to apply, waiting for one; false once the
 // worker is stopped. Taking the last queued fetch resumes a paused partition,
 // so the next fetch arrives while this one applies.
@@ -376,9 +385,8 @@ func (w *worker) next(cl *kgo.Client) (kgo.FetchTopicPartition, bool) {
 		if len(w.queue) > 0 {
 			p := w.queue[0]
 			w.queue = w.queue[1:]
-			if len(w.queue) == 0 && w.paused {
-				w.paused = false
-				cl.ResumeFetchPartitions(map[string][]int32{w.topic: {w.partition}})
+			if len(w.queue) == 0 {
+				w.resume(cl)
 			}
 			w.mu.Unlock()
 			return p, true
@@ -449,10 +457,7 @@ func (g *Group) stopWorkers(tps map[string][]int32, abandon bool) {
 		<-w.done
 		w.stop()
 		w.mu.Lock()
-		if w.paused {
-			w.paused = false
-			g.cl.ResumeFetchPartitions(map[string][]int32{w.topic: {w.partition}})
-		}
+		w.resume(g.cl)
 		w.mu.Unlock()
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 
 	"connectrpc.com/connect"
@@ -35,10 +34,7 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key, err := s.authenticate(r.Context(), r.Header)
 		if err != nil {
-			// Read (and drop) the body, up to the cap, before answering, as
-			// serveEvents does: a connection closed with unread data is
-			// reset, and the client would not see the answer.
-			io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
+			s.discardBody(r)
 			errw.Write(w, r, connectError(err))
 			return
 		}

@@ -68,10 +68,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	defer s.inflightBytes.Add(-size)
 	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
-		// Read what is left of the body, up to the cap, before answering:
-		// closing a connection with unread data resets it, and the client,
-		// still sending, would see a broken pipe instead of the answer.
-		io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
+		s.discardBody(r)
 		writeRefusal(w, err)
 		return
 	}
@@ -130,6 +127,13 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeReceipts(w, ct, rs)
+}
+
+// discardBody reads what is left of a refused request's body, up to the body
+// cap, before the answer: closing a connection with unread data resets it,
+// and the client, still sending, would see a broken pipe instead.
+func (s *Server) discardBody(r *http.Request) {
+	io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
 }
 
 // readBody reads a request body of at most limit bytes, decompressing a

@@ -186,9 +186,10 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 	if len(evs) == 0 {
 		return nil, nil
 	}
+	// validate sized every event as it is now (MaxEventBytes): reuse that.
 	n, size := int64(len(evs)), int64(0)
 	for _, ev := range evs {
-		size += int64(proto.Size(ev))
+		size += int64(cachedSize.Size(ev))
 	}
 	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
 		settled(nil)
@@ -235,6 +236,8 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 	s.metrics.events.WithLabelValues("published").Add(float64(len(evs)))
 	return rs, nil
 }
+
+var cachedSize = proto.MarshalOptions{UseCachedSize: true}
 
 // spread places the receipts of the fresh events (in order) at the
 // positions prior leaves empty.
