@@ -18,10 +18,10 @@ import (
 
 // Connect decodes a request's message before the handler runs. So that
 // nothing of a request is decoded before it is authenticated, and no body
-// of many tiny events (two bytes each in protobuf, three in JSON, each
-// decoded to a few hundred) is decoded at all, the Connect service is served
-// behind authenticateConnect and with codecs that count a PublishRequest's
-// events before decoding it.
+// of many tiny events or extension attributes (a few bytes each, decoded
+// to a hundred or more) is decoded at all, the Connect service is served
+// behind authenticateConnect and with codecs that read a PublishRequest's
+// shape before decoding it.
 
 // keyKey is the context key of the API key that authenticateConnect found.
 type keyKey struct{}
@@ -43,11 +43,12 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 }
 
 // countingCodec is Connect's codec of name, that refuses a PublishRequest
-// of more than max events before decoding it.
+// of more than max events, or with an event of more than MaxExtensions
+// extension attributes, before decoding it.
 type countingCodec struct {
 	name   string
 	max    int
-	count  func([]byte) (int, error)
+	shape  func([]byte) (requestShape, error)
 	decode func([]byte, proto.Message) error
 	encode func(proto.Message) ([]byte, error)
 }
@@ -68,12 +69,12 @@ func (c *countingCodec) Unmarshal(b []byte, m any) error {
 		return fmt.Errorf("%T is not a protobuf message", m)
 	}
 	if _, ok := m.(*spatev1.PublishRequest); ok {
-		n, err := c.count(b)
+		sh, err := c.shape(b)
 		if err != nil {
 			return fmt.Errorf("unmarshal into %T: %w", m, err)
 		}
-		if n > c.max {
-			return fmt.Errorf("the request holds %d events; at most %d are taken", n, c.max)
+		if err := sh.check(c.max); err != nil {
+			return err
 		}
 	}
 	if err := c.decode(b, pm); err != nil {
@@ -85,12 +86,12 @@ func (c *countingCodec) Unmarshal(b []byte, m any) error {
 // connectCodecs are the codecs the Connect service is served with: those
 // Connect has by default, counting events first.
 func connectCodecs(max int) []connect.HandlerOption {
-	protoCodec := &countingCodec{name: "proto", max: max, count: protobufEventCount,
+	protoCodec := &countingCodec{name: "proto", max: max, shape: protobufShape,
 		decode: func(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) },
 		encode: func(m proto.Message) ([]byte, error) { return proto.Marshal(m) }}
 	opts := []connect.HandlerOption{connect.WithCodec(protoCodec)}
 	for _, name := range []string{"json", "json; charset=utf-8"} {
-		opts = append(opts, connect.WithCodec(&countingCodec{name: name, max: max, count: jsonEventCount,
+		opts = append(opts, connect.WithCodec(&countingCodec{name: name, max: max, shape: jsonShape,
 			decode: func(b []byte, m proto.Message) error {
 				if len(b) == 0 {
 					return errors.New("zero-length payload is not a valid JSON object")
@@ -102,64 +103,130 @@ func connectCodecs(max int) []connect.HandlerOption {
 	return opts
 }
 
-// protobufEventCount counts the events of an encoded PublishRequest
-// without decoding them.
-func protobufEventCount(b []byte) (int, error) {
-	n := 0
+// requestShape is what a PublishRequest holds, read without decoding it:
+// its events, and the most extension attributes any one of them has.
+type requestShape struct {
+	events, extensions int
+}
+
+// check refuses a request of more than maxEvents events, or with an event
+// of more than MaxExtensions extension attributes.
+func (sh requestShape) check(maxEvents int) error {
+	switch {
+	case sh.events > maxEvents:
+		return fmt.Errorf("the request holds %d events; at most %d are taken", sh.events, maxEvents)
+	case sh.extensions > MaxExtensions:
+		return fmt.Errorf("%w; one of the request's holds %d", errTooManyExtensions, sh.extensions)
+	}
+	return nil
+}
+
+// protobufShape reads the shape of an encoded PublishRequest. An extension
+// given twice counts twice, though it decodes to one.
+func protobufShape(b []byte) (requestShape, error) {
+	var sh requestShape
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
+		if num != 1 { // events
+			return nil
+		}
+		sh.events++
+		if typ != protowire.BytesType {
+			return nil // not an event: decoding it fails
+		}
+		ev, l := protowire.ConsumeBytes(v)
+		if l < 0 {
+			return protowire.ParseError(l)
+		}
+		n := 0
+		err := eachField(ev, func(num protowire.Number, _ protowire.Type, _ []byte) error {
+			if num == 9 { // extensions
+				n++
+			}
+			return nil
+		})
+		sh.extensions = max(sh.extensions, n)
+		return err
+	})
+	return sh, err
+}
+
+// eachField calls f with each field of an encoded message: its number, wire
+// type and value, as encoded.
+func eachField(b []byte, f func(protowire.Number, protowire.Type, []byte) error) error {
 	for len(b) > 0 {
 		num, typ, l := protowire.ConsumeTag(b)
 		if l < 0 {
-			return 0, protowire.ParseError(l)
+			return protowire.ParseError(l)
 		}
 		b = b[l:]
 		if l = protowire.ConsumeFieldValue(num, typ, b); l < 0 {
-			return 0, protowire.ParseError(l)
+			return protowire.ParseError(l)
+		}
+		if err := f(num, typ, b[:l]); err != nil {
+			return err
 		}
 		b = b[l:]
-		if num == 1 {
-			n++
-		}
 	}
-	return n, nil
+	return nil
 }
 
-// jsonEventCount counts the elements of the events array of a JSON
-// PublishRequest without decoding them. Duplicate member names are taken,
-// as protojson takes unknown ones; what is not such an object is an error,
-// as it would be to protojson.
-func jsonEventCount(b []byte) (int, error) {
+// jsonShape reads the shape of a JSON PublishRequest. Duplicate member
+// names are taken, as protojson takes unknown ones; what is not such an
+// object is an error, as it would be to protojson.
+func jsonShape(b []byte) (requestShape, error) {
+	var sh requestShape
 	d := jsontext.NewDecoder(bytes.NewReader(b), jsontext.AllowDuplicateNames(true))
-	tok, err := d.ReadToken()
-	if err != nil {
-		return 0, err
-	}
-	if tok.Kind() != '{' {
-		return 0, errors.New("a PublishRequest is a JSON object")
-	}
-	n := 0
-	for d.PeekKind() == '"' {
-		name, err := d.ReadToken()
-		if err != nil {
-			return 0, err
+	// members calls f with the name of each member of the object that
+	// comes next, with the decoder before its value; f reads the value.
+	members := func(f func(name string) error) error {
+		if _, err := d.ReadToken(); err != nil { // '{'
+			return err
 		}
-		if name.String() != "events" || d.PeekKind() != '[' {
-			if err := d.SkipValue(); err != nil {
-				return 0, err
+		for d.PeekKind() == '"' {
+			name, err := d.ReadToken()
+			if err != nil {
+				return err
 			}
-			continue
+			if err := f(name.String()); err != nil {
+				return err
+			}
+		}
+		_, err := d.ReadToken() // '}', or an error
+		return err
+	}
+	if d.PeekKind() != '{' {
+		return sh, errors.New("a PublishRequest is a JSON object")
+	}
+	err := members(func(name string) error {
+		if name != "events" || d.PeekKind() != '[' {
+			return d.SkipValue()
 		}
 		if _, err := d.ReadToken(); err != nil {
-			return 0, err
+			return err
 		}
 		for d.PeekKind() != ']' {
-			if err := d.SkipValue(); err != nil {
-				return 0, err
+			sh.events++
+			if d.PeekKind() != '{' {
+				if err := d.SkipValue(); err != nil {
+					return err
+				}
+				continue
 			}
-			n++
+			err := members(func(name string) error {
+				if name != "extensions" || d.PeekKind() != '{' {
+					return d.SkipValue()
+				}
+				n := 0
+				err := members(func(string) error { n++; return d.SkipValue() })
+				sh.extensions = max(sh.extensions, n)
+				return err
+			})
+			if err != nil {
+				return err
+			}
 		}
-		if _, err := d.ReadToken(); err != nil {
-			return 0, err
-		}
-	}
-	return n, nil
+		_, err := d.ReadToken()
+		return err
+	})
+	return sh, err
 }

@@ -156,6 +156,9 @@ func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
 			if je.Extensions == nil {
 				je.Extensions = map[string]jsontext.Value{}
 			}
+			if len(je.Extensions) == MaxExtensions {
+				return nil, errTooManyExtensions
+			}
 			je.Extensions[k] = v
 		}
 	}
@@ -165,10 +168,13 @@ func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
 	return je, r.end()
 }
 
+// errTrailingData says that the input holds more than one JSON value.
+var errTrailingData = errors.New("trailing data after the event")
+
 // end checks that the input holds nothing more.
 func (r *eventReader) end() error {
 	if _, err := r.dec.ReadToken(); err != io.EOF {
-		return errors.New("trailing data after the event")
+		return errTrailingData
 	}
 	return nil
 }
@@ -176,7 +182,10 @@ func (r *eventReader) end() error {
 // eventFromJSON is decodeJSONEvent after the unmarshal into je, which
 // failed with err if not nil; je is nil for JSON null.
 func eventFromJSON(i int, je *jsonEvent, err error) (*spatev1.Event, []FieldError) {
-	if err != nil || je == nil {
+	switch {
+	case errors.Is(err, errTooManyExtensions):
+		return nil, []FieldError{{Index: i, Field: "", Detail: err.Error()}}
+	case err != nil || je == nil:
 		return nil, []FieldError{{Index: i, Field: "", Detail: "an event must be a JSON object"}}
 	}
 	var errs []FieldError

@@ -303,9 +303,13 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	case hasDotSegment(ev.Source):
 		bad(attrSource, `must not hold "." or ".." path segments: keys allow sources by pattern, and /shop/../billing is not under /shop`)
 	}
-	for name := range ev.Extensions {
-		if msg := checkExtensionName(name); msg != "" {
-			bad(name, msg)
+	if len(ev.Extensions) > MaxExtensions {
+		bad("", errTooManyExtensions.Error())
+	} else {
+		for name := range ev.Extensions {
+			if msg := checkExtensionName(name); msg != "" {
+				bad(name, msg)
+			}
 		}
 	}
 	switch {
@@ -376,6 +380,14 @@ func hasDotSegment(ref string) bool {
 // record's headers. A larger event is refused as invalid: Kafka would refuse
 // it whenever it is sent.
 const MaxEventBytes = 900_000
+
+// MaxExtensions caps an event's extension attributes. Each becomes a Kafka
+// header, and a few bytes of input decode to a map entry of a hundred: a
+// request with more is refused before it is decoded.
+const MaxExtensions = 64
+
+// errTooManyExtensions says that an event has more than MaxExtensions.
+var errTooManyExtensions = fmt.Errorf("an event may hold at most %d extension attributes", MaxExtensions)
 
 // publishErr is what a client is told of a failed publish: no broker detail.
 func publishErr(err error) error {

@@ -7,11 +7,13 @@ import (
 	"io"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/spate-io/spate/producers/edge"
 	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
@@ -137,5 +139,82 @@ func TestOversizedEventIsInvalid(t *testing.T) {
 	}
 	if after := f.highWatermark(t); after != before {
 		t.Fatalf("high watermark moved from %d to %d", before, after)
+	}
+}
+
+// TestManyExtensionsAreRefusedBeforeDecoding: an event with more than
+// MaxExtensions extension attributes is invalid, and one with hundreds of
+// thousands (a few bytes each, a map entry of a hundred once decoded) is
+// refused on every path before they are decoded. Not parallel: it measures
+// what the process allocates meanwhile.
+func TestManyExtensionsAreRefusedBeforeDecoding(t *testing.T) {
+	f := start(t, edge.Config{})
+	before := f.highWatermark(t)
+	names := func(n int) []string {
+		s := make([]string, n)
+		for i := range s {
+			s[i] = "x" + strconv.FormatInt(int64(i), 36)
+		}
+		return s
+	}
+	jsonEvent := func(n int) string {
+		var b strings.Builder
+		for _, name := range names(n) {
+			b.WriteString(`"` + name + `":"",`)
+		}
+		return strings.Replace(orderJSON("x", "s"), `"tenant":"acme",`, b.String(), 1)
+	}
+	protoRequest := func(n int) []byte {
+		req := protobufRequest(t, "x")
+		req.Events[0].Extensions = map[string]string{}
+		for _, name := range names(n) {
+			req.Events[0].Extensions[name] = ""
+		}
+		b, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	const many = 300_000
+	manyJSON, manyProto := jsonEvent(many), protoRequest(many)
+	for _, tc := range []struct {
+		name, path, ct string
+		body           []byte
+	}{
+		{"HTTP JSON, one event", "/v1/events", "application/cloudevents+json", []byte(manyJSON)},
+		{"HTTP JSON, a batch", "/v1/events", "application/cloudevents-batch+json", []byte("[" + manyJSON + "]")},
+		{"HTTP protobuf", "/v1/events", "application/x-protobuf", manyProto},
+		{"Connect proto", spatev1connect.IngestServicePublishProcedure, "application/proto", manyProto},
+		{"Connect JSON", spatev1connect.IngestServicePublishProcedure, "application/json",
+			[]byte(`{"events":[{"id":"x","extensions":{"` + strings.Join(names(many), `":"","`) + `":""}}]}`)},
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		resp, err := http.Post(f.url+tc.path, tc.ct, bytes.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		runtime.ReadMemStats(&after)
+		if resp.StatusCode != 400 || !strings.Contains(string(msg), "at most 64 extension attributes") {
+			t.Errorf("%s: %d %.300s, want 400 saying at most 64 extension attributes", tc.name, resp.StatusCode, msg)
+		}
+		// Decoding the extensions allocated 66 to 186 MiB.
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 32<<20 {
+			t.Errorf("%s: %d MiB allocated while refusing it, want under 32 MiB: the extensions were decoded", tc.name, alloc>>20)
+		}
+	}
+	if after := f.highWatermark(t); after != before {
+		t.Fatalf("high watermark moved from %d to %d", before, after)
+	}
+
+	// The limit itself: 64 are taken, 65 are not.
+	if code, body := f.post(t, "application/cloudevents+json", []byte(jsonEvent(edge.MaxExtensions))); code != 202 {
+		t.Errorf("%d extensions: %d %.300s, want 202", edge.MaxExtensions, code, body)
+	}
+	if code, body := f.post(t, "application/x-protobuf", protoRequest(edge.MaxExtensions+1)); code != 400 || !strings.Contains(string(body), "at most 64 extension attributes") {
+		t.Errorf("%d extensions: %d %.300s, want 400", edge.MaxExtensions+1, code, body)
 	}
 }

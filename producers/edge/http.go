@@ -79,17 +79,18 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	case contentTypeEvent:
 		// One parse: malformed JSON is told apart from JSON that is not
 		// an event object.
-		var je *jsonEvent
-		err := jsonv2.Unmarshal(body, &je)
-		if syn := (*jsontext.SyntacticError)(nil); errors.As(err, &syn) {
+		je, err := readJSONEvent(body)
+		if malformedJSON(err) {
 			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is not valid JSON: "+jsonErr(err), nil)
 			return
 		}
 		ev, e := eventFromJSON(0, je, err)
 		evs, errs = []*spatev1.Event{ev}, e
 	case contentTypeBatch:
+		// Each event is read strictly below; splitting the array does
+		// not track member names, which costs much for objects of many.
 		var raws []jsontext.Value
-		if err := jsonv2.Unmarshal(body, &raws); err != nil {
+		if err := jsonv2.Unmarshal(body, &raws, jsontext.AllowDuplicateNames(true)); err != nil {
 			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body must be a JSON array of CloudEvents: "+jsonErr(err), nil)
 			return
 		}
@@ -100,14 +101,21 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		evs = make([]*spatev1.Event, len(raws))
 		for i, raw := range raws {
-			ev, e := decodeJSONEvent(i, raw)
+			je, err := readJSONEvent(raw)
+			if malformedJSON(err) {
+				writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON",
+					fmt.Sprintf("event %d is not valid JSON: %s", i, jsonErr(err)), nil)
+				return
+			}
+			ev, e := eventFromJSON(i, je, err)
 			evs[i], errs = ev, append(errs, e...)
 		}
 	default:
-		if n, err := protobufEventCount(body); err == nil && n > s.cfg.MaxEvents { // before decoding each
-			writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
-				fmt.Sprintf("the request holds %d events; at most %d are taken", n, s.cfg.MaxEvents), nil)
-			return
+		if sh, err := protobufShape(body); err == nil { // before decoding each
+			if err := sh.check(s.cfg.MaxEvents); err != nil {
+				writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events", err.Error(), nil)
+				return
+			}
 		}
 		var req spatev1.PublishRequest
 		if err := proto.Unmarshal(body, &req); err != nil {
@@ -178,6 +186,13 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 // which name the problem and where it is.
 func jsonErr(err error) string {
 	return strings.TrimPrefix(strings.TrimPrefix(err.Error(), "json: "), "jsontext: ")
+}
+
+// malformedJSON reports whether readJSONEvent failed on input that is not
+// one valid JSON value (as opposed to one that is not an event).
+func malformedJSON(err error) bool {
+	syn := (*jsontext.SyntacticError)(nil)
+	return errors.As(err, &syn) || errors.Is(err, errTrailingData)
 }
 
 // writeRefusal answers with the problem a refusal describes.
