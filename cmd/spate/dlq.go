@@ -844,6 +844,10 @@ repair them.`,
 				return nil
 			}
 
+			if err := checkRedriveSinks(chosen, cfg.projections, config); err != nil {
+				return err
+			}
+
 			var p *projection.Projector
 			var pool *pgxpool.Pool
 			if dryRun { // not migrated: a dry run changes nothing
@@ -909,6 +913,35 @@ repair them.`,
 	cmd.Flags().BoolVar(&all, "all", false, "re-drive every dead letter of --group (instead of a selection)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be re-driven and what was already; change nothing")
 	return cmd
+}
+
+// checkRedriveSinks refuses dead letters of projections that projs, read
+// from config, lacks: applied to the others alone, an event would be marked
+// re-driven and never reach the projection that failed on it.
+func checkRedriveSinks(chosen []*consumers.DeadLetter, projs []projection.Projection, config string) error {
+	if len(projs) == 0 {
+		projs = []projection.Projection{projection.EventLog()} // as the projector defaults
+	}
+	have := projection.Names(projs)
+	missing := map[string][]string{}
+	for _, d := range chosen {
+		if d.Sink != "" && !slices.Contains(have, d.Sink) {
+			missing[d.Sink] = append(missing[d.Sink], fmt.Sprintf("%d:%d", d.Record.Partition, d.Record.Offset))
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	var msgs []string
+	for _, name := range slices.Sorted(maps.Keys(missing)) {
+		msgs = append(msgs, fmt.Sprintf("%s (%s)", name, strings.Join(missing[name], " ")))
+	}
+	source := "--config " + config + " does not define"
+	if config == "" {
+		source = "event_log alone runs without --config, not"
+	}
+	return fmt.Errorf("the dead letters of %s: %s them; give --config with the projections spate project runs, fixed. Nothing was re-driven",
+		strings.Join(msgs, ", "), source)
 }
 
 // redriveSelection returns the dead letters to re-drive: those at ats, or
@@ -1000,7 +1033,8 @@ func redriveOne(ctx context.Context, p *projection.Projector, d *consumers.DeadL
 			return "", ctx.Err()
 		}
 		var pe *consumers.PoisonError
-		if errors.As(err, &pe) || errors.Is(err, projection.ErrNotPassed) || attempt == redriveAttempts {
+		var missing *projection.MissingProjectionError
+		if errors.As(err, &pe) || errors.As(err, &missing) || errors.Is(err, projection.ErrNotPassed) || attempt == redriveAttempts {
 			if pe != nil {
 				l.FailedSink, l.FailedClass = pe.Sink, pe.Class
 			}

@@ -512,6 +512,8 @@ func TestDLQRedriveRefuses(t *testing.T) {
 	before := x.state(t)
 	e9 := ndjson(t, x.must(t, "list", "--group", "spate-fanout"))[0]
 	at9 := fmt.Sprintf("%v:%v", e9["dlq_partition"], e9["dlq_offset"])
+	e3 := ndjson(t, x.must(t, "list", "--id", "e3"))[0]
+	at3 := fmt.Sprintf("%v:%v", e3["dlq_partition"], e3["dlq_offset"])
 	pg := []string{"--postgres-url", x.pgURL, "--config", x.fixed}
 	for _, tc := range []struct {
 		args []string
@@ -528,6 +530,9 @@ func TestDLQRedriveRefuses(t *testing.T) {
 		{append([]string{at9, "--group", "other"}, pg...), "spate replay stream"},
 		{[]string{"--id", "e3", "--config", x.fixed}, "--postgres-url is required"},
 		{append([]string{"--id", "e3", "--since", "latest"}, pg...), "select nothing"},
+		// e3 is a dead letter of payments: applied to event_log alone, it
+		// would be marked re-driven and never reach payments.
+		{[]string{"--id", "e3", "--postgres-url", x.pgURL}, "the dead letters of payments (" + at3 + "): event_log alone runs without --config, not them"},
 	} {
 		if _, err := x.dlq(t, append([]string{"redrive"}, tc.args...)...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("spate dlq redrive %s: %v, want an error mentioning %q", strings.Join(tc.args, " "), err, tc.want)

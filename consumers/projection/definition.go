@@ -72,6 +72,12 @@ func named(projs []Projection) map[string]Projection {
 	return byName
 }
 
+// Names returns the names of the projections in projs, as Select and dead
+// letters name them: each SQL projection by its own name.
+func Names(projs []Projection) []string {
+	return slices.Sorted(maps.Keys(named(projs)))
+}
+
 // definitions returns the checksum of the definition of each projection in
 // projs that has one, by name.
 func definitions(projs []Projection) map[string]string {
@@ -99,7 +105,7 @@ func Select(projs []Projection, names ...string) ([]Projection, error) {
 	want := map[string]bool{}
 	for _, n := range names {
 		if _, ok := byName[n]; !ok {
-			return nil, fmt.Errorf("no projection %q; the configuration has %s", n, strings.Join(slices.Sorted(maps.Keys(byName)), ", "))
+			return nil, fmt.Errorf("no projection %q; the configuration has %s", n, strings.Join(Names(projs), ", "))
 		}
 		want[n] = true
 	}

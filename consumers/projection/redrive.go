@@ -42,6 +42,16 @@ CREATE TABLE IF NOT EXISTS spate_redrives (
 // storing the offset past it). Re-driving it would apply it twice.
 var ErrNotPassed = errors.New("the group has not moved past the event yet")
 
+// MissingProjectionError is returned by Redrive for a dead letter of a
+// projection that the projector does not have.
+type MissingProjectionError struct {
+	Projection string
+}
+
+func (e *MissingProjectionError) Error() string {
+	return fmt.Sprintf("the dead letter is of projection %s, which this projector does not have: re-drive it with the projections the group runs", e.Projection)
+}
+
 // Redrive applies the event of dl, a record of a dead-letter topic written
 // by this projector's consumer group, to every projection, exactly once.
 // The event is applied at its original topic, partition and offset. One
@@ -50,6 +60,9 @@ var ErrNotPassed = errors.New("the group has not moved past the event yet")
 // re-driven before, it applies nothing and returns false. It returns
 // ErrNotPassed, applying nothing, while the group's stored offset of the
 // event's partition is not past the event.
+//
+// A dead letter of a projection the projector does not have returns a
+// *MissingProjectionError and applies nothing.
 //
 // A record that still cannot be decoded, or that a projection still
 // rejects with a data exception or a constraint violation, commits nothing
@@ -62,6 +75,11 @@ func (p *Projector) Redrive(ctx context.Context, dl *kgo.Record) (applied bool, 
 		return false, err
 	}
 	where := fmt.Sprintf("redrive %s/%d@%d", dl.Topic, dl.Partition, dl.Offset)
+	if _, ok := named(p.projs)[d.Sink]; d.Sink != "" && !ok {
+		// Applied to the others alone, the event would be marked re-driven
+		// and never reach the projection that failed on it.
+		return false, fmt.Errorf("%s: %w", where, &MissingProjectionError{Projection: d.Sink})
+	}
 	ev, err := p.decode(d.Original())
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", where, err)

@@ -253,6 +253,7 @@ func TestRedriveRefuses(t *testing.T) {
 		t.Errorf("Redriven = %v, %v; want false", ok, err)
 	}
 
+
 	// A dead letter the group has not moved past yet (it crashed after
 	// writing it): the group will apply it, so a re-drive must not.
 	early := asDeadLetter(recs[1], projection.DefaultGroup, "data-exception")
@@ -275,6 +276,20 @@ func TestRedriveRefuses(t *testing.T) {
 		t.Errorf("Redrive of events@1 once the group moved past it = %v, %v; want applied", ok, err)
 	}
 	wantRows(t, pool, `SELECT "offset" FROM event_log`, "1")
+
+	// A dead letter of a projection this projector lacks: applied to
+	// event_log alone, it would be marked re-driven and never reach it.
+	other := asDeadLetter(recs[2], projection.DefaultGroup, "integrity-constraint-violation")
+	other.Headers = append(other.Headers, kgo.RecordHeader{Key: consumers.HeaderDLQSink, Value: []byte("payments")})
+	if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Next: 3}); err != nil { // the group moved past it
+		t.Fatal(err)
+	}
+	var missing *projection.MissingProjectionError
+	if ok, err := p.Redrive(ctx, other); ok || !errors.As(err, &missing) || missing.Projection != "payments" {
+		t.Errorf("Redrive of a dead letter of payments = %v, %v; want a MissingProjectionError", ok, err)
+	}
+	wantRows(t, pool, `SELECT "offset" FROM event_log`, "1")
+	wantRows(t, pool, `SELECT count(*) FROM spate_redrives`, "1")
 }
 
 // TestRedriveOfAGoProjectionsPoison: a Go projection that rejects an event
