@@ -253,7 +253,6 @@ func TestRedriveRefuses(t *testing.T) {
 		t.Errorf("Redriven = %v, %v; want false", ok, err)
 	}
 
-
 	// A dead letter the group has not moved past yet (it crashed after
 	// writing it): the group will apply it, so a re-drive must not.
 	early := asDeadLetter(recs[1], projection.DefaultGroup, "data-exception")
