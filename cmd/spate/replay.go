@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -72,6 +73,9 @@ Their statements must name tables without a schema.`,
 			if start.kind == atLatest {
 				return errors.New("--from latest would rebuild nothing: give earliest, a time or a duration ago")
 			}
+			if batchSize <= 0 {
+				return fmt.Errorf("--batch-size %d: want at least 1", batchSize)
+			}
 			perSecond, err := parseRate(rateFlag)
 			if err != nil {
 				return err
@@ -130,8 +134,8 @@ Their statements must name tables without a schema.`,
 			prog.finish()
 			if err != nil {
 				if ctx.Err() != nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "stopped: the live tables are untouched; run the same command again to resume from schema %s\n", rb.Schema())
-					return nil
+					return fmt.Errorf("rebuild of %s interrupted before the swap; the live tables are untouched: run the same command again to resume from schema %s: %w",
+						strings.Join(names, ", "), rb.Schema(), context.Cause(ctx))
 				}
 				return err
 			}

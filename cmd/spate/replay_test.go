@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The fixture's live projector applied its events to payments and
@@ -37,6 +39,24 @@ func TestReplayProjectionSwapsInTheSameTable(t *testing.T) {
 	}
 }
 
+// TestReplayProjectionInterrupted: a rebuild stopped before its swap (here
+// by cancelling its context, as Ctrl-C does) fails, so that a script does
+// not go on as if it had swapped, and says how to resume.
+func TestReplayProjectionInterrupted(t *testing.T) {
+	t.Parallel()
+	x := newDLQFixture(t)
+	// At one event a second, the fixture's twelve take twelve seconds.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	stop := time.AfterFunc(2*time.Second, func() { cancel(errors.New("stopped by the test")) })
+	defer stop.Stop()
+	_, _, err := runSpate(ctx, "replay", "projection", "payments", "--config", x.broken, "--postgres-url", x.pgURL,
+		"--kafka-brokers", strings.Join(x.brokers, ","), "--rate", "1", "--batch-size", "1")
+	if err == nil || !strings.Contains(err.Error(), "interrupted before the swap") || !strings.Contains(err.Error(), "stopped by the test") {
+		t.Fatalf("spate replay projection stopped before its swap = %v, want an error saying so", err)
+	}
+}
+
 func TestReplayProjectionRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -48,6 +68,7 @@ func TestReplayProjectionRefusesBadInput(t *testing.T) {
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x", "--from", "latest"}, "--from latest would rebuild nothing"},
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x", "--from", "7"}, `--from "7"`},
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x", "--rate", "fast"}, `--rate "fast"`},
+		{[]string{"projection", "orders", "--postgres-url", "postgres://x", "--batch-size", "-1"}, "--batch-size -1: want at least 1"},
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x"}, `no projection "orders"; the configuration has event_log (no --config given)`},
 	} {
 		_, _, err := runSpate(context.Background(), append([]string{"replay"}, tc.args...)...)
