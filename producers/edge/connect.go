@@ -116,7 +116,7 @@ func (sh requestShape) check(maxEvents int) error {
 	case sh.events > maxEvents:
 		return fmt.Errorf("the request holds %d events; at most %d are taken", sh.events, maxEvents)
 	case sh.extensions > MaxExtensions:
-		return fmt.Errorf("%w; one of the request's holds %d", errTooManyExtensions, sh.extensions)
+		return fmt.Errorf("%w; one of the request's events holds %d", errTooManyExtensions, sh.extensions)
 	}
 	return nil
 }
@@ -126,20 +126,17 @@ func (sh requestShape) check(maxEvents int) error {
 func protobufShape(b []byte) (requestShape, error) {
 	var sh requestShape
 	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num != 1 { // events
+		if num != 1 || typ != protowire.BytesType { // not an event: proto.Unmarshal keeps it as an unknown field
 			return nil
 		}
 		sh.events++
-		if typ != protowire.BytesType {
-			return nil // not an event: decoding it fails
-		}
 		ev, l := protowire.ConsumeBytes(v)
 		if l < 0 {
 			return protowire.ParseError(l)
 		}
 		n := 0
-		err := eachField(ev, func(num protowire.Number, _ protowire.Type, _ []byte) error {
-			if num == 9 { // extensions
+		err := eachField(ev, func(num protowire.Number, typ protowire.Type, _ []byte) error {
+			if num == 9 && typ == protowire.BytesType { // an extension
 				n++
 			}
 			return nil

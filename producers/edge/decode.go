@@ -99,7 +99,10 @@ var eventReaders = sync.Pool{New: func() any {
 
 // readJSONEvent reads raw, one JSON value, as json.Unmarshal into a
 // *jsonEvent would, strictly alike (duplicate names and invalid UTF-8 are
-// refused): nil for null, an error for anything but an object.
+// refused): nil for null, an error for anything but an object. It stops
+// at an extension attribute too many (errTooManyExtensions), before it has
+// read the rest: an event that has too many and is malformed too is refused
+// for the first.
 func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
 	r := eventReaders.Get().(*eventReader)
 	r.in = *bytes.NewBuffer(raw)
@@ -111,6 +114,8 @@ func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
 	}()
 
 	switch tok, err := r.dec.ReadToken(); {
+	case err == io.EOF:
+		return nil, io.ErrUnexpectedEOF // no value at all
 	case err != nil:
 		return nil, err
 	case tok.Kind() == 'n':

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -573,5 +575,31 @@ func BenchmarkDecodeJSONEvent(b *testing.B) {
 		if _, errs := decodeJSONEvent(0, raw); len(errs) > 0 {
 			b.Fatal(errs)
 		}
+	}
+}
+
+// TestProtobufShape: the shape scan counts what proto.Unmarshal decodes as
+// events and extensions, not fields of those numbers with another wire
+// type, which it keeps as unknown fields.
+func TestProtobufShape(t *testing.T) {
+	ext := func(name string) []byte { // a map entry of name and ""
+		b := protowire.AppendTag(nil, 9, protowire.BytesType)
+		return protowire.AppendBytes(b, protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), name))
+	}
+	notExt := protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 1)
+	event := func(fields ...[]byte) []byte {
+		b := protowire.AppendTag(nil, 1, protowire.BytesType)
+		return protowire.AppendBytes(b, bytes.Join(fields, nil))
+	}
+	notEvent := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 7)
+	body := bytes.Join([][]byte{event(ext("a"), ext("b"), notExt), notEvent, event(bytes.Repeat(notExt, 70)), event(ext("a"))}, nil)
+
+	var req spatev1.PublishRequest
+	if err := proto.Unmarshal(body, &req); err != nil || len(req.Events) != 3 || len(req.Events[0].Extensions) != 2 {
+		t.Fatalf("proto.Unmarshal = %v, %v; want 3 events, the first with 2 extensions", &req, err)
+	}
+	sh, err := protobufShape(body)
+	if err != nil || sh != (requestShape{events: 3, extensions: 2}) {
+		t.Errorf("protobufShape = %+v, %v; want 3 events, at most 2 extensions", sh, err)
 	}
 }

@@ -271,6 +271,7 @@ func TestBadInputIsRefusedAndNeverReachesKafka(t *testing.T) {
 		wantDetail string // in the problem's detail
 	}{
 		{"malformed JSON", "application/cloudevents+json", `{"id":`, 400, "", "not valid JSON"},
+		{"empty body", "application/cloudevents+json", " ", 400, "", "not valid JSON"},
 		{"unknown type", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), "shop.order.placed.v1", "shop.order.lost.v1", 1), 400, "type", ""},
 		{"payload does not match", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"amountCents":4200`, `"amountCents":"lots"`, 1), 400, "data", ""},
 		{"payload breaks a constraint", "application/cloudevents+json", strings.Replace(orderJSON("x", "s"), `"currency":"EUR"`, `"currency":"euro"`, 1), 400, "data.currency", ""},

@@ -192,7 +192,7 @@ func jsonErr(err error) string {
 // one valid JSON value (as opposed to one that is not an event).
 func malformedJSON(err error) bool {
 	syn := (*jsontext.SyntacticError)(nil)
-	return errors.As(err, &syn) || errors.Is(err, errTrailingData)
+	return errors.As(err, &syn) || errors.Is(err, errTrailingData) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // writeRefusal answers with the problem a refusal describes.
