@@ -28,9 +28,12 @@ over HTTP or Connect/gRPC; the edge validates each event against its schema and
 publishes it to Kafka; consumer groups apply the events to Postgres projections
 and to Redis Streams exactly once.
 
-Every flag can also be set through the environment: --kafka-brokers is
+Every setting can also be given through the environment: --kafka-brokers is
 SPATE_KAFKA_BROKERS, --postgres-url is SPATE_POSTGRES_URL, and so on. A flag
-given on the command line wins over the environment.`,
+given on the command line wins over the environment. Flags that choose what a
+command acts on (spate dlq's selections, spate offsets reset --to and
+--force, spate tail --group) are taken from the command line only; each
+says so in its help.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {

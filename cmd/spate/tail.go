@@ -53,7 +53,7 @@ it printed, and --from says where the group starts if it does not exist yet.
 
 spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 		Example: `  spate tail shop.order.placed.v1 --redis-url redis://127.0.0.1:41234/0
-  spate tail spate:shop.order.placed.v1 --from -10m --json | jq .data.orderId
+  spate tail spate:shop.order.placed.v1 --from -10m --json | jq .data.order_id
   spate tail shop.order.placed.v1 --from 0 --group audit`,
 		Args: cobra.ExactArgs(1),
 		// Like the root's, except that SPATE_GROUP names the Kafka group of
