@@ -583,6 +583,18 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 				return err
 			}
 		}
+		// FOR UPDATE held the live offsets that were there, but not a
+		// partition's first: its batch may have committed since they were
+		// read. With the tables locked (in the live projector's order:
+		// tables, then offsets), hold every offset still and read again.
+		if _, err := tx.Exec(ctx, `LOCK TABLE `+live+`.spate_offsets IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		if lo, err := r.liveOffsets(ctx, tx, false); err != nil {
+			return err
+		} else if !maps.Equal(lo, at) {
+			return errNotCaughtUp
+		}
 		var b strings.Builder
 		for _, t := range old {
 			fmt.Fprintf(&b, "ALTER TABLE %s SET SCHEMA %s;\n", t, retired)
@@ -634,6 +646,13 @@ func (r *rebuildRun) applyGap(ctx context.Context, tx pgx.Tx, lo map[int32]int64
 	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`,
 		pgx.Identifier{r.shadow}.Sanitize()+", "+pgx.Identifier{r.live}.Sanitize()); err != nil {
 		return 0, err
+	}
+	for p, o := range lo {
+		if _, ok := r.applied[p]; !ok && o > 0 {
+			// The shadow does not read it: swapped in, it would lack
+			// the partition's events.
+			return 0, fmt.Errorf("rebuild: partition %d of %s was added after the rebuild started; run it again to take it in", p, r.cfg.Topic)
+		}
 	}
 	for _, p := range slices.Sorted(maps.Keys(r.applied)) {
 		t := r.target(lo, p)

@@ -12,12 +12,15 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
@@ -359,4 +362,141 @@ func TestDefinitionChangeStopsProjector(t *testing.T) {
 	if got := eventLog(t, pool); len(got) != 10 {
 		t.Fatalf("event_log holds %d events, want the 10 applied before the change", len(got))
 	}
+}
+
+// TestRebuildSwapHoldsAPartitionsFirstBatch: the live projector's first
+// batch of a partition it holds no offset row of commits while the swap
+// waits for its table lock. The swap's FOR UPDATE did not lock the row
+// (it did not exist), so the swap goes on with the offsets it read: the
+// batch lands in the retired table, the live offset is past it.
+func TestRebuildSwapHoldsAPartitionsFirstBatch(t *testing.T) {
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 2, "events")
+	live, pool := newProjector(t)
+	p0 := produceTo(t, brokers, 0, records(t, 0, 10))
+	recs1 := records(t, 100, 103)
+	p1 := produceTo(t, brokers, 1, recs1)
+	if err := live.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Records: p0, Next: 10}); err != nil {
+		t.Fatal(err)
+	}
+	inTx, release := make(chan struct{}), make(chan struct{})
+	projection.SetHook(live, func(point string) {
+		if point == "applied" {
+			close(inTx)
+			<-release
+		}
+	})
+	applied := make(chan error, 1)
+	go func() {
+		applied <- live.Apply(ctx, consumers.Batch{Topic: "events", Partition: 1, Records: p1, Next: p1[len(p1)-1].Offset + 1})
+	}()
+	<-inTx
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
+		Projections: []projection.Projection{projection.EventLog()}, Topic: "events"}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		res *projection.RebuildResult
+		err error
+	}
+	rebuilt := make(chan result, 1)
+	go func() { r, err := rb.Run(ctx); rebuilt <- result{r, err} }()
+	// Release the live batch once the swap waits for event_log's lock.
+	spatetest.Eventually(t, time.Minute, func() string {
+		var waiting bool
+		pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock' AND relation = 'public.event_log'::regclass)`).Scan(&waiting)
+		if !waiting {
+			return "the swap does not wait for event_log yet"
+		}
+		return ""
+	})
+	close(release)
+	if err := <-applied; err != nil {
+		t.Fatal(err)
+	}
+	r := <-rebuilt
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	wantRows(t, pool, `SELECT partition, next_offset FROM spate_offsets WHERE consumer_group = 'spate-project' ORDER BY 1`, "0|10", "1|3")
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, fmt.Sprint(13))
+}
+
+// TestRebuildOfAPartitionAddedMidRun: a partition added to the topic while
+// a rebuild runs, and applied by the live projector, is not read by the
+// rebuild. Swapped in, its tables would lack that partition's events; the
+// rebuild fails instead, and run again it takes the partition in.
+func TestRebuildOfAPartitionAddedMidRun(t *testing.T) {
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events")
+	live, pool := newProjector(t) // group spate-project, event_log
+	p0 := produceTo(t, brokers, 0, records(t, 0, 10))
+	if err := live.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Records: p0, Next: p0[len(p0)-1].Offset + 1}); err != nil {
+		t.Fatal(err)
+	}
+	added := false
+	progress := func(done, total int64) {
+		if added {
+			return
+		}
+		added = true
+		acl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer acl.Close()
+		if _, err := kadm.NewClient(acl).CreatePartitions(ctx, 1, "events"); err != nil {
+			t.Fatal(err)
+		}
+		recs := records(t, 100, 105)
+		for _, r := range recs {
+			r.Offset = 0
+		}
+		p1 := produceTo(t, brokers, 1, recs)
+		if err := live.Apply(ctx, consumers.Batch{Topic: "events", Partition: 1, Records: p1, Next: p1[len(p1)-1].Offset + 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
+		Projections: []projection.Projection{projection.EventLog()}, Topic: "events", Progress: progress}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rb.Run(ctx); err == nil || !strings.Contains(err.Error(), "partition 1 of events was added after the rebuild started") {
+		t.Fatalf("rebuild with a partition added meanwhile = %v, want an error saying so", err)
+	}
+	rb, err = projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
+		Projections: []projection.Projection{projection.EventLog()}, Topic: "events"}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rb.Run(ctx); err != nil {
+		t.Fatalf("rebuild run again: %v", err)
+	}
+	wantRows(t, pool, `SELECT partition, next_offset FROM spate_offsets WHERE consumer_group = 'spate-project' ORDER BY 1`, "0|10", "1|5")
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "15")
+}
+
+// produceTo writes recs to partition part of their topic and returns them
+// as written.
+func produceTo(t *testing.T, brokers []string, part int32, recs []*kgo.Record) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for _, r := range recs {
+		r.Partition = part
+	}
+	res := cl.ProduceSync(context.Background(), recs...)
+	if err := res.FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]*kgo.Record, len(res))
+	for i, pr := range res {
+		out[i] = pr.Record
+	}
+	return out
 }
