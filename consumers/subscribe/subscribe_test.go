@@ -122,6 +122,19 @@ func (r *recorder) missing(want []string) int {
 	return n
 }
 
+// settled says what keeps want from being handled and acknowledged by
+// group on stream: "" once they are.
+func (r *recorder) settled(t *testing.T, rdb *redis.Client, stream, group string, want []string) string {
+	t.Helper()
+	if n := r.missing(want); n > 0 {
+		return fmt.Sprintf("%d of %d not handled", n, len(want))
+	}
+	if p := pending(t, rdb, stream, group); p != 0 {
+		return fmt.Sprintf("%d pending", p)
+	}
+	return ""
+}
+
 // pending returns the group's pending entries on stream.
 func pending(t *testing.T, rdb *redis.Client, stream, group string) int64 {
 	t.Helper()
@@ -245,15 +258,7 @@ func TestTakesOverEntriesOfAStoppedMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, t.Context(), b)
-	spatetest.Eventually(t, waitFor, func() string {
-		if n := rec.missing(want); n > 0 {
-			return fmt.Sprintf("%d of %d not handled", n, len(want))
-		}
-		if p := pending(t, rdb, stream, "g"); p != 0 {
-			return fmt.Sprintf("%d pending", p)
-		}
-		return ""
-	})
+	spatetest.Eventually(t, waitFor, func() string { return rec.settled(t, rdb, stream, "g", want) })
 	takenOver := map[string]bool{}
 	for _, id := range want[:10] {
 		takenOver[id] = true
@@ -494,15 +499,7 @@ func TestCreatesTheGroupAgainWhenTheStreamIsDeleted(t *testing.T) {
 				t.Fatal(err)
 			}
 			want = append(want, publish(t, rdb, stream, 1, 3)...)
-			spatetest.Eventually(t, waitFor, func() string {
-				if n := rec.missing(want); n > 0 {
-					return fmt.Sprintf("%d of %d not handled", n, len(want))
-				}
-				if p := pending(t, rdb, stream, "g"); p != 0 {
-					return fmt.Sprintf("%d pending", p)
-				}
-				return ""
-			})
+			spatetest.Eventually(t, waitFor, func() string { return rec.settled(t, rdb, stream, "g", want) })
 		})
 	}
 }
