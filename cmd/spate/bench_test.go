@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/producers"
@@ -28,8 +29,9 @@ const benchEvents = 100_000
 // projector with event_log alone, with the example's SQL projections
 // (orders, which keeps customer_totals too, and payments) and with all of
 // the example's, and the fan-out; and in the same run the raw ceiling of
-// each sink: pgx COPY of the event_log rows, and pipelined XADDs of the
-// stream entries. Run with -benchtime=1x or 3x:
+// each sink: pgx COPY of the event_log rows (over one connection, and over
+// one a partition), and pipelined XADDs of the stream entries. Run with
+// -benchtime=1x or 3x:
 //
 //	go test -run '^$' -bench Consume -benchtime 3x ./cmd/spate/
 func BenchmarkConsume(b *testing.B) {
@@ -101,38 +103,55 @@ func BenchmarkConsume(b *testing.B) {
 			rdb.FlushDB(ctx)
 		}
 	})
-	b.Run("ceiling-pgx-copy", func(b *testing.B) {
-		// event_log's shape: the same columns, key and index.
-		if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS copy_ceiling (
-			topic text NOT NULL, partition int NOT NULL, "offset" bigint NOT NULL, id text NOT NULL, type text NOT NULL,
-			source text NOT NULL, subject text NOT NULL, time timestamptz NOT NULL, payload jsonb NOT NULL,
-			PRIMARY KEY (topic, partition, "offset"));
-			CREATE INDEX IF NOT EXISTS copy_ceiling_id ON copy_ceiling (id)`); err != nil {
+	// event_log's shape: the same columns, key and index.
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS copy_ceiling (
+		topic text NOT NULL, partition int NOT NULL, "offset" bigint NOT NULL, id text NOT NULL, type text NOT NULL,
+		source text NOT NULL, subject text NOT NULL, time timestamptz NOT NULL, payload jsonb NOT NULL,
+		PRIMARY KEY (topic, partition, "offset"));
+		CREATE INDEX IF NOT EXISTS copy_ceiling_id ON copy_ceiling (id)`); err != nil {
+		b.Fatal(err)
+	}
+	// The rows of each partition, as the producer keyed them.
+	parts := make([][][]any, 4)
+	for i, ev := range evs {
+		payload, err := e.reg.JSON(ev.Type, ev.Datacontenttype, ev.Data)
+		if err != nil {
 			b.Fatal(err)
 		}
-		rows := make([][]any, len(evs))
-		for i, ev := range evs {
-			payload, err := e.reg.JSON(ev.Type, ev.Datacontenttype, ev.Data)
-			if err != nil {
-				b.Fatal(err)
-			}
-			rows[i] = []any{"spate.events", int32(i % 4), int64(i), ev.Id, ev.Type, ev.Source, ev.Subject, ev.Time.AsTime(), payload}
-		}
-		for b.Loop() {
-			if _, err := pool.Exec(ctx, `TRUNCATE copy_ceiling`); err != nil {
-				b.Fatal(err)
-			}
-			start := time.Now()
-			for i := 0; i < len(rows); i += 10000 {
-				_, err := pool.CopyFrom(ctx, pgx.Identifier{"copy_ceiling"}, []string{"topic", "partition", "offset", "id", "type", "source", "subject", "time", "payload"},
-					pgx.CopyFromRows(rows[i:min(i+10000, len(rows))]))
-				if err != nil {
+		p := i % len(parts)
+		parts[p] = append(parts[p], []any{"spate.events", int32(p), int64(len(parts[p])), ev.Id, ev.Type, ev.Source, ev.Subject, ev.Time.AsTime(), payload})
+	}
+	// COPY over one connection, and over one a partition as the
+	// projector's workers use.
+	for _, conns := range []int{1, len(parts)} {
+		b.Run(fmt.Sprint("ceiling-pgx-copy-conns-", conns), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := pool.Exec(ctx, `TRUNCATE copy_ceiling`); err != nil {
 					b.Fatal(err)
 				}
+				start := time.Now()
+				var g errgroup.Group
+				for c := range conns {
+					g.Go(func() error {
+						for p := c; p < len(parts); p += conns {
+							for i := 0; i < len(parts[p]); i += 10000 {
+								_, err := pool.CopyFrom(ctx, pgx.Identifier{"copy_ceiling"}, []string{"topic", "partition", "offset", "id", "type", "source", "subject", "time", "payload"},
+									pgx.CopyFromRows(parts[p][i:min(i+10000, len(parts[p]))]))
+								if err != nil {
+									return err
+								}
+							}
+						}
+						return nil
+					})
+				}
+				if err := g.Wait(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(len(evs))/time.Since(start).Seconds(), "events/s")
 			}
-			b.ReportMetric(float64(len(rows))/time.Since(start).Seconds(), "events/s")
-		}
-	})
+		})
+	}
 	b.Run("ceiling-redis-xadd-pipelined", func(b *testing.B) {
 		for b.Loop() {
 			rdb.FlushDB(ctx)
