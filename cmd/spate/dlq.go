@@ -74,37 +74,28 @@ func (f *dlqFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.group, "group", projection.DefaultGroup, "the consumer group whose dead letters to take (header spate_dlq_group)")
 }
 
-// dlqCommandLineOnly are the flags that choose dead letters or what to do
-// with them: they are taken from the command line only, never from the
-// environment, so that no SPATE_ALL or SPATE_ID left in a shell chooses
-// for the operator.
-var dlqCommandLineOnly = []string{"all-groups", "projection", "error-class", "since", "id", "all", "dry-run"}
-
-// registerSelection adds the filters, after annotateEnv: they have no
-// environment variable.
+// registerSelection adds the filters, after annotateEnv: like the other
+// flags that choose dead letters or what to do with them, they are taken
+// from the command line only (cmdLineOnly).
 func (f *dlqFlags) registerSelection(fs *pflag.FlagSet, allGroups bool) {
 	if allGroups {
 		fs.BoolVar(&f.allGroups, "all-groups", false, "take the dead letters of every group (not with --group)")
+		cmdLineOnly(fs, "all-groups")
 	}
 	fs.StringVar(&f.projection, "projection", "", "only dead letters of this projection (header spate_dlq_sink)")
 	fs.StringVar(&f.class, "error-class", "", "only dead letters of this error class, e.g. integrity-constraint-violation, data-exception, unknown-type, payload, envelope")
 	fs.StringVar(&f.since, "since", "", "only dead letters written since a time (RFC 3339) or a duration ago (-24h)")
 	fs.StringVar(&f.id, "id", "", "only dead letters of the event with this id")
+	cmdLineOnly(fs, "projection", "error-class", "since", "id")
 }
 
 // preRun is the commands' PersistentPreRunE: the root's, except that it
-// leaves out dlqCommandLineOnly, and notes first whether --group was given
-// on the command line: a SPATE_GROUP in the environment (set for spate
-// project or fanout) does not contradict --all-groups.
+// notes first whether --group was given on the command line: a SPATE_GROUP
+// in the environment (set for spate project or fanout) does not contradict
+// --all-groups.
 func (f *dlqFlags) preRun(cmd *cobra.Command, _ []string) error {
 	f.groupGiven = cmd.Flags().Changed("group")
-	fromEnv := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
-	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
-		if !slices.Contains(dlqCommandLineOnly, fl.Name) {
-			fromEnv.AddFlag(fl)
-		}
-	})
-	return envFallback(fromEnv)
+	return envFallback(cmd.Flags())
 }
 
 // open returns the selection the flags make and what the command is built
@@ -736,6 +727,10 @@ With --postgres-url it also says whether the dead letter was re-driven.`,
 	cmd.Flags().StringVar(&pgURL, "postgres-url", "", "PostgreSQL of the projections, to say whether the dead letter was re-driven (default: not said)")
 	annotateEnv(cmd.Flags())
 	f.registerSelection(cmd.Flags(), true)
+	// Show takes one dead letter; it refuses the filters with advice.
+	for _, name := range []string{"projection", "error-class", "since"} {
+		cmd.Flags().MarkHidden(name)
+	}
 	return cmd
 }
 
@@ -912,6 +907,7 @@ repair them.`,
 	f.registerSelection(cmd.Flags(), false)
 	cmd.Flags().BoolVar(&all, "all", false, "re-drive every dead letter of --group (instead of a selection)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be re-driven and what was already; change nothing")
+	cmdLineOnly(cmd.Flags(), "all", "dry-run")
 	return cmd
 }
 

@@ -148,9 +148,9 @@ from where they were and store their own positions over the new ones.
 	fs.BoolVar(&dryRun, "dry-run", false, "print the old and new offsets, change nothing")
 	annotateEnv(fs)
 	// What to do is said on the command line, never left in the environment.
-	fs.StringVar(&to, "to", "", "where to move the group: earliest, latest, a time (RFC 3339), a duration ago (-24h) or an offset (required; not taken from SPATE_TO)")
-	fs.BoolVar(&force, "force", false, "reset even while the group has live members, who must then restart (not taken from SPATE_FORCE)")
-	f.cmdLineOnly = []string{"to", "force"}
+	fs.StringVar(&to, "to", "", "where to move the group: earliest, latest, a time (RFC 3339), a duration ago (-24h) or an offset (required)")
+	fs.BoolVar(&force, "force", false, "reset even while the group has live members, who must then restart")
+	cmdLineOnly(fs, "to", "force")
 	return cmd
 }
 
@@ -166,8 +166,6 @@ type offsetsFlags struct {
 	timeout     time.Duration
 
 	given map[string]bool // flags given on the command line, not taken from the environment
-	// cmdLineOnly are flags not taken from the environment.
-	cmdLineOnly []string
 }
 
 func (f *offsetsFlags) register(fs *pflag.FlagSet) {
@@ -189,14 +187,7 @@ func (f *offsetsFlags) preRun(cmd *cobra.Command, _ []string) error {
 	fs := cmd.Flags()
 	f.given = map[string]bool{}
 	fs.Visit(func(fl *pflag.Flag) { f.given[fl.Name] = true })
-	err := envFallback(fs)
-	for _, name := range f.cmdLineOnly {
-		if fl := fs.Lookup(name); !f.given[name] && fl.Changed {
-			fl.Value.Set(fl.DefValue) // the default always parses
-			fl.Changed = false
-		}
-	}
-	return err
+	return envFallback(fs)
 }
 
 // source names a flag as the user gave it: on the command line or through

@@ -31,6 +31,7 @@ func newReplayProjectionCmd() *cobra.Command {
 		url, config, from string
 		group, rateFlag   string
 		batchSize         int
+		partial           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "projection NAME...",
@@ -52,6 +53,10 @@ next rebuild of the same projections (DROP SCHEMA ... CASCADE frees them).
 
 Ctrl-C leaves the live tables as they were; run the same command again to
 resume where it stopped. With changed definitions it starts over.
+
+A rebuild holds only what Kafka keeps. If Kafka's retention deleted events
+it would apply, it refuses to start and names the partitions; with
+--partial-history it rebuilds from the oldest event Kafka keeps instead.
 
 Typical use: a projection's SQL changed in spate.yaml. Rebuild it with the
 new file, then restart the projectors with that file: a live projector
@@ -100,14 +105,17 @@ Their statements must name tables without a schema.`,
 				return err
 			}
 			ctx := cmd.Context()
-			adminCl, err := kgo.NewClient(e.kafkaOpts("spate-replay")...)
-			if err != nil {
-				return fmt.Errorf("kafka client: %w", err)
-			}
-			offs, err := start.resolve(ctx, kadm.NewClient(adminCl), e.topic)
-			adminCl.Close()
-			if err != nil {
-				return err
+			var offs map[int32]int64 // earliest: from offset 0, which the rebuild checks Kafka still has
+			if start.kind != atEarliest {
+				adminCl, err := kgo.NewClient(e.kafkaOpts("spate-replay")...)
+				if err != nil {
+					return fmt.Errorf("kafka client: %w", err)
+				}
+				offs, err = start.resolve(ctx, kadm.NewClient(adminCl), e.topic)
+				adminCl.Close()
+				if err != nil {
+					return err
+				}
 			}
 			pool, err := pgxpool.New(ctx, url)
 			if err != nil {
@@ -119,8 +127,8 @@ Their statements must name tables without a schema.`,
 			defer prog.finish()
 			var shown int64
 			rb, err := projection.NewRebuild(pool, e.reg, projection.RebuildConfig{
-				Projections: chosen, Topic: e.topic, Group: group, From: offs, Rate: perSecond,
-				BatchSize: batchSize, Logger: e.log,
+				Projections: chosen, Topic: e.topic, Group: group, From: offs, PartialHistory: partial,
+				Rate: perSecond, BatchSize: batchSize, Logger: e.log,
 				Progress: func(done, total int64) {
 					prog.setTotal(total)
 					prog.add(int(done - shown))
@@ -136,6 +144,9 @@ Their statements must name tables without a schema.`,
 				if ctx.Err() != nil {
 					return fmt.Errorf("rebuild of %s interrupted before the swap; the live tables are untouched: run the same command again to resume from schema %s: %w",
 						strings.Join(names, ", "), rb.Schema(), context.Cause(ctx))
+				}
+				if errors.Is(err, projection.ErrHistoryGone) {
+					return fmt.Errorf("%w. To rebuild from the oldest event Kafka keeps, give --partial-history", err)
 				}
 				return err
 			}
@@ -163,6 +174,8 @@ Their statements must name tables without a schema.`,
 	fs.StringVar(&rateFlag, "rate", "", "most events applied per second, e.g. 5000 or 5000/s (default: as fast as it goes)")
 	fs.IntVar(&batchSize, "batch-size", 5000, "most events applied in one transaction")
 	annotateEnv(fs)
+	fs.BoolVar(&partial, "partial-history", false, "rebuild from the oldest event Kafka keeps where its retention deleted older ones (the rebuilt tables lack them)")
+	cmdLineOnly(fs, "partial-history")
 	return cmd
 }
 

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // The fixture's live projector applied its events to payments and
@@ -75,5 +78,31 @@ func TestReplayProjectionRefusesBadInput(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("spate replay %s = %v, want an error containing %q", strings.Join(tc.args, " "), err, tc.want)
 		}
+	}
+}
+
+// TestReplayProjectionOfHistoryKafkaDeleted: the rebuild is refused, with
+// the flag that allows it, when retention deleted events it would apply.
+func TestReplayProjectionOfHistoryKafkaDeleted(t *testing.T) {
+	t.Parallel()
+	x := newDLQFixture(t)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(x.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	offs := kadm.Offsets{}
+	offs.AddOffset("spate.events", 0, 1, -1)
+	if deleted, err := kadm.NewClient(cl).DeleteRecords(context.Background(), offs); err != nil || deleted.Error() != nil {
+		t.Fatalf("delete the first record of partition 0: %v, %v", err, deleted.Error())
+	}
+	args := []string{"replay", "projection", "payments", "--config", x.broken, "--postgres-url", x.pgURL, "--kafka-brokers", strings.Join(x.brokers, ",")}
+	_, _, err = runSpate(context.Background(), args...)
+	if err == nil || !strings.Contains(err.Error(), "partition 0 starts at offset 1, not 0") || !strings.Contains(err.Error(), "give --partial-history") {
+		t.Fatalf("spate replay projection of deleted history = %v, want a refusal naming partition 0 and --partial-history", err)
+	}
+	out, errs, err := runSpate(context.Background(), append(args, "--partial-history")...)
+	if err != nil || !strings.Contains(out, "swapped in payments") {
+		t.Fatalf("with --partial-history: %v\nstdout:\n%s\nstderr:\n%s", err, out, errs)
 	}
 }

@@ -32,8 +32,8 @@ Every setting can also be given through the environment: --kafka-brokers is
 SPATE_KAFKA_BROKERS, --postgres-url is SPATE_POSTGRES_URL, and so on. A flag
 given on the command line wins over the environment. Flags that choose what a
 command acts on (spate dlq's selections, spate offsets reset --to and
---force, spate tail --group) are taken from the command line only; each
-says so in its help.`,
+--force, spate tail --group, spate replay projection --partial-history) are
+taken from the command line only; each says so in its help.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -47,11 +47,12 @@ says so in its help.`,
 }
 
 // envFallback sets every flag not given on the command line from its
-// SPATE_* environment variable, if that is set.
+// SPATE_* environment variable, if that is set, except the flags marked
+// cmdLineOnly.
 func envFallback(fs *pflag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || err != nil {
+		if f.Changed || err != nil || f.Annotations[cmdLineOnlyKey] != nil {
 			return
 		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
@@ -61,6 +62,21 @@ func envFallback(fs *pflag.FlagSet) error {
 		}
 	})
 	return err
+}
+
+// cmdLineOnlyKey is the annotation of flags envFallback leaves alone.
+const cmdLineOnlyKey = "spate_cmd_line_only"
+
+// cmdLineOnly marks flags that choose what a command acts on: they are
+// taken from the command line only, so that nothing left in a shell's
+// environment (SPATE_FORCE, SPATE_ALL, SPATE_GROUP set for another command)
+// chooses for the operator. Their usage says so.
+func cmdLineOnly(fs *pflag.FlagSet, names ...string) {
+	for _, name := range names {
+		f := fs.Lookup(name)
+		f.Annotations = map[string][]string{cmdLineOnlyKey: {"true"}}
+		f.Usage += " (not taken from " + envName(name) + ")"
+	}
 }
 
 func envName(flag string) string {

@@ -56,17 +56,6 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
   spate tail spate:shop.order.placed.v1 --from -10m --json | jq .data.order_id
   spate tail shop.order.placed.v1 --from 0 --group audit`,
 		Args: cobra.ExactArgs(1),
-		// Like the root's, except that SPATE_GROUP names the Kafka group of
-		// spate project and fanout: tail joins a group only when told on
-		// the command line.
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			given := cmd.Flags().Changed("group")
-			err := envFallback(cmd.Flags())
-			if !given {
-				group = ""
-			}
-			return err
-		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, _, err := lf.loggers(cmd.ErrOrStderr())
 			if err != nil {
@@ -110,7 +99,10 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 	fs.BoolVar(&asJSON, "json", false, "print NDJSON (default: when stdout is not a terminal)")
 	fs.StringVar(&prefx, "stream-prefix", "spate:", "prefix added to a STREAM without ':'")
 	annotateEnv(fs)
-	fs.StringVar(&group, "group", "", "consumer group to read as, acknowledging what is printed (default: read without a group; not taken from SPATE_GROUP)")
+	// SPATE_GROUP names the Kafka group of spate project and fanout: tail
+	// joins a group only when told on the command line.
+	fs.StringVar(&group, "group", "", "consumer group to read as, acknowledging what is printed (default: read without a group)")
+	cmdLineOnly(fs, "group")
 	return cmd
 }
 

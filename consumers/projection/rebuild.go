@@ -39,6 +39,12 @@ type RebuildConfig struct {
 	// From is where a new rebuild starts in each partition. Zero: at each
 	// partition's start. A rebuild that resumes continues where it stopped.
 	From map[int32]int64
+	// PartialHistory lets a rebuild start at the oldest event Kafka keeps
+	// where retention deleted events it would have applied (from offset 0,
+	// from From, or from where an interrupted run stopped): the rebuilt
+	// tables then lack those events. Zero: such a rebuild fails with
+	// ErrHistoryGone before it applies anything.
+	PartialHistory bool
 	// Rate caps the events applied per second. Zero: no cap.
 	Rate float64
 	// BatchSize is the most events one transaction applies. Zero: 5000.
@@ -54,6 +60,10 @@ type RebuildConfig struct {
 // ErrRebuildRunning reports that another process is rebuilding the same
 // projections.
 var ErrRebuildRunning = errors.New("a rebuild of these projections is running (one that was just killed holds its lock until Postgres notices: retry in a moment)")
+
+// ErrHistoryGone reports that Kafka's retention deleted events a rebuild
+// would apply (see RebuildConfig.PartialHistory).
+var ErrHistoryGone = errors.New("Kafka no longer has all of the history to rebuild from")
 
 // A Rebuild builds projections afresh from the history in Kafka into
 // shadow tables, in a schema of their own, while the live projector keeps
@@ -187,6 +197,12 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 
 	run := &rebuildRun{Rebuild: r, live: live, proj: proj, res: &RebuildResult{Resumed: resumed, Retired: r.retired}}
 	if err := run.start(ctx); err != nil {
+		if errors.Is(err, ErrHistoryGone) && !resumed {
+			// Refused before it began: leave nothing behind.
+			if _, derr := r.pool.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{r.shadow}.Sanitize()+` CASCADE`); derr != nil {
+				r.log.Warn("drop the shadow schema of a refused rebuild", "schema", r.shadow, "err", derr)
+			}
+		}
 		return nil, err
 	}
 	defer run.cl.Close()
@@ -257,6 +273,8 @@ type rebuildRun struct {
 	res  *RebuildResult
 	cl   *kgo.Client
 
+	logStart map[int32]int64 // where each partition's history started in Kafka when the run started
+
 	pending map[int32][]*kgo.Record // fetched, not applied yet, in offset order
 	paused  map[int32]bool
 	limit   *rate.Limiter
@@ -281,24 +299,37 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rebuild: offsets of %s: %w", r.cfg.Topic, err)
 	}
-	var parts []int32
-	starts.Each(func(o kadm.ListedOffset) { parts = append(parts, o.Partition) })
-	if len(parts) == 0 {
+	r.logStart = map[int32]int64{}
+	starts.Each(func(o kadm.ListedOffset) { r.logStart[o.Partition] = o.Offset })
+	if len(r.logStart) == 0 {
 		return fmt.Errorf("rebuild: topic %s has no partitions", r.cfg.Topic)
 	}
+	parts := slices.Sorted(maps.Keys(r.logStart))
 	stored, err := r.proj.Offsets(ctx, r.cfg.Topic, parts)
 	if err != nil {
 		return fmt.Errorf("rebuild: %w", err)
 	}
+	// Where each partition's rebuild starts, or goes on from, and where
+	// Kafka's history of it now starts.
+	from := map[int32]int64{}
+	var gone []string
+	for _, p := range parts {
+		o, ok := stored[p]
+		if !ok {
+			o = r.cfg.From[p]
+		}
+		from[p] = o
+		if o < r.logStart[p] {
+			gone = append(gone, fmt.Sprintf("partition %d starts at offset %d, not %d", p, r.logStart[p], o))
+		}
+	}
+	if len(gone) > 0 && !r.cfg.PartialHistory {
+		return fmt.Errorf("rebuild: %w: in %s, %s; the rebuilt tables would lack the events its retention deleted", ErrHistoryGone, r.cfg.Topic, strings.Join(gone, ", "))
+	}
 	r.applied = map[int32]int64{}
 	for _, p := range parts {
-		next, ok := stored[p]
-		if !ok {
-			o, _ := starts.Lookup(r.cfg.Topic, p)
-			next = o.Offset
-			if from, ok := r.cfg.From[p]; ok {
-				next = max(from, next)
-			}
+		next := max(from[p], r.logStart[p])
+		if o, ok := stored[p]; !ok || o != next {
 			if err := r.proj.Apply(ctx, consumers.Batch{Topic: r.cfg.Topic, Partition: p, Next: next}); err != nil {
 				return fmt.Errorf("rebuild: %w", err)
 			}
@@ -351,10 +382,13 @@ func (r *rebuildRun) liveOffsets(ctx context.Context, q interface {
 }
 
 // target is where partition p must get to: the live projector's offset, or
-// where the shadow is if the live projector never stored one.
+// where the shadow is if the live projector never stored one. A live offset
+// below Kafka's log start counts as the log start: the live projector goes
+// on from there, as the events between are gone (and on an idle partition
+// it would never store an offset past them).
 func (r *rebuildRun) target(live map[int32]int64, p int32) int64 {
 	if o, ok := live[p]; ok {
-		return o
+		return max(o, r.logStart[p])
 	}
 	return r.applied[p]
 }

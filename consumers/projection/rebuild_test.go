@@ -500,3 +500,89 @@ func produceTo(t *testing.T, brokers []string, part int32, recs []*kgo.Record) [
 	}
 	return out
 }
+
+// deleteRecordsBelow makes Kafka's history of partition 0 of topic start
+// at offset o, as retention does.
+func deleteRecordsBelow(t *testing.T, brokers []string, topic string, o int64) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	offs := kadm.Offsets{}
+	offs.AddOffset(topic, 0, o, -1)
+	deleted, err := kadm.NewClient(cl).DeleteRecords(context.Background(), offs)
+	if err == nil {
+		err = deleted.Error()
+	}
+	if err != nil {
+		t.Fatalf("delete records of %s below %d: %v", topic, o, err)
+	}
+}
+
+// TestRebuildOfHistoryKafkaNoLongerHas: retention deleted the oldest
+// events. A rebuild would swap in tables that lack them, so it is refused,
+// saying so, unless PartialHistory allows it; then it rebuilds what Kafka
+// keeps.
+func TestRebuildOfHistoryKafkaNoLongerHas(t *testing.T) {
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events")
+	live, pool := newProjector(t)
+	p0 := produceTo(t, brokers, 0, records(t, 0, 10))
+	if err := live.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Records: p0, Next: 10}); err != nil {
+		t.Fatal(err)
+	}
+	deleteRecordsBelow(t, brokers, "events", 4)
+	cfg := projection.RebuildConfig{Projections: []projection.Projection{projection.EventLog()}, Topic: "events"}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), cfg, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rb.Run(ctx)
+	if !errors.Is(err, projection.ErrHistoryGone) || !strings.Contains(err.Error(), "partition 0 starts at offset 4, not 0") {
+		t.Fatalf("rebuild of history Kafka deleted = %v, want ErrHistoryGone naming partition 0's start", err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "10")
+	wantRows(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname = '`+rb.Schema()+`'`, "0")
+
+	cfg.PartialHistory = true
+	if rb, err = projection.NewRebuild(pool, schemas.Builtin(), cfg, kgo.SeedBrokers(brokers...)); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := rb.Run(ctx); err != nil || res.Resumed {
+		t.Fatalf("rebuild with PartialHistory = %+v, %v; want a fresh run", res, err)
+	}
+	wantRows(t, pool, `SELECT min("offset"), count(*) FROM event_log`, "4|6")
+}
+
+// TestRebuildWithTheLiveOffsetBelowKafkasHistory: the live projector had
+// not applied the events retention deleted, and the partition is idle, so
+// its offset stays below Kafka's log start: it would move only with new
+// events. The rebuild takes the log start as where it is, and swaps in.
+func TestRebuildWithTheLiveOffsetBelowKafkasHistory(t *testing.T) {
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events")
+	live, pool := newProjector(t)
+	p0 := produceTo(t, brokers, 0, records(t, 0, 10))
+	if err := live.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Records: p0[:4], Next: 4}); err != nil {
+		t.Fatal(err)
+	}
+	deleteRecordsBelow(t, brokers, "events", 10)
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
+		Projections: []projection.Projection{projection.EventLog()}, Topic: "events", PartialHistory: true}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without the log start as its target, the rebuild waits for ever.
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	res, err := rb.Run(rctx)
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	if diff := cmp.Diff(map[int32]int64{0: 4}, res.Offsets); diff != "" {
+		t.Errorf("swapped in at the live offsets (-want +got):\n%s", diff)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "0")
+}
