@@ -60,16 +60,26 @@ func (p *batchProjection) definition() string {
 // applied together as one taken apart.
 func named(projs []Projection) map[string]Projection {
 	byName := map[string]Projection{}
-	for _, pr := range projs {
-		if set, ok := pr.(*sqlSet); ok {
-			for _, sp := range set.projs {
-				byName[sp.name] = &sqlSet{projs: []*sqlProjection{sp}}
-			}
-			continue
-		}
+	for _, pr := range each(projs) {
 		byName[pr.Name()] = pr
 	}
 	return byName
+}
+
+// each returns the projections in projs one by one, in order: the SQL
+// projections that a set applies together each on its own.
+func each(projs []Projection) []Projection {
+	var out []Projection
+	for _, pr := range projs {
+		if set, ok := pr.(*sqlSet); ok {
+			for _, sp := range set.projs {
+				out = append(out, &sqlSet{projs: []*sqlProjection{sp}})
+			}
+			continue
+		}
+		out = append(out, pr)
+	}
+	return out
 }
 
 // Names returns the names of the projections in projs, as Select and dead

@@ -280,9 +280,12 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 		p.hook("committed")
 	}
 	for i, d := range took {
-		name := p.projs[i].Name()
-		p.duration.WithLabelValues(name).Observe(d.Seconds())
-		p.applied.WithLabelValues(name).Add(float64(len(fresh)))
+		// SQL projections of "on" statements apply together, as one set:
+		// their time is the set's, their events each one's.
+		p.duration.WithLabelValues(p.projs[i].Name()).Observe(d.Seconds())
+		for _, pr := range each(p.projs[i : i+1]) {
+			p.applied.WithLabelValues(pr.Name()).Add(float64(len(fresh)))
+		}
 	}
 	return nil
 }

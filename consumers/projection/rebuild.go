@@ -83,7 +83,13 @@ var ErrHistoryGone = errors.New("Kafka no longer has all of the history to rebui
 // The projections' tables must be named without a schema in their
 // statements: the rebuild finds them through the search path, the shadow
 // schema first. Events that a projection cannot apply are skipped (the live
-// projector dead-lettered them) and counted in the result.
+// projector dead-lettered them) and counted in the result. The swap records
+// in spate_rebuilt which events the new tables hold, from where the rebuild
+// started to the swap's offsets but for those skipped, so that Redrive
+// does not apply a dead letter the rebuild applied.
+//
+// A rebuild holds only the history Kafka keeps: see
+// RebuildConfig.PartialHistory.
 type Rebuild struct {
 	pool *pgxpool.Pool
 	reg  *schemas.Registry
@@ -115,6 +121,16 @@ type RebuildResult struct {
 
 // rebuildGroup names the rebuild's offsets in its shadow schema.
 const rebuildGroup = "spate-rebuild"
+
+// rebuildPartitionsDDL creates, in the shadow schema %s, where the rebuild
+// started in each partition and the offsets of the events it skipped: with
+// its offsets, what the shadow tables hold. The swap records it in
+// spate_rebuilt, so that a re-drive does not apply an event twice.
+const rebuildPartitionsDDL = `CREATE TABLE IF NOT EXISTS %s.spate_rebuild_partitions (
+	partition   int      PRIMARY KEY,
+	from_offset bigint   NOT NULL,
+	skipped     bigint[] NOT NULL DEFAULT '{}'
+)`
 
 // NewRebuild returns a rebuild of cfg.Projections writing through pool. The
 // Kafka client options opts carry seed brokers, TLS and the like.
@@ -227,7 +243,7 @@ func (r *Rebuild) prepare(ctx context.Context) (live string, resumed bool, err e
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('spate_migrate'))`); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, offsetsDDL); err != nil {
+		if _, err := tx.Exec(ctx, offsetsDDL+";"+rebuiltDDL); err != nil {
 			return err
 		}
 		shadow := pgx.Identifier{r.shadow}.Sanitize()
@@ -252,7 +268,8 @@ func (r *Rebuild) prepare(ctx context.Context) (live string, resumed bool, err e
 		}
 		_, err := tx.Exec(ctx, fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %[1]s;
 			CREATE TABLE IF NOT EXISTS %[1]s.spate_rebuild (definition text NOT NULL, started_at timestamptz NOT NULL DEFAULT now());
-			DELETE FROM %[1]s.spate_rebuild`, shadow))
+			DELETE FROM %[1]s.spate_rebuild;
+			%[2]s`, shadow, fmt.Sprintf(rebuildPartitionsDDL, shadow)))
 		if err != nil {
 			return err
 		}
@@ -326,10 +343,22 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	if len(gone) > 0 && !r.cfg.PartialHistory {
 		return fmt.Errorf("rebuild: %w: in %s, %s; the rebuilt tables would lack the events its retention deleted", ErrHistoryGone, r.cfg.Topic, strings.Join(gone, ", "))
 	}
+	shadow := pgx.Identifier{r.shadow}.Sanitize()
 	r.applied = map[int32]int64{}
 	for _, p := range parts {
 		next := max(from[p], r.logStart[p])
-		if o, ok := stored[p]; !ok || o != next {
+		if o, ok := stored[p]; ok && o < next {
+			// The shadow tables hold events up to o, but not those
+			// between o and next: start over.
+			return fmt.Errorf("rebuild: the interrupted rebuild stopped at offset %d of partition %d of %s, and Kafka's retention has since deleted the events up to offset %d: drop schema %s to start over",
+				o, p, r.cfg.Topic, next, r.shadow)
+		}
+		if _, ok := stored[p]; !ok {
+			_, err := r.pool.Exec(ctx, `INSERT INTO `+shadow+`.spate_rebuild_partitions (partition, from_offset) VALUES ($1, $2)
+				ON CONFLICT (partition) DO UPDATE SET from_offset = excluded.from_offset, skipped = '{}'`, p, next)
+			if err != nil {
+				return fmt.Errorf("rebuild: %w", err)
+			}
 			if err := r.proj.Apply(ctx, consumers.Batch{Topic: r.cfg.Topic, Partition: p, Next: next}); err != nil {
 				return fmt.Errorf("rebuild: %w", err)
 			}
@@ -539,6 +568,16 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 					return err
 				}
 			}
+			// Noted before the offset moves past it: a run that resumes
+			// in between skips it again.
+			_, err := r.pool.Exec(ctx, `UPDATE `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions
+				SET skipped = array_append(skipped, $2) WHERE partition = $1 AND NOT $2 = ANY (skipped)`, p, pe.Record.Offset)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("rebuild: note a skipped event: %w", err)
+			}
 			r.mu.Lock()
 			r.res.Skipped++
 			r.mu.Unlock()
@@ -583,7 +622,7 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		rows, err := tx.Query(ctx, `
 			SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-			  AND c.relname NOT IN ('spate_offsets', 'spate_migrations', 'spate_projections', 'spate_rebuild')
+			  AND c.relname NOT IN ('spate_offsets', 'spate_migrations', 'spate_projections', 'spate_rebuild', 'spate_rebuild_partitions')
 			ORDER BY c.relname`, r.shadow)
 		if err != nil {
 			return err
@@ -640,6 +679,18 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 			return err
 		}
 		var q pgx.Batch
+		// What the new tables hold, for re-drives (see spate_rebuilt).
+		parts := slices.Sorted(maps.Keys(r.applied))
+		to := make([]int64, len(parts))
+		for i, p := range parts {
+			to[i] = r.target(at, p)
+		}
+		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_rebuilt WHERE projection = ANY($1) AND topic = $2`, live), r.names, r.cfg.Topic)
+		q.Queue(fmt.Sprintf(`INSERT INTO %s.spate_rebuilt (projection, topic, partition, from_offset, to_offset, skipped)
+			SELECT n.projection, $2, s.partition, s.from_offset, t.to_offset, s.skipped
+			FROM unnest($1::text[]) AS n (projection)
+			CROSS JOIN unnest($3::int[], $4::bigint[]) AS t (partition, to_offset)
+			JOIN %s.spate_rebuild_partitions AS s USING (partition)`, live, shadow), r.names, r.cfg.Topic, parts, to)
 		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_migrations WHERE projection = ANY($1)`, live), r.names)
 		q.Queue(fmt.Sprintf(`INSERT INTO %s.spate_migrations SELECT * FROM %s.spate_migrations WHERE projection = ANY($1)`, live, shadow), r.names)
 		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_projections WHERE projection = ANY($1)`, live), r.names)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -15,7 +16,9 @@ import (
 // Re-driving: once the cause of a dead letter is fixed (a constraint
 // relaxed, a schema registered), Redrive applies the dead-lettered event
 // to every projection. The group skipped the event as a whole, so none of
-// its projections holds it. Each re-drive inserts a marker row into
+// its projections holds it, unless a rebuild applied it since: the swap
+// records in spate_rebuilt what the rebuilt tables hold, and Redrive
+// leaves those projections out. Each re-drive inserts a marker row into
 // spate_redrives in the transaction that applies the event, keyed by the
 // dead letter and, uniquely, by the event's original position: a dead
 // letter re-driven twice, twice at the same time, or dead-lettered twice
@@ -36,6 +39,21 @@ CREATE TABLE IF NOT EXISTS spate_redrives (
 	UNIQUE (consumer_group, topic, partition, "offset")
 )`
 
+// rebuiltDDL creates spate_rebuilt: what the last rebuild of each
+// projection swapped in. Its tables hold the events of each partition from
+// from_offset up to to_offset, except those it skipped. Redrive does not
+// apply an event to a projection whose tables hold it.
+const rebuiltDDL = `
+CREATE TABLE IF NOT EXISTS spate_rebuilt (
+	projection  text     NOT NULL,
+	topic       text     NOT NULL,
+	partition   int      NOT NULL,
+	from_offset bigint   NOT NULL,
+	to_offset   bigint   NOT NULL,
+	skipped     bigint[] NOT NULL,
+	PRIMARY KEY (projection, topic, partition)
+)`
+
 // ErrNotPassed is returned by Redrive for a dead letter whose event the
 // group has not yet moved past: the group will apply it itself, or
 // dead-letter it again (a crash came between writing the dead letter and
@@ -53,7 +71,8 @@ func (e *MissingProjectionError) Error() string {
 }
 
 // Redrive applies the event of dl, a record of a dead-letter topic written
-// by this projector's consumer group, to every projection, exactly once.
+// by this projector's consumer group, to every projection whose tables
+// lack it (all but those a rebuild applied it to), exactly once.
 // The event is applied at its original topic, partition and offset. One
 // transaction records the re-drive in spate_redrives and applies the event;
 // if the dead letter, or another dead letter of the same event, was
@@ -87,8 +106,10 @@ func (p *Projector) Redrive(ctx context.Context, dl *kgo.Record) (applied bool, 
 	if err := p.migrateRedrives(ctx); err != nil {
 		return false, fmt.Errorf("%s: %w", where, err)
 	}
+	var to []Projection // the projections the event was applied to
 	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		applied = false
+		to = to[:0]
 		tag, err := tx.Exec(ctx, `
 			INSERT INTO spate_redrives (consumer_group, dlq_topic, dlq_partition, dlq_offset, topic, partition, "offset", event_id)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -114,10 +135,28 @@ func (p *Projector) Redrive(ctx context.Context, dl *kgo.Record) (applied bool, 
 		if next <= d.Offset {
 			return fmt.Errorf("%w: its next offset in %s/%d is %d, the event is at %d", ErrNotPassed, d.Topic, d.Partition, next, d.Offset)
 		}
-		for _, pr := range p.projs {
+		// A rebuild that applied the event swapped in tables that hold it.
+		// Read after the offset's lock: a swap holds the offset rows, so
+		// one that committed meanwhile is seen here.
+		rows, err := tx.Query(ctx, `SELECT projection FROM spate_rebuilt
+			WHERE projection = ANY ($1) AND topic = $2 AND partition = $3
+			  AND from_offset <= $4 AND $4 < to_offset AND NOT $4 = ANY (skipped)`,
+			Names(p.projs), d.Topic, d.Partition, d.Offset)
+		if err != nil {
+			return fmt.Errorf("load rebuilds: %w", err)
+		}
+		rebuilt, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("load rebuilds: %w", err)
+		}
+		for _, pr := range each(p.projs) {
+			if slices.Contains(rebuilt, pr.Name()) {
+				continue
+			}
 			if err := pr.Apply(ctx, tx, []*Event{ev}); err != nil {
 				return redriveError(pr, ev, err)
 			}
+			to = append(to, pr)
 		}
 		applied = true
 		return nil
@@ -125,10 +164,8 @@ func (p *Projector) Redrive(ctx context.Context, dl *kgo.Record) (applied bool, 
 	if err != nil {
 		return false, fmt.Errorf("%s (event %s): %w", where, ev.Id, err)
 	}
-	if applied {
-		for _, pr := range p.projs {
-			p.applied.WithLabelValues(pr.Name()).Inc()
-		}
+	for _, pr := range to {
+		p.applied.WithLabelValues(pr.Name()).Inc()
 	}
 	return applied, nil
 }
@@ -172,7 +209,7 @@ func (p *Projector) deadLetter(dl *kgo.Record) (*consumers.DeadLetter, error) {
 // with Migrate and other projectors.
 func (p *Projector) migrateRedrives(ctx context.Context) error {
 	var exists bool
-	if err := p.pool.QueryRow(ctx, `SELECT to_regclass('spate_redrives') IS NOT NULL`).Scan(&exists); err != nil {
+	if err := p.pool.QueryRow(ctx, `SELECT to_regclass('spate_redrives') IS NOT NULL AND to_regclass('spate_rebuilt') IS NOT NULL`).Scan(&exists); err != nil {
 		return fmt.Errorf("create spate_redrives: %w", err)
 	}
 	if exists {
@@ -182,7 +219,7 @@ func (p *Projector) migrateRedrives(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('spate_migrate'))`); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, redrivesDDL)
+		_, err := tx.Exec(ctx, redrivesDDL+";"+rebuiltDDL)
 		return err
 	})
 	if err != nil {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spate-io/spate/cekafka"
@@ -69,18 +71,13 @@ func readDLQ(t *testing.T, brokers []string, n int) []*kgo.Record {
 	return dead
 }
 
-// TestRedriveAppliesOnceAfterFix: a real group dead-letters one event of
-// 200 for a constraint; re-driving it before the fix commits nothing;
-// after the fix (the constraint dropped) eight concurrent re-drives apply
-// it exactly once, to every projection, at its original offset; later
-// re-drives, also of a second dead letter of the same event, apply nothing.
-func TestRedriveAppliesOnceAfterFix(t *testing.T) {
-	t.Parallel()
-	const n = 200
+// deadLetterAPayment publishes n payments of redriveConfig, the one at bad
+// with a negative amount, and runs p's group until it consumed them all
+// and dead-lettered that one. It returns the events' receipts, the sum of
+// their amounts and the dead letter.
+func deadLetterAPayment(t *testing.T, p *projection.Projector, pool *pgxpool.Pool, brokers []string, n, bad int) ([]*spatev1.Receipt, int64, *kgo.Record) {
+	t.Helper()
 	ctx := context.Background()
-	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
-	p, pool := newConfigured(t, []byte(redriveConfig))
-
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +87,7 @@ func TestRedriveAppliesOnceAfterFix(t *testing.T) {
 	var want int64
 	for i := range n {
 		amount := int64(100 + i)
-		if i == 50 {
+		if i == bad {
 			amount = -5
 		}
 		want += amount
@@ -101,7 +98,6 @@ func TestRedriveAppliesOnceAfterFix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-
 	g, err := consumers.New(p, consumers.Config{Group: projection.DefaultGroup, Topics: []string{"events"}, MaxBackoff: 100 * time.Millisecond},
 		kgo.SeedBrokers(brokers...))
 	if err != nil {
@@ -119,12 +115,26 @@ func TestRedriveAppliesOnceAfterFix(t *testing.T) {
 	spatetest.Eventually(t, time.Minute, func() string {
 		var got int64
 		err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spate_offsets WHERE consumer_group = $1`, projection.DefaultGroup).Scan(&got)
-		if err != nil || got < n {
+		if err != nil || got < int64(n) {
 			return fmt.Sprintf("the group consumed %d of %d events (%v)", got, n, err)
 		}
 		return ""
 	})
-	dl := readDLQ(t, brokers, 1)[0]
+	return receipts, want, readDLQ(t, brokers, 1)[0]
+}
+
+// TestRedriveAppliesOnceAfterFix: a real group dead-letters one event of
+// 200 for a constraint; re-driving it before the fix commits nothing;
+// after the fix (the constraint dropped) eight concurrent re-drives apply
+// it exactly once, to every projection, at its original offset; later
+// re-drives, also of a second dead letter of the same event, apply nothing.
+func TestRedriveAppliesOnceAfterFix(t *testing.T) {
+	t.Parallel()
+	const n = 200
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(redriveConfig))
+	receipts, want, dl := deadLetterAPayment(t, p, pool, brokers, n, 50)
 	totals := fmt.Sprintf("EUR|%d|%d", n-1, want+5)
 	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
 	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e50'`, "0")
@@ -320,4 +330,82 @@ func (rejecter) Name() string { return "rejecter" }
 
 func (rejecter) Apply(_ context.Context, _ pgx.Tx, evs []*projection.Event) error {
 	return consumers.Poison(evs[0].Record, "picky", errors.New("no, thanks"))
+}
+
+// rebuildPayments rebuilds payments and payment_totals of config, and
+// returns how many events it skipped.
+func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config string) int64 {
+	t.Helper()
+	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	chosen, err := projection.Select(projs, "payments", "payment_totals")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: chosen, Topic: "events"}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rb.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Skipped
+}
+
+// TestRedriveAfterARebuild: the fix is a new definition of payments (no
+// constraint on the amount), and a rebuild of payments and payment_totals
+// applies the dead-lettered event to their new tables. Re-driving it then
+// applies it to event_log alone: the rebuilt tables hold it already.
+func TestRedriveAfterARebuild(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(redriveConfig))
+	_, want, dl := deadLetterAPayment(t, p, pool, brokers, n, 5)
+
+	config := strings.Replace(redriveConfig, " CONSTRAINT amount_not_negative CHECK (amount_cents >= 0)", "", 1)
+	if skipped := rebuildPayments(t, pool, brokers, config); skipped != 0 {
+		t.Fatalf("the rebuild skipped %d events, want none", skipped)
+	}
+	totals := fmt.Sprintf("EUR|%d|%d", n, want)
+	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+
+	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := projection.New(pool, schemas.Builtin(), projection.Config{Projections: projs}).Redrive(ctx, dl); !ok || err != nil {
+		t.Fatalf("Redrive after the rebuild = %v, %v; want true, nil", ok, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e5'`, "1")
+	wantRows(t, pool, `SELECT count(*) FROM payments`, strconv.Itoa(n))
+	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+}
+
+// TestRedriveAfterARebuildThatSkippedTheEvent: a rebuild with the same
+// definitions skips the event, as the live projector did; the fix comes
+// after. Re-driving then applies it to every projection.
+func TestRedriveAfterARebuildThatSkippedTheEvent(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(redriveConfig))
+	_, want, dl := deadLetterAPayment(t, p, pool, brokers, n, 5)
+	if skipped := rebuildPayments(t, pool, brokers, redriveConfig); skipped != 1 {
+		t.Fatalf("the rebuild skipped %d events, want 1", skipped)
+	}
+	if _, err := pool.Exec(ctx, `ALTER TABLE payments DROP CONSTRAINT amount_not_negative`); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := p.Redrive(ctx, dl); !ok || err != nil {
+		t.Fatalf("Redrive after the fix = %v, %v; want true, nil", ok, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e5'`, "1")
+	wantRows(t, pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
+	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, fmt.Sprintf("EUR|%d|%d", n, want))
 }

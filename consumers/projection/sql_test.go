@@ -381,6 +381,11 @@ projections:
       - CREATE TABLE payments (payment_id text PRIMARY KEY, amount_cents bigint CHECK (amount_cents >= 0))
     on:
       shop.payment.captured.v1: INSERT INTO payments VALUES (:data.payment_id, :data.amount_cents)
+  - name: payment_ids   # applied together with payments, counted on its own
+    migrations:
+      - CREATE TABLE payment_ids (payment_id text PRIMARY KEY)
+    on:
+      shop.payment.captured.v1: INSERT INTO payment_ids VALUES (:data.payment_id)
 `), schemas.Builtin())
 	if err != nil {
 		t.Fatal(err)
@@ -401,7 +406,7 @@ projections:
 	if err := p.Apply(ctx, bad); err == nil {
 		t.Fatal("Apply of a constraint violation succeeded")
 	}
-	for _, name := range []string{"event_log", "payments"} {
+	for _, name := range []string{"event_log", "payments", "payment_ids"} {
 		if got := projectionEvents(t, reg, name); got != 2 {
 			t.Errorf("spate_projection_events_total{projection=%s} = %v, want 2: the rolled-back batch must not count", name, got)
 		}
