@@ -764,8 +764,13 @@ spate-project) to every projection of --config, the spate.yaml of spate
 project with the fix in it (a new migration that relaxes a constraint, say).
 The group skipped each dead-lettered event as a whole, so redrive applies it
 to all of them, at its original topic, partition and offset, as if it had
-never failed. Dead letters are applied in the order of their original
-offsets. Like spate project, redrive first runs the migrations of --config.
+never failed; a projection that spate replay projection rebuilt since, and
+whose new tables hold the event, is left out. Dead letters are applied in
+the order of their original offsets.
+
+Like spate project, redrive first runs the migrations of --config and
+records its definitions: projectors still running an older file then stop
+applying (and say why) until they are restarted with the new one.
 
 Exactly once: one transaction applies the event and records the re-drive in
 spate_redrives, so a dead letter already re-driven, by this run or another,
