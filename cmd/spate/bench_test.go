@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/producers"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
@@ -88,7 +89,7 @@ func BenchmarkConsume(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
 			e := freshEnv(e)
 			group, prefix := fmt.Sprint("bench-fanout-", i), fmt.Sprintf("bench%d:", i)
-			w, wrdb, err := e.newFanout(redisURL, group, prefix, nil)
+			w, wrdb, err := e.newFanout(redisURL, fanout.Config{Group: group, Prefix: prefix})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -28,16 +28,16 @@ import (
 // devFlags are the flags of spate dev.
 type devFlags struct {
 	roleFlags
-	edgeAddr     string
-	kafkaPort    int
-	partitions   int
-	retention    time.Duration
-	postgresURL  string
-	redisURL     string
-	streamPrefix string
-	config       string
-	keys         string
-	edgeOnly     bool
+	edgeAddr    string
+	kafkaPort   int
+	partitions  int
+	retention   time.Duration
+	postgresURL string
+	redisURL    string
+	streams     streamFlags
+	config      string
+	keys        string
+	edgeOnly    bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -69,7 +69,7 @@ removes the throwaway data.`,
 	fs.DurationVar(&f.retention, "kafka-retention", 6*time.Hour, "how long the embedded broker keeps records (it also keeps at most 256 MiB a partition)")
 	fs.StringVar(&f.postgresURL, "postgres-url", "", "PostgreSQL URL (default: a throwaway server)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (default: a throwaway redis-server)")
-	fs.StringVar(&f.streamPrefix, "stream-prefix", "spate:", "prefix of the Redis stream keys")
+	f.streams.register(fs)
 	fs.BoolVar(&f.edgeOnly, "edge-only", false, "run the edge alone (no projector, fan-out or Postgres), e.g. to measure it with spate bench edge")
 	fs.StringVar(&f.keys, "keys", "", "file of API keys producers must present (reloaded on SIGHUP); none: anyone may publish")
 	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections and routes (default: the shop example, schemas/shop/v1/spate.yaml)")
@@ -157,7 +157,11 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			return err
 		}
 		defer pool.Close()
-		fan, rdb, err := e.newFanout(redisURL, fanout.DefaultGroup, f.streamPrefix, cfg.routes)
+		fcfg, err := f.streams.config(fanout.DefaultGroup, cfg.routes)
+		if err != nil {
+			return err
+		}
+		fan, rdb, err := e.newFanout(redisURL, fcfg)
 		if err != nil {
 			return err
 		}
@@ -193,7 +197,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			edge: ln.Addr().String(), admin: aln.Addr().String(),
 			kafka: brokers[0], kafkaNote: kafkaNote, topic: f.topic,
 			postgres: pgURL, postgresNote: pgNote, redis: redisURL, redisNote: redisNote,
-			prefix: f.streamPrefix, edgeOnly: f.edgeOnly, took: time.Since(started),
+			prefix: f.streams.prefix, edgeOnly: f.edgeOnly, took: time.Since(started),
 		})
 		return nil
 	})

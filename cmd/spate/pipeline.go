@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -138,19 +139,49 @@ func (e *env) newProjector(ctx context.Context, url, group string, projs []proje
 	return p, pool, nil
 }
 
-// newFanout returns the fan-out writer and its Redis client, which the
-// caller closes.
-func (e *env) newFanout(url, group, prefix string, routes []fanout.Route) (*fanout.Writer, *redis.Client, error) {
+// newFanout returns the fan-out writer of cfg, which logs and counts into
+// e, and its Redis client, which the caller closes.
+func (e *env) newFanout(url string, cfg fanout.Config) (*fanout.Writer, *redis.Client, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("redis url: %w", err)
 	}
 	rdb := redis.NewClient(opts)
-	w, err := fanout.New(rdb, e.reg, fanout.Config{Group: group, Prefix: prefix, Routes: routes,
-		Logger: e.log.With("role", "fanout"), Metrics: e.metrics})
+	cfg.Logger, cfg.Metrics = e.log.With("role", "fanout"), e.metrics
+	w, err := fanout.New(rdb, e.reg, cfg)
 	if err != nil {
 		rdb.Close()
 		return nil, nil, err
 	}
 	return w, rdb, nil
+}
+
+// streamFlags are the flags of the fan-out's streams, of spate fanout and
+// spate dev.
+type streamFlags struct {
+	prefix string
+	maxLen int64
+	maxAge time.Duration
+	given  func(name string) bool
+}
+
+func (s *streamFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&s.prefix, "stream-prefix", "spate:", "prefix of the offsets hash, and of the stream keys when no routes are configured (<prefix><event type>)")
+	fs.Int64Var(&s.maxLen, "stream-maxlen", 0, "without routes: keep at most this many entries a stream (0: no limit); routes set their own")
+	fs.DurationVar(&s.maxAge, "stream-maxage", 24*time.Hour, "without routes: keep entries younger than this (0: however old); routes set their own")
+	s.given = fs.Changed
+}
+
+// config returns the fan-out's configuration: the routes of spate.yaml, or
+// without them one stream per type, trimmed to --stream-maxlen and
+// --stream-maxage. Trimming is lag-safe: it never deletes what a consumer
+// group still needs.
+func (s *streamFlags) config(group string, routes []fanout.Route) (fanout.Config, error) {
+	cfg := fanout.Config{Group: group, Prefix: s.prefix, Routes: routes}
+	if len(routes) == 0 {
+		cfg.DefaultRetention = fanout.Route{MaxLen: s.maxLen, MaxAge: s.maxAge}
+	} else if s.given("stream-maxlen") || s.given("stream-maxage") {
+		return cfg, errors.New("--stream-maxlen and --stream-maxage are the retention of the streams when spate.yaml has no routes; give each route its maxlen or maxage instead")
+	}
+	return cfg, nil
 }

@@ -219,7 +219,8 @@ func newProjectCmd() *cobra.Command {
 
 func newFanoutCmd() *cobra.Command {
 	var f consumerFlags
-	var url, prefix string
+	var sf streamFlags
+	var url string
 	var trimEvery time.Duration
 	cmd := &cobra.Command{
 		Use:     "fanout",
@@ -231,7 +232,11 @@ func newFanoutCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w, rdb, err := e.newFanout(url, f.group, prefix, cfg.routes)
+			fcfg, err := sf.config(f.group, cfg.routes)
+			if err != nil {
+				return err
+			}
+			w, rdb, err := e.newFanout(url, fcfg)
 			if err != nil {
 				return err
 			}
@@ -243,7 +248,7 @@ func newFanoutCmd() *cobra.Command {
 	}
 	f.register(cmd.Flags(), fanout.DefaultGroup, "spate.yaml with the routes (default: one stream per event type)")
 	cmd.Flags().StringVar(&url, "redis-url", "", "Redis URL, redis://host:port/db (required)")
-	cmd.Flags().StringVar(&prefix, "stream-prefix", "spate:", "prefix of the offsets hash, and of the stream keys when no routes are configured (<prefix><event type>)")
+	sf.register(cmd.Flags())
 	cmd.Flags().DurationVar(&trimEvery, "trim-interval", 30*time.Second, "how often streams are trimmed to their routes' retention")
 	annotateEnv(cmd.Flags())
 	return cmd

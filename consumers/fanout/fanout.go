@@ -54,8 +54,12 @@ type Config struct {
 	// Zero: "spate:".
 	Prefix string
 	// Routes send events to streams. Zero: one stream per type,
-	// <Prefix><type>.
+	// <Prefix><type>, kept as long as DefaultRetention says.
 	Routes []Route
+	// DefaultRetention is the retention of the streams when Routes is
+	// empty: its MaxLen, MaxAge and Lossy (its Types and Stream are not
+	// used). Routes give their own. Zero: the streams are never trimmed.
+	DefaultRetention Route
 	// ChunkSize is how many entries one script call adds, at most, to keep
 	// Redis responsive to others; a chunk never splits one event's entries,
 	// so an event with more entries than this makes a chunk of its own.
@@ -99,9 +103,15 @@ func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer,
 		cfg.Prefix = "spate:"
 	}
 	routes := slices.Clone(cfg.Routes)
-	if len(routes) == 0 {
+	rt := cfg.DefaultRetention
+	switch {
+	case rt.MaxLen < 0 || rt.MaxAge < 0:
+		return nil, fmt.Errorf("fanout: default retention: maxlen %d, maxage %s: want 0 (no limit) or more", rt.MaxLen, rt.MaxAge)
+	case len(routes) > 0 && (rt.MaxLen != 0 || rt.MaxAge != 0 || rt.Lossy):
+		return nil, errors.New("fanout: the default retention is for the streams of no routes: give each route its own")
+	case len(routes) == 0:
 		escaped := strings.NewReplacer("{", "{{", "}", "}}").Replace(cfg.Prefix)
-		routes = []Route{{Types: []string{"*"}, Stream: escaped + "{type}"}}
+		routes = []Route{{Types: []string{"*"}, Stream: escaped + "{type}", MaxLen: rt.MaxLen, MaxAge: rt.MaxAge, Lossy: rt.Lossy}}
 	}
 	for i := range routes {
 		if err := routes[i].compile(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -345,5 +346,47 @@ func TestTrimReportsLagAndPending(t *testing.T) {
 	}
 	if got := gauges(); len(got) != 0 {
 		t.Errorf("gauges %v after the group was deleted, want none", got)
+	}
+}
+
+// TestDefaultRetention: without routes, the streams of each type are
+// trimmed to the default retention, lag-safe as a route's are; with
+// routes, a default retention is refused.
+func TestDefaultRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	prefix := spatetest.KeyPrefix(t) + ":"
+	rdb := spatetest.RedisClient(t)
+	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: prefix, DefaultRetention: fanout.Route{MaxLen: 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Apply(ctx, batch(records(t, 0, 100))); err != nil {
+		t.Fatal(err)
+	}
+	placed, cancelled := prefix+"shop.order.placed.v1", prefix+"shop.order.cancelled.v1"
+	if err := rdb.XGroupCreate(ctx, cancelled, "slow", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]int64{placed: 10, cancelled: 50} {
+		if n := rdb.XLen(ctx, key).Val(); n != want {
+			t.Errorf("%s: %d entries after trimming, want %d", key, n, want)
+		}
+	}
+
+	routes, err := fanout.LoadRoutes("spate.yaml", []byte("routes:\n  - types: [\"*\"]\n    stream: \"x:{type}\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []fanout.Config{
+		{Routes: routes, DefaultRetention: fanout.Route{MaxAge: time.Hour}},
+		{DefaultRetention: fanout.Route{MaxLen: -1}},
+	} {
+		if _, err := fanout.New(rdb, schemas.Builtin(), cfg); err == nil {
+			t.Errorf("New(%+v) succeeded, want an error", cfg.DefaultRetention)
+		}
 	}
 }
