@@ -55,8 +55,9 @@ Ctrl-C leaves the live tables as they were; run the same command again to
 resume where it stopped. With changed definitions it starts over.
 
 A rebuild holds only what Kafka keeps. If Kafka's retention deleted events
-it would apply, it refuses to start and names the partitions; with
---partial-history it rebuilds from the oldest event Kafka keeps instead.
+it would apply, it refuses to start (or stops, if they go while it runs)
+and names the partitions; with --partial-history it rebuilds from the
+oldest event Kafka keeps instead, starting an interrupted run over.
 
 Typical use: a projection's SQL changed in spate.yaml. Rebuild it with the
 new file, then restart the projectors with that file: a live projector

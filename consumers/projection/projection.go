@@ -124,6 +124,9 @@ type Projector struct {
 	// projections were applied, before its offset is stored and the
 	// transaction commits, and with "committed" once it committed.
 	hook func(point string)
+	// inTx, if set (by a rebuild), is called in each batch's transaction
+	// that moves the offset, before it stores it.
+	inTx func(ctx context.Context, tx pgx.Tx, b consumers.Batch) error
 }
 
 type failureKey struct {
@@ -351,6 +354,11 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 	}
 	if p.hook != nil {
 		p.hook("applied")
+	}
+	if p.inTx != nil {
+		if err := p.inTx(ctx, tx, b); err != nil {
+			return nil, nil, err
+		}
 	}
 	_, err = tx.Exec(ctx, `UPDATE spate_offsets SET next_offset = $4, updated_at = now()
 		WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, p.cfg.Group, b.Topic, b.Partition, b.Next)

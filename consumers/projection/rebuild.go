@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
@@ -40,10 +41,13 @@ type RebuildConfig struct {
 	// partition's start. A rebuild that resumes continues where it stopped.
 	From map[int32]int64
 	// PartialHistory lets a rebuild start at the oldest event Kafka keeps
-	// where retention deleted events it would have applied (from offset 0,
-	// from From, or from where an interrupted run stopped): the rebuilt
-	// tables then lack those events. Zero: such a rebuild fails with
-	// ErrHistoryGone before it applies anything.
+	// where retention deleted events it would have applied (from offset 0
+	// or From; an interrupted run whose next events were deleted starts
+	// over): the rebuilt tables then lack those events. Zero: such a
+	// rebuild fails with ErrHistoryGone before it applies anything.
+	// Retention deleting events a running rebuild has not read yet fails
+	// it with ErrHistoryGone either way; run again, it starts over with
+	// PartialHistory.
 	PartialHistory bool
 	// Rate caps the events applied per second. Zero: no cap.
 	Rate float64
@@ -60,6 +64,11 @@ type RebuildConfig struct {
 // ErrRebuildRunning reports that another process is rebuilding the same
 // projections.
 var ErrRebuildRunning = errors.New("a rebuild of these projections is running (one that was just killed holds its lock until Postgres notices: retry in a moment)")
+
+// ErrRedrivenSkipped reports that a rebuild skipped events, as its
+// projections rejected them, that were re-driven into the live tables: the
+// rebuild does not swap its tables in, as they would lack those events.
+var ErrRedrivenSkipped = errors.New("events the rebuild skipped were re-driven")
 
 // ErrHistoryGone reports that Kafka's retention deleted events a rebuild
 // would apply (see RebuildConfig.PartialHistory).
@@ -195,6 +204,22 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 	}
 	defer lock.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
 
+	res, err := r.attempt(ctx)
+	if errors.Is(err, errStartOver) {
+		r.log.Warn("Kafka's retention deleted events the interrupted rebuild had not applied yet: starting over from what Kafka keeps", "schema", r.shadow)
+		if err := r.dropShadow(ctx); err != nil {
+			return nil, err
+		}
+		res, err = r.attempt(ctx)
+	}
+	return res, err
+}
+
+// errStartOver makes Run drop the shadow schema and start afresh.
+var errStartOver = errors.New("start over")
+
+// attempt prepares or resumes the shadow tables, catches up and swaps.
+func (r *Rebuild) attempt(ctx context.Context) (*RebuildResult, error) {
 	live, resumed, err := r.prepare(ctx)
 	if err != nil {
 		return nil, err
@@ -211,12 +236,13 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 		return nil, fmt.Errorf("rebuild: shadow tables: %w", err)
 	}
 
-	run := &rebuildRun{Rebuild: r, live: live, proj: proj, res: &RebuildResult{Resumed: resumed, Retired: r.retired}}
+	run := &rebuildRun{Rebuild: r, live: live, proj: proj, res: &RebuildResult{Resumed: resumed, Retired: r.retired}, toSkip: map[int32][]int64{}}
+	proj.inTx = run.noteSkipped
 	if err := run.start(ctx); err != nil {
-		if errors.Is(err, ErrHistoryGone) && !resumed {
-			// Refused before it began: leave nothing behind.
-			if _, derr := r.pool.Exec(ctx, `DROP SCHEMA `+pgx.Identifier{r.shadow}.Sanitize()+` CASCADE`); derr != nil {
-				r.log.Warn("drop the shadow schema of a refused rebuild", "schema", r.shadow, "err", derr)
+		if !resumed && !errors.Is(err, context.Canceled) {
+			// Refused or failed before it began: leave nothing behind.
+			if derr := r.dropShadow(ctx); derr != nil {
+				r.log.Warn("drop the shadow schema of a rebuild that did not start", "schema", r.shadow, "err", derr)
 			}
 		}
 		return nil, err
@@ -233,6 +259,14 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 	return run.res, nil
 }
 
+// dropShadow drops the shadow schema and what it holds.
+func (r *Rebuild) dropShadow(ctx context.Context) error {
+	if _, err := r.pool.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{r.shadow}.Sanitize()+` CASCADE`); err != nil {
+		return fmt.Errorf("rebuild: drop schema %s: %w", r.shadow, err)
+	}
+	return nil
+}
+
 // prepare creates the shadow schema, or finds the one an interrupted
 // rebuild of the same definitions left, and returns the live schema.
 func (r *Rebuild) prepare(ctx context.Context) (live string, resumed bool, err error) {
@@ -243,7 +277,7 @@ func (r *Rebuild) prepare(ctx context.Context) (live string, resumed bool, err e
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('spate_migrate'))`); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, offsetsDDL+";"+rebuiltDDL); err != nil {
+		if _, err := tx.Exec(ctx, offsetsDDL+";"+redrivesDDL+";"+rebuiltDDL); err != nil {
 			return err
 		}
 		shadow := pgx.Identifier{r.shadow}.Sanitize()
@@ -253,15 +287,17 @@ func (r *Rebuild) prepare(ctx context.Context) (live string, resumed bool, err e
 		}
 		if started {
 			var def string
-			err := tx.QueryRow(ctx, `SELECT definition FROM `+shadow+`.spate_rebuild`).Scan(&def)
+			var noted bool // by a release that notes where it started and what it skipped
+			err := tx.QueryRow(ctx, `SELECT definition, to_regclass($1) IS NOT NULL FROM `+shadow+`.spate_rebuild`,
+				shadow+".spate_rebuild_partitions").Scan(&def, &noted)
 			switch {
-			case err == nil && def == r.def:
+			case err == nil && def == r.def && noted:
 				resumed = true
 				return nil
 			case err != nil && !errors.Is(err, pgx.ErrNoRows):
 				return err
 			}
-			r.log.Warn("the definitions changed since the interrupted rebuild: starting over", "schema", r.shadow)
+			r.log.Warn("the interrupted rebuild cannot be resumed (the definitions changed, or an older release began it): starting over", "schema", r.shadow)
 			if _, err := tx.Exec(ctx, `DROP SCHEMA `+shadow+` CASCADE`); err != nil {
 				return err
 			}
@@ -296,9 +332,33 @@ type rebuildRun struct {
 	paused  map[int32]bool
 	limit   *rate.Limiter
 
-	mu      sync.Mutex      // partitions apply concurrently
-	applied map[int32]int64 // the shadow's next offset per partition
+	mu      sync.Mutex        // partitions apply concurrently
+	applied map[int32]int64   // the shadow's next offset per partition
+	toSkip  map[int32][]int64 // skipped events the shadow's offset has not moved past yet
 	done    int64
+}
+
+// noteSkipped notes, in the transaction of a batch of the shadow tables,
+// the events skipped that the batch's offset moves past. Noted apart, a
+// crash in between could note an event that the run resumed then applied.
+func (r *rebuildRun) noteSkipped(ctx context.Context, tx pgx.Tx, b consumers.Batch) error {
+	r.mu.Lock()
+	var offs []int64
+	for _, o := range r.toSkip[b.Partition] {
+		if o < b.Next {
+			offs = append(offs, o)
+		}
+	}
+	r.mu.Unlock()
+	if len(offs) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `UPDATE `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions
+		SET skipped = ARRAY(SELECT DISTINCT o FROM unnest(skipped || $2::bigint[]) AS o ORDER BY o) WHERE partition = $1`, b.Partition, offs)
+	if err != nil {
+		return fmt.Errorf("note skipped events: %w", err)
+	}
+	return nil
 }
 
 // start loads the shadow's offsets (storing the start offsets of a new
@@ -331,13 +391,17 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	from := map[int32]int64{}
 	var gone []string
 	for _, p := range parts {
-		o, ok := stored[p]
-		if !ok {
+		o, resumed := stored[p]
+		if !resumed {
 			o = r.cfg.From[p]
 		}
 		from[p] = o
 		if o < r.logStart[p] {
-			gone = append(gone, fmt.Sprintf("partition %d starts at offset %d, not %d", p, r.logStart[p], o))
+			g := fmt.Sprintf("partition %d starts at offset %d, not %d", p, r.logStart[p], o)
+			if resumed {
+				g += " (where the interrupted rebuild stopped)"
+			}
+			gone = append(gone, g)
 		}
 	}
 	if len(gone) > 0 && !r.cfg.PartialHistory {
@@ -348,10 +412,10 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	for _, p := range parts {
 		next := max(from[p], r.logStart[p])
 		if o, ok := stored[p]; ok && o < next {
-			// The shadow tables hold events up to o, but not those
-			// between o and next: start over.
-			return fmt.Errorf("rebuild: the interrupted rebuild stopped at offset %d of partition %d of %s, and Kafka's retention has since deleted the events up to offset %d: drop schema %s to start over",
-				o, p, r.cfg.Topic, next, r.shadow)
+			// PartialHistory: the shadow tables hold events up to o, but
+			// not those between o and next. Starting over leaves out all
+			// of those Kafka no longer has.
+			return errStartOver
 		}
 		if _, ok := stored[p]; !ok {
 			_, err := r.pool.Exec(ctx, `INSERT INTO `+shadow+`.spate_rebuild_partitions (partition, from_offset) VALUES ($1, $2)
@@ -372,6 +436,9 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	own := []kgo.Opt{
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.Topic: offs}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// Retention deleting events not fetched yet must fail the run,
+		// not skip them.
+		kgo.ConsumeResetOffset(kgo.NoResetOffset()),
 	}
 	if r.cl, err = kgo.NewClient(append(own, r.opts...)...); err != nil {
 		return fmt.Errorf("rebuild: kafka client: %w", err)
@@ -473,11 +540,18 @@ func (r *rebuildRun) fetch(ctx context.Context, live map[int32]int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	var gone error
 	fs.EachError(func(t string, p int32, err error) {
-		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		switch {
+		case errors.Is(err, kerr.OffsetOutOfRange):
+			gone = fmt.Errorf("rebuild: %w: Kafka's retention deleted events of partition %d of %s that the rebuild had not applied yet", ErrHistoryGone, p, t)
+		case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled):
 			r.log.Warn("fetch", "topic", t, "partition", p, "err", err)
 		}
 	})
+	if gone != nil {
+		return gone
+	}
 	fs.EachRecord(func(rec *kgo.Record) { r.pending[rec.Partition] = append(r.pending[rec.Partition], rec) })
 	var pause, resume []int32
 	for p, recs := range r.pending {
@@ -555,6 +629,7 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 			r.res.Applied += int64(len(recs))
 			r.done += next - r.applied[p]
 			r.applied[p] = next
+			r.toSkip[p] = slices.DeleteFunc(r.toSkip[p], func(o int64) bool { return o < next })
 			r.mu.Unlock()
 			return nil
 		case errors.As(err, &pe):
@@ -568,16 +643,11 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 					return err
 				}
 			}
-			// Noted before the offset moves past it: a run that resumes
-			// in between skips it again.
-			_, err := r.pool.Exec(ctx, `UPDATE `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions
-				SET skipped = array_append(skipped, $2) WHERE partition = $1 AND NOT $2 = ANY (skipped)`, p, pe.Record.Offset)
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return fmt.Errorf("rebuild: note a skipped event: %w", err)
-			}
+			// Noted by the batch that moves the offset past it
+			// (noteSkipped), in its transaction.
+			r.mu.Lock()
+			r.toSkip[p] = append(r.toSkip[p], pe.Record.Offset)
+			r.mu.Unlock()
 			r.mu.Lock()
 			r.res.Skipped++
 			r.mu.Unlock()
@@ -618,6 +688,24 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		at = lo
 		if gap, err = r.applyGap(ctx, tx, lo); err != nil {
 			return err
+		}
+		// An event the rebuild skipped that was re-driven into the live
+		// tables (the fix made there, not in the definitions) would be
+		// lost: the new tables lack it, and it counts as re-driven.
+		skipped, err := tx.Query(ctx, fmt.Sprintf(`SELECT format('partition %%s offset %%s', d.partition, d."offset")
+			FROM %s.spate_redrives AS d JOIN %s.spate_rebuild_partitions AS s ON s.partition = d.partition
+			WHERE d.consumer_group = $1 AND d.topic = $2 AND d."offset" = ANY (s.skipped)
+			ORDER BY d.partition, d."offset"`, live, shadow), r.cfg.Group, r.cfg.Topic)
+		if err != nil {
+			return err
+		}
+		redriven, err := pgx.CollectRows(skipped, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		if len(redriven) > 0 {
+			return fmt.Errorf("%w into the live tables (%s of %s); swapped in, the new tables would lack them: rebuild with definitions that accept them",
+				ErrRedrivenSkipped, strings.Join(redriven, ", "), r.cfg.Topic)
 		}
 		rows, err := tx.Query(ctx, `
 			SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -685,7 +773,7 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		for i, p := range parts {
 			to[i] = r.target(at, p)
 		}
-		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_rebuilt WHERE projection = ANY($1) AND topic = $2`, live), r.names, r.cfg.Topic)
+		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_rebuilt WHERE projection = ANY($1)`, live), r.names)
 		q.Queue(fmt.Sprintf(`INSERT INTO %s.spate_rebuilt (projection, topic, partition, from_offset, to_offset, skipped)
 			SELECT n.projection, $2, s.partition, s.from_offset, t.to_offset, s.skipped
 			FROM unnest($1::text[]) AS n (projection)

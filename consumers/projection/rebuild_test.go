@@ -586,3 +586,111 @@ func TestRebuildWithTheLiveOffsetBelowKafkasHistory(t *testing.T) {
 	}
 	wantRows(t, pool, `SELECT count(*) FROM event_log`, "0")
 }
+
+// produceEach writes recs to partition 0 of their topic, a record batch
+// each, so that Kafka can delete records below any of them.
+func produceEach(t *testing.T, brokers []string, recs []*kgo.Record) []*kgo.Record {
+	t.Helper()
+	var out []*kgo.Record
+	for _, r := range recs {
+		out = append(out, produceTo(t, brokers, 0, []*kgo.Record{r})...)
+	}
+	return out
+}
+
+// TestRebuildWhileRetentionDeletesItsHistory: retention deletes events the
+// rebuild has not read yet. The run fails, rather than swap in tables that
+// lack them and say they hold them; run again, it refuses to resume across
+// the gap, and with PartialHistory it starts over from what Kafka keeps.
+// A dead letter among the deleted events is then re-driven into event_log.
+func TestRebuildWhileRetentionDeletesItsHistory(t *testing.T) {
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events")
+	live, pool := newProjector(t)
+	p0 := produceEach(t, brokers, records(t, 0, 20))
+	// The live projector dead-lettered the event at offset 5.
+	for _, b := range []consumers.Batch{{Records: p0[:5], Next: 5}, {Records: p0[6:], Next: 20}} {
+		b.Topic = "events"
+		if err := live.Apply(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleted := false
+	cfg := projection.RebuildConfig{Projections: []projection.Projection{projection.EventLog()}, Topic: "events", BatchSize: 2,
+		Progress: func(done, total int64) {
+			if !deleted {
+				deleted = true
+				deleteRecordsBelow(t, brokers, "events", 10)
+			}
+		}}
+	kopts := append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, manyPolls...)
+	rebuild := func(cfg projection.RebuildConfig) (*projection.RebuildResult, error) {
+		t.Helper()
+		rb, err := projection.NewRebuild(pool, schemas.Builtin(), cfg, kopts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		return rb.Run(rctx)
+	}
+	if _, err := rebuild(cfg); !errors.Is(err, projection.ErrHistoryGone) {
+		t.Fatalf("rebuild while retention deleted its history = %v, want ErrHistoryGone", err)
+	}
+	cfg.Progress = nil
+	if _, err := rebuild(cfg); !errors.Is(err, projection.ErrHistoryGone) || !strings.Contains(err.Error(), "(where the interrupted rebuild stopped)") {
+		t.Fatalf("resumed across the gap = %v, want ErrHistoryGone saying where it stopped", err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "19") // the live table, untouched
+	cfg.PartialHistory = true
+	if res, err := rebuild(cfg); err != nil || res.Resumed {
+		t.Fatalf("rebuild with PartialHistory = %+v, %v; want a run started over", res, err)
+	}
+	wantRows(t, pool, `SELECT min("offset"), count(*) FROM event_log`, "10|10")
+	wantRows(t, pool, `SELECT from_offset, to_offset FROM spate_rebuilt`, "10|20")
+	if ok, err := live.Redrive(ctx, asDeadLetter(p0[5], projection.DefaultGroup, "data-exception")); !ok || err != nil {
+		t.Fatalf("Redrive of the event at 5 = %v, %v; want true, nil", ok, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE "offset" = 5`, "1")
+}
+
+// TestRebuildOfAShadowFromAnOlderRelease: the shadow schema of an
+// interrupted rebuild does not say where it started or what it skipped.
+// The rebuild starts over rather than resume it.
+func TestRebuildOfAShadowFromAnOlderRelease(t *testing.T) {
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events")
+	live, pool := newProjector(t)
+	p0 := produceEach(t, brokers, records(t, 0, 20))
+	if err := live.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Records: p0, Next: 20}); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cfg := projection.RebuildConfig{Projections: []projection.Projection{projection.EventLog()}, Topic: "events", BatchSize: 2,
+		Progress: func(done, total int64) {
+			if done >= 4 {
+				cancel()
+			}
+		}}
+	kopts := append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, manyPolls...)
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), cfg, kopts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rb.Run(rctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted rebuild = %v, want context.Canceled", err)
+	}
+	if _, err := pool.Exec(ctx, `DROP TABLE `+rb.Schema()+`.spate_rebuild_partitions`); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Progress = nil
+	if rb, err = projection.NewRebuild(pool, schemas.Builtin(), cfg, kopts...); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := rb.Run(ctx); err != nil || res.Resumed {
+		t.Fatalf("rebuild over an older release's shadow = %+v, %v; want a run started over", res, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "20")
+	wantRows(t, pool, `SELECT from_offset, to_offset, cardinality(skipped) FROM spate_rebuilt`, "0|20|0")
+}
