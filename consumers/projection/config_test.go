@@ -24,7 +24,7 @@ func TestLoadExample(t *testing.T) {
 	for _, p := range projs {
 		names = append(names, p.Name())
 	}
-	if got, want := strings.Join(names, " "), "event_log latest counters orders payments"; got != want {
+	if got, want := strings.Join(names, " "), "event_log latest counters payments orders"; got != want {
 		t.Fatalf("projections %q, want %q", got, want)
 	}
 }
