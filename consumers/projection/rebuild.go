@@ -411,13 +411,13 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	r.applied = map[int32]int64{}
 	for _, p := range parts {
 		next := max(from[p], r.logStart[p])
-		if o, ok := stored[p]; ok && o < next {
+		switch o, ok := stored[p]; {
+		case ok && o < next:
 			// PartialHistory: the shadow tables hold events up to o, but
 			// not those between o and next. Starting over leaves out all
 			// of those Kafka no longer has.
 			return errStartOver
-		}
-		if _, ok := stored[p]; !ok {
+		case !ok:
 			_, err := r.pool.Exec(ctx, `INSERT INTO `+shadow+`.spate_rebuild_partitions (partition, from_offset) VALUES ($1, $2)
 				ON CONFLICT (partition) DO UPDATE SET from_offset = excluded.from_offset, skipped = '{}'`, p, next)
 			if err != nil {
@@ -647,8 +647,6 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 			// (noteSkipped), in its transaction.
 			r.mu.Lock()
 			r.toSkip[p] = append(r.toSkip[p], pe.Record.Offset)
-			r.mu.Unlock()
-			r.mu.Lock()
 			r.res.Skipped++
 			r.mu.Unlock()
 			recs = recs[i+1:] // and then only the offset moves past it
