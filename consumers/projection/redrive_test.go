@@ -332,9 +332,33 @@ func (rejecter) Apply(_ context.Context, _ pgx.Tx, evs []*projection.Event) erro
 	return consumers.Poison(evs[0].Record, "picky", errors.New("no, thanks"))
 }
 
-// rebuildPayments rebuilds payments and payment_totals of config, and
-// returns how many events it skipped.
-func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config string) int64 {
+// paymentDeadLettered is a projector of redriveConfig whose group applied
+// paymentsN payments, dead-lettering the sixth (e5, offset 5) for its
+// negative amount.
+type paymentDeadLettered struct {
+	p       *projection.Projector
+	pool    *pgxpool.Pool
+	brokers []string
+	want    int64 // the sum of the amounts, the negative one included
+	dl      *kgo.Record
+}
+
+const paymentsN = 20
+
+func newPaymentDeadLettered(t *testing.T) paymentDeadLettered {
+	t.Helper()
+	x := paymentDeadLettered{brokers: spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))}
+	x.p, x.pool = newConfigured(t, []byte(redriveConfig))
+	_, x.want, x.dl = deadLetterAPayment(t, x.p, x.pool, x.brokers, paymentsN, 5)
+	return x
+}
+
+// fixedRedriveConfig is redriveConfig without the constraint that rejects
+// a negative payment.
+var fixedRedriveConfig = strings.Replace(redriveConfig, " CONSTRAINT amount_not_negative CHECK (amount_cents >= 0)", "", 1)
+
+// rebuildPayments rebuilds payments and payment_totals of config.
+func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config string) (*projection.RebuildResult, error) {
 	t.Helper()
 	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
 	if err != nil {
@@ -348,11 +372,7 @@ func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config 
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := rb.Run(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.Skipped
+	return rb.Run(context.Background())
 }
 
 // TestRedriveAfterARebuild: the fix is a new definition of payments (no
@@ -361,29 +381,25 @@ func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config 
 // applies it to event_log alone: the rebuilt tables hold it already.
 func TestRedriveAfterARebuild(t *testing.T) {
 	t.Parallel()
-	const n = 20
 	ctx := context.Background()
-	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
-	p, pool := newConfigured(t, []byte(redriveConfig))
-	_, want, dl := deadLetterAPayment(t, p, pool, brokers, n, 5)
+	x := newPaymentDeadLettered(t)
 
-	config := strings.Replace(redriveConfig, " CONSTRAINT amount_not_negative CHECK (amount_cents >= 0)", "", 1)
-	if skipped := rebuildPayments(t, pool, brokers, config); skipped != 0 {
-		t.Fatalf("the rebuild skipped %d events, want none", skipped)
+	if res, err := rebuildPayments(t, x.pool, x.brokers, fixedRedriveConfig); err != nil || res.Skipped != 0 {
+		t.Fatalf("rebuild with the fix = %+v, %v; want every event applied", res, err)
 	}
-	totals := fmt.Sprintf("EUR|%d|%d", n, want)
-	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	totals := fmt.Sprintf("EUR|%d|%d", paymentsN, x.want)
+	wantRows(t, x.pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
 
-	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
+	projs, err := projection.Load("spate.yaml", []byte(fixedRedriveConfig), schemas.Builtin())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := projection.New(pool, schemas.Builtin(), projection.Config{Projections: projs}).Redrive(ctx, dl); !ok || err != nil {
+	if ok, err := projection.New(x.pool, schemas.Builtin(), projection.Config{Projections: projs}).Redrive(ctx, x.dl); !ok || err != nil {
 		t.Fatalf("Redrive after the rebuild = %v, %v; want true, nil", ok, err)
 	}
-	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e5'`, "1")
-	wantRows(t, pool, `SELECT count(*) FROM payments`, strconv.Itoa(n))
-	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	wantRows(t, x.pool, `SELECT count(*) FROM event_log WHERE id = 'e5'`, "1")
+	wantRows(t, x.pool, `SELECT count(*) FROM payments`, strconv.Itoa(paymentsN))
+	wantRows(t, x.pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
 }
 
 // TestRedriveAfterARebuildThatSkippedTheEvent: a rebuild with the same
@@ -391,23 +407,20 @@ func TestRedriveAfterARebuild(t *testing.T) {
 // after. Re-driving then applies it to every projection.
 func TestRedriveAfterARebuildThatSkippedTheEvent(t *testing.T) {
 	t.Parallel()
-	const n = 20
 	ctx := context.Background()
-	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
-	p, pool := newConfigured(t, []byte(redriveConfig))
-	_, want, dl := deadLetterAPayment(t, p, pool, brokers, n, 5)
-	if skipped := rebuildPayments(t, pool, brokers, redriveConfig); skipped != 1 {
-		t.Fatalf("the rebuild skipped %d events, want 1", skipped)
+	x := newPaymentDeadLettered(t)
+	if res, err := rebuildPayments(t, x.pool, x.brokers, redriveConfig); err != nil || res.Skipped != 1 {
+		t.Fatalf("rebuild = %+v, %v; want one event skipped", res, err)
 	}
-	if _, err := pool.Exec(ctx, `ALTER TABLE payments DROP CONSTRAINT amount_not_negative`); err != nil {
+	if _, err := x.pool.Exec(ctx, `ALTER TABLE payments DROP CONSTRAINT amount_not_negative`); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := p.Redrive(ctx, dl); !ok || err != nil {
+	if ok, err := x.p.Redrive(ctx, x.dl); !ok || err != nil {
 		t.Fatalf("Redrive after the fix = %v, %v; want true, nil", ok, err)
 	}
-	wantRows(t, pool, `SELECT count(*) FROM event_log WHERE id = 'e5'`, "1")
-	wantRows(t, pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
-	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, fmt.Sprintf("EUR|%d|%d", n, want))
+	wantRows(t, x.pool, `SELECT count(*) FROM event_log WHERE id = 'e5'`, "1")
+	wantRows(t, x.pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
+	wantRows(t, x.pool, `SELECT currency, payments, amount_cents FROM payment_totals`, fmt.Sprintf("EUR|%d|%d", paymentsN, x.want))
 }
 
 // TestRebuildThatSkipsARedrivenEvent: the fix was made in the live table
@@ -417,42 +430,26 @@ func TestRedriveAfterARebuildThatSkippedTheEvent(t *testing.T) {
 // definitions that accept the event swaps in.
 func TestRebuildThatSkipsARedrivenEvent(t *testing.T) {
 	t.Parallel()
-	const n = 20
 	ctx := context.Background()
-	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
-	p, pool := newConfigured(t, []byte(redriveConfig))
-	_, want, dl := deadLetterAPayment(t, p, pool, brokers, n, 5)
-	if _, err := pool.Exec(ctx, `ALTER TABLE payments DROP CONSTRAINT amount_not_negative`); err != nil {
+	x := newPaymentDeadLettered(t)
+	if _, err := x.pool.Exec(ctx, `ALTER TABLE payments DROP CONSTRAINT amount_not_negative`); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := p.Redrive(ctx, dl); !ok || err != nil {
+	if ok, err := x.p.Redrive(ctx, x.dl); !ok || err != nil {
 		t.Fatalf("Redrive after the fix = %v, %v; want true, nil", ok, err)
 	}
-	totals := fmt.Sprintf("EUR|%d|%d", n, want)
-	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	totals := fmt.Sprintf("EUR|%d|%d", paymentsN, x.want)
+	wantRows(t, x.pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
 
-	projs, err := projection.Load("spate.yaml", []byte(redriveConfig), schemas.Builtin())
-	if err != nil {
-		t.Fatal(err)
-	}
-	chosen, err := projection.Select(projs, "payments", "payment_totals")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: chosen, Topic: "events"}, kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rb.Run(ctx); !errors.Is(err, projection.ErrRedrivenSkipped) || !strings.Contains(err.Error(), "partition 0 offset 5") {
+	if _, err := rebuildPayments(t, x.pool, x.brokers, redriveConfig); !errors.Is(err, projection.ErrRedrivenSkipped) || !strings.Contains(err.Error(), "partition 0 offset 5") {
 		t.Fatalf("rebuild that skips a re-driven event = %v, want ErrRedrivenSkipped naming it", err)
 	}
-	wantRows(t, pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
-	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	wantRows(t, x.pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
+	wantRows(t, x.pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
 
-	fixed := strings.Replace(redriveConfig, " CONSTRAINT amount_not_negative CHECK (amount_cents >= 0)", "", 1)
-	if skipped := rebuildPayments(t, pool, brokers, fixed); skipped != 0 {
-		t.Fatalf("the rebuild with the fix skipped %d events, want none", skipped)
+	if res, err := rebuildPayments(t, x.pool, x.brokers, fixedRedriveConfig); err != nil || res.Skipped != 0 {
+		t.Fatalf("rebuild with the fix = %+v, %v; want every event applied", res, err)
 	}
-	wantRows(t, pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
-	wantRows(t, pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+	wantRows(t, x.pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
+	wantRows(t, x.pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
 }
