@@ -181,7 +181,7 @@ func (s *streamFlags) config(group string, routes []fanout.Route) (fanout.Config
 	if len(routes) == 0 {
 		cfg.DefaultRetention = fanout.Route{MaxLen: s.maxLen, MaxAge: s.maxAge}
 	} else if s.given("stream-maxlen") || s.given("stream-maxage") {
-		return cfg, errors.New("--stream-maxlen and --stream-maxage are the retention of the streams when spate.yaml has no routes; give each route its maxlen or maxage instead")
+		return cfg, errors.New("--stream-maxlen and --stream-maxage (or SPATE_STREAM_MAXLEN and SPATE_STREAM_MAXAGE) are the retention of the streams when spate.yaml has no routes; give each route its maxlen or maxage instead")
 	}
 	return cfg, nil
 }

@@ -125,6 +125,9 @@ func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if len(cfg.Routes) == 0 {
+		log.Info("a stream per event type", "streams", cfg.Prefix+"<type>", "maxlen", rt.MaxLen, "maxage", rt.MaxAge, "lossy", rt.Lossy)
+	}
 	return &Writer{rdb: rdb, reg: reg, cfg: cfg, log: log, routes: routes, metrics: newMetrics(cfg.Metrics)}, nil
 }
 

@@ -157,20 +157,26 @@ func (r *Route) key(ev *spatev1.Event) (string, error) {
 }
 
 // builds reports whether the route can build key: its literals as they are,
-// each placeholder a valid key part.
-func (r *Route) builds(key string) bool { return buildsFrom(r.parts, key) }
+// each placeholder a valid key part, and {type} an event type the route
+// takes that known says exists.
+func (r *Route) builds(key string, known func(typ string) bool) bool {
+	return r.buildsFrom(r.parts, key, known)
+}
 
-func buildsFrom(parts []keyPart, key string) bool {
+func (r *Route) buildsFrom(parts []keyPart, key string, known func(string) bool) bool {
 	if len(parts) == 0 {
 		return key == ""
 	}
 	p := parts[0]
 	if p.attr == "" {
 		rest, ok := strings.CutPrefix(key, p.literal)
-		return ok && buildsFrom(parts[1:], rest)
+		return ok && r.buildsFrom(parts[1:], rest, known)
 	}
 	for i := 1; i <= min(len(key), 128) && validKeyPart(key[i-1:i]); i++ {
-		if buildsFrom(parts[1:], key[i:]) {
+		if p.attr == "type" && !(r.matches(key[:i]) && known(key[:i])) {
+			continue
+		}
+		if r.buildsFrom(parts[1:], key[i:], known) {
 			return true
 		}
 	}

@@ -194,6 +194,33 @@ routes:
 // keys that no event of the route can go to (a placeholder cannot hold ':'),
 // such as another route's streams or a subscriber's dead letters. A lossy
 // retention must leave those alone.
+// TestTrimOnlyStreamsOfKnownTypes: a route's {type} is an event type the
+// route takes, so a stream that only looks like one is not trimmed.
+func TestTrimOnlyStreamsOfKnownTypes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["shop.order.*"]
+    stream: "PREFIX:o:{type}"
+    maxlen: 5
+`)
+	if err := w.Apply(ctx, batch(records(t, 0, 100))); err != nil {
+		t.Fatal(err)
+	}
+	placed, archive, payments := prefix+"o:shop.order.placed.v1", prefix+"o:orders-archive", prefix+"o:shop.payment.captured.v1"
+	addEntries(t, rdb, archive, 30)
+	addEntries(t, rdb, payments, 20)
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]int64{placed: 5, archive: 30, payments: 20} {
+		if n := rdb.XLen(ctx, key).Val(); n != want {
+			t.Errorf("%s: %d entries after trimming, want %d", key, n, want)
+		}
+	}
+}
+
 func TestTrimOnlyStreamsItsRouteBuilds(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -266,12 +293,12 @@ func TestTrimLossyOnlyWhereEveryRouteIs(t *testing.T) {
 	ctx := context.Background()
 	w, rdb, prefix := newRouted(t, `
 routes:
-  - types: ["*"]
+  - types: ["shop.order.*"]
     stream: "PREFIX:{ext.tenant}"
     maxlen: 5
     lossy: true
-  - types: ["*"]
-    stream: "PREFIX:{type}"
+  - types: ["shop.payment.*"]
+    stream: "PREFIX:{ext.tenant}"
 `)
 	if err := w.Apply(ctx, batch(records(t, 0, 100))); err != nil {
 		t.Fatal(err)
@@ -349,13 +376,24 @@ func TestTrimReportsLagAndPending(t *testing.T) {
 	}
 }
 
-// TestDefaultRetention: without routes, the streams of each type are
-// trimmed to the default retention, lag-safe as a route's are; with
+// addEntries adds n entries to the stream key.
+func addEntries(t *testing.T, rdb *redis.Client, key string, n int) {
+	t.Helper()
+	for range n {
+		if err := rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: key, Values: []any{"f", "v"}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestDefaultRetention: without routes, the stream of each event type is
+// trimmed to the default retention, lag-safe as a route's are, and no other
+// stream under the prefix is (a copy spate replay stream made, say); with
 // routes, a default retention is refused.
 func TestDefaultRetention(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	prefix := spatetest.KeyPrefix(t) + ":"
+	prefix := spatetest.KeyPrefix(t)
 	rdb := spatetest.RedisClient(t)
 	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{Prefix: prefix, DefaultRetention: fanout.Route{MaxLen: 10}})
 	if err != nil {
@@ -368,10 +406,13 @@ func TestDefaultRetention(t *testing.T) {
 	if err := rdb.XGroupCreate(ctx, cancelled, "slow", "0").Err(); err != nil {
 		t.Fatal(err)
 	}
+	audit, dead := prefix+"orders-audit", placed+":dlq"
+	addEntries(t, rdb, audit, 30)
+	addEntries(t, rdb, dead, 20)
 	if err := w.TrimOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for key, want := range map[string]int64{placed: 10, cancelled: 50} {
+	for key, want := range map[string]int64{placed: 10, cancelled: 50, audit: 30, dead: 20} {
 		if n := rdb.XLen(ctx, key).Val(); n != want {
 			t.Errorf("%s: %d entries after trimming, want %d", key, n, want)
 		}

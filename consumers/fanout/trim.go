@@ -45,10 +45,20 @@ func (w *Writer) TrimOnce(ctx context.Context) error {
 		if rt.MaxLen == 0 && rt.MaxAge == 0 {
 			continue
 		}
+		if len(w.cfg.Routes) == 0 {
+			// The default route: a stream per known type, no SCAN of
+			// the keyspace.
+			for _, typ := range w.reg.Types() {
+				if err := w.trimStream(ctx, rt, w.Stream(typ), seen); err != nil {
+					errs = append(errs, fmt.Errorf("trim %s: %w", w.Stream(typ), err))
+				}
+			}
+			continue
+		}
 		iter := w.rdb.ScanType(ctx, 0, rt.pattern(), 1000, "stream").Iterator()
 		for iter.Next(ctx) {
 			key := iter.Val()
-			if !rt.builds(key) {
+			if !rt.builds(key, w.knownType) {
 				continue // matches the pattern, but no event of this route can go there
 			}
 			if err := w.trimStream(ctx, rt, key, seen); err != nil {
@@ -63,6 +73,13 @@ func (w *Writer) TrimOnce(ctx context.Context) error {
 		w.forgetGroupsGone(seen)
 	}
 	return errors.Join(errs...)
+}
+
+// knownType reports whether the registry has the event type typ: only
+// those reach a stream.
+func (w *Writer) knownType(typ string) bool {
+	_, err := w.reg.Message(typ)
+	return err == nil
 }
 
 // forgetGroupsGone deletes the lag and pending series of the groups (or
@@ -90,7 +107,7 @@ const trimLimit = 1000
 func (w *Writer) trimStream(ctx context.Context, rt *Route, key string, seen map[groupSeries]bool) error {
 	lossy := rt.Lossy
 	for i := range w.routes {
-		if o := &w.routes[i]; !o.Lossy && o.builds(key) {
+		if o := &w.routes[i]; !o.Lossy && o.builds(key, w.knownType) {
 			lossy = false // another route that keeps what groups need writes here too
 		}
 	}
