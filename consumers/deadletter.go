@@ -1,8 +1,10 @@
 package consumers
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -116,4 +118,54 @@ func (d *DeadLetter) Original() *kgo.Record {
 		Topic: d.Topic, Partition: d.Partition, Offset: d.Offset,
 		Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp,
 	}
+}
+
+// ReadRange reads the records of topic from the offsets from up to, not
+// including, the offsets to, without a consumer group, and calls fn with
+// each, in offset order within a partition. Partitions missing from from
+// or to are not read. Transaction markers are handed to fn too, so that a
+// range that ends with one ends: fn skips them (r.Attrs.IsControl()). opts
+// carry seed brokers, TLS and the like.
+func ReadRange(ctx context.Context, opts []kgo.Opt, topic string, from, to map[int32]int64, fn func(*kgo.Record) error) error {
+	offs := map[int32]kgo.Offset{}
+	left := map[int32]int64{} // partitions not read to their end yet
+	for p, end := range to {
+		if start, ok := from[p]; ok && start < end {
+			offs[p] = kgo.NewOffset().At(start)
+			left[p] = end
+		}
+	}
+	if len(left) == 0 {
+		return nil
+	}
+	cl, err := kgo.NewClient(append(slices.Clip(opts),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offs}), kgo.KeepControlRecords())...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	for len(left) > 0 {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if errs := fs.Errors(); len(errs) > 0 {
+			return fmt.Errorf("read %s partition %d: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
+		}
+		var ferr error
+		fs.EachRecord(func(r *kgo.Record) {
+			end, ok := left[r.Partition]
+			if ferr != nil || !ok || r.Offset >= end {
+				return
+			}
+			ferr = fn(r)
+			if r.Offset+1 >= end {
+				delete(left, r.Partition)
+			}
+		})
+		if ferr != nil {
+			return ferr
+		}
+	}
+	return nil
 }

@@ -249,3 +249,41 @@ func FuzzParseDeadLetter(f *testing.F) {
 		}
 	})
 }
+
+// TestReadRangeEndsAtATransactionMarker: a range whose last offset is a
+// transaction's commit marker (as a transactional producer leaves) is read
+// to its end, the marker handed over as a control record.
+func TestReadRangeEndsAtATransactionMarker(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 2)
+	tx, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("t"), kgo.TransactionalID("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	if err := tx.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.ProduceSync(ctx, &kgo.Record{Value: []byte("in a transaction")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		t.Fatal(err)
+	}
+	// Offsets 0 and 1, the transaction's record at 2, its marker at 3.
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second) // it would wait for ever
+	defer cancel()
+	var got []string
+	err = consumers.ReadRange(rctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, "t", map[int32]int64{0: 0}, map[int32]int64{0: 4}, func(r *kgo.Record) error {
+		got = append(got, fmt.Sprintf("%d:%v", r.Offset, r.Attrs.IsControl()))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"0:false", "1:false", "2:false", "3:true"}, got); diff != "" {
+		t.Errorf("records read (-want +got):\n%s", diff)
+	}
+}

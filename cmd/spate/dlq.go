@@ -205,54 +205,19 @@ func (rd dlqReader) scan(ctx context.Context, since position, fn func(*kgo.Recor
 			return err
 		}
 	}
-	offs := map[int32]kgo.Offset{}
 	var total int64
 	for p, end := range ends {
-		if from[p] < end {
-			offs[p] = kgo.NewOffset().At(from[p])
-			total += end - from[p]
-		} else {
-			delete(ends, p)
-		}
+		total += max(end-from[p], 0)
 	}
 	prog := startProgress(rd.stderr, rd.e.log, "reading "+rd.topic, total)
 	defer prog.finish()
-	if total == 0 {
-		return nil
-	}
-	cc, err := kgo.NewClient(append(rd.e.kafkaOpts("spate-dlq"),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{rd.topic: offs}))...)
-	if err != nil {
-		return fmt.Errorf("kafka client: %w", err)
-	}
-	defer cc.Close()
-	for len(ends) > 0 {
-		fs := cc.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return ctx.Err()
+	return consumers.ReadRange(ctx, rd.e.kafkaOpts("spate-dlq"), rd.topic, from, ends, func(r *kgo.Record) error {
+		prog.add(1)
+		if r.Attrs.IsControl() { // a transaction's marker: not a record anyone wrote
+			return nil
 		}
-		if errs := fs.Errors(); len(errs) > 0 {
-			return fmt.Errorf("read %s partition %d: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
-		}
-		var ferr error
-		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			for _, r := range fp.Records {
-				end, ok := ends[r.Partition]
-				if ferr != nil || !ok || r.Offset >= end {
-					continue
-				}
-				ferr = fn(r)
-				prog.add(1)
-				if r.Offset+1 >= end {
-					delete(ends, r.Partition)
-				}
-			}
-		})
-		if ferr != nil {
-			return ferr
-		}
-	}
-	return nil
+		return fn(r)
+	})
 }
 
 // at reads the record at a of the dead-letter topic.

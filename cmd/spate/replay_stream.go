@@ -140,6 +140,8 @@ func (f *replayFlags) job(topic string, now time.Time) (*replayJob, error) {
 		return nil, fmt.Errorf("both --to-stream %q and --to-topic %q are set (on the command line or as SPATE_TO_STREAM and SPATE_TO_TOPIC); give one", f.toStream, f.toTopic)
 	case f.toTopic != "" && f.toTopic == topic:
 		return nil, fmt.Errorf("--to-topic %q is --topic, the topic being read; copy into another topic", f.toTopic)
+	case f.toTopic != "" && strings.HasSuffix(f.toTopic, ".dlq"):
+		return nil, fmt.Errorf("--to-topic %q is a dead-letter topic: only consumer groups write dead letters there (spate dlq reads them); copy into another topic", f.toTopic)
 	case f.from == "":
 		return nil, errors.New("--from is required: where the range starts (earliest, a time such as 2026-11-23T08:00:00Z, a duration ago such as -24h, or an offset)")
 	case f.toStream != "" && f.redisURL == "":

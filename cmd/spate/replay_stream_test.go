@@ -443,6 +443,7 @@ func TestReplayStreamRefusesAmbiguousInput(t *testing.T) {
 		{"no target", []string{"--from", "earliest"}, "give the target: --to-stream KEY"},
 		{"two targets", []string{"--from", "earliest", "--to-stream", "s", "--to-topic", "t", "--redis-url", "redis://127.0.0.1:1/0"}, "both --to-stream"},
 		{"target is the source", []string{"--topic", "a", "--from", "earliest", "--to-topic", "a"}, `--to-topic "a" is --topic`},
+		{"target is a dead-letter topic", []string{"--from", "earliest", "--to-topic", "spate.events.dlq"}, `--to-topic "spate.events.dlq" is a dead-letter topic`},
 		{"no from", []string{"--to-topic", "t"}, "--from is required"},
 		{"bad from", []string{"--from", "yesterday", "--to-topic", "t"}, `--from "yesterday"`},
 		{"to before from", []string{"--from", "2026-11-23T09:00:00Z", "--to", "2026-11-23T08:00:00Z", "--to-topic", "t"}, "--to 2026-11-23T08:00:00Z is before --from 2026-11-23T09:00:00Z"},
