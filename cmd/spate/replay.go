@@ -31,7 +31,7 @@ func newReplayProjectionCmd() *cobra.Command {
 		url, config, from string
 		group, rateFlag   string
 		batchSize         int
-		partial           bool
+		partial, rejected bool
 	)
 	cmd := &cobra.Command{
 		Use:   "projection NAME...",
@@ -53,6 +53,10 @@ next rebuild of the same projections (DROP SCHEMA ... CASCADE frees them).
 
 Ctrl-C leaves the live tables as they were; run the same command again to
 resume where it stopped. With changed definitions it starts over.
+
+Events the projections reject are skipped and counted. If the live projector
+applied one of them (did not dead-letter it), the rebuild stops before its
+swap and names it; --skip-rejected swaps in without those events.
 
 A rebuild holds only what Kafka keeps. If Kafka's retention deleted events
 it would apply, it refuses to start (or stops, if they go while it runs)
@@ -128,7 +132,7 @@ Their statements must name tables without a schema.`,
 			defer prog.finish()
 			var shown int64
 			rb, err := projection.NewRebuild(pool, e.reg, projection.RebuildConfig{
-				Projections: chosen, Topic: e.topic, Group: group, From: offs, PartialHistory: partial,
+				Projections: chosen, Topic: e.topic, Group: group, From: offs, PartialHistory: partial, SkipRejected: rejected,
 				Rate: perSecond, BatchSize: batchSize, Logger: e.log,
 				Progress: func(done, total int64) {
 					prog.setTotal(total)
@@ -146,8 +150,11 @@ Their statements must name tables without a schema.`,
 					return fmt.Errorf("rebuild of %s interrupted before the swap; the live tables are untouched: run the same command again to resume from schema %s: %w",
 						strings.Join(names, ", "), rb.Schema(), context.Cause(ctx))
 				}
-				if errors.Is(err, projection.ErrHistoryGone) {
+				switch {
+				case errors.Is(err, projection.ErrHistoryGone):
 					return fmt.Errorf("%w. To rebuild from the oldest event Kafka keeps, give --partial-history", err)
+				case errors.Is(err, projection.ErrSkippedApplied):
+					return fmt.Errorf("%w. The live tables are untouched; to swap in without those events, run again with --skip-rejected", err)
 				}
 				return err
 			}
@@ -159,7 +166,7 @@ Their statements must name tables without a schema.`,
 			}
 			fmt.Fprintln(out)
 			if res.Skipped > 0 {
-				fmt.Fprintf(out, "skipped %d events the projections could not apply (the live projector dead-lettered them; see spate dlq list)\n", res.Skipped)
+				fmt.Fprintf(out, "skipped %d events the projections could not apply (see spate dlq list for those the live projector dead-lettered)\n", res.Skipped)
 			}
 			fmt.Fprintf(out, "the previous tables are in schema %s until the next rebuild\n", res.Retired)
 			return nil
@@ -176,7 +183,8 @@ Their statements must name tables without a schema.`,
 	fs.IntVar(&batchSize, "batch-size", 5000, "most events applied in one transaction")
 	annotateEnv(fs)
 	fs.BoolVar(&partial, "partial-history", false, "rebuild from the oldest event Kafka keeps where its retention deleted older ones (the rebuilt tables lack them)")
-	cmdLineOnly(fs, "partial-history")
+	fs.BoolVar(&rejected, "skip-rejected", false, "swap in even if the projections rejected events the live projector applied (the rebuilt tables lack them)")
+	cmdLineOnly(fs, "partial-history", "skip-rejected")
 	return cmd
 }
 

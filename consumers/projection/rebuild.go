@@ -1,6 +1,7 @@
 package projection
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -49,6 +50,12 @@ type RebuildConfig struct {
 	// it with ErrHistoryGone either way; run again, it starts over with
 	// PartialHistory.
 	PartialHistory bool
+	// SkipRejected lets a rebuild swap in although it skipped events that
+	// the live projector applied (it did not dead-letter them): the new
+	// definitions reject them, say. Zero: the rebuild fails with
+	// ErrSkippedApplied before its swap, leaving the live tables as they
+	// are.
+	SkipRejected bool
 	// Rate caps the events applied per second. Zero: no cap.
 	Rate float64
 	// BatchSize is the most events one transaction applies. Zero: 5000.
@@ -69,6 +76,10 @@ var ErrRebuildRunning = errors.New("a rebuild of these projections is running (o
 // projections rejected them, that were re-driven into the live tables: the
 // rebuild does not swap its tables in, as they would lack those events.
 var ErrRedrivenSkipped = errors.New("events the rebuild skipped were re-driven")
+
+// ErrSkippedApplied reports that a rebuild could not apply events that the
+// live projector applied (see RebuildConfig.SkipRejected).
+var ErrSkippedApplied = errors.New("the rebuild could not apply events the live projector applied")
 
 // ErrHistoryGone reports that Kafka's retention deleted events a rebuild
 // would apply (see RebuildConfig.PartialHistory).
@@ -336,6 +347,8 @@ type rebuildRun struct {
 	applied map[int32]int64   // the shadow's next offset per partition
 	toSkip  map[int32][]int64 // skipped events the shadow's offset has not moved past yet
 	done    int64
+
+	checkedSkips int // how many skipped events checkSkipped last checked
 }
 
 // noteSkipped notes, in the transaction of a batch of the shadow tables,
@@ -517,6 +530,9 @@ func (r *rebuildRun) catchUp(ctx context.Context) error {
 		}
 		waiting = len(ahead) > 0
 		if !waiting && gap <= int64(r.cfg.BatchSize) {
+			if err := r.checkSkipped(ctx); err != nil {
+				return err
+			}
 			swapped, err := r.swap(ctx)
 			if err != nil || swapped {
 				return err
@@ -664,6 +680,75 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 		}
 		backoff = min(2*backoff, 10*time.Second)
 	}
+}
+
+// checkSkipped refuses the swap if the rebuild skipped events that the
+// live projector did not dead-letter, as their failure depends on the
+// order of events across partitions (a total that overflows, a key shared
+// between partitions), or the new definitions reject them: the new tables
+// would lack events the live tables hold, unless SkipRejected. It reads the
+// dead-letter topic when the skipped events changed since its last check.
+func (r *rebuildRun) checkSkipped(ctx context.Context) error {
+	rows, err := r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions, unnest(skipped) AS o ORDER BY 1, 2`)
+	if err != nil {
+		return fmt.Errorf("rebuild: skipped events: %w", err)
+	}
+	type at struct {
+		Partition int32
+		Offset    int64
+	}
+	skipped, err := pgx.CollectRows(rows, pgx.RowToStructByPos[at])
+	if err != nil {
+		return fmt.Errorf("rebuild: skipped events: %w", err)
+	}
+	if len(skipped) == r.checkedSkips {
+		return nil
+	}
+	dead := map[at]bool{}
+	dlq := consumers.DLQTopic(r.cfg.Topic)
+	adm, err := kgo.NewClient(r.opts...)
+	if err != nil {
+		return fmt.Errorf("rebuild: kafka client: %w", err)
+	}
+	starts, serr := kadm.NewClient(adm).ListStartOffsets(ctx, dlq)
+	ends, eerr := kadm.NewClient(adm).ListEndOffsets(ctx, dlq)
+	adm.Close()
+	if err := cmp.Or(serr, eerr); err != nil {
+		return fmt.Errorf("rebuild: offsets of %s: %w", dlq, err)
+	}
+	switch err := cmp.Or(starts.Error(), ends.Error()); {
+	case errors.Is(err, kerr.UnknownTopicOrPartition): // no dead-letter topic: nothing was dead-lettered
+	case err != nil:
+		return fmt.Errorf("rebuild: offsets of %s: %w", dlq, err)
+	default:
+		from, to := map[int32]int64{}, map[int32]int64{}
+		starts.Each(func(o kadm.ListedOffset) { from[o.Partition] = o.Offset })
+		ends.Each(func(o kadm.ListedOffset) { to[o.Partition] = o.Offset })
+		err := consumers.ReadRange(ctx, r.opts, dlq, from, to, func(rec *kgo.Record) error {
+			if d, err := consumers.ParseDeadLetter(rec); err == nil && d.Group == r.cfg.Group && d.Topic == r.cfg.Topic {
+				dead[at{d.Partition, d.Offset}] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("rebuild: read %s: %w", dlq, err)
+		}
+	}
+	var applied []string
+	for _, s := range skipped {
+		if !dead[s] {
+			applied = append(applied, fmt.Sprintf("partition %d offset %d", s.Partition, s.Offset))
+		}
+	}
+	if len(applied) > 0 {
+		if !r.cfg.SkipRejected {
+			return fmt.Errorf("rebuild: %w: %s of %s; swapped in, the new tables would lack them. Their failure may depend on the order of events across partitions (a total that overflows, a key shared between partitions), or the new definitions reject them",
+				ErrSkippedApplied, strings.Join(applied, ", "), r.cfg.Topic)
+		}
+		r.log.Warn("the new tables lack events the live projector applied", "events", applied)
+	}
+	r.checkedSkips = len(skipped)
+	return nil
 }
 
 // errNotCaughtUp makes a swap give way to more catching up.

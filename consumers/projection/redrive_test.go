@@ -74,7 +74,8 @@ func readDLQ(t *testing.T, brokers []string, n int) []*kgo.Record {
 // deadLetterAPayment publishes n payments of redriveConfig, the one at bad
 // with a negative amount, and runs p's group until it consumed them all
 // and dead-lettered that one. It returns the events' receipts, the sum of
-// their amounts and the dead letter.
+// their amounts and the dead letter. With bad -1, every amount is positive
+// and nothing is dead-lettered.
 func deadLetterAPayment(t *testing.T, p *projection.Projector, pool *pgxpool.Pool, brokers []string, n, bad int) ([]*spatev1.Receipt, int64, *kgo.Record) {
 	t.Helper()
 	ctx := context.Background()
@@ -120,6 +121,10 @@ func deadLetterAPayment(t *testing.T, p *projection.Projector, pool *pgxpool.Poo
 		}
 		return ""
 	})
+	if bad < 0 {
+		readDLQ(t, brokers, 0)
+		return receipts, want, nil
+	}
 	return receipts, want, readDLQ(t, brokers, 1)[0]
 }
 
@@ -357,8 +362,9 @@ func newPaymentDeadLettered(t *testing.T) paymentDeadLettered {
 // a negative payment.
 var fixedRedriveConfig = strings.Replace(redriveConfig, " CONSTRAINT amount_not_negative CHECK (amount_cents >= 0)", "", 1)
 
-// rebuildPayments rebuilds payments and payment_totals of config.
-func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config string) (*projection.RebuildResult, error) {
+// rebuildPayments rebuilds payments and payment_totals of config, with the
+// changes set makes to the rebuild's configuration.
+func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config string, set ...func(*projection.RebuildConfig)) (*projection.RebuildResult, error) {
 	t.Helper()
 	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
 	if err != nil {
@@ -368,7 +374,11 @@ func rebuildPayments(t *testing.T, pool *pgxpool.Pool, brokers []string, config 
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: chosen, Topic: "events"}, kgo.SeedBrokers(brokers...))
+	cfg := projection.RebuildConfig{Projections: chosen, Topic: "events"}
+	for _, f := range set {
+		f(&cfg)
+	}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), cfg, kgo.SeedBrokers(brokers...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,4 +462,27 @@ func TestRebuildThatSkipsARedrivenEvent(t *testing.T) {
 	}
 	wantRows(t, x.pool, `SELECT amount_cents FROM payments WHERE payment_id = 'pay-5'`, "-5")
 	wantRows(t, x.pool, `SELECT currency, payments, amount_cents FROM payment_totals`, totals)
+}
+
+// TestRebuildThatSkipsAnEventTheLiveProjectorApplied: the new definitions
+// reject an event the live projector applied (it did not dead-letter it).
+// Swapped in, the new tables would lack it: the rebuild refuses, unless
+// told to skip what they reject.
+func TestRebuildThatSkipsAnEventTheLiveProjectorApplied(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(redriveConfig))
+	deadLetterAPayment(t, p, pool, brokers, paymentsN, -1)
+	// Amounts are 100 to 119: the stricter check rejects the last.
+	stricter := strings.Replace(redriveConfig, "CHECK (amount_cents >= 0)", "CHECK (amount_cents < 119)", 1)
+	_, err := rebuildPayments(t, pool, brokers, stricter)
+	if !errors.Is(err, projection.ErrSkippedApplied) || !strings.Contains(err.Error(), "partition 0 offset 19") {
+		t.Fatalf("rebuild that rejects an applied event = %v, want ErrSkippedApplied naming it", err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM payments`, strconv.Itoa(paymentsN))
+	// It resumes the shadow tables the refused run left.
+	if _, err := rebuildPayments(t, pool, brokers, stricter, func(c *projection.RebuildConfig) { c.SkipRejected = true }); err != nil {
+		t.Fatalf("rebuild with SkipRejected: %v", err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM payments`, strconv.Itoa(paymentsN-1))
 }
