@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -375,5 +376,38 @@ func TestBodyEncodingAndHeaderLimits(t *testing.T) {
 	}
 	if code, body := send("gzip", gz([]byte(orderJSON("ok", "s"))), ""); code != 202 {
 		t.Errorf("a gzip event: %d %s, want 202", code, body)
+	}
+}
+
+// TestRefusalNamesEveryError: an error found while reading an event's JSON
+// (a time that does not parse) does not hide the errors validation finds
+// in its other fields, nor in other events.
+func TestRefusalNamesEveryError(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{})
+	noID := strings.Replace(orderJSON("x", "s"), `"id":"x",`, "", 1)
+	badTime := strings.Replace(orderJSON("y", "s"), `"id":"y"`, `"id":"y","time":"yesterday"`, 1)
+	both := strings.Replace(noID, `"specversion"`, `"time":"yesterday","specversion"`, 1)
+	for _, tc := range []struct {
+		name, ct, body string
+		want           []string // index:field
+		detail         string
+	}{
+		{"batch", "application/cloudevents-batch+json", "[" + orderJSON("ok", "s") + "," + noID + "," + badTime + "]", []string{"1:id", "2:time"}, "2 of 3 events"},
+		{"one event", "application/cloudevents+json", both, []string{"0:id", "0:time"}, "1 of 1 events"},
+	} {
+		code, body := f.post(t, tc.ct, []byte(tc.body))
+		var p edge.Problem
+		if err := json.Unmarshal(body, &p); err != nil || code != 400 {
+			t.Fatalf("%s: %d %s, want a 400 problem", tc.name, code, body)
+		}
+		var got []string
+		for _, e := range p.Errors {
+			got = append(got, fmt.Sprintf("%d:%s", e.Index, e.Field))
+		}
+		slices.Sort(got)
+		if diff := cmp.Diff(tc.want, got); diff != "" || !strings.Contains(p.Detail, tc.detail) {
+			t.Errorf("%s: detail %q, errors (-want +got):\n%s", tc.name, p.Detail, diff)
+		}
 	}
 }

@@ -125,6 +125,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		evs = req.Events
 	}
 	if len(errs) > 0 {
+		errs = s.alsoInvalid(evs, errs)
 		writeRefusal(w, &refusal{status: http.StatusBadRequest, kind: "invalid-events", title: "Invalid events",
 			detail: fmt.Sprintf("%d of %d events are invalid; none was published", countEvents(errs), len(evs)), errs: errs})
 		return

@@ -1,13 +1,16 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -92,6 +95,29 @@ func withClientCert(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// alsoInvalid adds to errs, what reading events from JSON found wrong, what
+// validating them finds in the fields errs leaves alone, so that a refusal
+// names every error of the request and not only the first kind; in the
+// order of the events.
+func (s *Server) alsoInvalid(evs []*spatev1.Event, errs []FieldError) []FieldError {
+	now := timestamppb.Now()
+	for i, ev := range evs {
+		if ev == nil { // not read at all: errs says why
+			continue
+		}
+		for _, e := range s.validate(i, ev, now) {
+			known := slices.ContainsFunc(errs, func(k FieldError) bool {
+				return k.Index == i && (k.Field == e.Field || strings.HasPrefix(e.Field, k.Field+"."))
+			})
+			if !known {
+				errs = append(errs, e)
+			}
+		}
+	}
+	slices.SortStableFunc(errs, func(a, b FieldError) int { return cmp.Compare(a.Index, b.Index) })
+	return errs
 }
 
 // publish checks the request's size, validates every event, checks what
