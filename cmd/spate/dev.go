@@ -197,7 +197,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			edge: ln.Addr().String(), admin: aln.Addr().String(),
 			kafka: brokers[0], kafkaNote: kafkaNote, topic: f.topic,
 			postgres: pgURL, postgresNote: pgNote, redis: redisURL, redisNote: redisNote,
-			prefix: f.streams.prefix, edgeOnly: f.edgeOnly, took: time.Since(started),
+			prefix: f.streams.prefix, keys: f.keys, edgeOnly: f.edgeOnly, took: time.Since(started),
 		})
 		return nil
 	})
@@ -255,15 +255,21 @@ type bannerInfo struct {
 	kafka, kafkaNote, topic  string
 	postgres, postgresNote   string
 	redis, redisNote, prefix string
+	keys                     string // the --keys file; empty: anyone may publish
 	edgeOnly                 bool
 	took                     time.Duration
 }
 
 func printBanner(w io.Writer, b bannerInfo) {
+	who, auth := "no --keys: anyone may publish", ""
+	if b.keys != "" {
+		who = "producers present a key of " + b.keys
+		auth = "\n    -H 'Authorization: Bearer YOUR_KEY' \\"
+	}
 	fmt.Fprintf(w, `
 Spate dev is ready (%.1fs).
 
-  edge      http://%s   POST /v1/events, Connect spate.v1.IngestService
+  edge      http://%s   POST /v1/events, Connect spate.v1.IngestService; %s
   admin     http://%s   /metrics /healthz /readyz /debug/pprof/
   kafka     %s (%s), topic %s
   postgres  %s (%s)
@@ -272,13 +278,13 @@ Spate dev is ready (%.1fs).
 Send an event:
 
   curl -i http://%s/v1/events \
-    -H 'Content-Type: application/cloudevents+json' \
+    -H 'Content-Type: application/cloudevents+json' \%s
     -d '{"specversion":"1.0","id":"order-1001-placed","source":"/shop/checkout","type":"shop.order.placed.v1","subject":"order-1001","data":{"orderId":"order-1001","customerId":"cust-7","amountCents":4200,"currency":"EUR","items":[{"sku":"tea-1","quantity":2,"priceCents":2100}]}}'
 
 %s
 Ctrl-C stops everything and removes the throwaway data.
-`, b.took.Seconds(), b.edge, b.admin, b.kafka, b.kafkaNote, b.topic, b.postgres, b.postgresNote, b.redis, b.redisNote,
-		b.edge, arrival(b))
+`, b.took.Seconds(), b.edge, who, b.admin, b.kafka, b.kafkaNote, b.topic, b.postgres, b.postgresNote, b.redis, b.redisNote,
+		b.edge, auth, arrival(b))
 }
 
 // arrival tells where to see an event arrive.

@@ -597,7 +597,7 @@ With --postgres-url it also says whether the dead letter was re-driven.`,
 		Example: `  spate dlq show 0:42
   spate dlq show --id order-1001-placed --all-groups
   spate dlq show 0:42 | jq .data`,
-		Args:              cobra.MaximumNArgs(1),
+		Args:              positional(0, 1, "one PARTITION:OFFSET"),
 		PersistentPreRunE: f.preRun,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {

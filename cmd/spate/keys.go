@@ -28,7 +28,7 @@ the entry to add to the edge's keys file (--keys). The file keeps only the
 key's SHA-256. Narrow the entry's types and sources, and give it a rate, as
 the producer needs; the edge reloads the file on SIGHUP.`,
 		Example: `  spate keys new checkout`,
-		Args:    cobra.ExactArgs(1),
+		Args:    positional(1, 1, "the key's NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			b := make([]byte, 32)
 			if _, err := rand.Read(b); err != nil {

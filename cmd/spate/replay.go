@@ -71,7 +71,7 @@ other's tables (say, totals that read orders) must be rebuilt together.
 Their statements must name tables without a schema.`,
 		Example: `  spate replay projection orders --config spate.yaml --postgres-url postgres://spate@db/spate
   spate replay projection payments --config spate.yaml --from -24h --rate 5000`,
-		Args: cobra.MinimumNArgs(1),
+		Args: positional(1, -1, "the NAME of each projection to rebuild"),
 		RunE: func(cmd *cobra.Command, names []string) error {
 			if url == "" {
 				return errors.New("--postgres-url is required")

@@ -66,7 +66,7 @@ func TestReplayProjectionRefusesBadInput(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"projection"}, "requires at least 1 arg"},
+		{[]string{"projection"}, "give the NAME of each projection to rebuild: spate replay projection NAME... [flags]"},
 		{[]string{"projection", "orders"}, "--postgres-url is required"},
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x", "--from", "latest"}, "--from latest would rebuild nothing"},
 		{[]string{"projection", "orders", "--postgres-url", "postgres://x", "--from", "7"}, `--from "7"`},

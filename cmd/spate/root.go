@@ -126,3 +126,18 @@ func (l *logFlags) loggers(w io.Writer) (log, kafkaLog *slog.Logger, err error) 
 	}
 	return slog.New(handler(level)), slog.New(handler(kafkaLevel)).With("component", "kafka"), nil
 }
+
+// positional checks a command's arguments: between min and max of them
+// (max < 0: no limit), which usage names, as in "NAME..."; the error says
+// what is missing or extra, with the command's usage line.
+func positional(min, max int, usage string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case len(args) < min:
+			return fmt.Errorf("give %s: %s", usage, cmd.UseLine())
+		case max >= 0 && len(args) > max:
+			return fmt.Errorf("%d arguments, but %s takes only %s: %s", len(args), cmd.CommandPath(), usage, cmd.UseLine())
+		}
+		return nil
+	}
+}

@@ -66,7 +66,7 @@ renamed or removed, and the rest buf knows. It needs buf: on PATH, or in
 .bin/ as make proto installs it. It exits non-zero when NEW breaks OLD.`,
 		Example: `  git show main:schemas.binpb > old.binpb; buf build -o new.binpb
   spate schema check old.binpb new.binpb`,
-		Args: cobra.ExactArgs(2),
+		Args: positional(2, 2, "OLD.binpb and NEW.binpb"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			buf, err := findBuf()
 			if err != nil {

@@ -55,7 +55,7 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 		Example: `  spate tail shop.order.placed.v1 --redis-url redis://127.0.0.1:41234/0
   spate tail spate:shop.order.placed.v1 --from -10m --json | jq .data.order_id
   spate tail shop.order.placed.v1 --from 0 --group audit`,
-		Args: cobra.ExactArgs(1),
+		Args: positional(1, 1, "the STREAM to print"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, _, err := lf.loggers(cmd.ErrOrStderr())
 			if err != nil {
