@@ -82,6 +82,9 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 				if ctx.Err() != nil {
 					return nil
 				}
+				if !cmd.Flags().Changed("redis-url") {
+					return fmt.Errorf("redis at %s (the default; give --redis-url, which spate dev prints): %w", url, err)
+				}
 				return fmt.Errorf("redis at %s: %w", url, err)
 			}
 			if group == "" {
