@@ -553,6 +553,8 @@ func (o *offsetsSession) reset(ctx context.Context, pos position, dryRun, force 
 	live := fmt.Sprintf("group %s has %d live member(s) (state %s)", o.group, s.members, s.state)
 	if s.live() {
 		switch {
+		case dryRun && o.store.name == "kafka":
+			fmt.Fprintf(stderr, "warning: %s: a reset would be refused until they stop (Kafka takes offsets from outside a group only while it has none; --force cannot help)\n", live)
 		case dryRun:
 			fmt.Fprintf(stderr, "warning: %s: a reset would be refused without --force\n", live)
 		case o.store.name == "kafka":

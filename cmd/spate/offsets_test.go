@@ -316,6 +316,10 @@ func TestOffsetsResetRefusedWithLiveMember(t *testing.T) {
 	if _, _, err := offsetsRun(t, kafkaOnly...); err == nil || !strings.Contains(err.Error(), "live member") {
 		t.Errorf("forced reset of Kafka's offsets with a live member: got %v, want a refusal", err)
 	}
+	// Its dry run says so too, rather than offer --force.
+	if _, stderr, err := offsetsRun(t, append(kafkaOnly[:len(kafkaOnly)-1], "--dry-run")...); err != nil || !strings.Contains(stderr, "--force cannot help") {
+		t.Errorf("dry run of a reset of Kafka's offsets with a live member: %v, stderr %q; want a warning that --force cannot help", err, stderr)
+	}
 
 	stdout, stderr, err = offsetsRun(t, args("--to", "earliest", "--force")...)
 	if err != nil {
