@@ -326,7 +326,7 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 		return nil, nil, err
 	}
 	if changed != "" {
-		return nil, nil, fmt.Errorf("%w: %s was rebuilt or is applied with another definition than this projector's: restart it with the spate.yaml the tables were built from", ErrDefinitionChanged, changed)
+		return nil, nil, fmt.Errorf("%w: the definition of %s recorded in spate_projections (by a rebuild, a dlq redrive or a projector started with another spate.yaml) is not this projector's: restart it with the spate.yaml the tables were built from", ErrDefinitionChanged, changed)
 	}
 	if b.Next <= stored {
 		return nil, nil, nil // all applied before
