@@ -86,7 +86,7 @@ terminal, otherwise a log line every few seconds; a summary goes to stdout.`,
       --type 'shop.order.*' --to-stream audit:orders --redis-url redis://redis:6379/0
 
   # one customer's order of the last day into a topic, to re-drive a consumer
-  spate replay stream --from -24h --subject order-1001 --to-topic spate.events.redrive
+  spate replay stream --from -24h --subject order-1001 --to-topic spate.events.redrive --create-topic
 
   # offsets 1200 to 1300 of every partition
   spate replay stream --topic spate.events --from 1200 --to 1300 --to-topic spate.events.debug`,
@@ -109,7 +109,8 @@ terminal, otherwise a log line every few seconds; a summary goes to stdout.`,
 	fs.StringVar(&f.from, "from", "", "first record to copy: earliest, latest, a time (RFC 3339), a duration ago (-24h) or an offset (required)")
 	fs.StringVar(&f.to, "to", "", "end of the range, exclusive, in the same forms as --from (default: the end of each partition when the command starts)")
 	fs.StringVar(&f.toStream, "to-stream", "", "Redis stream key to copy into (needs --redis-url)")
-	fs.StringVar(&f.toTopic, "to-topic", "", "Kafka topic to copy into; it must exist and differ from --topic")
+	fs.StringVar(&f.toTopic, "to-topic", "", "Kafka topic to copy into; it must exist (or --create-topic) and differ from --topic")
+	fs.BoolVar(&f.createTopic, "create-topic", false, "create --to-topic if it does not exist, with as many partitions as --topic")
 	fs.StringVar(&f.typ, "type", "*", "copy only events whose type matches this glob (path.Match: shop.order.*)")
 	fs.StringVar(&f.subject, "subject", "", "copy only events with this subject (default: any)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL, redis://host:port/db, for --to-stream")
@@ -124,6 +125,7 @@ terminal, otherwise a log line every few seconds; a summary goes to stdout.`,
 type replayFlags struct {
 	from, to          string
 	toStream, toTopic string
+	createTopic       bool
 	typ, subject      string
 	redisURL, prefix  string
 	schemas           string
@@ -166,7 +168,7 @@ func (f *replayFlags) job(topic string, now time.Time) (*replayJob, error) {
 		return nil, fmt.Errorf("--to %s is before --from %s", to, from)
 	}
 	return &replayJob{topic: topic, from: from, to: to, typ: f.typ, subject: f.subject,
-		stream: f.toStream, toTopic: f.toTopic, redisURL: f.redisURL, prefix: f.prefix, chunk: f.chunk}, nil
+		stream: f.toStream, toTopic: f.toTopic, createTopic: f.createTopic, redisURL: f.redisURL, prefix: f.prefix, chunk: f.chunk}, nil
 }
 
 // positionBefore reports whether a lies before b in every partition,
@@ -184,15 +186,16 @@ func positionBefore(a, b position) bool {
 
 // replayJob copies a range of a topic, filtered, into a stream or a topic.
 type replayJob struct {
-	topic    string
-	from, to position
-	typ      string // path.Match glob of the types kept
-	subject  string // the subject kept; empty: any
-	stream   string // target stream key, or
-	toTopic  string // target topic
-	redisURL string // for stream
-	prefix   string // of the offsets hash, for stream
-	chunk    int    // records per poll
+	topic       string
+	from, to    position
+	typ         string // path.Match glob of the types kept
+	subject     string // the subject kept; empty: any
+	stream      string // target stream key, or
+	toTopic     string // target topic
+	createTopic bool   // create toTopic if it does not exist
+	redisURL    string // for stream
+	prefix      string // of the offsets hash, for stream
+	chunk       int    // records per poll
 }
 
 // id names the job: a hash of what decides which records go where, so that
@@ -550,10 +553,15 @@ func newReplayTopicSink(ctx context.Context, e *env, adm *kadm.Client, j *replay
 		return nil, fmt.Errorf("--to-topic %s: %w", j.toTopic, err)
 	}
 	if td, ok := tds[j.toTopic]; !ok || td.Err != nil {
-		if ok && !errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
+		switch {
+		case ok && !errors.Is(td.Err, kerr.UnknownTopicOrPartition):
 			return nil, fmt.Errorf("--to-topic %s: %w", j.toTopic, td.Err)
+		case !j.createTopic:
+			return nil, fmt.Errorf("--to-topic %s: %w; create it first, or give --create-topic", j.toTopic, errNoTopic)
 		}
-		return nil, fmt.Errorf("--to-topic %s: %w; create it first", j.toTopic, errNoTopic)
+		if err := createLike(ctx, adm, j.topic, j.toTopic); err != nil {
+			return nil, fmt.Errorf("--to-topic %s: %w", j.toTopic, err)
+		}
 	}
 	versions := kversion.Tip()
 	versions.SetMaxKeyVersion(int16(kmsg.TxnOffsetCommit), 4)
@@ -773,4 +781,24 @@ func replayRecord(target string, r *kgo.Record) *kgo.Record {
 		kgo.RecordHeader{Key: headerReplayOffset, Value: strconv.AppendInt(nil, r.Offset, 10)},
 	)
 	return &kgo.Record{Topic: target, Key: r.Key, Value: r.Value, Headers: hs}
+}
+
+// createLike creates topic with as many partitions as like, and the
+// broker's default replication factor.
+func createLike(ctx context.Context, adm *kadm.Client, like, topic string) error {
+	tds, err := adm.ListTopics(ctx, like)
+	if err == nil {
+		err = tds.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("partitions of %s: %w", like, err)
+	}
+	created, err := adm.CreateTopic(ctx, int32(len(tds[like].Partitions)), -1, nil, topic)
+	if err == nil {
+		err = created.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("create: %w", err)
+	}
+	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spate-io/spate/cekafka"
+	"github.com/spate-io/spate/consumers"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
@@ -475,12 +476,55 @@ func TestReplayStreamRefusesAMissingTopic(t *testing.T) {
 		want string
 	}{
 		{"source", []string{"--topic", "nope", "--from", "earliest", "--to-topic", replayCopyTopic}, "nope"},
-		{"target", []string{"--from", "earliest", "--to-topic", "nope"}, "--to-topic nope: no such topic; create it first"},
+		{"target", []string{"--from", "earliest", "--to-topic", "nope"}, "--to-topic nope: no such topic; create it first, or give --create-topic"},
 	} {
 		_, _, err := replayRun(t.Context(), append([]string{"--kafka-brokers", strings.Join(s.brokers, ",")}, tt.args...)...)
 		if !errors.Is(err, errNoTopic) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: got error %v, want errNoTopic naming %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// With --create-topic, a missing target is created with the partitions
+// of the source, and the range copied into it.
+func TestReplayStreamCreatesTheTargetTopic(t *testing.T) {
+	t.Parallel()
+	s := newReplaySetup(t)
+	if _, stderr, err := replayRun(t.Context(), s.args("--from", "earliest", "--to-topic", "spate.events.new", "--create-topic")...); err != nil {
+		t.Fatalf("replay stream --create-topic: %v\n%s", err, stderr)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), "spate.events.new")
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, to := map[int32]int64{}, map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) { from[o.Partition], to[o.Partition] = 0, o.Offset })
+	n := 0
+	err = consumers.ReadRange(t.Context(), []kgo.Opt{kgo.SeedBrokers(s.brokers...)}, "spate.events.new", from, to, func(r *kgo.Record) error {
+		if !r.Attrs.IsControl() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := 0 // the other records are not events, which --type matches
+	for _, r := range s.records {
+		if r.event {
+			events++
+		}
+	}
+	if parts := len(to); parts != replayPartitions || n != events {
+		t.Errorf("spate.events.new: %d partitions holding %d records, want %d holding %d", parts, n, replayPartitions, events)
 	}
 }
 
