@@ -235,8 +235,10 @@ func (rd dlqReader) at(ctx context.Context, a dlqAt) (*kgo.Record, error) {
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("no record at %s: %s has %d partitions, from 0", a, rd.topic, len(ends))
+	case starts[a.partition] >= end:
+		return nil, fmt.Errorf("no record at %s: partition %d of %s holds none", a, a.partition, rd.topic)
 	case a.offset < starts[a.partition] || a.offset >= end:
-		return nil, fmt.Errorf("no record at %s: partition %d of %s holds offsets %d to %d", a, a.partition, rd.topic, starts[a.partition], end-1)
+		return nil, fmt.Errorf("no record at %s: partition %d of %s holds the records at offsets %d to %d", a, a.partition, rd.topic, starts[a.partition], end-1)
 	}
 	cc, err := kgo.NewClient(append(rd.e.kafkaOpts("spate-dlq"),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{rd.topic: {a.partition: kgo.NewOffset().At(a.offset)}}))...)

@@ -109,7 +109,7 @@ func (p position) resolve(ctx context.Context, adm *kadm.Client, topic string) (
 		offs := make(map[int32]int64, len(ends))
 		for part, end := range ends {
 			if p.offset < starts[part] || p.offset > end {
-				return nil, fmt.Errorf("offset %d is outside partition %d of %s, which holds offsets %d to %d", p.offset, part, topic, starts[part], end)
+				return nil, fmt.Errorf("offset %d is outside partition %d of %s: its positions run from %d (its oldest record) to %d (past its newest)", p.offset, part, topic, starts[part], end)
 			}
 			offs[part] = p.offset
 		}
