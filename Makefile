@@ -13,7 +13,7 @@ CONNECT_GO_VERSION      := v1.21.1
 # module proxy: no need for buf's registry.
 PROTOVALIDATE_VERSION   := v1.2.2
 
-.PHONY: dev test deps build proto proto-check fuzz lint
+.PHONY: dev test deps build buf proto proto-check fuzz lint
 
 ## dev: run edge, projector and fan-out on embedded Kafka and throwaway Postgres and Redis
 dev: deps build
@@ -25,6 +25,9 @@ test: deps $(BIN)/buf
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+## buf: install the pinned buf into .bin (spate schema check uses it)
+buf: $(BIN)/buf
 
 ## deps: install the local servers tests and dev need (redis-server, PostgreSQL) when missing
 deps:

@@ -63,7 +63,7 @@ func newSchemaCmd() *cobra.Command {
 buf's own breaking-change rules (the FILE category): a field removed without
 reserving its number or name, a number or type changed, a message or enum
 renamed or removed, and the rest buf knows. It needs buf: on PATH, or in
-.bin/ as make proto installs it. It exits non-zero when NEW breaks OLD.`,
+.bin/ as make buf installs it. It exits non-zero when NEW breaks OLD.`,
 		Example: `  git show main:schemas.binpb > old.binpb; buf build -o new.binpb
   spate schema check old.binpb new.binpb`,
 		Args: positional(2, 2, "OLD.binpb and NEW.binpb"),
@@ -111,7 +111,7 @@ func findBuf() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("buf is needed to compare schemas: put it on PATH, or run make proto to install a pinned one in .bin/")
+			return "", errors.New("buf is needed to compare schemas: put it on PATH, or run make buf to install the pinned one in .bin/")
 		}
 		dir = parent
 	}
