@@ -83,7 +83,7 @@ var ErrSkippedApplied = errors.New("the rebuild could not apply events the live 
 
 // ErrHistoryGone reports that Kafka's retention deleted events a rebuild
 // would apply (see RebuildConfig.PartialHistory).
-var ErrHistoryGone = errors.New("Kafka no longer has all of the history to rebuild from")
+var ErrHistoryGone = errors.New("history to rebuild from that Kafka no longer has")
 
 // A Rebuild builds projections afresh from the history in Kafka into
 // shadow tables, in a schema of their own, while the live projector keeps
