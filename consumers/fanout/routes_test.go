@@ -190,10 +190,6 @@ routes:
 	}
 }
 
-// TestTrimOnlyStreamsItsRouteBuilds: a route's SCAN pattern also matches
-// keys that no event of the route can go to (a placeholder cannot hold ':'),
-// such as another route's streams or a subscriber's dead letters. A lossy
-// retention must leave those alone.
 // TestTrimOnlyStreamsOfKnownTypes: a route's {type} is an event type the
 // route takes, so a stream that only looks like one is not trimmed.
 func TestTrimOnlyStreamsOfKnownTypes(t *testing.T) {
@@ -211,16 +207,13 @@ routes:
 	placed, archive, payments := prefix+"o:shop.order.placed.v1", prefix+"o:orders-archive", prefix+"o:shop.payment.captured.v1"
 	addEntries(t, rdb, archive, 30)
 	addEntries(t, rdb, payments, 20)
-	if err := w.TrimOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for key, want := range map[string]int64{placed: 5, archive: 30, payments: 20} {
-		if n := rdb.XLen(ctx, key).Val(); n != want {
-			t.Errorf("%s: %d entries after trimming, want %d", key, n, want)
-		}
-	}
+	trimAndCount(t, w, rdb, map[string]int64{placed: 5, archive: 30, payments: 20})
 }
 
+// TestTrimOnlyStreamsItsRouteBuilds: a route's SCAN pattern also matches
+// keys that no event of the route can go to (a placeholder cannot hold ':'),
+// such as another route's streams or a subscriber's dead letters. A lossy
+// retention must leave those alone.
 func TestTrimOnlyStreamsItsRouteBuilds(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -243,14 +236,7 @@ routes:
 	for range 20 {
 		rdb.XAdd(ctx, &redis.XAddArgs{Stream: dead, Values: []any{"f", "v"}})
 	}
-	if err := w.TrimOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for key, want := range map[string]int64{prefix + "t:acme": 5, orders: 100, dead: 20} {
-		if n := rdb.XLen(ctx, key).Val(); n != want {
-			t.Errorf("%s: %d entries after trimming, want %d", key, n, want)
-		}
-	}
+	trimAndCount(t, w, rdb, map[string]int64{prefix + "t:acme": 5, orders: 100, dead: 20})
 }
 
 // TestTrimFarOverRetention trims a stream far over its maxlen, in steps of
@@ -376,6 +362,21 @@ func TestTrimReportsLagAndPending(t *testing.T) {
 	}
 }
 
+// trimAndCount runs a trim pass of w and checks the entries of each stream
+// in want.
+func trimAndCount(t *testing.T, w *fanout.Writer, rdb *redis.Client, want map[string]int64) {
+	t.Helper()
+	ctx := context.Background()
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for key, n := range want {
+		if got := rdb.XLen(ctx, key).Val(); got != n {
+			t.Errorf("%s: %d entries after trimming, want %d", key, got, n)
+		}
+	}
+}
+
 // addEntries adds n entries to the stream key.
 func addEntries(t *testing.T, rdb *redis.Client, key string, n int) {
 	t.Helper()
@@ -409,14 +410,7 @@ func TestDefaultRetention(t *testing.T) {
 	audit, dead := prefix+"orders-audit", placed+":dlq"
 	addEntries(t, rdb, audit, 30)
 	addEntries(t, rdb, dead, 20)
-	if err := w.TrimOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for key, want := range map[string]int64{placed: 10, cancelled: 50, audit: 30, dead: 20} {
-		if n := rdb.XLen(ctx, key).Val(); n != want {
-			t.Errorf("%s: %d entries after trimming, want %d", key, n, want)
-		}
-	}
+	trimAndCount(t, w, rdb, map[string]int64{placed: 10, cancelled: 50, audit: 30, dead: 20})
 
 	routes, err := fanout.LoadRoutes("spate.yaml", []byte("routes:\n  - types: [\"*\"]\n    stream: \"x:{type}\"\n"))
 	if err != nil {
