@@ -710,6 +710,7 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rebuild: kafka client: %w", err)
 	}
+	var trimmed bool // the dead-letter topic's retention deleted some
 	starts, serr := kadm.NewClient(adm).ListStartOffsets(ctx, dlq)
 	ends, eerr := kadm.NewClient(adm).ListEndOffsets(ctx, dlq)
 	adm.Close()
@@ -722,7 +723,10 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 		return fmt.Errorf("rebuild: offsets of %s: %w", dlq, err)
 	default:
 		from, to := map[int32]int64{}, map[int32]int64{}
-		starts.Each(func(o kadm.ListedOffset) { from[o.Partition] = o.Offset })
+		starts.Each(func(o kadm.ListedOffset) {
+			from[o.Partition] = o.Offset
+			trimmed = trimmed || o.Offset > 0
+		})
 		ends.Each(func(o kadm.ListedOffset) { to[o.Partition] = o.Offset })
 		err := consumers.ReadRange(ctx, r.opts, dlq, from, to, func(rec *kgo.Record) error {
 			if d, err := consumers.ParseDeadLetter(rec); err == nil && d.Group == r.cfg.Group && d.Topic == r.cfg.Topic {
@@ -742,8 +746,12 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	}
 	if len(applied) > 0 {
 		if !r.cfg.SkipRejected {
-			return fmt.Errorf("rebuild: %w: %s of %s; swapped in, the new tables would lack them. Their failure may depend on the order of events across partitions (a total that overflows, a key shared between partitions), or the new definitions reject them",
-				ErrSkippedApplied, strings.Join(applied, ", "), r.cfg.Topic)
+			why := "Their failure may depend on the order of events across partitions (a total that overflows, a key shared between partitions), or the new definitions reject them"
+			if trimmed {
+				why += ", or their dead letters are among those the retention of " + dlq + " deleted"
+			}
+			return fmt.Errorf("rebuild: %w: %s of %s; swapped in, the new tables would lack them. %s",
+				ErrSkippedApplied, strings.Join(applied, ", "), r.cfg.Topic, why)
 		}
 		r.log.Warn("the new tables lack events the live projector applied", "events", applied)
 	}

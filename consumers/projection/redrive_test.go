@@ -486,3 +486,17 @@ func TestRebuildThatSkipsAnEventTheLiveProjectorApplied(t *testing.T) {
 	}
 	wantRows(t, pool, `SELECT count(*) FROM payments`, strconv.Itoa(paymentsN-1))
 }
+
+// TestRebuildWhenTheDeadLetterIsGone: the dead-letter topic's retention
+// deleted the dead letter of an event the rebuild skips. The rebuild cannot
+// tell it from an event the live projector applied, and says why it might
+// be either.
+func TestRebuildWhenTheDeadLetterIsGone(t *testing.T) {
+	t.Parallel()
+	x := newPaymentDeadLettered(t)
+	deleteRecordsBelow(t, x.brokers, consumers.DLQTopic("events"), x.dl.Offset+1)
+	_, err := rebuildPayments(t, x.pool, x.brokers, redriveConfig)
+	if !errors.Is(err, projection.ErrSkippedApplied) || !strings.Contains(err.Error(), "the retention of events.dlq deleted") {
+		t.Fatalf("rebuild whose dead letter is gone = %v, want ErrSkippedApplied saying the dead letters may be deleted", err)
+	}
+}
