@@ -704,7 +704,21 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	if len(skipped) == r.checkedSkips {
 		return nil
 	}
+	// The live tables lack the events the live projector dead-lettered,
+	// and those an earlier rebuild of these projections skipped.
 	dead := map[at]bool{}
+	rows, err = r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_rebuilt, unnest(skipped) AS o
+		WHERE projection = ANY ($1) AND topic = $2`, r.names, r.cfg.Topic)
+	if err != nil {
+		return fmt.Errorf("rebuild: events earlier rebuilds skipped: %w", err)
+	}
+	earlier, err := pgx.CollectRows(rows, pgx.RowToStructByPos[at])
+	if err != nil {
+		return fmt.Errorf("rebuild: events earlier rebuilds skipped: %w", err)
+	}
+	for _, e := range earlier {
+		dead[e] = true
+	}
 	dlq := consumers.DLQTopic(r.cfg.Topic)
 	adm, err := kgo.NewClient(r.opts...)
 	if err != nil {
