@@ -395,6 +395,9 @@ func TestRefusalNamesEveryError(t *testing.T) {
 	}{
 		{"batch", "application/cloudevents-batch+json", "[" + orderJSON("ok", "s") + "," + noID + "," + badTime + "]", []string{"1:id", "2:time"}, "2 of 3 events"},
 		{"one event", "application/cloudevents+json", both, []string{"0:id", "0:time"}, "1 of 1 events"},
+		// The payload validation would see is not the one sent: no
+		// errors of its own.
+		{"bad data_base64", "application/cloudevents+json", `{"specversion":"1.0","id":"z","source":"/test","type":"shop.order.placed.v1","subject":"s","data_base64":"!!!"}`, []string{"0:data_base64"}, "1 of 1 events"},
 	} {
 		code, body := f.post(t, tc.ct, []byte(tc.body))
 		var p edge.Problem

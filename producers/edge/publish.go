@@ -109,7 +109,7 @@ func (s *Server) alsoInvalid(evs []*spatev1.Event, errs []FieldError) []FieldErr
 		}
 		for _, e := range s.validate(i, ev, now) {
 			known := slices.ContainsFunc(errs, func(k FieldError) bool {
-				return k.Index == i && (k.Field == e.Field || strings.HasPrefix(e.Field, k.Field+"."))
+				return k.Index == i && (covers(k.Field, e.Field) || payloadField(k.Field) && payloadField(e.Field))
 			})
 			if !known {
 				errs = append(errs, e)
@@ -118,6 +118,18 @@ func (s *Server) alsoInvalid(evs []*spatev1.Event, errs []FieldError) []FieldErr
 	}
 	slices.SortStableFunc(errs, func(a, b FieldError) int { return cmp.Compare(a.Index, b.Index) })
 	return errs
+}
+
+// covers reports whether an error in field reported also says what is
+// wrong with field: the same, or a part of it ("data" covers "data.x").
+func covers(reported, field string) bool {
+	return reported == field || strings.HasPrefix(field, reported+".")
+}
+
+// payloadField reports whether field is about the payload: once reading
+// one of those failed, the payload validation sees is not the client's.
+func payloadField(field string) bool {
+	return covers(attrData, field) || field == attrDataBase64 || field == attrDataContentType
 }
 
 // publish checks the request's size, validates every event, checks what
