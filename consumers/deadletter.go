@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spate-io/spate/cekafka"
@@ -139,7 +141,10 @@ func ReadRange(ctx context.Context, opts []kgo.Opt, topic string, from, to map[i
 		return nil
 	}
 	cl, err := kgo.NewClient(append(slices.Clip(opts),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offs}), kgo.KeepControlRecords())...)
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offs}), kgo.KeepControlRecords(),
+		// Records the range held that retention deleted meanwhile are
+		// gone: resumeAfterLoss goes on from what is left.
+		kgo.ConsumeResetOffset(kgo.NoResetOffset()))...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
@@ -149,16 +154,23 @@ func ReadRange(ctx context.Context, opts []kgo.Opt, topic string, from, to map[i
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if errs := fs.Errors(); len(errs) > 0 {
-			return fmt.Errorf("read %s partition %d: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
+		for _, fe := range fs.Errors() {
+			if !errors.Is(fe.Err, kerr.OffsetOutOfRange) {
+				return fmt.Errorf("read %s partition %d: %w", fe.Topic, fe.Partition, fe.Err)
+			}
+			if err := resumeAfterLoss(ctx, cl, topic, fe.Partition, left); err != nil {
+				return err
+			}
 		}
 		var ferr error
 		fs.EachRecord(func(r *kgo.Record) {
 			end, ok := left[r.Partition]
-			if ferr != nil || !ok || r.Offset >= end {
+			if ferr != nil || !ok {
 				return
 			}
-			ferr = fn(r)
+			if r.Offset < end {
+				ferr = fn(r)
+			}
 			if r.Offset+1 >= end {
 				delete(left, r.Partition)
 			}
@@ -167,5 +179,25 @@ func ReadRange(ctx context.Context, opts []kgo.Opt, topic string, from, to map[i
 			return ferr
 		}
 	}
+	return nil
+}
+
+// resumeAfterLoss goes on reading partition p of topic from its log start,
+// after retention deleted the records ReadRange was to read next; if the
+// log now starts past the range, the partition is done.
+func resumeAfterLoss(ctx context.Context, cl *kgo.Client, topic string, p int32, left map[int32]int64) error {
+	starts, err := kadm.NewClient(cl).ListStartOffsets(ctx, topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("read %s partition %d: its records went: %w", topic, p, err)
+	}
+	o, _ := starts.Lookup(topic, p)
+	if o.Offset >= left[p] {
+		delete(left, p)
+		return nil
+	}
+	cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{topic: {p: {Epoch: -1, Offset: o.Offset}}})
 	return nil
 }

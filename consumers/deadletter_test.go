@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -285,5 +286,36 @@ func TestReadRangeEndsAtATransactionMarker(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"0:false", "1:false", "2:false", "3:true"}, got); diff != "" {
 		t.Errorf("records read (-want +got):\n%s", diff)
+	}
+}
+
+// TestReadRangeOfRecordsRetentionDeleted: the records of the range go
+// (retention, DeleteRecords) between the listing of its bounds and the
+// read. ReadRange ends, whether records come after the range or not.
+func TestReadRangeOfRecordsRetentionDeleted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, more := range []int{0, 1} {
+		brokers := spatetest.Kafka(t, 1, "t")
+		produce(t, brokers, "t", 0, 3) // bounds listed: 0 to 3
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		del, err := kadm.NewClient(cl).DeleteRecords(ctx, kadm.Offsets{"t": {0: {Topic: "t", Partition: 0, At: 3}}})
+		cl.Close()
+		if err == nil {
+			err = del.Error()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		produce(t, brokers, "t", 3, more)
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = consumers.ReadRange(rctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, "t", map[int32]int64{0: 0}, map[int32]int64{0: 3}, func(*kgo.Record) error { return nil })
+		cancel()
+		if err != nil {
+			t.Errorf("%d later records: ReadRange = %v, want nil (the range's records are gone)", more, err)
+		}
 	}
 }
