@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,8 +15,9 @@ import (
 
 func main() {
 	// go-redis prints connection failures itself, on stderr; the commands
-	// report them, with the URL, as their errors.
-	redis.SetLogger(quietRedisLog{})
+	// report them, with the URL, as their errors, and its messages go to
+	// the command's log at debug level.
+	redis.SetLogger(redisLog{})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
@@ -26,10 +26,12 @@ func main() {
 	}
 }
 
-// quietRedisLog hands go-redis's own messages to the default logger at
-// debug level.
-type quietRedisLog struct{}
+// redisLog hands go-redis's own messages to the log of the command that
+// runs (commandLog), at debug level.
+type redisLog struct{}
 
-func (quietRedisLog) Printf(ctx context.Context, format string, v ...any) {
-	slog.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "redis")
+func (redisLog) Printf(ctx context.Context, format string, v ...any) {
+	if l := commandLog.Load(); l != nil {
+		l.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "redis")
+	}
 }

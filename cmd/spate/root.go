@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -124,8 +125,14 @@ func (l *logFlags) loggers(w io.Writer) (log, kafkaLog *slog.Logger, err error) 
 	if level == slog.LevelDebug {
 		kafkaLevel = level
 	}
-	return slog.New(handler(level)), slog.New(handler(kafkaLevel)).With("component", "kafka"), nil
+	log = slog.New(handler(level))
+	commandLog.Store(log)
+	return log, slog.New(handler(kafkaLevel)).With("component", "kafka"), nil
 }
+
+// commandLog is the log of the command that runs, for messages of
+// libraries that log through a global, such as go-redis.
+var commandLog atomic.Pointer[slog.Logger]
 
 // positional checks a command's arguments: between min and max of them
 // (max < 0: no limit), which usage names, as in "NAME..."; the error says
