@@ -295,14 +295,17 @@ func TestReadRangeEndsAtATransactionMarker(t *testing.T) {
 func TestReadRangeOfRecordsRetentionDeleted(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	for _, more := range []int{0, 1} {
+	for _, tc := range []struct {
+		below, more int     // records deleted below this offset; records produced after
+		want        []int64 // offsets read
+	}{{3, 0, nil}, {3, 1, nil}, {2, 0, []int64{2}}} {
 		brokers := spatetest.Kafka(t, 1, "t")
 		produce(t, brokers, "t", 0, 3) // bounds listed: 0 to 3
 		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 		if err != nil {
 			t.Fatal(err)
 		}
-		del, err := kadm.NewClient(cl).DeleteRecords(ctx, kadm.Offsets{"t": {0: {Topic: "t", Partition: 0, At: 3}}})
+		del, err := kadm.NewClient(cl).DeleteRecords(ctx, kadm.Offsets{"t": {0: {Topic: "t", Partition: 0, At: int64(tc.below)}}})
 		cl.Close()
 		if err == nil {
 			err = del.Error()
@@ -310,12 +313,16 @@ func TestReadRangeOfRecordsRetentionDeleted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		produce(t, brokers, "t", 3, more)
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err = consumers.ReadRange(rctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, "t", map[int32]int64{0: 0}, map[int32]int64{0: 3}, func(*kgo.Record) error { return nil })
+		produce(t, brokers, "t", 3, tc.more)
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second) // it would wait for ever
+		var got []int64
+		err = consumers.ReadRange(rctx, []kgo.Opt{kgo.SeedBrokers(brokers...)}, "t", map[int32]int64{0: 0}, map[int32]int64{0: 3}, func(r *kgo.Record) error {
+			got = append(got, r.Offset)
+			return nil
+		})
 		cancel()
-		if err != nil {
-			t.Errorf("%d later records: ReadRange = %v, want nil (the range's records are gone)", more, err)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("deleted below %d, %d later records: ReadRange read %v, %v; want %v, nil", tc.below, tc.more, got, err, tc.want)
 		}
 	}
 }
