@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,7 +35,8 @@ const benchEvents = 100_000
 // (orders, which keeps customer_totals too, and payments) and with all of
 // the example's, and the fan-out; and in the same run the raw ceiling of
 // each sink: pgx COPY of the event_log rows (over one connection, and over
-// one a partition), and pipelined XADDs of the stream entries. Run with
+// one a partition), pipelined XADDs of the stream entries through go-redis,
+// and redis-benchmark's pipelined XADDs (Redis alone, no Go client). Run with
 // -benchtime=1x or 3x:
 //
 //	go test -run '^$' -bench Consume -benchtime 3x ./cmd/spate/
@@ -172,6 +177,57 @@ func BenchmarkConsume(b *testing.B) {
 			b.ReportMetric(float64(len(evs))/time.Since(start).Seconds(), "events/s")
 		}
 	})
+	// Redis's own ceiling, without a Go client: redis-benchmark's pipelined
+	// XADDs of one entry as the fan-out writes it (a placed order, its
+	// payload as JSON), and of an entry of one small field, which Redis
+	// takes about twice as fast: what an entry holds sets the ceiling.
+	placed, err := e.reg.JSON(evs[0].Type, evs[0].Datacontenttype, evs[0].Data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		entry []string
+	}{
+		{"fanout-entry", []string{"id", evs[0].Id, "source", evs[0].Source, "type", evs[0].Type, "subject", evs[0].Subject,
+			"time", evs[0].Time.AsTime().Format(time.RFC3339Nano), "datacontenttype", "application/json", "data", string(placed)}},
+		{"one-field", []string{"f", "v"}},
+	} {
+		b.Run("ceiling-redis-benchmark-xadd-"+c.name, func(b *testing.B) {
+			for b.Loop() {
+				rdb.FlushDB(ctx)
+				b.ReportMetric(redisBenchmark(b, opts, append([]string{"XADD", "ceiling", "*"}, c.entry...)), "events/s")
+			}
+		})
+	}
+}
+
+// redisBenchmark runs redis-benchmark against the Redis of opts: 200,000
+// times cmd, 10 connections, 100 commands a round trip. It returns the
+// commands a second it reports.
+func redisBenchmark(b *testing.B, opts *redis.Options, cmd []string) float64 {
+	b.Helper()
+	host, port, err := net.SplitHostPort(opts.Addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	args := append([]string{"-h", host, "-p", port, "-n", "200000", "-c", "10", "-P", "100", "--csv"}, cmd...)
+	out, err := exec.Command("redis-benchmark", args...).Output()
+	if err != nil {
+		b.Fatalf("redis-benchmark (Debian: apt-get install redis-tools): %v", err)
+	}
+	// The last line: "command","rps", then six latencies. The command is
+	// not escaped (the payload holds commas): count from the end.
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	fields := strings.Split(lines[len(lines)-1], ",")
+	if len(fields) < 8 {
+		b.Fatalf("redis-benchmark printed %q", out)
+	}
+	rps, err := strconv.ParseFloat(strings.Trim(fields[len(fields)-7], `"`), 64)
+	if err != nil {
+		b.Fatalf("redis-benchmark printed %q: %v", out, err)
+	}
+	return rps
 }
 
 // benchPublish writes benchEvents events of the shop domain (the mix of
