@@ -165,6 +165,9 @@ Their statements must name tables without a schema.`,
 				fmt.Fprint(out, " (resumed)")
 			}
 			fmt.Fprintln(out)
+			if res.Retried > 0 {
+				fmt.Fprintf(out, "applied %d of them late: they failed in their turn and applied once the rebuild had caught up (a foreign key to a row another partition writes, say)\n", res.Retried)
+			}
 			if res.Skipped > 0 {
 				fmt.Fprintf(out, "skipped %d events the projections could not apply (see spate dlq list for those the live projector dead-lettered)\n", res.Skipped)
 			}

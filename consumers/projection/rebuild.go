@@ -102,11 +102,15 @@ var ErrHistoryGone = errors.New("history to rebuild from that Kafka no longer ha
 //
 // The projections' tables must be named without a schema in their
 // statements: the rebuild finds them through the search path, the shadow
-// schema first. Events that a projection cannot apply are skipped (the live
-// projector dead-lettered them) and counted in the result. The swap records
-// in spate_rebuilt which events the new tables hold, from where the rebuild
-// started to the swap's offsets but for those skipped, so that Redrive
-// does not apply a dead letter the rebuild applied.
+// schema first. Events that a projection cannot apply are skipped and
+// counted in the result. Those the live projector did not dead-letter are
+// tried again once the rebuild has caught up, since the partitions apply
+// in another order than they did live (a foreign key to a row that
+// another partition writes then finds it); if any still fails, the swap is
+// refused (ErrSkippedApplied) unless RebuildConfig.SkipRejected. The swap
+// records in spate_rebuilt which events the new tables hold, from where
+// the rebuild started to the swap's offsets but for those skipped, so that
+// Redrive does not apply a dead letter the rebuild applied.
 //
 // A rebuild holds only the history Kafka keeps: see
 // RebuildConfig.PartialHistory.
@@ -125,9 +129,12 @@ type Rebuild struct {
 
 // RebuildResult says what a rebuild did.
 type RebuildResult struct {
-	// Applied counts the events this run applied; Skipped those it skipped
-	// because a projection could not apply them.
-	Applied, Skipped int64
+	// Applied counts the events this run applied. Skipped counts the
+	// events the new tables lack because a projection could not apply
+	// them, in this run or in the one it resumed; Retried those that
+	// failed in their turn but applied once the rebuild had caught up (see
+	// Rebuild), which Applied counts too.
+	Applied, Skipped, Retried int64
 	// Offsets are the next offsets of each partition at which the new
 	// tables were swapped in.
 	Offsets map[int32]int64
@@ -349,6 +356,25 @@ type rebuildRun struct {
 	done    int64
 
 	checkedSkips int // how many skipped events checkSkipped last checked
+	// retry holds the skipped events the live projector did not
+	// dead-letter, in partition and offset order, for the swap to try
+	// again; dlqTrimmed tells that the retention of the dead-letter topic
+	// deleted some of its records when checkSkipped read it.
+	retry      []skippedEvent
+	dlqTrimmed bool
+}
+
+// skippedAt is a skipped event's place in the topic.
+type skippedAt struct {
+	Partition int32
+	Offset    int64
+}
+
+// skippedEvent is a skipped event to try again: nil if it does not decode
+// or Kafka no longer has it.
+type skippedEvent struct {
+	skippedAt
+	ev *Event
 }
 
 // noteSkipped notes, in the transaction of a batch of the shadow tables,
@@ -663,7 +689,6 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 			// (noteSkipped), in its transaction.
 			r.mu.Lock()
 			r.toSkip[p] = append(r.toSkip[p], pe.Record.Offset)
-			r.res.Skipped++
 			r.mu.Unlock()
 			recs = recs[i+1:] // and then only the offset moves past it
 			continue
@@ -682,22 +707,16 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 	}
 }
 
-// checkSkipped refuses the swap if the rebuild skipped events that the
-// live projector did not dead-letter, as their failure depends on the
-// order of events across partitions (a total that overflows, a key shared
-// between partitions), or the new definitions reject them: the new tables
-// would lack events the live tables hold, unless SkipRejected. It reads the
-// dead-letter topic when the skipped events changed since its last check.
+// checkSkipped finds the events the rebuild skipped that the live
+// projector did not dead-letter, and reads them for the swap to try again
+// (see retrySkipped): the live tables hold them. It reads the dead-letter
+// topic when the skipped events changed since its last check.
 func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	rows, err := r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions, unnest(skipped) AS o ORDER BY 1, 2`)
 	if err != nil {
 		return fmt.Errorf("rebuild: skipped events: %w", err)
 	}
-	type at struct {
-		Partition int32
-		Offset    int64
-	}
-	skipped, err := pgx.CollectRows(rows, pgx.RowToStructByPos[at])
+	skipped, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
 	if err != nil {
 		return fmt.Errorf("rebuild: skipped events: %w", err)
 	}
@@ -706,13 +725,13 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	}
 	// The live tables lack the events the live projector dead-lettered,
 	// and those an earlier rebuild of these projections skipped.
-	dead := map[at]bool{}
+	dead := map[skippedAt]bool{}
 	rows, err = r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_rebuilt, unnest(skipped) AS o
 		WHERE projection = ANY ($1) AND topic = $2`, r.names, r.cfg.Topic)
 	if err != nil {
 		return fmt.Errorf("rebuild: events earlier rebuilds skipped: %w", err)
 	}
-	earlier, err := pgx.CollectRows(rows, pgx.RowToStructByPos[at])
+	earlier, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
 	if err != nil {
 		return fmt.Errorf("rebuild: events earlier rebuilds skipped: %w", err)
 	}
@@ -744,7 +763,7 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 		ends.Each(func(o kadm.ListedOffset) { to[o.Partition] = o.Offset })
 		err := consumers.ReadRange(ctx, r.opts, dlq, from, to, func(rec *kgo.Record) error {
 			if d, err := consumers.ParseDeadLetter(rec); err == nil && d.Group == r.cfg.Group && d.Topic == r.cfg.Topic {
-				dead[at{d.Partition, d.Offset}] = true
+				dead[skippedAt{d.Partition, d.Offset}] = true
 			}
 			return nil
 		})
@@ -752,25 +771,129 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 			return fmt.Errorf("rebuild: read %s: %w", dlq, err)
 		}
 	}
-	var applied []string
+	var notDead []skippedAt
 	for _, s := range skipped {
 		if !dead[s] {
-			applied = append(applied, fmt.Sprintf("partition %d offset %d", s.Partition, s.Offset))
+			notDead = append(notDead, s)
 		}
 	}
-	if len(applied) > 0 {
-		if !r.cfg.SkipRejected {
-			why := "Their failure may depend on the order of events across partitions (a total that overflows, a key shared between partitions), or the new definitions reject them"
-			if trimmed {
-				why += ", or their dead letters are among those the retention of " + dlq + " deleted"
-			}
-			return fmt.Errorf("rebuild: %w: %s of %s; swapped in, the new tables would lack them. %s",
-				ErrSkippedApplied, strings.Join(applied, ", "), r.cfg.Topic, why)
-		}
-		r.log.Warn("the new tables lack events the live projector applied", "events", applied)
+	retry, err := r.readSkipped(ctx, notDead)
+	if err != nil {
+		return err
 	}
-	r.checkedSkips = len(skipped)
+	r.retry, r.dlqTrimmed, r.checkedSkips = retry, trimmed, len(skipped)
 	return nil
+}
+
+// readSkipped reads and decodes the records of the events at.
+func (r *rebuildRun) readSkipped(ctx context.Context, at []skippedAt) ([]skippedEvent, error) {
+	if len(at) == 0 {
+		return nil, nil
+	}
+	from, to := map[int32]int64{}, map[int32]int64{}
+	evs := map[skippedAt]*Event{}
+	for _, e := range at {
+		if o, ok := from[e.Partition]; !ok || e.Offset < o {
+			from[e.Partition] = e.Offset
+		}
+		to[e.Partition] = max(to[e.Partition], e.Offset+1)
+		evs[e] = nil
+	}
+	err := consumers.ReadRange(ctx, r.opts, r.cfg.Topic, from, to, func(rec *kgo.Record) error {
+		e := skippedAt{rec.Partition, rec.Offset}
+		if _, ok := evs[e]; !ok || rec.Attrs.IsControl() {
+			return nil
+		}
+		if ev, err := r.proj.decode(rec); err == nil {
+			evs[e] = ev
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rebuild: read skipped events: %w", err)
+	}
+	out := make([]skippedEvent, len(at))
+	for i, e := range at {
+		out[i] = skippedEvent{e, evs[e]}
+	}
+	return out, nil
+}
+
+// retrySkipped tries again, in the swap's transaction tx, once the shadow
+// tables hold every event up to the live projector's offsets, the skipped
+// events that the live projector did not dead-letter (r.retry). The
+// rebuild applies the partitions in another order than the live projector
+// did, so an event can fail in its turn only because of it: a foreign key
+// to a row that another partition's event writes, say. Each event applies
+// to every projection, in a savepoint of its own, and leaves the list of
+// skipped events in the same transaction; as one event applied may let
+// another through, it goes round while any applies. It returns the events
+// applied, and those that still fail.
+//
+// Such an event applies after the later events of its partition: what
+// they did to the rows it writes, it may undo, as a re-drive may.
+func (r *rebuildRun) retrySkipped(ctx context.Context, tx pgx.Tx) (retried, still []skippedAt, err error) {
+	skipped := pgx.Identifier{r.shadow}.Sanitize() + ".spate_rebuild_partitions"
+	evs := r.retry
+	for {
+		var left []skippedEvent
+		n := len(retried)
+		for _, e := range evs {
+			if e.ev == nil {
+				left = append(left, e)
+				continue
+			}
+			sp, err := tx.Begin(ctx) // a savepoint
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, pr := range r.proj.projs {
+				if err = pr.Apply(ctx, sp, []*Event{e.ev}); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				_, err = sp.Exec(ctx, `UPDATE `+skipped+` SET skipped = array_remove(skipped, $2) WHERE partition = $1`, e.Partition, e.Offset)
+			}
+			if err == nil {
+				if err := sp.Commit(ctx); err != nil {
+					return nil, nil, err
+				}
+				retried = append(retried, e.skippedAt)
+				continue
+			}
+			if rerr := sp.Rollback(ctx); rerr != nil {
+				return nil, nil, rerr
+			}
+			if !deterministic(err) {
+				return nil, nil, err
+			}
+			left = append(left, e)
+		}
+		evs = left
+		if len(retried) == n || len(evs) == 0 {
+			break
+		}
+	}
+	for _, e := range evs {
+		still = append(still, e.skippedAt)
+	}
+	return retried, still, nil
+}
+
+// skippedAppliedError refuses a swap that would lack the events still,
+// which the live projector applied.
+func (r *rebuildRun) skippedAppliedError(still []skippedAt) error {
+	var names []string
+	for _, s := range still {
+		names = append(names, fmt.Sprintf("partition %d offset %d", s.Partition, s.Offset))
+	}
+	why := "Their failure may depend on the order of events across partitions (a total that overflows), or the new definitions reject them"
+	if r.dlqTrimmed {
+		why += ", or their dead letters are among those the retention of " + consumers.DLQTopic(r.cfg.Topic) + " deleted"
+	}
+	return fmt.Errorf("rebuild: %w: %s of %s; swapped in, the new tables would lack them. %s",
+		ErrSkippedApplied, strings.Join(names, ", "), r.cfg.Topic, why)
 }
 
 // errNotCaughtUp makes a swap give way to more catching up.
@@ -785,13 +908,26 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 	var tables []string
 	var at map[int32]int64
 	var gap int
+	var retried, lacking []skippedAt
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		lo, err := r.liveOffsets(ctx, tx, true)
 		if err != nil {
 			return err
 		}
 		at = lo
+		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, shadow+", "+live); err != nil {
+			return err
+		}
 		if gap, err = r.applyGap(ctx, tx, lo); err != nil {
+			return err
+		}
+		if retried, lacking, err = r.retrySkipped(ctx, tx); err != nil {
+			return err
+		}
+		if len(lacking) > 0 && !r.cfg.SkipRejected {
+			return r.skippedAppliedError(lacking)
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, live); err != nil {
 			return err
 		}
 		// An event the rebuild skipped that was re-driven into the live
@@ -897,6 +1033,8 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 	case err == nil:
 	case errors.Is(err, errNotCaughtUp), errors.Is(err, consumers.ErrPoison):
 		return false, nil
+	case errors.Is(err, ErrSkippedApplied):
+		return false, err
 	case errors.As(err, &pge) && (pge.SQLState() == "55P03" || pge.SQLState() == "40P01"): // lock timeout, deadlock
 		r.log.Info("the swap gave way to readers of the live tables; trying again", "err", err)
 		return false, nil
@@ -907,7 +1045,14 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("rebuild: swap: %w", err)
 	}
 	r.res.Offsets, r.res.Tables = at, tables
-	r.res.Applied += int64(gap)
+	r.res.Applied += int64(gap + len(retried))
+	r.res.Retried, r.res.Skipped = int64(len(retried)), int64(r.checkedSkips-len(retried))
+	if len(retried) > 0 {
+		r.log.Warn("applied events that had failed in their turn once the rebuild caught up, after the later events of their partitions", "events", retried)
+	}
+	if len(lacking) > 0 {
+		r.log.Warn("the new tables lack events the live projector applied", "events", lacking)
+	}
 	for p, next := range r.applied {
 		r.done += r.target(at, p) - next
 	}
@@ -918,13 +1063,10 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// applyGap applies, in the swap's transaction, the records between the
-// shadow's offsets and the live ones lo, and returns how many.
+// applyGap applies, in the swap's transaction (its search path the shadow
+// schema first), the records between the shadow's offsets and the live
+// ones lo, and returns how many.
 func (r *rebuildRun) applyGap(ctx context.Context, tx pgx.Tx, lo map[int32]int64) (applied int, err error) {
-	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`,
-		pgx.Identifier{r.shadow}.Sanitize()+", "+pgx.Identifier{r.live}.Sanitize()); err != nil {
-		return 0, err
-	}
 	for p, o := range lo {
 		if _, ok := r.applied[p]; !ok && o > 0 {
 			// The shadow does not read it: swapped in, it would lack
@@ -965,6 +1107,5 @@ func (r *rebuildRun) applyGap(ctx context.Context, tx pgx.Tx, lo map[int32]int64
 		}
 		applied += n
 	}
-	_, err = tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, pgx.Identifier{r.live}.Sanitize())
-	return applied, err
+	return applied, nil
 }
