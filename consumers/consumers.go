@@ -47,6 +47,11 @@ type Batch struct {
 	// or past records the group sent to the dead-letter topic. Records may be
 	// empty when only the offset moves.
 	Next int64
+	// DeadLettered is set when the batch only moves the offset past a
+	// record the group has just written to the dead-letter topic: a sink
+	// that keeps its offsets in a database can note it there, in the same
+	// step.
+	DeadLettered *PoisonError
 }
 
 // Handler is a sink.
@@ -484,7 +489,7 @@ func (g *Group) process(ctx context.Context, topic string, partition int32, recs
 			return err
 		}
 		// Move past it at once, so a crash now does not dead-letter it twice.
-		if err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Next: pe.Record.Offset + 1}); err != nil {
+		if err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Next: pe.Record.Offset + 1, DeadLettered: pe}); err != nil {
 			return err
 		}
 		recs = recs[i+1:]

@@ -189,6 +189,16 @@ CREATE TABLE IF NOT EXISTS spate_projections (
 	projection text        PRIMARY KEY,
 	checksum   text        NOT NULL,
 	updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS spate_dead_letters (
+	consumer_group   text        NOT NULL,
+	topic            text        NOT NULL,
+	partition        int         NOT NULL,
+	"offset"         bigint      NOT NULL,
+	projection       text        NOT NULL,
+	class            text        NOT NULL,
+	dead_lettered_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (consumer_group, topic, partition, "offset")
 );`
 
 // Migrator is a Projection with tables of its own to create or change.
@@ -358,6 +368,15 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 	if p.inTx != nil {
 		if err := p.inTx(ctx, tx, b); err != nil {
 			return nil, nil, err
+		}
+	}
+	// The event the offset moves past is in the dead-letter topic: note it
+	// where a rebuild finds it, whatever that topic's retention deletes.
+	if d := b.DeadLettered; d != nil && d.Record.Offset >= stored {
+		_, err := tx.Exec(ctx, `INSERT INTO spate_dead_letters (consumer_group, topic, partition, "offset", projection, class)
+			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, p.cfg.Group, b.Topic, b.Partition, d.Record.Offset, d.Sink, d.Class)
+		if err != nil {
+			return nil, nil, fmt.Errorf("note dead letter: %w", err)
 		}
 	}
 	_, err = tx.Exec(ctx, `UPDATE spate_offsets SET next_offset = $4, updated_at = now()

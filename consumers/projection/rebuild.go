@@ -709,8 +709,10 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 
 // checkSkipped finds the events the rebuild skipped that the live
 // projector did not dead-letter, and reads them for the swap to try again
-// (see retrySkipped): the live tables hold them. It reads the dead-letter
-// topic when the skipped events changed since its last check.
+// (see retrySkipped): the live tables hold them. The live projector notes
+// its dead letters in spate_dead_letters; the dead-letter topic is read
+// only for skipped events not found there (dead-lettered by an earlier
+// release), when the skipped events changed since the last check.
 func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	rows, err := r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions, unnest(skipped) AS o ORDER BY 1, 2`)
 	if err != nil {
@@ -726,63 +728,81 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	// The live tables lack the events the live projector dead-lettered,
 	// and those an earlier rebuild of these projections skipped.
 	dead := map[skippedAt]bool{}
-	rows, err = r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_rebuilt, unnest(skipped) AS o
-		WHERE projection = ANY ($1) AND topic = $2`, r.names, r.cfg.Topic)
+	rows, err = r.pool.Query(ctx, fmt.Sprintf(`SELECT partition, o FROM %[1]s.spate_rebuilt, unnest(skipped) AS o
+		WHERE projection = ANY ($1) AND topic = $2
+		UNION SELECT partition, "offset" FROM %[1]s.spate_dead_letters WHERE consumer_group = $3 AND topic = $2`,
+		pgx.Identifier{r.live}.Sanitize()), r.names, r.cfg.Topic, r.cfg.Group)
 	if err != nil {
-		return fmt.Errorf("rebuild: events earlier rebuilds skipped: %w", err)
+		return fmt.Errorf("rebuild: events the live tables lack: %w", err)
 	}
-	earlier, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
+	known, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
 	if err != nil {
-		return fmt.Errorf("rebuild: events earlier rebuilds skipped: %w", err)
+		return fmt.Errorf("rebuild: events the live tables lack: %w", err)
 	}
-	for _, e := range earlier {
+	for _, e := range known {
 		dead[e] = true
 	}
-	dlq := consumers.DLQTopic(r.cfg.Topic)
-	adm, err := kgo.NewClient(r.opts...)
-	if err != nil {
-		return fmt.Errorf("rebuild: kafka client: %w", err)
-	}
-	var trimmed bool // the dead-letter topic's retention deleted some
-	starts, serr := kadm.NewClient(adm).ListStartOffsets(ctx, dlq)
-	ends, eerr := kadm.NewClient(adm).ListEndOffsets(ctx, dlq)
-	adm.Close()
-	if err := cmp.Or(serr, eerr); err != nil {
-		return fmt.Errorf("rebuild: offsets of %s: %w", dlq, err)
-	}
-	switch err := cmp.Or(starts.Error(), ends.Error()); {
-	case errors.Is(err, kerr.UnknownTopicOrPartition): // no dead-letter topic: nothing was dead-lettered
-	case err != nil:
-		return fmt.Errorf("rebuild: offsets of %s: %w", dlq, err)
-	default:
-		from, to := map[int32]int64{}, map[int32]int64{}
-		starts.Each(func(o kadm.ListedOffset) {
-			from[o.Partition] = o.Offset
-			trimmed = trimmed || o.Offset > 0
-		})
-		ends.Each(func(o kadm.ListedOffset) { to[o.Partition] = o.Offset })
-		err := consumers.ReadRange(ctx, r.opts, dlq, from, to, func(rec *kgo.Record) error {
-			if d, err := consumers.ParseDeadLetter(rec); err == nil && d.Group == r.cfg.Group && d.Topic == r.cfg.Topic {
-				dead[skippedAt{d.Partition, d.Offset}] = true
+	notDead := func() (out []skippedAt) {
+		for _, s := range skipped {
+			if !dead[s] {
+				out = append(out, s)
 			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("rebuild: read %s: %w", dlq, err)
+		}
+		return out
+	}
+	// Dead letters written before spate_dead_letters noted them are only
+	// in the dead-letter topic.
+	var trimmed bool
+	if len(notDead()) > 0 {
+		if trimmed, err = r.readDeadLetters(ctx, dead); err != nil {
+			return err
 		}
 	}
-	var notDead []skippedAt
-	for _, s := range skipped {
-		if !dead[s] {
-			notDead = append(notDead, s)
-		}
-	}
-	retry, err := r.readSkipped(ctx, notDead)
+	retry, err := r.readSkipped(ctx, notDead())
 	if err != nil {
 		return err
 	}
 	r.retry, r.dlqTrimmed, r.checkedSkips = retry, trimmed, len(skipped)
 	return nil
+}
+
+// readDeadLetters reads the dead-letter topic and marks in dead the
+// events the live group sent there. It reports whether the topic's
+// retention deleted some of its records.
+func (r *rebuildRun) readDeadLetters(ctx context.Context, dead map[skippedAt]bool) (trimmed bool, err error) {
+	dlq := consumers.DLQTopic(r.cfg.Topic)
+	adm, err := kgo.NewClient(r.opts...)
+	if err != nil {
+		return false, fmt.Errorf("rebuild: kafka client: %w", err)
+	}
+	starts, serr := kadm.NewClient(adm).ListStartOffsets(ctx, dlq)
+	ends, eerr := kadm.NewClient(adm).ListEndOffsets(ctx, dlq)
+	adm.Close()
+	if err := cmp.Or(serr, eerr); err != nil {
+		return false, fmt.Errorf("rebuild: offsets of %s: %w", dlq, err)
+	}
+	switch err := cmp.Or(starts.Error(), ends.Error()); {
+	case errors.Is(err, kerr.UnknownTopicOrPartition): // no dead-letter topic: nothing was dead-lettered
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("rebuild: offsets of %s: %w", dlq, err)
+	}
+	from, to := map[int32]int64{}, map[int32]int64{}
+	starts.Each(func(o kadm.ListedOffset) {
+		from[o.Partition] = o.Offset
+		trimmed = trimmed || o.Offset > 0
+	})
+	ends.Each(func(o kadm.ListedOffset) { to[o.Partition] = o.Offset })
+	err = consumers.ReadRange(ctx, r.opts, dlq, from, to, func(rec *kgo.Record) error {
+		if d, err := consumers.ParseDeadLetter(rec); err == nil && d.Group == r.cfg.Group && d.Topic == r.cfg.Topic {
+			dead[skippedAt{d.Partition, d.Offset}] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("rebuild: read %s: %w", dlq, err)
+	}
+	return trimmed, nil
 }
 
 // readSkipped reads and decodes the records of the events at.
@@ -890,7 +910,7 @@ func (r *rebuildRun) skippedAppliedError(still []skippedAt) error {
 	}
 	why := "Their failure may depend on the order of events across partitions (a total that overflows), or the new definitions reject them"
 	if r.dlqTrimmed {
-		why += ", or their dead letters are among those the retention of " + consumers.DLQTopic(r.cfg.Topic) + " deleted"
+		why += ", or they were dead-lettered by a release that did not note it in spate_dead_letters, and the retention of " + consumers.DLQTopic(r.cfg.Topic) + " deleted their dead letters"
 	}
 	return fmt.Errorf("rebuild: %w: %s of %s; swapped in, the new tables would lack them. %s",
 		ErrSkippedApplied, strings.Join(names, ", "), r.cfg.Topic, why)
@@ -951,7 +971,7 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		rows, err := tx.Query(ctx, `
 			SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-			  AND c.relname NOT IN ('spate_offsets', 'spate_migrations', 'spate_projections', 'spate_rebuild', 'spate_rebuild_partitions')
+			  AND c.relname NOT IN ('spate_offsets', 'spate_migrations', 'spate_projections', 'spate_dead_letters', 'spate_rebuild', 'spate_rebuild_partitions')
 			ORDER BY c.relname`, r.shadow)
 		if err != nil {
 			return err
