@@ -27,11 +27,11 @@ func newReplayCmd() *cobra.Command {
 
 func newReplayProjectionCmd() *cobra.Command {
 	var (
-		f                 roleFlags
-		url, config, from string
-		group, rateFlag   string
-		batchSize         int
-		partial, rejected bool
+		f                               roleFlags
+		url, config, from               string
+		group, rateFlag                 string
+		batchSize                       int
+		partial, rejected, retrySkipped bool
 	)
 	cmd := &cobra.Command{
 		Use:   "projection NAME...",
@@ -54,9 +54,14 @@ next rebuild of the same projections (DROP SCHEMA ... CASCADE frees them).
 Ctrl-C leaves the live tables as they were; run the same command again to
 resume where it stopped. With changed definitions it starts over.
 
-Events the projections reject are skipped and counted. If the live projector
-applied one of them (did not dead-letter it), the rebuild stops before its
-swap and names it; --skip-rejected swaps in without those events.
+Events the projections reject are skipped and counted. If the live tables
+hold one of them (the live projector applied it, or it was re-driven), the
+rebuild stops before its swap and names it. The rebuild applies partitions
+in another order than the live projector did, so an event can fail only
+because of it (a foreign key to a row another partition writes):
+--retry-skipped tries those events again once the new tables hold
+everything up to the live offsets, after the later events of their
+partitions, as a re-drive does. --skip-rejected swaps in without them.
 
 A rebuild holds only what Kafka keeps. If Kafka's retention deleted events
 it would apply, it refuses to start (or stops, if they go while it runs)
@@ -132,7 +137,7 @@ Their statements must name tables without a schema.`,
 			defer prog.finish()
 			var shown int64
 			rb, err := projection.NewRebuild(pool, e.reg, projection.RebuildConfig{
-				Projections: chosen, Topic: e.topic, Group: group, From: offs, PartialHistory: partial, SkipRejected: rejected,
+				Projections: chosen, Topic: e.topic, Group: group, From: offs, PartialHistory: partial, SkipRejected: rejected, RetrySkipped: retrySkipped,
 				Rate: perSecond, BatchSize: batchSize, Logger: e.log,
 				Progress: func(done, total int64) {
 					prog.setTotal(total)
@@ -154,7 +159,9 @@ Their statements must name tables without a schema.`,
 				case errors.Is(err, projection.ErrHistoryGone):
 					return fmt.Errorf("%w. To rebuild from the oldest event Kafka keeps, give --partial-history", err)
 				case errors.Is(err, projection.ErrSkippedApplied):
-					return fmt.Errorf("%w. The live tables are untouched; to swap in without those events, run again with --skip-rejected", err)
+					return fmt.Errorf("%w. The live tables are untouched. If they failed only because of the order of partitions, run again with --retry-skipped; to swap in without them, with --skip-rejected", err)
+				case errors.Is(err, projection.ErrRedrivenSkipped):
+					return fmt.Errorf("%w. The live tables are untouched. If they failed only because of the order of partitions, run again with --retry-skipped", err)
 				}
 				return err
 			}
@@ -187,7 +194,8 @@ Their statements must name tables without a schema.`,
 	annotateEnv(fs)
 	fs.BoolVar(&partial, "partial-history", false, "rebuild from the oldest event Kafka keeps where its retention deleted older ones (the rebuilt tables lack them)")
 	fs.BoolVar(&rejected, "skip-rejected", false, "swap in even if the projections rejected events the live projector applied (the rebuilt tables lack them)")
-	cmdLineOnly(fs, "partial-history", "skip-rejected")
+	fs.BoolVar(&retrySkipped, "retry-skipped", false, "try the rejected events the live tables hold again once caught up, after the later events of their partitions (a foreign key to a row another partition writes)")
+	cmdLineOnly(fs, "partial-history", "skip-rejected", "retry-skipped")
 	return cmd
 }
 

@@ -52,10 +52,20 @@ type RebuildConfig struct {
 	PartialHistory bool
 	// SkipRejected lets a rebuild swap in although it skipped events that
 	// the live projector applied (it did not dead-letter them): the new
-	// definitions reject them, say. Zero: the rebuild fails with
-	// ErrSkippedApplied before its swap, leaving the live tables as they
-	// are.
+	// definitions reject them, say. Zero: the swap refuses with
+	// ErrSkippedApplied, leaving the live tables as they are.
 	SkipRejected bool
+	// RetrySkipped makes the swap try again, once the new tables hold
+	// every event up to the live offsets, the skipped events that the
+	// live tables hold (applied, or dead-lettered and re-driven). The
+	// rebuild applies the partitions in another order than the live
+	// projector did, so an event can fail in its turn only because of it:
+	// a foreign key to a row that another partition's event writes, say.
+	// Retried, such an event applies after the later events of its
+	// partition, as a re-drive does: what they did to the rows it writes
+	// (an update that then found none), it may undo. Zero: those events
+	// count as skipped, and the swap refuses unless SkipRejected.
+	RetrySkipped bool
 	// Rate caps the events applied per second. Zero: no cap.
 	Rate float64
 	// BatchSize is the most events one transaction applies. Zero: 5000.
@@ -103,11 +113,10 @@ var ErrHistoryGone = errors.New("history to rebuild from that Kafka no longer ha
 // The projections' tables must be named without a schema in their
 // statements: the rebuild finds them through the search path, the shadow
 // schema first. Events that a projection cannot apply are skipped and
-// counted in the result. Those the live projector did not dead-letter are
-// tried again once the rebuild has caught up, since the partitions apply
-// in another order than they did live (a foreign key to a row that
-// another partition writes then finds it); if any still fails, the swap is
-// refused (ErrSkippedApplied) unless RebuildConfig.SkipRejected. The swap
+// counted in the result. If the live tables hold one of them, the swap
+// refuses (ErrSkippedApplied, ErrRedrivenSkipped) unless
+// RebuildConfig.SkipRejected, or RebuildConfig.RetrySkipped applies it
+// once the rebuild has caught up. The swap
 // records in spate_rebuilt which events the new tables hold, from where
 // the rebuild started to the swap's offsets but for those skipped, so that
 // Redrive does not apply a dead letter the rebuild applied.
@@ -356,11 +365,11 @@ type rebuildRun struct {
 	done    int64
 
 	checkedSkips int // how many skipped events checkSkipped last checked
-	// retry holds the skipped events the live projector did not
-	// dead-letter, in partition and offset order, for the swap to try
-	// again; dlqTrimmed tells that the retention of the dead-letter topic
-	// deleted some of its records when checkSkipped read it.
-	retry      []skippedEvent
+	// held holds the skipped events the live tables hold, in partition and
+	// offset order, with their records when RetrySkipped; dlqTrimmed tells
+	// that the retention of the dead-letter topic deleted some of its
+	// records when checkSkipped read it.
+	held       []skippedEvent
 	dlqTrimmed bool
 }
 
@@ -370,11 +379,13 @@ type skippedAt struct {
 	Offset    int64
 }
 
-// skippedEvent is a skipped event to try again: nil if it does not decode
-// or Kafka no longer has it.
+// skippedEvent is a skipped event the live tables hold: re-driven into
+// them, or applied. ev is its record decoded, nil if it was not read, does
+// not decode, or Kafka no longer has it.
 type skippedEvent struct {
 	skippedAt
-	ev *Event
+	redriven bool
+	ev       *Event
 }
 
 // noteSkipped notes, in the transaction of a batch of the shadow tables,
@@ -707,12 +718,13 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 	}
 }
 
-// checkSkipped finds the events the rebuild skipped that the live
-// projector did not dead-letter, and reads them for the swap to try again
-// (see retrySkipped): the live tables hold them. The live projector notes
-// its dead letters in spate_dead_letters; the dead-letter topic is read
-// only for skipped events not found there (dead-lettered by an earlier
-// release), when the skipped events changed since the last check.
+// checkSkipped finds the events the rebuild skipped that the live tables
+// hold: those the live projector did not dead-letter, and those re-driven.
+// With RetrySkipped it reads them, for the swap to try again (see
+// retrySkipped). The live projector notes its dead letters in
+// spate_dead_letters; the dead-letter topic is read only for skipped
+// events not found there (dead-lettered by an earlier release). It does
+// this when the skipped events changed since its last check.
 func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	rows, err := r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions, unnest(skipped) AS o ORDER BY 1, 2`)
 	if err != nil {
@@ -742,27 +754,42 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	for _, e := range known {
 		dead[e] = true
 	}
-	notDead := func() (out []skippedAt) {
-		for _, s := range skipped {
-			if !dead[s] {
-				out = append(out, s)
-			}
-		}
-		return out
-	}
 	// Dead letters written before spate_dead_letters noted them are only
 	// in the dead-letter topic.
 	var trimmed bool
-	if len(notDead()) > 0 {
+	if slices.ContainsFunc(skipped, func(s skippedAt) bool { return !dead[s] }) {
 		if trimmed, err = r.readDeadLetters(ctx, dead); err != nil {
 			return err
 		}
 	}
-	retry, err := r.readSkipped(ctx, notDead())
-	if err != nil {
-		return err
+	var redriven map[skippedAt]bool
+	if r.cfg.RetrySkipped {
+		rows, err := r.pool.Query(ctx, `SELECT partition, "offset" FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_redrives
+			WHERE consumer_group = $1 AND topic = $2`, r.cfg.Group, r.cfg.Topic)
+		if err != nil {
+			return fmt.Errorf("rebuild: re-driven events: %w", err)
+		}
+		done, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
+		if err != nil {
+			return fmt.Errorf("rebuild: re-driven events: %w", err)
+		}
+		redriven = map[skippedAt]bool{}
+		for _, e := range done {
+			redriven[e] = true
+		}
 	}
-	r.retry, r.dlqTrimmed, r.checkedSkips = retry, trimmed, len(skipped)
+	var held []skippedEvent
+	for _, s := range skipped {
+		if !dead[s] || redriven[s] {
+			held = append(held, skippedEvent{skippedAt: s, redriven: redriven[s]})
+		}
+	}
+	if r.cfg.RetrySkipped {
+		if err := r.readSkipped(ctx, held); err != nil {
+			return err
+		}
+	}
+	r.held, r.dlqTrimmed, r.checkedSkips = held, trimmed, len(skipped)
 	return nil
 }
 
@@ -805,56 +832,48 @@ func (r *rebuildRun) readDeadLetters(ctx context.Context, dead map[skippedAt]boo
 	return trimmed, nil
 }
 
-// readSkipped reads and decodes the records of the events at.
-func (r *rebuildRun) readSkipped(ctx context.Context, at []skippedAt) ([]skippedEvent, error) {
-	if len(at) == 0 {
-		return nil, nil
+// readSkipped reads and decodes the records of the events evs, reading
+// each partition from the first to the last of them.
+func (r *rebuildRun) readSkipped(ctx context.Context, evs []skippedEvent) error {
+	if len(evs) == 0 {
+		return nil
 	}
 	from, to := map[int32]int64{}, map[int32]int64{}
-	evs := map[skippedAt]*Event{}
-	for _, e := range at {
+	at := map[skippedAt]*skippedEvent{}
+	for i := range evs {
+		e := &evs[i]
 		if o, ok := from[e.Partition]; !ok || e.Offset < o {
 			from[e.Partition] = e.Offset
 		}
 		to[e.Partition] = max(to[e.Partition], e.Offset+1)
-		evs[e] = nil
+		at[e.skippedAt] = e
 	}
 	err := consumers.ReadRange(ctx, r.opts, r.cfg.Topic, from, to, func(rec *kgo.Record) error {
-		e := skippedAt{rec.Partition, rec.Offset}
-		if _, ok := evs[e]; !ok || rec.Attrs.IsControl() {
+		e := at[skippedAt{rec.Partition, rec.Offset}]
+		if e == nil || rec.Attrs.IsControl() {
 			return nil
 		}
 		if ev, err := r.proj.decode(rec); err == nil {
-			evs[e] = ev
+			e.ev = ev
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("rebuild: read skipped events: %w", err)
+		return fmt.Errorf("rebuild: read skipped events: %w", err)
 	}
-	out := make([]skippedEvent, len(at))
-	for i, e := range at {
-		out[i] = skippedEvent{e, evs[e]}
-	}
-	return out, nil
+	return nil
 }
 
 // retrySkipped tries again, in the swap's transaction tx, once the shadow
 // tables hold every event up to the live projector's offsets, the skipped
-// events that the live projector did not dead-letter (r.retry). The
-// rebuild applies the partitions in another order than the live projector
-// did, so an event can fail in its turn only because of it: a foreign key
-// to a row that another partition's event writes, say. Each event applies
-// to every projection, in a savepoint of its own, and leaves the list of
-// skipped events in the same transaction; as one event applied may let
-// another through, it goes round while any applies. It returns the events
-// applied, and those that still fail.
-//
-// Such an event applies after the later events of its partition: what
-// they did to the rows it writes, it may undo, as a re-drive may.
-func (r *rebuildRun) retrySkipped(ctx context.Context, tx pgx.Tx) (retried, still []skippedAt, err error) {
+// events the live tables hold (r.held; see RebuildConfig.RetrySkipped).
+// Each event applies to every projection, in a savepoint of its own, and
+// leaves the list of skipped events in the same transaction; as one event
+// applied may let another through, it goes round while any applies. It
+// returns the events applied, and those that still fail.
+func (r *rebuildRun) retrySkipped(ctx context.Context, tx pgx.Tx) (retried []skippedAt, still []skippedEvent, err error) {
 	skipped := pgx.Identifier{r.shadow}.Sanitize() + ".spate_rebuild_partitions"
-	evs := r.retry
+	evs := r.held
 	for {
 		var left []skippedEvent
 		n := len(retried)
@@ -885,7 +904,7 @@ func (r *rebuildRun) retrySkipped(ctx context.Context, tx pgx.Tx) (retried, stil
 			if rerr := sp.Rollback(ctx); rerr != nil {
 				return nil, nil, rerr
 			}
-			if !deterministic(err) {
+			if !deterministic(err) && !errors.Is(err, consumers.ErrPoison) {
 				return nil, nil, err
 			}
 			left = append(left, e)
@@ -895,20 +914,21 @@ func (r *rebuildRun) retrySkipped(ctx context.Context, tx pgx.Tx) (retried, stil
 			break
 		}
 	}
-	for _, e := range evs {
-		still = append(still, e.skippedAt)
-	}
-	return retried, still, nil
+	return retried, evs, nil
 }
 
-// skippedAppliedError refuses a swap that would lack the events still,
+// skippedAppliedError refuses a swap that would lack the events lacking,
 // which the live projector applied.
-func (r *rebuildRun) skippedAppliedError(still []skippedAt) error {
+func (r *rebuildRun) skippedAppliedError(lacking []skippedEvent) error {
 	var names []string
-	for _, s := range still {
-		names = append(names, fmt.Sprintf("partition %d offset %d", s.Partition, s.Offset))
+	for _, s := range lacking {
+		name := fmt.Sprintf("partition %d offset %d", s.Partition, s.Offset)
+		if r.cfg.RetrySkipped && s.ev == nil {
+			name += " (tried again: Kafka no longer has it, or it does not decode)"
+		}
+		names = append(names, name)
 	}
-	why := "Their failure may depend on the order of events across partitions (a total that overflows), or the new definitions reject them"
+	why := "The new definitions reject them, or their failure depends on the order of events across partitions, which the rebuild applies in another order than the live projector did (a foreign key to a row another partition writes, a total that overflows)"
 	if r.dlqTrimmed {
 		why += ", or they were dead-lettered by a release that did not note it in spate_dead_letters, and the retention of " + consumers.DLQTopic(r.cfg.Topic) + " deleted their dead letters"
 	}
@@ -928,7 +948,8 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 	var tables []string
 	var at map[int32]int64
 	var gap int
-	var retried, lacking []skippedAt
+	var retried []skippedAt
+	var lacking []skippedEvent
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		lo, err := r.liveOffsets(ctx, tx, true)
 		if err != nil {
@@ -941,9 +962,14 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		if gap, err = r.applyGap(ctx, tx, lo); err != nil {
 			return err
 		}
-		if retried, lacking, err = r.retrySkipped(ctx, tx); err != nil {
-			return err
+		still := r.held
+		if r.cfg.RetrySkipped {
+			if retried, still, err = r.retrySkipped(ctx, tx); err != nil {
+				return err
+			}
 		}
+		// Re-driven events still skipped are refused below.
+		lacking = slices.DeleteFunc(slices.Clone(still), func(e skippedEvent) bool { return e.redriven })
 		if len(lacking) > 0 && !r.cfg.SkipRejected {
 			return r.skippedAppliedError(lacking)
 		}
@@ -1071,7 +1097,11 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		r.log.Warn("applied events that had failed in their turn once the rebuild caught up, after the later events of their partitions", "events", retried)
 	}
 	if len(lacking) > 0 {
-		r.log.Warn("the new tables lack events the live projector applied", "events", lacking)
+		var at []skippedAt
+		for _, e := range lacking {
+			at = append(at, e.skippedAt)
+		}
+		r.log.Warn("the new tables lack events the live projector applied", "events", at)
 	}
 	for p, next := range r.applied {
 		r.done += r.target(at, p) - next

@@ -506,33 +506,92 @@ projections:
       shop.payment.captured.v1: INSERT INTO fk_payments VALUES (:data.payment_id, :data.order_id) ON CONFLICT DO NOTHING
 `
 
-// TestRebuildAcrossPartitionsWithAForeignKey: the live projector applied
-// an order (partition 0, after 50 others) and then its payment (partition
-// 1). A rebuild with the same definitions applies partition 1's payment
-// long before partition 0 reaches the order, so its foreign key fails and
-// the rebuild skips it. Once caught up, the rebuild tries it again, and
-// swaps in tables that hold it, instead of refusing on every run.
-func TestRebuildAcrossPartitionsWithAForeignKey(t *testing.T) {
-	t.Parallel()
+// runLiveGroup runs the live group on p until its offsets sum to n.
+func runLiveGroup(t *testing.T, p *projection.Projector, pool *pgxpool.Pool, brokers []string, n int64) {
+	t.Helper()
 	ctx := context.Background()
-	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
-	p, pool := newConfigured(t, []byte(fkConfig))
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	g, err := consumers.New(p, consumers.Config{Group: projection.DefaultGroup, Topics: []string{"events"}, MaxBackoff: 100 * time.Millisecond},
+		kgo.SeedBrokers(brokers...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
-	var p0 []*kgo.Record
+	gctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- g.Run(gctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	spatetest.Eventually(t, time.Minute, func() string {
+		var got int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spate_offsets WHERE consumer_group = $1`, projection.DefaultGroup).Scan(&got)
+		if err != nil || got < n {
+			return fmt.Sprintf("the group consumed %d of %d events (%v)", got, n, err)
+		}
+		return ""
+	})
+}
+
+// fkEvents are 50 orders, then order o-x, for partition 0, and the
+// payment of o-x for partition 1. A rebuild in batches of 5 applies the
+// payment long before partition 0 reaches o-x: its foreign key fails.
+func fkEvents(t *testing.T) (p0 []*kgo.Record, pay *kgo.Record) {
 	for i := range 50 {
 		id := fmt.Sprint("o-", i)
 		p0 = append(p0, cekafka.Record("events", shopEvent(t, id, id, 0, &shopv1.OrderPlaced{OrderId: id, CustomerId: "c", AmountCents: 1, Currency: "EUR"})))
 	}
 	p0 = append(p0, cekafka.Record("events", shopEvent(t, "o-x", "o-x", time.Second, &shopv1.OrderPlaced{OrderId: "o-x", CustomerId: "c", AmountCents: 1, Currency: "EUR"})))
-	pay := cekafka.Record("events", shopEvent(t, "pay-x", "pay-x", 2*time.Second, &shopv1.PaymentCaptured{PaymentId: "pay-x", OrderId: "o-x", AmountCents: 1, Currency: "EUR"}))
+	pay = cekafka.Record("events", shopEvent(t, "pay-x", "pay-x", 2*time.Second, &shopv1.PaymentCaptured{PaymentId: "pay-x", OrderId: "o-x", AmountCents: 1, Currency: "EUR"}))
 	pay.Partition = 1
-	if err := cl.ProduceSync(ctx, append(p0, pay)...).FirstErr(); err != nil {
+	return p0, pay
+}
+
+// produceManually writes recs to the partitions they name.
+func produceManually(t *testing.T, brokers []string, recs ...*kgo.Record) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer cl.Close()
+	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rebuildFK rebuilds the projections projs of the events topic in batches
+// of 5, with the changes set makes to its configuration.
+func rebuildFK(t *testing.T, pool *pgxpool.Pool, brokers []string, projs []projection.Projection, set ...func(*projection.RebuildConfig)) (*projection.RebuildResult, error) {
+	t.Helper()
+	cfg := projection.RebuildConfig{Projections: projs, Topic: "events", BatchSize: 5}
+	for _, f := range set {
+		f(&cfg)
+	}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), cfg, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return rb.Run(ctx)
+}
+
+func retrySkipped(c *projection.RebuildConfig) { c.RetrySkipped = true }
+
+// TestRebuildAcrossPartitionsWithAForeignKey: the live projector applied
+// an order and then its payment. A rebuild with the same definitions
+// applies the payment first, and its foreign key fails: the swap refuses,
+// and with RetrySkipped tries the payment again once caught up, and swaps
+// in tables that hold it.
+func TestRebuildAcrossPartitionsWithAForeignKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(fkConfig))
+	p0, pay := fkEvents(t)
+	produceManually(t, brokers, append(p0, pay)...)
 	// The live projector, in the order the events arrived.
 	if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Records: p0, Next: int64(len(p0))}); err != nil {
 		t.Fatal(err)
@@ -540,26 +599,110 @@ func TestRebuildAcrossPartitionsWithAForeignKey(t *testing.T) {
 	if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 1, Records: []*kgo.Record{pay}, Next: 1}); err != nil {
 		t.Fatal(err)
 	}
-
 	projs, err := projection.Load("spate.yaml", []byte(fkConfig), schemas.Builtin())
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: projs, Topic: "events", BatchSize: 5}, kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
+	if _, err := rebuildFK(t, pool, brokers, projs); !errors.Is(err, projection.ErrSkippedApplied) || !strings.Contains(err.Error(), "partition 1 offset 0") {
+		t.Fatalf("rebuild = %v; want ErrSkippedApplied naming the payment", err)
 	}
-	res, err := rb.Run(ctx)
+	res, err := rebuildFK(t, pool, brokers, projs, retrySkipped)
 	if err != nil {
-		t.Fatalf("rebuild with the live definitions: %v", err)
+		t.Fatalf("rebuild with RetrySkipped: %v", err)
 	}
-	// Retried shows that the payment did fail in its turn.
-	if res.Skipped != 0 || res.Retried != 1 || res.Applied != int64(len(p0))+1 {
-		t.Fatalf("rebuild = %+v; want 52 applied, 1 of them retried, none skipped", res)
+	// Retried shows that the payment did fail in its turn. (The run resumed
+	// the refused one's shadow tables: it applied what that one's swap had
+	// applied, and the payment.)
+	if res.Skipped != 0 || res.Retried != 1 || res.Applied < 1 {
+		t.Fatalf("rebuild with RetrySkipped = %+v; want the payment applied late, none skipped", res)
 	}
 	wantRows(t, pool, `SELECT payment_id, order_id FROM fk_payments`, "pay-x|o-x")
 	wantRows(t, pool, `SELECT count(*) FROM fk_orders`, "51")
 	wantRows(t, pool, `SELECT partition, skipped FROM spate_rebuilt ORDER BY 1`, "0|[]", "1|[]")
+}
+
+// TestRebuildRetryingAReDrivenEvent: live, the payment came before its
+// order, was dead-lettered for its foreign key, and re-driven once the
+// order was there. A rebuild skips it again: the swap refuses, as the live
+// tables hold it, and with RetrySkipped applies it once caught up.
+func TestRebuildRetryingAReDrivenEvent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte(fkConfig))
+	p0, pay := fkEvents(t)
+	produceManually(t, brokers, pay)
+	runLiveGroup(t, p, pool, brokers, 1)
+	dl := readDLQ(t, brokers, 1)[0]
+	produceManually(t, brokers, p0...)
+	runLiveGroup(t, p, pool, brokers, int64(len(p0))+1)
+	if ok, err := p.Redrive(ctx, dl); !ok || err != nil {
+		t.Fatalf("Redrive = %v, %v", ok, err)
+	}
+	projs, err := projection.Load("spate.yaml", []byte(fkConfig), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rebuildFK(t, pool, brokers, projs); !errors.Is(err, projection.ErrRedrivenSkipped) {
+		t.Fatalf("rebuild = %v; want ErrRedrivenSkipped", err)
+	}
+	if res, err := rebuildFK(t, pool, brokers, projs, retrySkipped); err != nil || res.Retried != 1 || res.Skipped != 0 {
+		t.Fatalf("rebuild with RetrySkipped = %+v, %v; want the re-driven payment applied late", res, err)
+	}
+	wantRows(t, pool, `SELECT payment_id FROM fk_payments`, "pay-x")
+}
+
+// strictOnPayX is a projection in Go that rejects the event pay-x as
+// poison when strict is set.
+type strictOnPayX struct{ strict bool }
+
+func (strictOnPayX) Name() string { return "strict" }
+
+func (strictOnPayX) Migrate(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS strict (id text PRIMARY KEY)`)
+	return err
+}
+
+func (r strictOnPayX) Apply(ctx context.Context, tx pgx.Tx, evs []*projection.Event) error {
+	for _, ev := range evs {
+		if r.strict && ev.Id == "pay-x" {
+			return consumers.Poison(ev.Record, "rejected", errors.New("the new version rejects it"))
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO strict VALUES ($1)`, ev.Id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestRebuildRetryingAnEventAGoProjectionRejects: the new version of a
+// projection in Go rejects, as poison, an event the old one applied. With
+// RetrySkipped it rejects it again: the swap refuses (it tried that once
+// in a loop), and with SkipRejected too swaps in without it.
+func TestRebuildRetryingAnEventAGoProjectionRejects(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 2, "events", consumers.DLQTopic("events"))
+	pool, err := pgxpool.New(context.Background(), spatetest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	live := projection.New(pool, schemas.Builtin(), projection.Config{Projections: []projection.Projection{strictOnPayX{}}})
+	if err := live.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p0, pay := fkEvents(t)
+	produceManually(t, brokers, append(p0, pay)...)
+	runLiveGroup(t, live, pool, brokers, int64(len(p0))+1)
+	projs := []projection.Projection{strictOnPayX{strict: true}}
+	if _, err := rebuildFK(t, pool, brokers, projs, retrySkipped); !errors.Is(err, projection.ErrSkippedApplied) {
+		t.Fatalf("rebuild with RetrySkipped = %v; want ErrSkippedApplied", err)
+	}
+	res, err := rebuildFK(t, pool, brokers, projs, retrySkipped, func(c *projection.RebuildConfig) { c.SkipRejected = true })
+	if err != nil || res.Skipped != 1 || res.Retried != 0 {
+		t.Fatalf("rebuild with RetrySkipped and SkipRejected = %+v, %v; want a swap without pay-x", res, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM strict WHERE id = 'pay-x'`, "0")
 }
 
 // TestRebuildAfterTheDeadLetterTopicsRetention: the live projector noted
