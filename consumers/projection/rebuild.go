@@ -63,8 +63,10 @@ type RebuildConfig struct {
 	// a foreign key to a row that another partition's event writes, say.
 	// Retried, such an event applies after the later events of its
 	// partition, as a re-drive does: what they did to the rows it writes
-	// (an update that then found none), it may undo. Zero: those events
-	// count as skipped, and the swap refuses unless SkipRejected.
+	// (an update that then found none), it may undo. The retries run while
+	// the swap holds the live offsets, so the live projector waits for
+	// them. Zero: those events count as skipped, and the swap refuses
+	// unless SkipRejected.
 	RetrySkipped bool
 	// Rate caps the events applied per second. Zero: no cap.
 	Rate float64
