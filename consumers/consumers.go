@@ -128,6 +128,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// MaxBackoff caps the wait between retries of a failing batch. Zero: 10 s.
 	MaxBackoff time.Duration
+	// StallAfter is how long a step (a batch, a dead letter, loading the
+	// offsets) may keep failing before Stalled reports it. Zero: 30 s.
+	StallAfter time.Duration
 	// Logger receives retries, dead letters and group events. Zero: none.
 	Logger *slog.Logger
 	// Metrics registers the group's metrics. Zero: not registered.
@@ -147,6 +150,16 @@ type Group struct {
 
 	mu      sync.Mutex // guards workers: the poll loop starts them, group callbacks stop them
 	workers map[topicPartition]*worker
+
+	failMu  sync.Mutex
+	failing map[string]*failure // by step, while it is being retried
+}
+
+// failure is a step being retried: since its first failure, and its last
+// error.
+type failure struct {
+	since time.Time
+	err   error
 }
 
 type topicPartition struct {
@@ -200,12 +213,15 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 10 * time.Second
 	}
+	if cfg.StallAfter == 0 {
+		cfg.StallAfter = 30 * time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group),
-		started: make(chan struct{}), workers: map[topicPartition]*worker{}}
+		started: make(chan struct{}), workers: map[topicPartition]*worker{}, failing: map[string]*failure{}}
 	own := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),
@@ -279,7 +295,7 @@ func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset
 			ps = append(ps, p)
 		}
 		var stored map[int32]int64
-		err := g.retry(ctx, "load offsets", func() error {
+		err := g.retry(ctx, "load offsets of "+topic, func() error {
 			var err error
 			stored, err = g.h.Offsets(ctx, topic, ps)
 			return err
@@ -500,7 +516,7 @@ func (g *Group) process(ctx context.Context, topic string, partition int32, recs
 // apply hands b to the handler, retrying failures that are not poison.
 func (g *Group) apply(ctx context.Context, b Batch) error {
 	start := time.Now()
-	err := g.retry(ctx, "apply", func() error {
+	err := g.retry(ctx, fmt.Sprintf("apply %s/%d", b.Topic, b.Partition), func() error {
 		err := g.h.Apply(ctx, b)
 		if err != nil && !errors.Is(err, ErrPoison) {
 			g.metrics.retries.Inc()
@@ -529,22 +545,61 @@ func (g *Group) deadLetter(ctx context.Context, pe *PoisonError) error {
 	)
 	dl := &kgo.Record{Topic: DLQTopic(r.Topic), Key: r.Key, Value: r.Value, Headers: hs}
 	g.log.Warn("dead-lettering", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "class", pe.Class, "err", pe.Err)
-	err := g.retry(ctx, "dead-letter", func() error { return g.cl.ProduceSync(ctx, dl).FirstErr() })
+	err := g.retry(ctx, fmt.Sprintf("dead-letter %s/%d@%d", r.Topic, r.Partition, r.Offset), func() error { return g.cl.ProduceSync(ctx, dl).FirstErr() })
 	if err == nil {
 		g.metrics.deadLettered.Inc()
 	}
 	return err
 }
 
+// ErrStalled reports a step of the group that has kept failing for longer
+// than Config.StallAfter.
+var ErrStalled = errors.New("stalled")
+
+// Stalled returns an error wrapping ErrStalled that names the step that
+// has kept failing the longest, if it has for longer than
+// Config.StallAfter, and its last error: a sink that is down, a
+// projection whose definition changed, a statement that fails on
+// something other than the data. Retries go on; nil once it succeeds. It
+// suits a readiness check (ctx is not used).
+func (g *Group) Stalled(context.Context) error {
+	g.failMu.Lock()
+	defer g.failMu.Unlock()
+	var op string
+	var worst *failure
+	for o, f := range g.failing {
+		if worst == nil || f.since.Before(worst.since) {
+			op, worst = o, f
+		}
+	}
+	if worst == nil || time.Since(worst.since) < g.cfg.StallAfter {
+		return nil
+	}
+	return fmt.Errorf("%w: %s has kept failing for %s: %w", ErrStalled, op, time.Since(worst.since).Round(time.Second), worst.err)
+}
+
 // retry calls fn until it returns nil or a poison error, or ctx ends,
-// backing off exponentially with jitter between failures.
+// backing off exponentially with jitter between failures. While it
+// retries, Stalled sees op failing.
 func (g *Group) retry(ctx context.Context, op string, fn func() error) error {
 	backoff := 100 * time.Millisecond
+	defer func() {
+		g.failMu.Lock()
+		delete(g.failing, op)
+		g.failMu.Unlock()
+	}()
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil || errors.Is(err, ErrPoison) {
 			return err
 		}
+		g.failMu.Lock()
+		if f := g.failing[op]; f != nil {
+			f.err = err
+		} else {
+			g.failing[op] = &failure{since: time.Now(), err: err}
+		}
+		g.failMu.Unlock()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

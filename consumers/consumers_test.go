@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,6 +352,55 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	if failures != 5 {
 		t.Fatalf("failed %d times, want 5", failures)
 	}
+}
+
+// TestStalledWhileAStepKeepsFailing: while the sink keeps failing, the
+// group reports the step as stalled, once StallAfter has passed, with the
+// sink's error; once the sink applies again, it no longer does.
+func TestStalledWhileAStepKeepsFailing(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 10)
+	sink := newMemSink()
+	var down atomic.Bool
+	down.Store(true)
+	sink.fail = func(consumers.Batch) error {
+		if down.Load() {
+			return errors.New("sink down")
+		}
+		return nil
+	}
+	g, err := consumers.New(sink, consumers.Config{Group: "g", Topics: []string{"t"}, MaxBackoff: 50 * time.Millisecond, StallAfter: 200 * time.Millisecond},
+		kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		err := g.Stalled(ctx)
+		if !errors.Is(err, consumers.ErrStalled) || !strings.Contains(err.Error(), "apply t/0") || !strings.Contains(err.Error(), "sink down") {
+			return fmt.Sprintf("Stalled = %v, want it to name apply t/0 and the sink's error", err)
+		}
+		return ""
+	})
+	down.Store(false)
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		if n := sink.count(); n < 10 {
+			return fmt.Sprintf("applied %d of 10", n)
+		}
+		if err := g.Stalled(ctx); err != nil {
+			return fmt.Sprintf("Stalled = %v after the sink came back", err)
+		}
+		return ""
+	})
 }
 
 func TestPoisonGoesToDeadLetterTopic(t *testing.T) {

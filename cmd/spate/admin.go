@@ -30,7 +30,8 @@ func newMetrics() *prometheus.Registry {
 }
 
 // adminHandler serves /metrics, /healthz (the process is up), /readyz (every
-// check answers within 2 s) and /debug/pprof/.
+// check answers within 2 s; a 503 names each failing check and its error)
+// and /debug/pprof/.
 func adminHandler(reg *prometheus.Registry, checks []check) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -43,7 +44,7 @@ func adminHandler(reg *prometheus.Registry, checks []check) http.Handler {
 		status, code := map[string]string{}, http.StatusOK
 		for _, c := range checks {
 			if err := c.ping(ctx); err != nil {
-				status[c.name], code = "unavailable", http.StatusServiceUnavailable
+				status[c.name], code = "unavailable: "+err.Error(), http.StatusServiceUnavailable
 			} else {
 				status[c.name] = "ok"
 			}

@@ -175,7 +175,8 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			return err
 		}
 		groups = []*consumers.Group{projGroup, fanGroup}
-		checks = append(checks, check{"postgres", proj.Ping}, check{"redis", fan.Ping})
+		checks = append(checks, check{"postgres", proj.Ping}, check{"redis", fan.Ping},
+			check{"project", projGroup.Stalled}, check{"fanout", fanGroup.Stalled})
 		tasks = append(tasks, projGroup.Run, fanGroup.Run, func(ctx context.Context) error { return fan.Trim(ctx, 30*time.Second) })
 	}
 

@@ -182,7 +182,7 @@ func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName s
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return grp.Run(ctx) })
 	g.Go(func() error {
-		return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", grp.Ping}, {sinkName, h.Ping}}), e.log)
+		return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", grp.Ping}, {sinkName, h.Ping}, {role, grp.Stalled}}), e.log)
 	})
 	for _, run := range also {
 		g.Go(func() error { return run(ctx) })

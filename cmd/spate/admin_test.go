@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// /readyz answers 503 while a check fails, naming it and its error, so that
+// an operator sees why without reading the logs.
+func TestReadyzNamesWhatFailsAndWhy(t *testing.T) {
+	ok := func(context.Context) error { return nil }
+	stalled := func(context.Context) error {
+		return errors.New("stalled: apply spate.events/3 has kept failing for 45s: projection definition changed")
+	}
+	for _, tc := range []struct {
+		checks []check
+		code   int
+		want   map[string]string
+	}{
+		{[]check{{"kafka", ok}, {"project", ok}}, http.StatusOK, map[string]string{"kafka": "ok", "project": "ok"}},
+		{[]check{{"kafka", ok}, {"project", stalled}}, http.StatusServiceUnavailable, map[string]string{
+			"kafka": "ok", "project": "unavailable: stalled: apply spate.events/3 has kept failing for 45s: projection definition changed"}},
+	} {
+		rec := httptest.NewRecorder()
+		adminHandler(newMetrics(), tc.checks).ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		var got map[string]string
+		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+			t.Fatalf("body %q: %v", rec.Body, err)
+		}
+		if rec.Code != tc.code || !cmp.Equal(got, tc.want) {
+			t.Errorf("/readyz = %d %v, want %d %v", rec.Code, got, tc.code, tc.want)
+		}
+	}
+}
