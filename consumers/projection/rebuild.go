@@ -118,10 +118,10 @@ var ErrHistoryGone = errors.New("history to rebuild from that Kafka no longer ha
 // counted in the result. If the live tables hold one of them, the swap
 // refuses (ErrSkippedApplied, ErrRedrivenSkipped) unless
 // RebuildConfig.SkipRejected, or RebuildConfig.RetrySkipped applies it
-// once the rebuild has caught up. The swap
-// records in spate_rebuilt which events the new tables hold, from where
-// the rebuild started to the swap's offsets but for those skipped, so that
-// Redrive does not apply a dead letter the rebuild applied.
+// once the rebuild has caught up. The swap records in spate_rebuilt which
+// events the new tables hold, from where the rebuild started to the swap's
+// offsets but for those skipped, so that Redrive does not apply a dead
+// letter the rebuild applied.
 //
 // A rebuild holds only the history Kafka keeps: see
 // RebuildConfig.PartialHistory.
