@@ -128,8 +128,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// MaxBackoff caps the wait between retries of a failing batch. Zero: 10 s.
 	MaxBackoff time.Duration
-	// StallAfter is how long a step (a batch, a dead letter, loading the
-	// offsets) may keep failing before Stalled reports it. Zero: 30 s.
+	// StallAfter is how long a step (applying a batch, writing a dead
+	// letter, loading the offsets) may go on, failing and retried or just
+	// slow, before Stalled reports it. Zero: 30 s.
 	StallAfter time.Duration
 	// Logger receives retries, dead letters and group events. Zero: none.
 	Logger *slog.Logger
@@ -151,14 +152,16 @@ type Group struct {
 	mu      sync.Mutex // guards workers: the poll loop starts them, group callbacks stop them
 	workers map[topicPartition]*worker
 
-	failMu  sync.Mutex
-	failing map[string]*failure // by step, while it is being retried
+	now     func() time.Time // time.Now; tests move it on
+	stepsMu sync.Mutex
+	steps   map[*step]bool // those in progress
 }
 
-// failure is a step being retried: since its first failure, and its last
-// error.
-type failure struct {
-	since time.Time
+// step is a step in progress (see Config.StallAfter): what it is, since
+// when, and the error of its last failed attempt, if any.
+type step struct {
+	op    string
+	start time.Time
 	err   error
 }
 
@@ -221,7 +224,7 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group),
-		started: make(chan struct{}), workers: map[topicPartition]*worker{}, failing: map[string]*failure{}}
+		started: make(chan struct{}), workers: map[topicPartition]*worker{}, now: time.Now, steps: map[*step]bool{}}
 	own := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),
@@ -552,54 +555,63 @@ func (g *Group) deadLetter(ctx context.Context, pe *PoisonError) error {
 	return err
 }
 
-// ErrStalled reports a step of the group that has kept failing for longer
-// than Config.StallAfter.
+// ErrStalled reports a step of the group that has gone on for longer than
+// Config.StallAfter.
 var ErrStalled = errors.New("stalled")
 
-// Stalled returns an error wrapping ErrStalled that names the step that
-// has kept failing the longest, if it has for longer than
-// Config.StallAfter, and its last error: a sink that is down, a
-// projection whose definition changed, a statement that fails on
-// something other than the data. Retries go on; nil once it succeeds. It
-// suits a readiness check (ctx is not used).
+// Stalled returns an error wrapping ErrStalled that names the oldest step
+// in progress, if it has gone on for longer than Config.StallAfter, and
+// the error of its last failed attempt: a sink that is down, a projection
+// whose definition changed, a statement that fails on something other
+// than the data, or one that waits for ever. Retries go on; nil once the
+// step is done. It suits a readiness check (ctx is not used).
 func (g *Group) Stalled(context.Context) error {
-	g.failMu.Lock()
-	defer g.failMu.Unlock()
-	var op string
-	var worst *failure
-	for o, f := range g.failing {
-		if worst == nil || f.since.Before(worst.since) {
-			op, worst = o, f
+	g.stepsMu.Lock()
+	defer g.stepsMu.Unlock()
+	var oldest *step
+	for st := range g.steps {
+		if oldest == nil || st.start.Before(oldest.start) {
+			oldest = st
 		}
 	}
-	if worst == nil || time.Since(worst.since) < g.cfg.StallAfter {
+	if oldest == nil {
 		return nil
 	}
-	return fmt.Errorf("%w: %s has kept failing for %s: %w", ErrStalled, op, time.Since(worst.since).Round(time.Second), worst.err)
+	d := g.now().Sub(oldest.start)
+	if d < g.cfg.StallAfter {
+		return nil
+	}
+	if d >= time.Second {
+		d = d.Round(time.Second)
+	}
+	if oldest.err == nil {
+		return fmt.Errorf("%w: %s has been running for %s", ErrStalled, oldest.op, d)
+	}
+	return fmt.Errorf("%w: %s has not succeeded for %s; its last attempt failed: %w", ErrStalled, oldest.op, d, oldest.err)
 }
 
 // retry calls fn until it returns nil or a poison error, or ctx ends,
-// backing off exponentially with jitter between failures. While it
-// retries, Stalled sees op failing.
+// backing off exponentially with jitter between failures. Stalled sees
+// the step op until then.
 func (g *Group) retry(ctx context.Context, op string, fn func() error) error {
 	backoff := 100 * time.Millisecond
+	st := &step{op: op, start: g.now()}
+	g.stepsMu.Lock()
+	g.steps[st] = true
+	g.stepsMu.Unlock()
 	defer func() {
-		g.failMu.Lock()
-		delete(g.failing, op)
-		g.failMu.Unlock()
+		g.stepsMu.Lock()
+		delete(g.steps, st)
+		g.stepsMu.Unlock()
 	}()
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil || errors.Is(err, ErrPoison) {
 			return err
 		}
-		g.failMu.Lock()
-		if f := g.failing[op]; f != nil {
-			f.err = err
-		} else {
-			g.failing[op] = &failure{since: time.Now(), err: err}
-		}
-		g.failMu.Unlock()
+		g.stepsMu.Lock()
+		st.err = err
+		g.stepsMu.Unlock()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

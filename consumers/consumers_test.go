@@ -403,6 +403,58 @@ func TestStalledWhileAStepKeepsFailing(t *testing.T) {
 	})
 }
 
+// TestStalledWhileAStepHangs: a batch whose attempt neither fails nor
+// returns is reported once it has gone on for StallAfter (on a clock the
+// test moves on), and no longer once it is done.
+func TestStalledWhileAStepHangs(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 10)
+	sink := newMemSink()
+	hanging, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	sink.fail = func(consumers.Batch) error {
+		once.Do(func() {
+			close(hanging)
+			<-release
+		})
+		return nil
+	}
+	g, err := consumers.New(sink, consumers.Config{Group: "g", Topics: []string{"t"}, StallAfter: time.Minute}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var skew atomic.Int64
+	consumers.SetNow(g, func() time.Time { return time.Now().Add(time.Duration(skew.Load())) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	<-hanging
+	if err := g.Stalled(ctx); err != nil {
+		t.Fatalf("Stalled = %v at once; want nil for a minute", err)
+	}
+	skew.Store(int64(2 * time.Minute))
+	if err := g.Stalled(ctx); !errors.Is(err, consumers.ErrStalled) || !strings.Contains(err.Error(), "apply t/0 has been running for 2m0s") {
+		t.Fatalf("Stalled = %v two minutes on; want it to name the hanging batch", err)
+	}
+	close(release)
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		if n := sink.count(); n < 10 {
+			return fmt.Sprintf("applied %d of 10", n)
+		}
+		if err := g.Stalled(ctx); err != nil {
+			return fmt.Sprintf("Stalled = %v once the batch is done", err)
+		}
+		return ""
+	})
+}
+
 func TestPoisonGoesToDeadLetterTopic(t *testing.T) {
 	t.Parallel()
 	brokers := spatetest.Kafka(t, 1, "t", consumers.DLQTopic("t"))

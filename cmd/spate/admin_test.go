@@ -16,7 +16,7 @@ import (
 func TestReadyzNamesWhatFailsAndWhy(t *testing.T) {
 	ok := func(context.Context) error { return nil }
 	stalled := func(context.Context) error {
-		return errors.New("stalled: apply spate.events/3 has kept failing for 45s: projection definition changed")
+		return errors.New("stalled: apply spate.events/3 has not succeeded for 45s; its last attempt failed: projection definition changed")
 	}
 	for _, tc := range []struct {
 		checks []check
@@ -25,7 +25,7 @@ func TestReadyzNamesWhatFailsAndWhy(t *testing.T) {
 	}{
 		{[]check{{"kafka", ok}, {"project", ok}}, http.StatusOK, map[string]string{"kafka": "ok", "project": "ok"}},
 		{[]check{{"kafka", ok}, {"project", stalled}}, http.StatusServiceUnavailable, map[string]string{
-			"kafka": "ok", "project": "unavailable: stalled: apply spate.events/3 has kept failing for 45s: projection definition changed"}},
+			"kafka": "ok", "project": "unavailable: stalled: apply spate.events/3 has not succeeded for 45s; its last attempt failed: projection definition changed"}},
 	} {
 		rec := httptest.NewRecorder()
 		adminHandler(newMetrics(), tc.checks).ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))

@@ -764,6 +764,11 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 			return err
 		}
 	}
+	// An event dead-lettered live that a rebuild applied since is held by
+	// the tables that rebuild swapped in.
+	if err := r.unmarkRebuilt(ctx, dead); err != nil {
+		return err
+	}
 	var redriven map[skippedAt]bool
 	if r.cfg.RetrySkipped {
 		rows, err := r.pool.Query(ctx, `SELECT partition, "offset" FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_redrives
@@ -792,6 +797,34 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 		}
 	}
 	r.held, r.dlqTrimmed, r.checkedSkips = held, trimmed, len(skipped)
+	return nil
+}
+
+// unmarkRebuilt unmarks in dead the events that the tables of an earlier
+// rebuild of these projections hold (see spate_rebuilt), as one of the
+// projections holds them.
+func (r *rebuildRun) unmarkRebuilt(ctx context.Context, dead map[skippedAt]bool) error {
+	rows, err := r.pool.Query(ctx, `SELECT partition, from_offset, to_offset, skipped FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_rebuilt
+		WHERE projection = ANY ($1) AND topic = $2`, r.names, r.cfg.Topic)
+	if err != nil {
+		return fmt.Errorf("rebuild: earlier rebuilds: %w", err)
+	}
+	type rebuilt struct {
+		Partition int32
+		From, To  int64
+		Skipped   []int64
+	}
+	held, err := pgx.CollectRows(rows, pgx.RowToStructByPos[rebuilt])
+	if err != nil {
+		return fmt.Errorf("rebuild: earlier rebuilds: %w", err)
+	}
+	for e, d := range dead {
+		for _, h := range held {
+			if d && e.Partition == h.Partition && h.From <= e.Offset && e.Offset < h.To && !slices.Contains(h.Skipped, e.Offset) {
+				dead[e] = false
+			}
+		}
+	}
 	return nil
 }
 

@@ -723,6 +723,30 @@ func TestRebuildAfterTheDeadLetterTopicsRetention(t *testing.T) {
 	wantRows(t, x.pool, `SELECT "offset" FROM spate_dead_letters`, "5")
 }
 
+// TestRebuildOfAnEventAnEarlierRebuildApplied: the live projector
+// dead-lettered e5, and a rebuild with the fix applied it, so the live
+// tables hold it. A rebuild whose definitions reject e5 again must refuse,
+// whether the dead letter is still in the topic or its retention deleted it.
+func TestRebuildOfAnEventAnEarlierRebuildApplied(t *testing.T) {
+	t.Parallel()
+	for _, deleted := range []bool{false, true} {
+		t.Run(fmt.Sprint("dead letter deleted ", deleted), func(t *testing.T) {
+			t.Parallel()
+			x := newPaymentDeadLettered(t)
+			if res, err := rebuildPayments(t, x.pool, x.brokers, fixedRedriveConfig); err != nil || res.Skipped != 0 {
+				t.Fatalf("rebuild with the fix = %+v, %v", res, err)
+			}
+			if deleted {
+				deleteRecordsBelow(t, x.brokers, consumers.DLQTopic("events"), x.dl.Offset+1)
+			}
+			if _, err := rebuildPayments(t, x.pool, x.brokers, redriveConfig); !errors.Is(err, projection.ErrSkippedApplied) {
+				t.Fatalf("rebuild that rejects e5, which the live tables hold = %v; want ErrSkippedApplied", err)
+			}
+			wantRows(t, x.pool, `SELECT count(*) FROM payments`, strconv.Itoa(paymentsN))
+		})
+	}
+}
+
 // TestRebuildWhenTheDeadLetterIsGone: the dead-letter topic's retention
 // deleted the dead letter of an event the rebuild skips. The rebuild cannot
 // tell it from an event the live projector applied, and says why it might
