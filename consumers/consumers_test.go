@@ -101,9 +101,20 @@ func runGroup(t *testing.T, brokers []string, topic string, h consumers.Handler,
 // runGroupWith is runGroup with the group's Config.
 func runGroupWith(t *testing.T, brokers []string, cfg consumers.Config, h consumers.Handler, opts ...kgo.Opt) (stop func()) {
 	t.Helper()
+	_, stop = startGroup(t, brokers, cfg, h, nil, opts...)
+	return stop
+}
+
+// startGroup is runGroupWith that returns the group too, and calls before,
+// if set, with the group before it runs.
+func startGroup(t *testing.T, brokers []string, cfg consumers.Config, h consumers.Handler, before func(*consumers.Group), opts ...kgo.Opt) (g *consumers.Group, stop func()) {
+	t.Helper()
 	g, err := consumers.New(h, cfg, append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(g)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -120,7 +131,7 @@ func runGroupWith(t *testing.T, brokers []string, cfg consumers.Config, h consum
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	return g, stop
 }
 
 // checkExactlyOnce fails unless every partition's applied offsets are
@@ -370,20 +381,8 @@ func TestStalledWhileAStepKeepsFailing(t *testing.T) {
 		}
 		return nil
 	}
-	g, err := consumers.New(sink, consumers.Config{Group: "g", Topics: []string{"t"}, MaxBackoff: 50 * time.Millisecond, StallAfter: 200 * time.Millisecond},
-		kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	g, _ := startGroup(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, MaxBackoff: 50 * time.Millisecond, StallAfter: 200 * time.Millisecond}, sink, nil)
+	ctx := context.Background()
 	spatetest.Eventually(t, 30*time.Second, func() string {
 		err := g.Stalled(ctx)
 		if !errors.Is(err, consumers.ErrStalled) || !strings.Contains(err.Error(), "apply t/0") || !strings.Contains(err.Error(), "sink down") {
@@ -420,21 +419,15 @@ func TestStalledWhileAStepHangs(t *testing.T) {
 		})
 		return nil
 	}
-	g, err := consumers.New(sink, consumers.Config{Group: "g", Topics: []string{"t"}, StallAfter: time.Minute}, kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var skew atomic.Int64
-	consumers.SetNow(g, func() time.Time { return time.Now().Add(time.Duration(skew.Load())) })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	g, _ := startGroup(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, StallAfter: time.Minute}, sink, func(g *consumers.Group) {
+		consumers.SetNow(g, func() time.Time { return time.Now().Add(time.Duration(skew.Load())) })
+	})
+	// Cleanups run last first: the batch is released before the group stops.
+	var released sync.Once
+	unhang := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(unhang)
+	ctx := context.Background()
 	<-hanging
 	if err := g.Stalled(ctx); err != nil {
 		t.Fatalf("Stalled = %v at once; want nil for a minute", err)
@@ -443,7 +436,7 @@ func TestStalledWhileAStepHangs(t *testing.T) {
 	if err := g.Stalled(ctx); !errors.Is(err, consumers.ErrStalled) || !strings.Contains(err.Error(), "apply t/0 has been running for 2m0s") {
 		t.Fatalf("Stalled = %v two minutes on; want it to name the hanging batch", err)
 	}
-	close(release)
+	unhang()
 	spatetest.Eventually(t, 30*time.Second, func() string {
 		if n := sink.count(); n < 10 {
 			return fmt.Sprintf("applied %d of 10", n)

@@ -99,28 +99,7 @@ func deadLetterAPayment(t *testing.T, p *projection.Projector, pool *pgxpool.Poo
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := consumers.New(p, consumers.Config{Group: projection.DefaultGroup, Topics: []string{"events"}, MaxBackoff: 100 * time.Millisecond},
-		kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	gctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- g.Run(gctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	spatetest.Eventually(t, time.Minute, func() string {
-		var got int64
-		err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM spate_offsets WHERE consumer_group = $1`, projection.DefaultGroup).Scan(&got)
-		if err != nil || got < int64(n) {
-			return fmt.Sprintf("the group consumed %d of %d events (%v)", got, n, err)
-		}
-		return ""
-	})
+	runLiveGroup(t, p, pool, brokers, int64(n))
 	if bad < 0 {
 		readDLQ(t, brokers, 0)
 		return receipts, want, nil
