@@ -4,3 +4,6 @@ package projection
 // Projector.hook: "applied" (projections applied, offset not yet stored,
 // not committed) and "committed".
 func SetHook(p *Projector, fn func(point string)) { p.hook = fn }
+
+// DeadLettersSince starts the comment of spate_dead_letters.
+const DeadLettersSince = deadLettersSince

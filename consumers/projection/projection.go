@@ -190,16 +190,29 @@ CREATE TABLE IF NOT EXISTS spate_projections (
 	checksum   text        NOT NULL,
 	updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS spate_dead_letters (
-	consumer_group   text        NOT NULL,
-	topic            text        NOT NULL,
-	partition        int         NOT NULL,
-	"offset"         bigint      NOT NULL,
-	projection       text        NOT NULL,
-	class            text        NOT NULL,
-	dead_lettered_at timestamptz NOT NULL DEFAULT now(),
-	PRIMARY KEY (consumer_group, topic, partition, "offset")
-);`
+DO $$ BEGIN
+	-- Its comment says since when dead letters are noted (deadLettersSince);
+	-- a rebuild's shadow tables use the live schema's.
+	IF to_regclass('spate_dead_letters') IS NULL THEN
+		CREATE TABLE spate_dead_letters (
+			consumer_group   text        NOT NULL,
+			topic            text        NOT NULL,
+			partition        int         NOT NULL,
+			"offset"         bigint      NOT NULL,
+			projection       text        NOT NULL,
+			class            text        NOT NULL,
+			dead_lettered_at timestamptz NOT NULL DEFAULT now(),
+			PRIMARY KEY (consumer_group, topic, partition, "offset")
+		);
+		EXECUTE format('COMMENT ON TABLE spate_dead_letters IS %L',
+			'` + deadLettersSince + `' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
+	END IF;
+END $$;`
+
+// deadLettersSince starts the comment of spate_dead_letters, followed by
+// the time (RFC 3339) it was created: dead letters written before then
+// were not noted in it.
+const deadLettersSince = "Events the projector dead-lettered, noted since "
 
 // Migrator is a Projection with tables of its own to create or change.
 // Migrate runs once per projector start, in a transaction, serialised with

@@ -829,9 +829,23 @@ func (r *rebuildRun) unmarkRebuilt(ctx context.Context, dead map[skippedAt]bool)
 }
 
 // readDeadLetters reads the dead-letter topic and marks in dead the
-// events the live group sent there. It reports whether the topic's
-// retention deleted some of its records.
+// events the live group sent there before spate_dead_letters noted dead
+// letters. A later dead letter not noted there is of an event the group
+// applied after all (it stopped between writing the dead letter and
+// moving past the event). It reports whether the topic's retention
+// deleted some of its records.
 func (r *rebuildRun) readDeadLetters(ctx context.Context, dead map[skippedAt]bool) (trimmed bool, err error) {
+	var comment *string
+	if err := r.pool.QueryRow(ctx, `SELECT obj_description(to_regclass($1), 'pg_class')`,
+		pgx.Identifier{r.live}.Sanitize()+".spate_dead_letters").Scan(&comment); err != nil {
+		return false, fmt.Errorf("rebuild: spate_dead_letters: %w", err)
+	}
+	var since time.Time // zero: unknown, every dead letter counts
+	if comment != nil {
+		if t, ok := strings.CutPrefix(*comment, deadLettersSince); ok {
+			since, _ = time.Parse(time.RFC3339Nano, t)
+		}
+	}
 	dlq := consumers.DLQTopic(r.cfg.Topic)
 	adm, err := kgo.NewClient(r.opts...)
 	if err != nil {
@@ -856,7 +870,8 @@ func (r *rebuildRun) readDeadLetters(ctx context.Context, dead map[skippedAt]boo
 	})
 	ends.Each(func(o kadm.ListedOffset) { to[o.Partition] = o.Offset })
 	err = consumers.ReadRange(ctx, r.opts, dlq, from, to, func(rec *kgo.Record) error {
-		if d, err := consumers.ParseDeadLetter(rec); err == nil && d.Group == r.cfg.Group && d.Topic == r.cfg.Topic {
+		if d, err := consumers.ParseDeadLetter(rec); err == nil && d.Group == r.cfg.Group && d.Topic == r.cfg.Topic &&
+			(since.IsZero() || d.Time.Before(since)) {
 			dead[skippedAt{d.Partition, d.Offset}] = true
 		}
 		return nil

@@ -726,6 +726,57 @@ func TestRebuildOfAnEventAnEarlierRebuildApplied(t *testing.T) {
 	}
 }
 
+// TestRebuildWithDeadLettersOfAnEarlierRelease: dead letters written
+// before spate_dead_letters noted them (its comment says since when) count
+// as the group's from the dead-letter topic alone; a later one not noted
+// there is of an event the group applied after all (it stopped between
+// writing the dead letter and moving past the event).
+func TestRebuildWithDeadLettersOfAnEarlierRelease(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	t.Run("before the table", func(t *testing.T) {
+		t.Parallel()
+		x := newPaymentDeadLettered(t)
+		later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano)
+		if _, err := x.pool.Exec(ctx, `DELETE FROM spate_dead_letters;
+			COMMENT ON TABLE spate_dead_letters IS '`+projection.DeadLettersSince+later+`'`); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := rebuildPayments(t, x.pool, x.brokers, redriveConfig); err != nil || res.Skipped != 1 {
+			t.Fatalf("rebuild = %+v, %v; want a swap that skips the event dead-lettered before the table", res, err)
+		}
+	})
+	t.Run("applied after its dead letter", func(t *testing.T) {
+		t.Parallel()
+		brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+		p, pool := newConfigured(t, []byte(redriveConfig))
+		deadLetterAPayment(t, p, pool, brokers, paymentsN, -1)
+		// The dead letter of e19, as a group that stopped before moving
+		// past it leaves it; restarted, it applied e19.
+		e19 := readRecord(t, brokers, "events", 0, 19)
+		produceManually(t, brokers, asDeadLetter(e19, projection.DefaultGroup, "integrity-constraint-violation"))
+		stricter := strings.Replace(redriveConfig, "CHECK (amount_cents >= 0)", "CHECK (amount_cents < 119)", 1)
+		if _, err := rebuildPayments(t, pool, brokers, stricter); !errors.Is(err, projection.ErrSkippedApplied) {
+			t.Fatalf("rebuild that rejects e19, which the live tables hold = %v; want ErrSkippedApplied", err)
+		}
+	})
+}
+
+// readRecord reads the record of topic at partition and offset.
+func readRecord(t *testing.T, brokers []string, topic string, partition int32, offset int64) *kgo.Record {
+	t.Helper()
+	var rec *kgo.Record
+	err := consumers.ReadRange(context.Background(), []kgo.Opt{kgo.SeedBrokers(brokers...)}, topic,
+		map[int32]int64{partition: offset}, map[int32]int64{partition: offset + 1}, func(r *kgo.Record) error {
+			rec = r
+			return nil
+		})
+	if err != nil || rec == nil {
+		t.Fatalf("read %s/%d@%d: %v, %v", topic, partition, offset, rec, err)
+	}
+	return rec
+}
+
 // TestRebuildWhenTheDeadLetterIsGone: the dead-letter topic's retention
 // deleted the dead letter of an event the rebuild skips. The rebuild cannot
 // tell it from an event the live projector applied, and says why it might
