@@ -61,7 +61,9 @@ in another order than the live projector did, so an event can fail only
 because of it (a foreign key to a row another partition writes):
 --retry-skipped tries those events again once the new tables hold
 everything up to the live offsets, after the later events of their
-partitions, as a re-drive does. --skip-rejected swaps in without them.
+partitions, as a re-drive does (an update a later event made to the rows it
+writes, it may undo), while the swap holds the live projector still.
+--skip-rejected swaps in without them, but for re-driven ones.
 
 A rebuild holds only what Kafka keeps. If Kafka's retention deleted events
 it would apply, it refuses to start (or stops, if they go while it runs)
@@ -159,8 +161,11 @@ Their statements must name tables without a schema.`,
 				case errors.Is(err, projection.ErrHistoryGone):
 					return fmt.Errorf("%w. To rebuild from the oldest event Kafka keeps, give --partial-history", err)
 				case errors.Is(err, projection.ErrSkippedApplied):
+					if retrySkipped {
+						return fmt.Errorf("%w. The live tables are untouched; to swap in without those events, run again with --skip-rejected", err)
+					}
 					return fmt.Errorf("%w. The live tables are untouched. If they failed only because of the order of partitions, run again with --retry-skipped; to swap in without them, with --skip-rejected", err)
-				case errors.Is(err, projection.ErrRedrivenSkipped):
+				case errors.Is(err, projection.ErrRedrivenSkipped) && !retrySkipped:
 					return fmt.Errorf("%w. The live tables are untouched. If they failed only because of the order of partitions, run again with --retry-skipped", err)
 				}
 				return err
@@ -193,7 +198,7 @@ Their statements must name tables without a schema.`,
 	fs.IntVar(&batchSize, "batch-size", 5000, "most events applied in one transaction")
 	annotateEnv(fs)
 	fs.BoolVar(&partial, "partial-history", false, "rebuild from the oldest event Kafka keeps where its retention deleted older ones (the rebuilt tables lack them)")
-	fs.BoolVar(&rejected, "skip-rejected", false, "swap in even if the projections rejected events the live projector applied (the rebuilt tables lack them)")
+	fs.BoolVar(&rejected, "skip-rejected", false, "swap in even if the projections rejected events the live projector applied (the rebuilt tables lack them; not for re-driven events)")
 	fs.BoolVar(&retrySkipped, "retry-skipped", false, "try the rejected events the live tables hold again once caught up, after the later events of their partitions (a foreign key to a row another partition writes)")
 	cmdLineOnly(fs, "partial-history", "skip-rejected", "retry-skipped")
 	return cmd

@@ -191,9 +191,8 @@ CREATE TABLE IF NOT EXISTS spate_projections (
 	updated_at timestamptz NOT NULL DEFAULT now()
 );
 DO $$ BEGIN
-	-- Its comment says since when dead letters are noted (deadLettersSince);
-	-- a rebuild's shadow tables use the live schema's.
-	IF to_regclass('spate_dead_letters') IS NULL THEN
+	-- Its comment says since when dead letters are noted (deadLettersSince).
+	IF to_regclass(format('%I.spate_dead_letters', current_schema())) IS NULL THEN
 		CREATE TABLE spate_dead_letters (
 			consumer_group   text        NOT NULL,
 			topic            text        NOT NULL,

@@ -777,6 +777,50 @@ func readRecord(t *testing.T, brokers []string, topic string, partition int32, o
 	return rec
 }
 
+// TestDeadLettersOfASchemaBesidePublic: a projector whose schema comes
+// before public in the search path, where another has its tables, notes
+// its dead letters in its own schema, where its rebuilds read them.
+func TestDeadLettersOfASchemaBesidePublic(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := spatetest.Postgres(t)
+	projs, err := projection.Load("spate.yaml", []byte(redriveConfig), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	public, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(public.Close)
+	if err := projection.New(public, schemas.Builtin(), projection.Config{Projections: projs}).Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := public.Exec(ctx, `CREATE SCHEMA app`); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = "app, public"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	p := projection.New(pool, schemas.Builtin(), projection.Config{Projections: projs})
+	if err := p.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	deadLetterAPayment(t, p, pool, brokers, paymentsN, 5)
+	wantRows(t, pool, `SELECT (SELECT count(*) FROM app.spate_dead_letters), (SELECT count(*) FROM public.spate_dead_letters)`, "1|0")
+	if res, err := rebuildPayments(t, pool, brokers, redriveConfig); err != nil || res.Skipped != 1 {
+		t.Fatalf("rebuild = %+v, %v; want a swap that skips the dead-lettered event", res, err)
+	}
+}
+
 // TestRebuildWhenTheDeadLetterIsGone: the dead-letter topic's retention
 // deleted the dead letter of an event the rebuild skips. The rebuild cannot
 // tell it from an event the live projector applied, and says why it might
