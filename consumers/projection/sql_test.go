@@ -297,26 +297,8 @@ func testPoison(t *testing.T, config []byte) {
 		t.Fatal(err)
 	}
 
-	g, err := consumers.New(p, consumers.Config{Group: projection.DefaultGroup, Topics: []string{"events"}, MaxBackoff: 100 * time.Millisecond},
-		kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	spatetest.Eventually(t, time.Minute, func() string {
-		if got := rows(t, pool, `SELECT count(*) FROM payments`)[0]; got != fmt.Sprint(n-1) {
-			return "payments holds " + got + " rows, want 9999"
-		}
-		return ""
-	})
+	runLiveGroup(t, p, pool, brokers, n)
+	wantRows(t, pool, `SELECT count(*) FROM payments`, fmt.Sprint(n-1))
 	wantRows(t, pool, `SELECT count(*) FROM payments WHERE payment_id = 'pay-4321'`, "0")
 
 	dl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(consumers.DLQTopic("events")),
