@@ -58,13 +58,16 @@ Each event has a new id, so a dedupe store on the edge does not fold them.`,
 	}
 	fs := edgeCmd.Flags()
 	fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "the edge's base URL")
+	fs.StringVar(&o.key, "key", "", "API key to present, if the edge requires one")
+	annotateEnv(fs)
+	// The load is given on the command line only: SPATE_RATE, for one,
+	// caps the events a second of spate replay.
 	fs.IntVar(&o.connections, "connections", 64, "requests in flight at most (and connections)")
 	fs.DurationVar(&o.duration, "duration", 15*time.Second, "how long to send")
 	fs.Float64Var(&o.rate, "rate", 0, "requests a second, on a fixed schedule (open loop); 0: closed loop")
 	fs.IntVar(&o.batch, "batch", 1, "events a request")
 	fs.StringVar(&o.format, "format", "json", "json (CloudEvents JSON) or protobuf (PublishRequest)")
-	fs.StringVar(&o.key, "key", "", "API key to present, if the edge requires one")
-	annotateEnv(fs)
+	cmdLineOnly(fs, "connections", "duration", "rate", "batch", "format")
 	cmd.AddCommand(edgeCmd)
 	return cmd
 }

@@ -52,3 +52,21 @@ func TestBenchEdgeCountsEveryAnswer(t *testing.T) {
 		}
 	}
 }
+
+// spate bench edge takes its load from the command line alone: SPATE_RATE,
+// set for spate replay, does not turn it into an open loop at that rate.
+// The edge's URL still comes from the environment.
+func TestBenchEdgeLoadIsNotTakenFromTheEnvironment(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) }))
+	defer srv.Close()
+	t.Setenv("SPATE_URL", srv.URL)
+	t.Setenv("SPATE_RATE", "5")
+	t.Setenv("SPATE_BATCH", "7")
+	out, _, err := runSpate(context.Background(), "bench", "edge", "--duration", "200ms", "--connections", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "closed loop, 2 connections, 1 events a request") {
+		t.Fatalf("spate bench edge with SPATE_RATE and SPATE_BATCH set printed:\n%s\nwant a closed loop of single events", out)
+	}
+}
