@@ -271,7 +271,7 @@ func freshEnv(e *env) *env {
 // reaches benchEvents, and reports the rate.
 func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64) {
 	b.Helper()
-	g, err := e.newGroup("bench", group, "earliest", h)
+	g, err := e.newGroup("bench", group, "earliest", 0, h)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -166,11 +166,11 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			return err
 		}
 		defer rdb.Close()
-		projGroup, err := e.newGroup("project", projection.DefaultGroup, "earliest", proj)
+		projGroup, err := e.newGroup("project", projection.DefaultGroup, "earliest", 0, proj)
 		if err != nil {
 			return err
 		}
-		fanGroup, err := e.newGroup("fanout", fanout.DefaultGroup, "earliest", fan)
+		fanGroup, err := e.newGroup("fanout", fanout.DefaultGroup, "earliest", 0, fan)
 		if err != nil {
 			return err
 		}

@@ -110,11 +110,11 @@ func newDLQFixture(t *testing.T) *dlqFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pg, err := e.newGroup("project", projection.DefaultGroup, "earliest", proj)
+	pg, err := e.newGroup("project", projection.DefaultGroup, "earliest", 0, proj)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fg, err := e.newGroup("fanout", fanout.DefaultGroup, "earliest", fan)
+	fg, err := e.newGroup("fanout", fanout.DefaultGroup, "earliest", 0, fan)
 	if err != nil {
 		t.Fatal(err)
 	}

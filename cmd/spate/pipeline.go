@@ -84,13 +84,14 @@ type sink interface {
 }
 
 // newGroup returns a consumer group feeding h.
-func (e *env) newGroup(role, group, startAt string, h sink) (*consumers.Group, error) {
+func (e *env) newGroup(role, group, startAt string, stallAfter time.Duration, h sink) (*consumers.Group, error) {
 	return consumers.New(h, consumers.Config{
-		Group:   group,
-		Topics:  []string{e.topic},
-		StartAt: startAt,
-		Logger:  e.log.With("role", role),
-		Metrics: e.metrics,
+		Group:      group,
+		Topics:     []string{e.topic},
+		StartAt:    startAt,
+		StallAfter: stallAfter,
+		Logger:     e.log.With("role", role),
+		Metrics:    e.metrics,
 	}, e.kafkaOpts("spate-"+role)...)
 }
 

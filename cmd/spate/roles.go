@@ -141,9 +141,10 @@ func edgeTLS(cert, key, clientCA string) (*edge.TLSFiles, error) {
 // consumerFlags are the flags of the consumer roles.
 type consumerFlags struct {
 	roleFlags
-	group   string
-	startAt string
-	config  string
+	group      string
+	startAt    string
+	config     string
+	stallAfter time.Duration
 }
 
 func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup, configUsage string) {
@@ -151,6 +152,7 @@ func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup, configUsage st
 	fs.StringVar(&c.group, "group", defaultGroup, "Kafka consumer group; its offsets are kept in the sink")
 	fs.StringVar(&c.startAt, "start-at", "earliest", "where a partition with no stored offset starts: earliest or latest")
 	fs.StringVar(&c.config, "config", "", configUsage)
+	fs.DurationVar(&c.stallAfter, "stall-after", 30*time.Second, "how long a step (a batch, a dead letter) may go on, failing or slow, before /readyz reports the consumer stalled")
 }
 
 // prepare checks the sink's required URL flag and returns the environment
@@ -158,6 +160,9 @@ func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup, configUsage st
 func (c *consumerFlags) prepare(urlFlag, url string) (*env, spateConfig, error) {
 	if url == "" {
 		return nil, spateConfig{}, fmt.Errorf("--%s is required", urlFlag)
+	}
+	if c.stallAfter <= 0 {
+		return nil, spateConfig{}, fmt.Errorf("--stall-after %s: give a positive duration, such as 30s", c.stallAfter)
 	}
 	e, err := c.env()
 	if err != nil {
@@ -170,7 +175,7 @@ func (c *consumerFlags) prepare(urlFlag, url string) (*env, spateConfig, error) 
 // runConsumer runs a consumer group into h with an admin server, and any
 // companion tasks, until ctx ends.
 func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName string, h sink, also ...func(context.Context) error) error {
-	grp, err := e.newGroup(role, f.group, f.startAt, h)
+	grp, err := e.newGroup(role, f.group, f.startAt, f.stallAfter, h)
 	if err != nil {
 		return err
 	}

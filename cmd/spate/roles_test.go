@@ -56,3 +56,20 @@ func TestFanoutStreamRetentionFlags(t *testing.T) {
 		}
 	}
 }
+
+// The consumers refuse a --stall-after that would report them stalled at
+// once, before they connect to anything.
+func TestConsumerStallAfterFlag(t *testing.T) {
+	for _, args := range [][]string{
+		{"project", "--postgres-url", "postgres://127.0.0.1:1/spate", "--stall-after", "0s"},
+		{"fanout", "--redis-url", "redis://127.0.0.1:1/0", "--stall-after", "-1s"},
+	} {
+		args = append(args, "--kafka-brokers", "127.0.0.1:1", "--admin-addr", "127.0.0.1:0")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // should it run instead of failing
+		_, _, err := runSpate(ctx, args...)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "--stall-after") {
+			t.Errorf("spate %s: error %v, want one about --stall-after", strings.Join(args, " "), err)
+		}
+	}
+}
