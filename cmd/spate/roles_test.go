@@ -22,13 +22,7 @@ func TestEdgeTLSFlags(t *testing.T) {
 		{[]string{"--tls-cert", "c.pem"}, "--tls-cert needs --tls-key"},
 		{[]string{"--tls-cert", missing, "--tls-key", missing}, "no such file"},
 	} {
-		args := append([]string{"edge", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, tc.args...)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // should it serve instead of failing
-		_, _, err := runSpate(ctx, args...)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("spate %s: error %v, want one containing %q", strings.Join(args, " "), err, tc.want)
-		}
+		wantRefused(t, append([]string{"edge", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, tc.args...), tc.want)
 	}
 }
 
@@ -47,13 +41,7 @@ func TestFanoutStreamRetentionFlags(t *testing.T) {
 		{[]string{"--config", routed, "--stream-maxlen", "10"}, "give each route its maxlen or maxage instead"},
 		{[]string{"--stream-maxlen", "-1"}, "want 0 (no limit) or more"},
 	} {
-		args := append([]string{"fanout", "--redis-url", "redis://127.0.0.1:1/0", "--kafka-brokers", "127.0.0.1:1", "--admin-addr", "127.0.0.1:0"}, tc.args...)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // should it run instead of failing
-		_, _, err := runSpate(ctx, args...)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("spate %s: error %v, want one containing %q", strings.Join(args, " "), err, tc.want)
-		}
+		wantRefused(t, append([]string{"fanout", "--redis-url", "redis://127.0.0.1:1/0", "--kafka-brokers", "127.0.0.1:1", "--admin-addr", "127.0.0.1:0"}, tc.args...), tc.want)
 	}
 }
 
@@ -64,12 +52,17 @@ func TestConsumerStallAfterFlag(t *testing.T) {
 		{"project", "--postgres-url", "postgres://127.0.0.1:1/spate", "--stall-after", "0s"},
 		{"fanout", "--redis-url", "redis://127.0.0.1:1/0", "--stall-after", "-1s"},
 	} {
-		args = append(args, "--kafka-brokers", "127.0.0.1:1", "--admin-addr", "127.0.0.1:0")
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // should it run instead of failing
-		_, _, err := runSpate(ctx, args...)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), "--stall-after") {
-			t.Errorf("spate %s: error %v, want one about --stall-after", strings.Join(args, " "), err)
-		}
+		wantRefused(t, append(args, "--kafka-brokers", "127.0.0.1:1", "--admin-addr", "127.0.0.1:0"), "--stall-after")
+	}
+}
+
+// wantRefused runs spate with args and fails t unless it stops with an
+// error containing want.
+func wantRefused(t *testing.T, args []string, want string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // should it run instead of failing
+	defer cancel()
+	if _, _, err := runSpate(ctx, args...); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("spate %s: error %v, want one containing %q", strings.Join(args, " "), err, want)
 	}
 }

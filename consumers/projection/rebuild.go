@@ -728,13 +728,9 @@ func (r *rebuildRun) apply(ctx context.Context, p int32, recs []*kgo.Record, nex
 // events not found there (dead-lettered by an earlier release). It does
 // this when the skipped events changed since its last check.
 func (r *rebuildRun) checkSkipped(ctx context.Context) error {
-	rows, err := r.pool.Query(ctx, `SELECT partition, o FROM `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions, unnest(skipped) AS o ORDER BY 1, 2`)
+	skipped, err := r.queryAt(ctx, "skipped events", `SELECT partition, o FROM `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions, unnest(skipped) AS o ORDER BY 1, 2`)
 	if err != nil {
-		return fmt.Errorf("rebuild: skipped events: %w", err)
-	}
-	skipped, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
-	if err != nil {
-		return fmt.Errorf("rebuild: skipped events: %w", err)
+		return err
 	}
 	if len(skipped) == r.checkedSkips {
 		return nil
@@ -742,16 +738,12 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	// The live tables lack the events the live projector dead-lettered,
 	// and those an earlier rebuild of these projections skipped.
 	dead := map[skippedAt]bool{}
-	rows, err = r.pool.Query(ctx, fmt.Sprintf(`SELECT partition, o FROM %[1]s.spate_rebuilt, unnest(skipped) AS o
+	known, err := r.queryAt(ctx, "events the live tables lack", fmt.Sprintf(`SELECT partition, o FROM %[1]s.spate_rebuilt, unnest(skipped) AS o
 		WHERE projection = ANY ($1) AND topic = $2
 		UNION SELECT partition, "offset" FROM %[1]s.spate_dead_letters WHERE consumer_group = $3 AND topic = $2`,
 		pgx.Identifier{r.live}.Sanitize()), r.names, r.cfg.Topic, r.cfg.Group)
 	if err != nil {
-		return fmt.Errorf("rebuild: events the live tables lack: %w", err)
-	}
-	known, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
-	if err != nil {
-		return fmt.Errorf("rebuild: events the live tables lack: %w", err)
+		return err
 	}
 	for _, e := range known {
 		dead[e] = true
@@ -771,14 +763,10 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	}
 	var redriven map[skippedAt]bool
 	if r.cfg.RetrySkipped {
-		rows, err := r.pool.Query(ctx, `SELECT partition, "offset" FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_redrives
+		done, err := r.queryAt(ctx, "re-driven events", `SELECT partition, "offset" FROM `+pgx.Identifier{r.live}.Sanitize()+`.spate_redrives
 			WHERE consumer_group = $1 AND topic = $2`, r.cfg.Group, r.cfg.Topic)
 		if err != nil {
-			return fmt.Errorf("rebuild: re-driven events: %w", err)
-		}
-		done, err := pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt])
-		if err != nil {
-			return fmt.Errorf("rebuild: re-driven events: %w", err)
+			return err
 		}
 		redriven = map[skippedAt]bool{}
 		for _, e := range done {
@@ -800,6 +788,19 @@ func (r *rebuildRun) checkSkipped(ctx context.Context) error {
 	return nil
 }
 
+// queryAt returns the (partition, offset) rows of sql, what they are
+// naming them in an error.
+func (r *rebuildRun) queryAt(ctx context.Context, what, sql string, args ...any) ([]skippedAt, error) {
+	rows, err := r.pool.Query(ctx, sql, args...)
+	if err == nil {
+		var at []skippedAt
+		if at, err = pgx.CollectRows(rows, pgx.RowToStructByPos[skippedAt]); err == nil {
+			return at, nil
+		}
+	}
+	return nil, fmt.Errorf("rebuild: %s: %w", what, err)
+}
+
 // unmarkRebuilt unmarks in dead the events that the tables of an earlier
 // rebuild of these projections hold (see spate_rebuilt), as one of the
 // projections holds them.
@@ -819,8 +820,11 @@ func (r *rebuildRun) unmarkRebuilt(ctx context.Context, dead map[skippedAt]bool)
 		return fmt.Errorf("rebuild: earlier rebuilds: %w", err)
 	}
 	for e, d := range dead {
+		if !d {
+			continue
+		}
 		for _, h := range held {
-			if d && e.Partition == h.Partition && h.From <= e.Offset && e.Offset < h.To && !slices.Contains(h.Skipped, e.Offset) {
+			if e.Partition == h.Partition && h.From <= e.Offset && e.Offset < h.To && !slices.Contains(h.Skipped, e.Offset) {
 				dead[e] = false
 			}
 		}
