@@ -152,7 +152,7 @@ type Group struct {
 	mu      sync.Mutex // guards workers: the poll loop starts them, group callbacks stop them
 	workers map[topicPartition]*worker
 
-	now     func() time.Time // time.Now; tests move it on
+	now     func() time.Time // time.Now; tests move it on (set before the client starts)
 	stepsMu sync.Mutex
 	steps   map[*step]bool // those in progress
 }
@@ -193,6 +193,13 @@ const queuedFetches = 2
 // New returns a group that feeds h. opts are passed to kgo.NewClient after
 // the group's own, so they carry seed brokers, TLS, SASL and the like.
 func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
+	return newGroup(h, cfg, time.Now, opts...)
+}
+
+// newGroup is New with the clock the group reads. It is set before the
+// client starts, since the client joins the group and resumes partitions
+// at once.
+func newGroup(h Handler, cfg Config, now func() time.Time, opts ...kgo.Opt) (*Group, error) {
 	if cfg.Group == "" {
 		return nil, errors.New("consumers: Config.Group is required")
 	}
@@ -224,7 +231,7 @@ func New(h Handler, cfg Config, opts ...kgo.Opt) (*Group, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group),
-		started: make(chan struct{}), workers: map[topicPartition]*worker{}, now: time.Now, steps: map[*step]bool{}}
+		started: make(chan struct{}), workers: map[topicPartition]*worker{}, now: now, steps: map[*step]bool{}}
 	own := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),

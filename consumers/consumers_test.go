@@ -105,16 +105,16 @@ func runGroupWith(t *testing.T, brokers []string, cfg consumers.Config, h consum
 	return stop
 }
 
-// startGroup is runGroupWith that returns the group too, and calls before,
-// if set, with the group before it runs.
-func startGroup(t *testing.T, brokers []string, cfg consumers.Config, h consumers.Handler, before func(*consumers.Group), opts ...kgo.Opt) (g *consumers.Group, stop func()) {
+// startGroup is runGroupWith that returns the group too, which reads the
+// time from now if set.
+func startGroup(t *testing.T, brokers []string, cfg consumers.Config, h consumers.Handler, now func() time.Time, opts ...kgo.Opt) (g *consumers.Group, stop func()) {
 	t.Helper()
-	g, err := consumers.New(h, cfg, append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
+	if now == nil {
+		now = time.Now
+	}
+	g, err := consumers.NewWithClock(h, cfg, now, append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if before != nil {
-		before(g)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -420,8 +420,8 @@ func TestStalledWhileAStepHangs(t *testing.T) {
 		return nil
 	}
 	var skew atomic.Int64
-	g, _ := startGroup(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, StallAfter: time.Minute}, sink, func(g *consumers.Group) {
-		consumers.SetNow(g, func() time.Time { return time.Now().Add(time.Duration(skew.Load())) })
+	g, _ := startGroup(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, StallAfter: time.Minute}, sink, func() time.Time {
+		return time.Now().Add(time.Duration(skew.Load()))
 	})
 	// Cleanups run last first: the batch is released before the group stops.
 	var released sync.Once

@@ -1,6 +1,13 @@
 package consumers
 
-import "time"
+import (
+	"time"
 
-// SetNow makes g read the time from now, for tests that move the clock on.
-func SetNow(g *Group, now func() time.Time) { g.now = now }
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// NewWithClock is New with the group reading the time from now, for tests
+// that move the clock on.
+func NewWithClock(h Handler, cfg Config, now func() time.Time, opts ...kgo.Opt) (*Group, error) {
+	return newGroup(h, cfg, now, opts...)
+}
