@@ -52,6 +52,10 @@ type Batch struct {
 	// that keeps its offsets in a database can note it there, in the same
 	// step.
 	DeadLettered *PoisonError
+	// LogStart is where the partition's history in Kafka started when its
+	// records were fetched (0 if Kafka did not say): records below it are
+	// gone, and no rebuild can read them again.
+	LogStart int64
 }
 
 // Handler is a sink.
@@ -450,7 +454,7 @@ func (g *Group) worker(ctx context.Context, topic string, partition int32, fail 
 			if !ok {
 				return
 			}
-			if err := g.process(wctx, p.Topic, p.Partition, p.Records); err != nil {
+			if err := g.process(wctx, p.Topic, p.Partition, p.LogStartOffset, p.Records); err != nil {
 				select {
 				case <-w.quit: // stopped: the sink kept its offset
 				default:
@@ -493,11 +497,12 @@ func (g *Group) stopWorkers(tps map[string][]int32, abandon bool) {
 	}
 }
 
-// process applies one partition's records, routing poison records to the
-// dead-letter topic.
-func (g *Group) process(ctx context.Context, topic string, partition int32, recs []*kgo.Record) error {
+// process applies one partition's records, fetched when its log started at
+// logStart, routing poison records to the dead-letter topic.
+func (g *Group) process(ctx context.Context, topic string, partition int32, logStart int64, recs []*kgo.Record) error {
+	logStart = max(logStart, 0)
 	for len(recs) > 0 {
-		err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Records: recs, Next: recs[len(recs)-1].Offset + 1})
+		err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Records: recs, Next: recs[len(recs)-1].Offset + 1, LogStart: logStart})
 		var pe *PoisonError
 		if !errors.As(err, &pe) {
 			return err
@@ -507,7 +512,7 @@ func (g *Group) process(ctx context.Context, topic string, partition int32, recs
 			return fmt.Errorf("apply %s/%d: handler reported poison offset %d outside its batch", topic, partition, pe.Record.Offset)
 		}
 		if i > 0 { // the records before it keep their order
-			if err := g.process(ctx, topic, partition, recs[:i]); err != nil {
+			if err := g.process(ctx, topic, partition, logStart, recs[:i]); err != nil {
 				return err
 			}
 		}
@@ -515,7 +520,7 @@ func (g *Group) process(ctx context.Context, topic string, partition int32, recs
 			return err
 		}
 		// Move past it at once, so a crash now does not dead-letter it twice.
-		if err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Next: pe.Record.Offset + 1, DeadLettered: pe}); err != nil {
+		if err := g.apply(ctx, Batch{Topic: topic, Partition: partition, Next: pe.Record.Offset + 1, DeadLettered: pe, LogStart: logStart}); err != nil {
 			return err
 		}
 		recs = recs[i+1:]

@@ -384,10 +384,16 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 	}
 	// The event the offset moves past is in the dead-letter topic: note it
 	// where a rebuild finds it, whatever that topic's retention deletes.
+	// The notes of events Kafka no longer has go: no rebuild reads those
+	// events again. So the notes of a partition grow with its dead letters
+	// only as far back as Kafka's retention keeps its events.
 	if d := b.DeadLettered; d != nil && d.Record.Offset >= stored {
-		_, err := tx.Exec(ctx, `INSERT INTO spate_dead_letters (consumer_group, topic, partition, "offset", projection, class)
+		var q pgx.Batch
+		q.Queue(`INSERT INTO spate_dead_letters (consumer_group, topic, partition, "offset", projection, class)
 			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, p.cfg.Group, b.Topic, b.Partition, d.Record.Offset, d.Sink, d.Class)
-		if err != nil {
+		q.Queue(`DELETE FROM spate_dead_letters WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND "offset" < $4`,
+			p.cfg.Group, b.Topic, b.Partition, b.LogStart)
+		if err := tx.SendBatch(ctx, &q).Close(); err != nil {
 			return nil, nil, fmt.Errorf("note dead letter: %w", err)
 		}
 	}
