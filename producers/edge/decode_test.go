@@ -339,6 +339,16 @@ func TestValidate(t *testing.T) {
 			wantErrs: []FieldError{{Field: "source"}},
 		},
 		{
+			name:     "percent-encoded dot segments in source",
+			ev:       &spatev1.Event{Id: "e-1", Source: "/shop/%2e%2E/billing/x", Type: "shop.order.placed.v1", Data: orderPB},
+			wantErrs: []FieldError{{Field: "source"}},
+		},
+		{
+			name:     "a dot segment between percent-encoded slashes in source",
+			ev:       &spatev1.Event{Id: "e-1", Source: "/shop%2F..%2fbilling", Type: "shop.order.placed.v1", Data: orderPB},
+			wantErrs: []FieldError{{Field: "source"}},
+		},
+		{
 			name: "dots elsewhere in source are fine",
 			ev:   &spatev1.Event{Id: "e-1", Source: "https://shop.example/v1.2/..x?next=../", Type: "shop.order.placed.v1", Time: at, Data: orderPB},
 			want: &spatev1.Event{Id: "e-1", Source: "https://shop.example/v1.2/..x?next=../", Type: "shop.order.placed.v1", Time: at, Datacontenttype: "application/protobuf", Data: orderPB},

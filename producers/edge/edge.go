@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -301,7 +302,7 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	case hasControl(ev.Source):
 		bad(attrSource, "must not hold control characters")
 	case hasDotSegment(ev.Source):
-		bad(attrSource, `must not hold "." or ".." path segments: keys allow sources by pattern, and /shop/../billing is not under /shop`)
+		bad(attrSource, `must not hold "." or ".." path segments, percent-encoded or not: keys allow sources by pattern, and /shop/../billing is not under /shop`)
 	}
 	if len(ev.Extensions) > MaxExtensions {
 		bad("", errTooManyExtensions.Error())
@@ -361,14 +362,22 @@ func hasControl(s string) bool {
 }
 
 // hasDotSegment reports whether the path of a URI reference (what comes
-// before any "?" or "#") has a "." or ".." segment.
+// before any "?" or "#") has a "." or ".." segment, as written or once
+// percent-decoded: URI libraries read /shop/%2e%2e/billing, and
+// /shop%2f..%2fbilling, as /shop/../billing.
 func hasDotSegment(ref string) bool {
 	if i := strings.IndexAny(ref, "?#"); i >= 0 {
 		ref = ref[:i]
 	}
-	for seg := range strings.SplitSeq(ref, "/") {
-		if seg == "." || seg == ".." {
-			return true
+	paths := []string{ref}
+	if decoded, err := url.PathUnescape(ref); err == nil && decoded != ref {
+		paths = append(paths, decoded)
+	}
+	for _, p := range paths {
+		for seg := range strings.SplitSeq(p, "/") {
+			if seg == "." || seg == ".." {
+				return true
+			}
 		}
 	}
 	return false
