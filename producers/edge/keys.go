@@ -192,10 +192,10 @@ func certName(c *x509.Certificate) string {
 	return c.Subject.CommonName
 }
 
-// token returns the API key of a request: Authorization: Bearer KEY, or
-// X-API-Key: KEY.
+// token returns the API key of a request: Authorization: Bearer KEY (the
+// scheme in any case, as HTTP has it), or X-API-Key: KEY.
 func token(h http.Header) string {
-	if v, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer "); ok {
+	if scheme, v, ok := strings.Cut(strings.TrimSpace(h.Get("Authorization")), " "); ok && strings.EqualFold(scheme, "Bearer") {
 		return strings.TrimSpace(v)
 	}
 	return strings.TrimSpace(h.Get("X-API-Key"))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -142,6 +143,29 @@ func TestAPIKeysAuthenticateAndAuthorize(t *testing.T) {
 	req.Header().Del("Authorization")
 	if _, err := c.Publish(context.Background(), req); err != nil {
 		t.Errorf("connect, payment with the payments key in X-API-Key: %v", err)
+	}
+}
+
+// The scheme of Authorization is case-insensitive (RFC 9110 11.1).
+func TestBearerSchemeInAnyCase(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Keys: keysFile(t, true)})
+	for _, scheme := range []string{"Bearer", "bearer", "BEARER"} {
+		req, err := http.NewRequest(http.MethodPost, f.url+"/v1/events", strings.NewReader(orderFrom("b-"+scheme, "/shop/web")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/cloudevents+json")
+		req.Header.Set("Authorization", scheme+" "+checkoutKey)
+		resp, err := f.httpClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 202 {
+			t.Errorf("Authorization: %s <key>: %d %s (%v), want 202", scheme, resp.StatusCode, body, err)
+		}
 	}
 }
 
