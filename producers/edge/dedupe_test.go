@@ -119,20 +119,41 @@ func TestRetriesArePublishedOnce(t *testing.T) {
 	}
 }
 
-// An event twice in one request is refused (409, as a copy in flight is),
-// and the request leaves no claim behind.
-func TestEventTwiceInOneRequestIsNotPublished(t *testing.T) {
+// An event twice in one request is refused as invalid, naming both, with
+// dedupe or without: a retry would be refused again. The request leaves
+// no claim behind.
+func TestEventTwiceInOneRequestIsRefused(t *testing.T) {
 	t.Parallel()
-	f := start(t, edge.Config{Dedupe: newDedupe(t)})
-	if code, r := f.receiptsOf(t, "application/cloudevents-batch+json", "["+orderJSON("e1", "s")+","+orderJSON("e1", "s")+"]"); code != 409 {
-		t.Fatalf("e1 twice in a batch: %d %v, want 409", code, r)
+	for _, dedupe := range []bool{true, false} {
+		t.Run(fmt.Sprint("dedupe ", dedupe), func(t *testing.T) {
+			t.Parallel()
+			cfg := edge.Config{}
+			if dedupe {
+				cfg.Dedupe = newDedupe(t)
+			}
+			f := start(t, cfg)
+			code, _, p := f.postAs(t, "", "application/cloudevents-batch+json", "["+orderJSON("e1", "s")+","+orderJSON("e2", "s")+","+orderJSON("e1", "s")+"]")
+			if code != 400 || len(p.Errors) != 1 || p.Errors[0].Index != 2 || p.Errors[0].Field != "id" || !strings.Contains(p.Errors[0].Detail, "event 0") {
+				t.Fatalf("e1 twice in a batch: %d %+v, want 400 naming event 2's id as event 0's", code, p)
+			}
+			if hw := f.highWatermark(t); hw != 0 {
+				t.Fatalf("high watermark %d, want no record", hw)
+			}
+			if code, r := f.receiptsOf(t, "application/cloudevents+json", orderJSON("e1", "s")); code != 202 {
+				t.Fatalf("e1 alone afterwards: %d %v, want 202: the refused request must give its claim back", code, r)
+			}
+		})
 	}
-	if hw := f.highWatermark(t); hw != 0 {
-		t.Fatalf("high watermark %d, want no record", hw)
-	}
-	if code, r := f.receiptsOf(t, "application/cloudevents+json", orderJSON("e1", "s")); code != 202 {
-		t.Fatalf("e1 alone afterwards: %d %v, want 202: the refused request must give its claim back", code, r)
-	}
+	t.Run("connect", func(t *testing.T) {
+		t.Parallel()
+		f := start(t, edge.Config{Dedupe: newDedupe(t)})
+		req := protobufRequest(t, "p-1", "p-2", "p-1")
+		req.Events[1].Type = "shop.payment.refunded.v9"
+		_, err := spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url).Publish(context.Background(), connect.NewRequest(req))
+		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "2 of 3 events are invalid") {
+			t.Fatalf("p-1 twice over Connect, p-2 of an unknown type: %v, want InvalidArgument about 2 of 3 events", err)
+		}
+	})
 }
 
 // TestConflictOverConnectAndGRPC: the 409 of an event being published by
@@ -140,16 +161,27 @@ func TestEventTwiceInOneRequestIsNotPublished(t *testing.T) {
 // as code 0, which gRPC reads as OK.
 func TestConflictOverConnectAndGRPC(t *testing.T) {
 	t.Parallel()
-	f := start(t, edge.Config{Dedupe: newDedupe(t)})
+	c, _ := stalledBroker(t, 1)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	_, url := serveEdge(t, cl, edge.Config{Dedupe: newDedupe(t), PublishTimeout: 100 * time.Millisecond})
+	// The broker never answers: the claim on held stays, in flight.
+	first := spatev1connect.NewIngestServiceClient(http.DefaultClient, url)
+	if _, err := first.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "held"))); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("publish to a stalled broker: %v, want Unavailable", err)
+	}
 	h2c := h2cClient()
 	for name, c := range map[string]spatev1connect.IngestServiceClient{
-		"connect":  spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url),
-		"gRPC":     spatev1connect.NewIngestServiceClient(h2c, f.url, connect.WithGRPC()),
-		"gRPC-Web": spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url, connect.WithGRPCWeb()),
+		"connect":  first,
+		"gRPC":     spatev1connect.NewIngestServiceClient(h2c, url, connect.WithGRPC()),
+		"gRPC-Web": spatev1connect.NewIngestServiceClient(http.DefaultClient, url, connect.WithGRPCWeb()),
 	} {
-		_, err := c.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "twice-"+name, "twice-"+name)))
+		_, err := c.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "held")))
 		if connect.CodeOf(err) != connect.CodeAborted {
-			t.Errorf("%s: the same id twice in a request: %v (code %v), want Aborted", name, err, connect.CodeOf(err))
+			t.Errorf("%s: an event another request is publishing: %v (code %v), want Aborted", name, err, connect.CodeOf(err))
 		}
 	}
 }

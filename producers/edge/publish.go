@@ -116,7 +116,31 @@ func (s *Server) alsoInvalid(evs []*spatev1.Event, errs []FieldError) []FieldErr
 			}
 		}
 	}
+	errs = append(errs, repeated(evs)...)
 	slices.SortStableFunc(errs, func(a, b FieldError) int { return cmp.Compare(a.Index, b.Index) })
+	return errs
+}
+
+// repeated returns an error for each event of evs with the source and id of
+// an earlier one: CloudEvents takes the pair to name one event, so a
+// request that holds it twice is wrong, and a retry would be too.
+func repeated(evs []*spatev1.Event) []FieldError {
+	if len(evs) < 2 {
+		return nil
+	}
+	var errs []FieldError
+	first := make(map[[2]string]int, len(evs))
+	for i, ev := range evs {
+		if ev == nil || ev.Id == "" {
+			continue
+		}
+		k := [2]string{ev.Source, ev.Id}
+		if j, ok := first[k]; ok {
+			errs = append(errs, FieldError{Index: i, Field: attrID, Detail: fmt.Sprintf("is the id of event %d too, with the same source: a request holds each event once", j)})
+		} else {
+			first[k] = i
+		}
+	}
 	return errs
 }
 
@@ -153,6 +177,10 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	now := timestamppb.Now()
 	for i, ev := range evs {
 		errs = append(errs, s.validate(i, ev, now)...)
+	}
+	if rep := repeated(evs); rep != nil {
+		errs = append(errs, rep...)
+		slices.SortStableFunc(errs, func(a, b FieldError) int { return cmp.Compare(a.Index, b.Index) })
 	}
 	if len(errs) > 0 {
 		return refuse(&refusal{status: http.StatusBadRequest, kind: "invalid-events", title: "Invalid events",
