@@ -253,14 +253,15 @@ func (k *apiKey) authorize(evsTypes, evsSources []string) []FieldError {
 	return errs
 }
 
-// admit takes n events from k's bucket, or says how long to wait.
+// admit takes n events from k's bucket, or says how long to wait. n is at
+// most k's burst.
 func (k *apiKey) admit(n int, now time.Time) (wait time.Duration, ok bool) {
 	if k.limiter == nil {
 		return 0, true
 	}
 	r := k.limiter.ReserveN(now, n)
 	if !r.OK() {
-		return 0, false // more than the burst: never
+		return 0, false // more than the burst (reloaded since it was checked)
 	}
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)

@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
 	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
 )
@@ -199,6 +202,69 @@ func TestRateLimitIsPerKey(t *testing.T) {
 	if code, _, p := f.postAs(t, checkoutKey, one, orderFrom("o", "/shop/web")); code != 202 {
 		t.Fatalf("another key while payments is limited: %d %+v, want 202", code, p)
 	}
+}
+
+// A request refused after its key's tokens were taken, with nothing handed
+// to Kafka (409 for an event in flight, 503 at an in-flight cap), gives
+// them back.
+func TestRefusedRequestsSpendNoTokens(t *testing.T) {
+	t.Parallel()
+	const one, batch = "application/cloudevents+json", "application/cloudevents-batch+json"
+	limited := func(t *testing.T, burst int) *edge.Keys {
+		ks, err := edge.LoadKeys("keys.yaml", []byte(fmt.Sprintf(`
+keys:
+  - name: payments
+    sha256: %s
+    rate: 0.001
+    burst: %d
+  - name: checkout
+    sha256: %s
+`, edge.HashKey(paymentsKey), burst, edge.HashKey(checkoutKey))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ks
+	}
+	stalled := func(t *testing.T, cfg edge.Config) *fixture {
+		c, _ := stalledBroker(t, 1)
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cl.Close)
+		cfg.PublishTimeout = 100 * time.Millisecond
+		_, url := serveEdge(t, cl, cfg)
+		return &fixture{url: url}
+	}
+	t.Run("conflict", func(t *testing.T) {
+		t.Parallel()
+		f := stalled(t, edge.Config{Keys: limited(t, 3), Dedupe: newDedupe(t)})
+		if code, _, p := f.postAs(t, paymentsKey, one, paymentJSON("held")); code != 503 {
+			t.Fatalf("publish to a stalled broker: %d %+v, want 503", code, p)
+		}
+		for i := range 3 {
+			if code, _, p := f.postAs(t, paymentsKey, one, paymentJSON("held")); code != 409 {
+				t.Fatalf("retry %d while held is in flight: %d %+v, want 409", i, code, p)
+			}
+		}
+		// Two of three tokens are left: the batch is admitted, and fails
+		// on the stalled broker.
+		if code, _, p := f.postAs(t, paymentsKey, batch, "["+paymentJSON("p-1")+","+paymentJSON("p-2")+"]"); code != 503 {
+			t.Fatalf("2 events after three 409s: %d %+v, want 503 from Kafka, not 429", code, p)
+		}
+	})
+	t.Run("overloaded", func(t *testing.T) {
+		t.Parallel()
+		f := stalled(t, edge.Config{Keys: limited(t, 3), MaxInflightEvents: 1})
+		if code, _, p := f.postAs(t, checkoutKey, one, orderFrom("o-1", "/shop/web")); code != 503 {
+			t.Fatalf("publish to a stalled broker: %d %+v, want 503", code, p)
+		}
+		for i := range 4 {
+			if code, _, p := f.postAs(t, paymentsKey, one, paymentJSON(fmt.Sprint("p-", i))); code != 503 || p.Type != "urn:spate:problem:overloaded" {
+				t.Fatalf("payment %d while the in-flight cap is full: %d %+v, want 503 overloaded, not 429", i, code, p)
+			}
+		}
+	})
 }
 
 func TestSetKeysReloads(t *testing.T) {

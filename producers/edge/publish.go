@@ -195,13 +195,9 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 			return refuse(&refusal{status: http.StatusForbidden, kind: "forbidden", title: "Forbidden",
 				detail: fmt.Sprintf("%d of %d events are not allowed for this key; none was published", countEvents(errs), len(evs)), errs: errs}, "forbidden")
 		}
-		if wait, ok := key.admit(len(evs), time.Now()); !ok {
-			if wait == 0 {
-				return refuse(&refusal{status: http.StatusRequestEntityTooLarge, kind: "over-burst", title: "Request over the key's burst",
-					detail: fmt.Sprintf("%d events exceed this key's burst of %d; send smaller requests", len(evs), key.burst)}, "rate_limited")
-			}
-			return refuse(&refusal{status: http.StatusTooManyRequests, kind: "rate-limited", title: "Rate limited",
-				detail: fmt.Sprintf("this key may publish %g events a second; retry later", key.rate), retryAfter: wait}, "rate_limited")
+		if key.limiter != nil && len(evs) > key.burst {
+			return refuse(&refusal{status: http.StatusRequestEntityTooLarge, kind: "over-burst", title: "Request over the key's burst",
+				detail: fmt.Sprintf("%d events exceed this key's burst of %d; send smaller requests", len(evs), key.burst)}, "rate_limited")
 		}
 	}
 	// Events published before (within the dedupe window) are answered
@@ -231,7 +227,7 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 		}
 		s.metrics.events.WithLabelValues("duplicate").Add(float64(len(evs) - len(fresh)))
 	}
-	rs, err := s.publishFresh(ctx, key, fresh, func(rs []*spatev1.Receipt) {
+	settled := func(rs []*spatev1.Receipt) {
 		if s.cfg.Dedupe != nil {
 			// Record what Kafka settled, whenever that is: a claim whose
 			// record may still be written must not be released early.
@@ -239,33 +235,49 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 				s.log.Warn("dedupe", "err", err)
 			}
 		}
-	})
+	}
+	if len(fresh) == 0 {
+		settled(nil)
+		return prior, nil
+	}
+	// The caps, then the key's rate, are checked last: a request refused
+	// before spends none of the key's tokens. Refused here, it gives back
+	// its claims (settled without receipts) and what it took of the caps.
+	// validate sized every event as it is now (MaxEventBytes): reuse that.
+	n, size := int64(len(fresh)), int64(0)
+	for _, ev := range fresh {
+		size += int64(cachedSize.Size(ev))
+	}
+	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
+		settled(nil)
+		return refuse(overloaded("events"), "overloaded")
+	}
+	if !take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes) {
+		s.inflightEvents.Add(-n)
+		settled(nil)
+		return refuse(overloaded("bytes of events"), "overloaded")
+	}
+	if key != nil {
+		if wait, ok := key.admit(len(fresh), time.Now()); !ok {
+			s.inflightEvents.Add(-n)
+			s.inflightRecordBytes.Add(-size)
+			settled(nil)
+			return refuse(&refusal{status: http.StatusTooManyRequests, kind: "rate-limited", title: "Rate limited",
+				detail: fmt.Sprintf("this key may publish %g events a second; retry later", key.rate), retryAfter: wait}, "rate_limited")
+		}
+	}
+	rs, err := s.publishFresh(ctx, key, fresh, n, size, settled)
 	if err != nil {
 		return nil, err
 	}
 	return merge(prior, rs), nil
 }
 
-// publishFresh publishes events no earlier request published. settled is
-// called with their receipts (nil where not written) once Kafka settled them.
-func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.Event, settled func([]*spatev1.Receipt)) ([]*spatev1.Receipt, error) {
-	if len(evs) == 0 {
-		return nil, nil
-	}
-	// validate sized every event as it is now (MaxEventBytes): reuse that.
-	n, size := int64(len(evs)), int64(0)
-	for _, ev := range evs {
-		size += int64(cachedSize.Size(ev))
-	}
-	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
-		settled(nil)
-		return nil, overloaded("events")
-	}
-	if !take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes) {
-		s.inflightEvents.Add(-n)
-		settled(nil)
-		return nil, overloaded("bytes of events")
-	}
+// publishFresh publishes events no earlier request published, n of them,
+// size bytes, which the caller took from the in-flight caps: they are given
+// back once Kafka settled the events, and then settled is called with their
+// receipts (nil where not written).
+func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.Event, n, size int64, settled func([]*spatev1.Receipt)) ([]*spatev1.Receipt, error) {
 	name := ""
 	headers := []kgo.RecordHeader{{Key: HeaderReceivedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))}}
 	if key != nil {
