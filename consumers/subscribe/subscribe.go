@@ -249,7 +249,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		switch {
 		case err == nil:
 			b.reset()
-		case errors.Is(err, errConfig):
+		case errors.Is(err, errConfig), redis.HasErrorPrefix(err, "WRONGTYPE"):
+			// A stream key that holds another type, from the start or
+			// since: the claim and the acks meet it too, not only reads.
 			return err
 		case ctx.Err() != nil:
 		default:

@@ -653,6 +653,34 @@ func TestRunFailsOnAKeyThatIsNotAStream(t *testing.T) {
 	}
 }
 
+// A stream key that becomes another type while Run runs ends Run too:
+// the claim of idle entries meets it first, and retrying cannot cure it.
+func TestRunFailsOnAStreamThatBecomesAnotherType(t *testing.T) {
+	t.Parallel()
+	rdb := connect(t, spatetest.Redis(t))
+	stream := spatetest.KeyPrefix(t) + "orders"
+	var rec recorder
+	sub, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, ClaimIdle: 100 * time.Millisecond}, rec.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(t.Context()) }()
+	want := publish(t, rdb, stream, 0, 1)
+	spatetest.Eventually(t, waitFor, func() string { return rec.settled(t, rdb, stream, "g", want) })
+	if err := rdb.Set(t.Context(), stream, "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !redis.HasErrorPrefix(err, "WRONGTYPE") {
+			t.Fatalf("Run = %v, want a WRONGTYPE error", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatalf("Run still running %s after its stream key became a string", waitFor)
+	}
+}
+
 func TestNewRejectsBadConfig(t *testing.T) {
 	t.Parallel()
 	rdb := redis.NewClient(&redis.Options{})
