@@ -28,13 +28,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -311,8 +314,10 @@ func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset
 		var stored map[int32]int64
 		err := g.retry(ctx, "load offsets of "+topic, func() error {
 			var err error
-			stored, err = g.h.Offsets(ctx, topic, ps)
-			return err
+			if stored, err = g.h.Offsets(ctx, topic, ps); err != nil {
+				return err
+			}
+			return g.checkStored(ctx, topic, stored)
 		})
 		if err != nil {
 			return nil, err
@@ -328,6 +333,34 @@ func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset
 	}
 	g.startedOnce.Do(func() { close(g.started) })
 	return offs, nil
+}
+
+// ErrPastEnd reports a stored offset past the end of its partition: the
+// topic was deleted and created again, or Kafka lost records. Fetching
+// would start over at the log's start, and the sink would skip every event
+// below its offset, so the group waits instead, and Stalled says why.
+var ErrPastEnd = errors.New("stored offset past the end of the partition")
+
+// checkStored fails with ErrPastEnd for offsets the sink stored that are
+// past the end of their partitions of topic.
+func (g *Group) checkStored(ctx context.Context, topic string, stored map[int32]int64) error {
+	if len(stored) == 0 {
+		return nil
+	}
+	ends, err := kadm.NewClient(g.cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	var past []string
+	for _, p := range slices.Sorted(maps.Keys(stored)) {
+		if end, ok := ends.Lookup(topic, p); ok && end.Err == nil && stored[p] > end.Offset {
+			past = append(past, fmt.Sprintf("%d at %d, end %d", p, stored[p], end.Offset))
+		}
+	}
+	if len(past) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s partitions %s: the topic was created again or Kafka lost records, and the events at those offsets would be skipped; stop the group and move it with spate offsets reset --group %s", ErrPastEnd, topic, strings.Join(past, "; "), g.cfg.Group)
 }
 
 // Run consumes until ctx ends, then lets the batches that workers are

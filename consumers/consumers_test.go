@@ -448,6 +448,38 @@ func TestStalledWhileAStepHangs(t *testing.T) {
 	})
 }
 
+// TestStoredOffsetPastTheEnd: the sink holds offset 100 of a partition
+// whose log ends at 10 (the topic was created again). Fetching would start
+// over at 0 and the sink would skip offsets 0..99, so the group waits, and
+// Stalled says why; once the offset is moved back, it goes on.
+func TestStoredOffsetPastTheEnd(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 10)
+	sink := newMemSink()
+	sink.next[0] = 100
+	g, _ := startGroup(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, MaxBackoff: 50 * time.Millisecond, StallAfter: 100 * time.Millisecond}, sink, nil)
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		err := g.Stalled(context.Background())
+		if !errors.Is(err, consumers.ErrStalled) || !errors.Is(err, consumers.ErrPastEnd) || !strings.Contains(err.Error(), "partitions 0 at 100, end 10") {
+			return fmt.Sprintf("Stalled = %v, want it to name partition 0's offset past the end", err)
+		}
+		return ""
+	})
+	if n := sink.count(); n != 0 {
+		t.Fatalf("applied %d records while the offset was past the end, want none", n)
+	}
+	sink.mu.Lock()
+	sink.next[0] = 0
+	sink.mu.Unlock()
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		if n := sink.count(); n < 10 {
+			return fmt.Sprintf("applied %d of 10 once the offset was moved back", n)
+		}
+		return ""
+	})
+}
+
 func TestPoisonGoesToDeadLetterTopic(t *testing.T) {
 	t.Parallel()
 	brokers := spatetest.Kafka(t, 1, "t", consumers.DLQTopic("t"))
