@@ -90,7 +90,7 @@ The output is a table on a terminal, and one JSON document otherwise or with
 func newOffsetsResetCmd() *cobra.Command {
 	var f offsetsFlags
 	var to string
-	var dryRun, force bool
+	var dryRun, force, reapply bool
 	cmd := &cobra.Command{
 		Use:   "reset",
 		Short: "Move a group to earliest, latest, a time or an offset in each partition",
@@ -112,6 +112,11 @@ refuses while the group has live members: stop them first. With --force it
 resets anyway, and the members must then be restarted: until then they go on
 from where they were and store their own positions over the new ones.
 
+A projector group (--postgres-url) is not moved back unless --reapply: its
+projections would apply those events a second time (event_log refuses them,
+counters count them twice). spate replay projection builds projections
+again from Kafka's history.
+
 --dry-run prints what would change and changes nothing.`,
 		Example: `  spate offsets reset --group spate-project --postgres-url postgres://spate@db/spate --to 2026-11-23T08:00:00Z --dry-run
   spate offsets reset --group spate-fanout --redis-url redis://redis:6379/0 --to -2h
@@ -131,7 +136,7 @@ from where they were and store their own positions over the new ones.
 			}
 			stderr := cmd.ErrOrStderr()
 			return withOffsets(cmd.Context(), &f, stderr, func(ctx context.Context, o *offsetsSession) error {
-				rep, err := o.reset(ctx, pos, dryRun, force, stderr)
+				rep, err := o.reset(ctx, pos, dryRun, force, reapply, stderr)
 				if err != nil {
 					return err
 				}
@@ -150,7 +155,8 @@ from where they were and store their own positions over the new ones.
 	// What to do is said on the command line, never left in the environment.
 	fs.StringVar(&to, "to", "", "where to move the group: earliest, latest, a time (RFC 3339), a duration ago (-24h) or an offset (required)")
 	fs.BoolVar(&force, "force", false, "reset even while the group has live members, who must then restart")
-	cmdLineOnly(fs, "to", "force")
+	fs.BoolVar(&reapply, "reapply", false, "move a projector group back, so that it applies events again: only when its tables do not hold them")
+	cmdLineOnly(fs, "to", "force", "reapply")
 	return cmd
 }
 
@@ -523,9 +529,9 @@ type resetPartition struct {
 }
 
 // reset moves the group to pos in every partition, unless dryRun. It
-// refuses while the group has live members, unless force. Warnings go to
-// stderr.
-func (o *offsetsSession) reset(ctx context.Context, pos position, dryRun, force bool, stderr io.Writer) (*resetReport, error) {
+// refuses while the group has live members, unless force, and to move a
+// projector group back, unless reapply. Warnings go to stderr.
+func (o *offsetsSession) reset(ctx context.Context, pos position, dryRun, force, reapply bool, stderr io.Writer) (*resetReport, error) {
 	s, err := o.snapshot(ctx)
 	if err != nil {
 		return nil, err
@@ -561,6 +567,21 @@ func (o *offsetsSession) reset(ctx context.Context, pos position, dryRun, force 
 			return nil, fmt.Errorf("%s: Kafka takes offsets from outside a group only while it has none, so stop them first (--force cannot help here)", live)
 		case !force:
 			return nil, fmt.Errorf("%s: refusing to reset offsets under them; stop them first, or pass --force and then restart them (members read the offsets only when assigned partitions)", live)
+		}
+	}
+	if o.store.name == "postgres" {
+		var back []string
+		for _, p := range s.partitions {
+			if old, ok := s.stored[p]; ok && target[p] < old {
+				back = append(back, fmt.Sprintf("%d from %d to %d", p, old, target[p]))
+			}
+		}
+		if len(back) > 0 && !reapply {
+			why := fmt.Sprintf("moving %s back (partitions %s) would apply those events to its projections a second time: event_log refuses the ones it holds, so they would be dead-lettered, and counters and totals would count them twice. To build the projections again from Kafka's history, use spate replay projection. If the tables do not hold those events (they were emptied, or the topic was created again and they were emptied of its old events), pass --reapply", o.group, strings.Join(back, "; "))
+			if !dryRun {
+				return nil, errors.New(why)
+			}
+			fmt.Fprintf(stderr, "warning: %s\n", why)
 		}
 	}
 	if dryRun {
