@@ -54,14 +54,17 @@ func Publish(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.E
 // ErrUnknownOutcome: the records stay with the client, which may still
 // write them (an idempotent producer cannot take back a record it sent).
 // done, if not nil, is called once every record has its outcome, with the
-// receipt of each event (nil where its record failed): before PublishTracked
-// returns when all records were settled in time, later when ctx ended first. On an error where some records were
+// receipt of each event (nil where its record failed) and the error of each
+// record (nil where it was written): before PublishTracked returns when all
+// records were settled in time, later when ctx ended first. A record failed
+// with kgo.ErrClientClosed may have been written all the same: the client
+// closed before Kafka answered. On an error where some records were
 // acknowledged and others failed, the error wraps ErrUnknownOutcome too.
 // headers are added to every record, after the event's own.
-func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, done func([]*spatev1.Receipt), headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
+func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*spatev1.Event, done func(rs []*spatev1.Receipt, errs []error), headers ...kgo.RecordHeader) ([]*spatev1.Receipt, error) {
 	if len(evs) == 0 {
 		if done != nil {
-			done(nil)
+			done(nil, nil)
 		}
 		return nil, nil
 	}
@@ -83,7 +86,7 @@ func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*sp
 	select {
 	case <-all:
 		if done != nil { // on success, done has run when this returns
-			done(receipts(evs, recs, errs))
+			done(receipts(evs, recs, errs), errs)
 		}
 	case <-ctx.Done():
 		if done != nil {
@@ -91,7 +94,7 @@ func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*sp
 			// closes, so this ends.
 			go func() {
 				<-all
-				done(receipts(evs, recs, errs))
+				done(receipts(evs, recs, errs), errs)
 			}()
 		}
 		return nil, fmt.Errorf("publish %d events to %s: %w: %w", len(evs), topic, ErrUnknownOutcome, ctx.Err())

@@ -147,7 +147,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
+	defer e.closeEdge(srv) // before the dedupe store's client closes
 	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}
 	tasks := []func(context.Context) error{func(ctx context.Context) error { return reloadOnHangup(ctx, log, f.keys, srv, nil) }}
 	var groups []*consumers.Group

@@ -63,6 +63,20 @@ func (e *env) newEdge(cfg edge.Config) (*edge.Server, *kgo.Client, error) {
 	return edge.New(cl, e.reg, cfg), cl, nil
 }
 
+// edgeCloseTimeout bounds how long a stopping edge waits for Kafka to
+// settle the records it handed over, and for their outcomes to be recorded.
+const edgeCloseTimeout = 30 * time.Second
+
+// closeEdge ends srv's publishing (see edge.Server.Close); its dedupe
+// store's Redis client is closed after.
+func (e *env) closeEdge(srv *edge.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), edgeCloseTimeout)
+	defer cancel()
+	if err := srv.Close(ctx); err != nil {
+		e.log.Warn("close edge", "err", err)
+	}
+}
+
 // newDedupe returns the edge's dedupe store in the Redis at url, and the
 // client to close; no url: none.
 func newDedupe(url string, window time.Duration) (*edge.Dedupe, *redis.Client, error) {

@@ -95,7 +95,7 @@ func newEdgeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer cl.Close()
+			defer e.closeEdge(srv) // before the dedupe store's client closes
 			ln, aln, err := listenEdgeAdmin(addr, f.adminAddr)
 			if err != nil {
 				return err

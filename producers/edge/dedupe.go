@@ -381,7 +381,10 @@ func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []st
 
 // settle records, under the request's token, the receipts of events that
 // were written, and releases the claims of those that were not (receipt
-// nil). Only the events claimed by this request (prior nil) are touched.
+// nil). The claims of events whose outcome is not known (unknownOutcome)
+// stay until the window ends: a retry is answered 409 rather than written
+// a second time. Only the events claimed by this request (prior nil) are
+// touched.
 // If that fails, it returns the error and tries again in the background,
 // backing off up to settleRetryMax, for as long as the window lasts:
 // without their receipts, the claims would answer every retry 409.
@@ -391,6 +394,7 @@ func (d *Dedupe) settle(principal, token string, evs []*spatev1.Event, prior, rs
 	for i, ev := range evs {
 		switch {
 		case prior[i] != nil:
+		case rs != nil && rs[i] == unknownOutcome:
 		case rs != nil && rs[i] != nil:
 			written[i] = rs[i]
 		default:

@@ -186,6 +186,67 @@ func TestConflictOverConnectAndGRPC(t *testing.T) {
 	}
 }
 
+// TestCloseKeepsClaimsOfUnsettledRecords: an edge stops while Kafka holds
+// a publish. Close waits for Kafka to settle it: once it does, a retry to
+// the next edge gets its receipt. If Close gives up first, the record may
+// still be written, so its claim stays, and a retry gets 409 rather than a
+// second record.
+func TestCloseKeepsClaimsOfUnsettledRecords(t *testing.T) {
+	t.Parallel()
+	const one = "application/cloudevents+json"
+	for _, settles := range []bool{true, false} {
+		t.Run(fmt.Sprint("settled before the close ends ", settles), func(t *testing.T) {
+			t.Parallel()
+			c, unstall := stalledBroker(t, 1)
+			dd := newDedupe(t)
+			client := func() *kgo.Client {
+				cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return cl
+			}
+			srv1, url1 := serveEdge(t, client(), edge.Config{Dedupe: dd, PublishTimeout: 100 * time.Millisecond})
+			f1 := &fixture{url: url1}
+			if code, body := f1.post(t, one, []byte(orderJSON("e1", "s"))); code != 503 || !bytes.Contains(body, []byte("outcome-unknown")) {
+				t.Fatalf("publish to a stalled broker: %d %s, want 503 outcome-unknown", code, body)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if settles {
+				unstall()
+			} else {
+				cancel() // Close gives up at once
+			}
+			closeErr := srv1.Close(ctx)
+			if settles != (closeErr == nil) {
+				t.Fatalf("Close = %v", closeErr)
+			}
+			unstall()
+			cl2 := client()
+			t.Cleanup(cl2.Close)
+			_, url2 := serveEdge(t, cl2, edge.Config{Dedupe: dd})
+			f2 := &fixture{url: url2, adm: kadm.NewClient(cl2)}
+			spatetest.Eventually(t, 30*time.Second, func() string {
+				if hw := f2.highWatermark(t); hw != 1 {
+					return fmt.Sprintf("high watermark %d, want e1's record", hw)
+				}
+				return ""
+			})
+			code, r := f2.receiptsOf(t, one, orderJSON("e1", "s"))
+			switch {
+			case settles && (code != 202 || len(r) != 1 || r[0] != "e1:0@0"):
+				t.Fatalf("retry to the next edge: %d %v, want 202 with e1's receipt", code, r)
+			case !settles && code != 409:
+				t.Fatalf("retry to the next edge: %d %v, want 409: the outcome was not known when the edge closed", code, r)
+			}
+			if hw := f2.highWatermark(t); hw != 1 {
+				t.Fatalf("high watermark %d after the retry, want 1: e1 written twice", hw)
+			}
+		})
+	}
+}
+
 func TestConcurrentCopiesArePublishedOnce(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{Dedupe: newDedupe(t)})

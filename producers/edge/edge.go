@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -155,6 +156,40 @@ type Server struct {
 	inflightEvents, inflightBytes atomic.Int64
 	inflightRecordBytes           atomic.Int64 // the bytes of the events in inflightEvents
 	lastFailure                   atomic.Int64 // unix nanoseconds of the last publish Kafka did not acknowledge
+
+	settleMu sync.Mutex
+	settling int           // publishes whose outcomes are not yet recorded
+	idle     chan struct{} // closed when settling drops to 0, if asked for
+}
+
+// startSettle counts a publish whose outcome is to be recorded, endSettle
+// its end.
+func (s *Server) startSettle() {
+	s.settleMu.Lock()
+	s.settling++
+	s.settleMu.Unlock()
+}
+
+func (s *Server) endSettle() {
+	s.settleMu.Lock()
+	defer s.settleMu.Unlock()
+	if s.settling--; s.settling == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+}
+
+// allSettled is closed once no publish is left to record.
+func (s *Server) allSettled() <-chan struct{} {
+	s.settleMu.Lock()
+	defer s.settleMu.Unlock()
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+		if s.settling == 0 {
+			close(s.idle)
+		}
+	}
+	return s.idle
 }
 
 // New returns an edge that validates with reg and publishes with cl.
@@ -281,6 +316,32 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("shut down edge: %w", err)
 	}
 	return nil
+}
+
+// Close ends the edge's publishing once Serve has returned. It waits, up to
+// ctx, for Kafka to settle the records the edge handed to the client; then
+// it closes the client, and waits until the dedupe store has recorded
+// every outcome (up to ctx, or 5 s more once ctx has ended). A record still unsettled when the client
+// closes may be written all the same: its event's claim is kept for the
+// dedupe window, so a retry is answered 409 rather than written twice.
+// Close the dedupe store's Redis client only after Close.
+func (s *Server) Close(ctx context.Context) error {
+	ferr := s.cl.Flush(ctx)
+	s.cl.Close()
+	if ferr != nil {
+		s.log.Warn("closing with records Kafka had not settled: their events' ids stay claimed for the dedupe window", "err", ferr)
+	}
+	if ctx.Err() != nil { // a little longer, for what the close settled
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+	}
+	select {
+	case <-s.allSettled():
+		return ferr
+	case <-ctx.Done():
+		return fmt.Errorf("close edge: outcomes not recorded in the dedupe store: %w", ctx.Err())
+	}
 }
 
 // validate checks one event and rewrites its payload to the canonical

@@ -273,10 +273,15 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	return merge(prior, rs), nil
 }
 
+// unknownOutcome stands, among the receipts settled is given, for an event
+// whose record the client gave up on when it closed: Kafka may have written
+// it.
+var unknownOutcome = &spatev1.Receipt{}
+
 // publishFresh publishes events no earlier request published, n of them,
 // size bytes, which the caller took from the in-flight caps: they are given
 // back once Kafka settled the events, and then settled is called with their
-// receipts (nil where not written).
+// receipts (nil where not written, unknownOutcome where it is not known).
 func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.Event, n, size int64, settled func([]*spatev1.Receipt)) ([]*spatev1.Receipt, error) {
 	name := ""
 	headers := []kgo.RecordHeader{{Key: HeaderReceivedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))}}
@@ -288,9 +293,16 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 	defer cancel()
 	// The events stay in flight until Kafka settles each, even past a
 	// timeout: what the client still holds counts against the caps.
-	rs, err := producers.PublishTracked(ctx, s.cl, s.cfg.Topic, evs, func(rs []*spatev1.Receipt) {
+	s.startSettle()
+	rs, err := producers.PublishTracked(ctx, s.cl, s.cfg.Topic, evs, func(rs []*spatev1.Receipt, errs []error) {
+		defer s.endSettle()
 		s.inflightEvents.Add(-n)
 		s.inflightRecordBytes.Add(-size)
+		for i, err := range errs {
+			if errors.Is(err, kgo.ErrClientClosed) {
+				rs[i] = unknownOutcome
+			}
+		}
 		settled(rs)
 	}, headers...)
 	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
