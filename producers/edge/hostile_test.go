@@ -100,8 +100,8 @@ func postAllocating(t *testing.T, url, ct string, body []byte) (int, []byte, uin
 }
 
 // TestTinyEventsAreCountedBeforeDecoding: a body of a million or more empty
-// events (two bytes each in protobuf, three in JSON; each decodes to a few
-// hundred) is refused by counting, before it is decoded, on every path. Not
+// events (two bytes each in protobuf and in a JSON batch, three in Connect
+// JSON; each decodes to a few hundred) is refused by counting, before it is decoded, on every path. Not
 // parallel: it measures what the process allocates meanwhile.
 func TestTinyEventsAreCountedBeforeDecoding(t *testing.T) {
 	f := start(t, edge.Config{})
@@ -114,6 +114,7 @@ func TestTinyEventsAreCountedBeforeDecoding(t *testing.T) {
 		body           []byte
 	}{
 		{"HTTP protobuf", "/v1/events", "application/x-protobuf", tinyProto},
+		{"HTTP JSON batch", "/v1/events", "application/cloudevents-batch+json", []byte("[" + strings.TrimSuffix(strings.Repeat("0,", 2<<20-1), ",") + "]")},
 		{"Connect proto", spatev1connect.IngestServicePublishProcedure, "application/proto", tinyProto},
 		{"Connect JSON", spatev1connect.IngestServicePublishProcedure, "application/json", tinyJSON},
 		{"Connect JSON, a member twice", spatev1connect.IngestServicePublishProcedure, "application/json", tinyJSONDuplicates},

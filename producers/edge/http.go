@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"bytes"
+	"cmp"
 	"compress/gzip"
 	"encoding/json"
 	"errors"
@@ -11,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 
-	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"google.golang.org/protobuf/proto"
 
@@ -87,16 +88,14 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		ev, e := eventFromJSON(0, je, err)
 		evs, errs = []*spatev1.Event{ev}, e
 	case contentTypeBatch:
-		// Each event is read strictly below; splitting the array does
-		// not track member names, which costs much for objects of many.
-		var raws []jsontext.Value
-		if err := jsonv2.Unmarshal(body, &raws, jsontext.AllowDuplicateNames(true)); err != nil {
-			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body must be a JSON array of CloudEvents: "+jsonErr(err), nil)
+		raws, err := splitArray(body, s.cfg.MaxEvents)
+		if errors.Is(err, errTooManyEvents) {
+			writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
+				fmt.Sprintf("the request holds more than %d events; at most %d are taken", s.cfg.MaxEvents, s.cfg.MaxEvents), nil)
 			return
 		}
-		if len(raws) > s.cfg.MaxEvents { // before decoding each
-			writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
-				fmt.Sprintf("the request holds %d events; at most %d are taken", len(raws), s.cfg.MaxEvents), nil)
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body must be a JSON array of CloudEvents: "+jsonErr(err), nil)
 			return
 		}
 		evs = make([]*spatev1.Event, len(raws))
@@ -140,6 +139,41 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 
 // discardBody reads what is left of a refused request's body, up to the body
 // cap, before the answer: closing a connection with unread data resets it,
+
+// errTooManyEvents is splitArray's error for an array of more than max.
+var errTooManyEvents = errors.New("too many events")
+
+// splitArray returns the values of the JSON array body, each to be read
+// strictly on its own, counting them as it goes: an array of more than max
+// fails with errTooManyEvents before the rest is split out. It does not
+// track member names, which costs much for objects of many.
+func splitArray(body []byte, max int) ([]jsontext.Value, error) {
+	dec := jsontext.NewDecoder(bytes.NewReader(body), jsontext.AllowDuplicateNames(true))
+	if tok, err := dec.ReadToken(); err != nil {
+		return nil, err
+	} else if tok.Kind() != '[' {
+		return nil, fmt.Errorf("found %s, not an array", tok.Kind())
+	}
+	var raws []jsontext.Value
+	for dec.PeekKind() != ']' {
+		if len(raws) == max {
+			return nil, errTooManyEvents
+		}
+		v, err := dec.ReadValue()
+		if err != nil {
+			return nil, err
+		}
+		raws = append(raws, v.Clone())
+	}
+	if _, err := dec.ReadToken(); err != nil { // the closing bracket
+		return nil, err
+	}
+	if _, err := dec.ReadToken(); err != io.EOF {
+		return nil, cmp.Or(err, errors.New("data after the array"))
+	}
+	return raws, nil
+}
+
 // and the client, still sending, would see a broken pipe instead.
 func (s *Server) discardBody(r *http.Request) {
 	io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
