@@ -21,9 +21,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
 	"github.com/spate-io/spate/spatetest"
 )
 
@@ -203,5 +205,67 @@ func TestTimedOutEventsKeepTheirBytesCounted(t *testing.T) {
 	// are given back at once, so one more may be taken.
 	if kinds["overloaded"] < 6 || kinds["overloaded"]+kinds["outcome-unknown"]+kinds["kafka-unavailable"] != 10 {
 		t.Errorf("answers %v, want 3 outcome-unknown (then in flight) and 7 overloaded", kinds)
+	}
+}
+
+// TestConnectBodiesCountBeforeTheyAreRead: Connect reads a whole body
+// before the handler runs, so the in-flight cap on request bytes is taken
+// as the body comes in: of three 3.5 MiB uploads that do not end, under a
+// cap of 8 MiB, one is answered at once, overloaded, whether its length is
+// known or not.
+func TestConnectBodiesCountBeforeTheyAreRead(t *testing.T) {
+	t.Parallel()
+	for _, known := range []bool{true, false} {
+		t.Run(fmt.Sprint("length known ", known), func(t *testing.T) {
+			t.Parallel()
+			f := start(t, edge.Config{MaxInflightBytes: 8 << 20})
+			req := protobufRequest(t, "big")
+			req.Events[0].Extensions = map[string]string{"pad": strings.Repeat("x", 3<<20+512<<10)}
+			body, err := proto.Marshal(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := &http.Transport{}
+			defer tr.CloseIdleConnections()
+			answered := make(chan int, 3)
+			var writers []*io.PipeWriter
+			var wg sync.WaitGroup
+			defer func() {
+				for _, pw := range writers {
+					pw.CloseWithError(io.ErrClosedPipe)
+				}
+				wg.Wait()
+			}()
+			for range 3 {
+				pr, pw := io.Pipe()
+				writers = append(writers, pw)
+				r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.Header.Set("Content-Type", "application/proto")
+				if known {
+					r.ContentLength = int64(len(body))
+				}
+				wg.Go(func() {
+					resp, err := tr.RoundTrip(r)
+					if err != nil {
+						return // closed at the end of the test
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					answered <- resp.StatusCode
+				})
+				wg.Go(func() { pw.Write(body[:len(body)-1]) }) // all but the last byte
+			}
+			if code := <-answered; code != http.StatusServiceUnavailable {
+				t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", code)
+			}
+			select {
+			case code := <-answered:
+				t.Fatalf("a second upload was answered %d while its body was not complete, want it to wait", code)
+			default:
+			}
+		})
 	}
 }
