@@ -79,7 +79,9 @@ type Message struct {
 	// Values are the entry's fields; go-redis gives their values as strings.
 	Values map[string]any
 	// Deliveries counts the times the entry was delivered to the group,
-	// this one included: 1 the first time.
+	// this one included: 1 the first time. A member that stops gives back
+	// the entries it read and did not hand to its handler, uncounted; a
+	// read whose reply was lost (a killed connection) counts.
 	Deliveries int64
 }
 
@@ -313,9 +315,12 @@ func (s *Subscriber) read(ctx, hctx context.Context, block time.Duration) error 
 	var acks []string
 	for _, st := range res {
 		acks = acks[:0]
-		for _, x := range st.Messages {
+		for i, x := range st.Messages {
 			if ctx.Err() != nil {
-				break // the rest stays pending; a member claims it later
+				// The rest stays pending, for a member to claim, as if
+				// this read had not delivered it.
+				s.giveBack(st.Stream, st.Messages[i:], nil)
+				break
 			}
 			ok, err := s.handle(hctx, Message{Stream: st.Stream, ID: x.ID, Values: x.Values, Deliveries: 1})
 			if err != nil {
@@ -366,6 +371,7 @@ func (s *Subscriber) claim(ctx, hctx context.Context) error {
 				var acks []string
 				for i, x := range msgs {
 					if ctx.Err() != nil {
+						s.giveBack(stream, msgs[i:], n[i:])
 						break
 					}
 					m := Message{Stream: stream, ID: x.ID, Values: x.Values, Deliveries: n[i]}
@@ -398,6 +404,36 @@ func (s *Subscriber) claim(ctx, hctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// giveBack is for entries this subscriber took from stream, by a read
+// (counts nil: delivered once) or a claim (their delivery counts), and does
+// not hand to its handler because it is stopping. It sets their counts one
+// lower, so that a delivery no handler saw does not count towards
+// MaxDeliveries, and their idle time to ClaimIdle, so that another member
+// claims them at once. Best effort: if it fails, they are claimed later,
+// counted once more.
+func (s *Subscriber) giveBack(stream string, msgs []redis.XMessage, counts []int64) {
+	byCount := map[int64][]any{}
+	for i, x := range msgs {
+		n := int64(1)
+		if counts != nil {
+			n = counts[i]
+		}
+		byCount[n-1] = append(byCount[n-1], x.ID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for n, ids := range byCount {
+			args := append([]any{"XCLAIM", stream, s.cfg.Group, s.cfg.Consumer, 0}, ids...)
+			p.Do(ctx, append(args, "IDLE", s.cfg.ClaimIdle.Milliseconds(), "RETRYCOUNT", max(n, 0), "JUSTID")...)
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("give back entries not handled", "stream", stream, "entries", len(msgs), "err", err)
+	}
 }
 
 // deliveries returns the delivery count of each claimed entry.

@@ -266,9 +266,61 @@ func TestTakesOverEntriesOfAStoppedMember(t *testing.T) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for _, m := range rec.msgs {
-		if want := map[bool]int64{true: 2, false: 1}[takenOver[m.ID]]; m.Deliveries != want {
-			t.Errorf("entry %s: %d deliveries, want %d", m.ID, m.Deliveries, want)
+		// a's handler saw the first of its 10 only: the others were
+		// given back undelivered.
+		if w := map[bool]int64{true: 2, false: 1}[m.ID == want[0]]; m.Deliveries != w {
+			t.Errorf("entry %s (taken over %v): %d deliveries, want %d", m.ID, takenOver[m.ID], m.Deliveries, w)
 		}
+	}
+}
+
+// A member stopped in the middle of a batch gives back the entries it did
+// not hand to its handler: another member, with MaxDeliveries 1, handles
+// them rather than dead-letter them as delivered once already.
+func TestStopMidBatchDoesNotSpendDeliveries(t *testing.T) {
+	t.Parallel()
+	rdb := connect(t, spatetest.Redis(t))
+	stream := spatetest.KeyPrefix(t) + "orders"
+	ids := publish(t, rdb, stream, 0, 3)
+	got, release := make(chan struct{}), make(chan struct{})
+	a, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, Consumer: "a", Count: 10},
+		func(context.Context, subscribe.Message) error {
+			close(got)
+			<-release
+			return nil // the first is handled
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	wait := start(t, ctx, a)
+	<-got
+	cancel()
+	close(release)
+	wait()
+	var rec recorder
+	b, err := subscribe.New(rdb, subscribe.Config{
+		Group: "g", Streams: []string{stream}, Consumer: "b", ClaimIdle: 50 * time.Millisecond, MaxDeliveries: 1,
+	}, rec.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, t.Context(), b)
+	spatetest.Eventually(t, waitFor, func() string {
+		if p := pending(t, rdb, stream, "g"); p != 0 {
+			return fmt.Sprintf("%d pending", p)
+		}
+		return ""
+	})
+	dead, err := rdb.XRange(t.Context(), subscribe.DLQStream(stream), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dead {
+		t.Errorf("dead-lettered %v (%v), though no handler saw it", d.Values[subscribe.FieldDLQID], d.Values[subscribe.FieldDLQReason])
+	}
+	if n := rec.missing(ids[1:]); n != 0 {
+		t.Errorf("%d of the 2 entries a left unhandled never reached b's handler", n)
 	}
 }
 
