@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/pflag"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
 
@@ -61,6 +64,34 @@ func (e *env) newEdge(cfg edge.Config) (*edge.Server, *kgo.Client, error) {
 	}
 	cfg.Topic, cfg.Logger, cfg.Metrics = e.topic, e.log.With("role", "edge"), e.metrics
 	return edge.New(cl, e.reg, cfg), cl, nil
+}
+
+// checkTopics fails when Kafka answers that a topic of topics does not
+// exist: a role would otherwise wait for it in silence. A Kafka that does
+// not answer is only logged: the roles retry until it does.
+func (e *env) checkTopics(ctx context.Context, topics ...string) error {
+	cl, err := kgo.NewClient(e.kafkaOpts("spate-check")...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tds, err := kadm.NewClient(cl).ListTopics(ctx, topics...)
+	if err != nil {
+		e.log.Warn("could not check that the topics exist", "topics", topics, "err", err)
+		return nil
+	}
+	var missing []string
+	for _, t := range topics {
+		if d, ok := tds[t]; !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("kafka (%s) has no topic %s: create it, or give --topic", strings.Join(e.brokers, ","), strings.Join(missing, " nor "))
+	}
+	return nil
 }
 
 // edgeCloseTimeout bounds how long a stopping edge waits for Kafka to

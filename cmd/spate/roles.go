@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/producers/edge"
@@ -90,6 +91,9 @@ func newEdgeCmd() *cobra.Command {
 			}
 			if keys == nil && tlsClientCA == "" {
 				e.log.Warn("no --keys and no --tls-client-ca: the edge accepts events from anyone")
+			}
+			if err := e.checkTopics(cmd.Context(), e.topic); err != nil {
+				return err
 			}
 			srv, cl, err := e.newEdge(edge.Config{Keys: keys, Dedupe: dd, TLS: tlsCfg})
 			if err != nil {
@@ -175,6 +179,9 @@ func (c *consumerFlags) prepare(urlFlag, url string) (*env, spateConfig, error) 
 // runConsumer runs a consumer group into h with an admin server, and any
 // companion tasks, until ctx ends.
 func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName string, h sink, also ...func(context.Context) error) error {
+	if err := e.checkTopics(ctx, e.topic, consumers.DLQTopic(e.topic)); err != nil {
+		return err
+	}
 	grp, err := e.newGroup(role, f.group, f.startAt, f.stallAfter, h)
 	if err != nil {
 		return err

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spate-io/spate/spatetest"
 )
 
 // spate edge refuses TLS flags that do not go together, and unreadable
@@ -53,6 +55,23 @@ func TestConsumerStallAfterFlag(t *testing.T) {
 		{"fanout", "--redis-url", "redis://127.0.0.1:1/0", "--stall-after", "-1s"},
 	} {
 		wantRefused(t, append(args, "--kafka-brokers", "127.0.0.1:1", "--admin-addr", "127.0.0.1:0"), "--stall-after")
+	}
+}
+
+// The edge and the consumers refuse to start on a topic Kafka lacks (the
+// consumers also need its dead-letter topic), rather than wait for it in
+// silence.
+func TestRolesRefuseATopicKafkaLacks(t *testing.T) {
+	brokers := strings.Join(spatetest.Kafka(t, 1, "only"), ",")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"edge", "--edge-addr", "127.0.0.1:0", "--topic", "nosuch"}, "has no topic nosuch"},
+		{[]string{"project", "--postgres-url", spatetest.Postgres(t), "--topic", "nosuch"}, "has no topic nosuch nor nosuch.dlq"},
+		{[]string{"fanout", "--redis-url", spatetest.Redis(t), "--topic", "only"}, "has no topic only.dlq"},
+	} {
+		wantRefused(t, append(tc.args, "--kafka-brokers", brokers, "--admin-addr", "127.0.0.1:0"), tc.want)
 	}
 }
 

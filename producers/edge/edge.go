@@ -29,6 +29,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -463,6 +464,9 @@ var errTooManyExtensions = fmt.Errorf("an event may hold at most %d extension at
 func publishErr(err error) error {
 	if errors.Is(err, producers.ErrUnknownOutcome) {
 		return errors.New("kafka did not acknowledge in time; the events may have been written: retry with the same ids")
+	}
+	if errors.Is(err, kerr.UnknownTopicOrPartition) {
+		return errors.New("kafka has no such topic; nothing was published: the edge's topic must be created")
 	}
 	return errors.New("kafka refused or is unavailable; nothing was acknowledged: retry later")
 }
