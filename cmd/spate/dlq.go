@@ -43,8 +43,8 @@ list and show read the dead-letter topic and change nothing. redrive applies
 chosen projector dead letters to every projection, exactly once, once their
 cause is fixed.
 
-Filters, for every command: --group (default spate-project), --projection,
---error-class, --since and --id.`,
+Filters: --group (default spate-project) and --id for every command;
+--projection, --error-class and --since for list and redrive.`,
 	}
 	cmd.AddCommand(newDLQListCmd(), newDLQShowCmd(), newDLQRedriveCmd())
 	return cmd
@@ -124,7 +124,7 @@ func (f *dlqFlags) filter(now time.Time) (dlqFilter, error) {
 	if f.since != "" {
 		p, err := parsePosition("since", f.since, now, false)
 		if err != nil {
-			return flt, err
+			return flt, fmt.Errorf("%w (--since takes a time or a duration ago; earliest: all)", err)
 		}
 		switch p.kind {
 		case atLatest:

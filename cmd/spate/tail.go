@@ -98,7 +98,7 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 	// Entries go to stdout; of the logs, only trouble is worth showing.
 	lf.level, fs.Lookup("log-level").DefValue = "warn", "warn"
 	fs.StringVar(&url, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL, redis://host:port/db; spate dev prints the URL of its server")
-	fs.StringVar(&from, "from", "$", "where to start: $ (new entries), 0 (the whole stream), an entry ID, a time (RFC 3339) or a duration ago (-10m, -1h)")
+	fs.StringVar(&from, "from", "$", "where to start: $ or latest (new entries), 0 or earliest (the whole stream), an entry ID, a time (RFC 3339) or a duration ago (-10m, -1h)")
 	fs.BoolVar(&asJSON, "json", false, "print NDJSON (default: when stdout is not a terminal)")
 	fs.StringVar(&prefx, "stream-prefix", "spate:", "prefix added to a STREAM without ':'")
 	annotateEnv(fs)
@@ -113,9 +113,14 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 var tailIDPattern = regexp.MustCompile(`^[0-9]+(-[0-9]+)?$`)
 
 // parseTailFrom turns --from into a stream ID: $, 0 and IDs as they are,
-// times and durations ago (relative to now) into the ID of that millisecond.
+// latest and earliest (as the other commands say it) as $ and 0, times and
+// durations ago (relative to now) into the ID of that millisecond.
 func parseTailFrom(from string, now time.Time) (string, error) {
 	switch {
+	case from == "latest":
+		return "$", nil
+	case from == "earliest":
+		return "0", nil
 	case from == "$" || tailIDPattern.MatchString(from):
 		return from, nil
 	case strings.HasPrefix(from, "-"):
@@ -127,7 +132,7 @@ func parseTailFrom(from string, now time.Time) (string, error) {
 			return strconv.FormatInt(t.UnixMilli(), 10) + "-0", nil
 		}
 	}
-	return "", fmt.Errorf("--from %q: want $ (new entries), 0 (the whole stream), an entry ID (1700000000000-0), a time (2024-05-01T12:00:00Z) or a duration ago (-10m)", from)
+	return "", fmt.Errorf("--from %q: want $ or latest (new entries), 0 or earliest (the whole stream), an entry ID (1700000000000-0), a time (2024-05-01T12:00:00Z) or a duration ago (-10m)", from)
 }
 
 // tailRead prints the entries of stream after start until ctx ends, without

@@ -292,6 +292,8 @@ func TestTailParseFrom(t *testing.T) {
 	for _, tc := range []struct{ from, want string }{
 		{"$", "$"},
 		{"0", "0"},
+		{"latest", "$"},
+		{"earliest", "0"},
 		{"1714564800000", "1714564800000"},
 		{"1714564800000-7", "1714564800000-7"},
 		{"-10m", fmt.Sprint(ms-10*60*1000, "-0")},
