@@ -488,6 +488,16 @@ func newReplayStreamSink(ctx context.Context, e *env, log *slog.Logger, j *repla
 			err = fmt.Errorf("redis: %w", err)
 		}
 	}
+	if err == nil {
+		// Refused now, rather than by each XADD on a run that a rerun
+		// cannot resume either.
+		var typ string
+		if typ, err = rdb.Type(ctx, j.stream).Result(); err != nil {
+			err = fmt.Errorf("redis: type of %s: %w", j.stream, err)
+		} else if typ != "stream" && typ != "none" {
+			err = fmt.Errorf("--to-stream %s holds a %s, not a stream: give another key", j.stream, typ)
+		}
+	}
 	if err != nil {
 		rdb.Close()
 		return nil, nil, err

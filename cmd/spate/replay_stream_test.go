@@ -485,6 +485,21 @@ func TestReplayStreamRefusesAMissingTopic(t *testing.T) {
 	}
 }
 
+// A --to-stream key that holds another type is refused before anything is
+// copied: each XADD would fail, and so would a rerun.
+func TestReplayStreamRefusesAKeyThatIsNotAStream(t *testing.T) {
+	t.Parallel()
+	s := newReplaySetup(t)
+	key := s.prefix + "a-hash"
+	if err := s.rdb.HSet(t.Context(), key, "f", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := replayRun(t.Context(), s.args("--from", "earliest", "--to-stream", key)...)
+	if err == nil || !strings.Contains(err.Error(), "holds a hash, not a stream") {
+		t.Fatalf("replay into a hash: %v, want a refusal saying the key holds a hash", err)
+	}
+}
+
 // With --create-topic, a missing target is created with the partitions
 // of the source, and the range copied into it.
 func TestReplayStreamCreatesTheTargetTopic(t *testing.T) {
