@@ -18,12 +18,30 @@ func main() {
 	// report them, with the URL, as their errors, and its messages go to
 	// the command's log at debug level.
 	redis.SetLogger(redisLog{})
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:]); err != nil {
+	os.Exit(mainWith(os.Args[1:], run))
+}
+
+// mainWith runs the command line args with run until it returns, and
+// returns the process's exit code. The first SIGINT or SIGTERM cancels
+// run's context; a second ends the process at once, as if spate did not
+// catch signals, so that a stop that waits (a batch draining, a rebuild's
+// step) can be cut short.
+func mainWith(args []string, run func(context.Context, []string) error) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		signal.Stop(sigs)
+		fmt.Fprintf(os.Stderr, "spate: %v: stopping; again to stop at once\n", s)
+		cancel()
+	}()
+	if err := run(ctx, args); err != nil {
 		fmt.Fprintln(os.Stderr, "spate:", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 // redisLog hands go-redis's own messages to the log of the command that

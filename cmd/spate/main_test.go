@@ -1,0 +1,64 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// stuckEnv makes the test binary, run again by TestSecondSignalStopsAtOnce,
+// act as a spate whose command never returns once told to stop.
+const stuckEnv = "SPATE_TEST_STUCK_COMMAND"
+
+// TestSecondSignalStopsAtOnce: the first SIGINT asks the command to stop
+// and says so; a second ends the process at once, even though the command
+// never returns.
+func TestSecondSignalStopsAtOnce(t *testing.T) {
+	if os.Getenv(stuckEnv) == "1" {
+		os.Exit(mainWith(nil, func(ctx context.Context, _ []string) error {
+			os.Stdout.WriteString("running\n")
+			<-ctx.Done()
+			select {} // a stop that never ends
+		}))
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSecondSignalStopsAtOnce$")
+	cmd.Env = append(os.Environ(), stuckEnv+"=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "running\n" {
+		t.Fatalf("the child said %q (%v), want running", line, err)
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stderr).ReadString('\n')
+	if err != nil || !strings.Contains(line, "stopping; again to stop at once") {
+		t.Fatalf("after the first SIGINT the child said %q (%v), want that it is stopping", line, err)
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGINT {
+		t.Fatalf("after the second SIGINT: %v, want the child ended by SIGINT (a context timeout would kill it instead)", err)
+	}
+}
