@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,6 +22,7 @@ import (
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/producers/edge"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/throwaway"
 )
@@ -151,6 +153,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}
 	tasks := []func(context.Context) error{func(ctx context.Context) error { return reloadOnHangup(ctx, log, f.keys, srv, nil) }}
 	var groups []*consumers.Group
+	var sampleStreams []string
 	if !f.edgeOnly {
 		proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, cfg.projections)
 		if err != nil {
@@ -166,6 +169,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			return err
 		}
 		defer rdb.Close()
+		sampleStreams = bannerStreams(fan)
 		projGroup, err := e.newGroup("project", projection.DefaultGroup, "earliest", 0, proj)
 		if err != nil {
 			return err
@@ -198,7 +202,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 			edge: ln.Addr().String(), admin: aln.Addr().String(),
 			kafka: brokers[0], kafkaNote: kafkaNote, topic: f.topic,
 			postgres: pgURL, postgresNote: pgNote, redis: redisURL, redisNote: redisNote,
-			prefix: f.streams.prefix, keys: f.keys, edgeOnly: f.edgeOnly, took: time.Since(started),
+			streams: sampleStreams, keys: f.keys, edgeOnly: f.edgeOnly, took: time.Since(started),
 		})
 		return nil
 	})
@@ -252,14 +256,27 @@ func stopLogged(log *slog.Logger, what string, stop func() error) {
 }
 
 type bannerInfo struct {
-	edge, admin              string
-	kafka, kafkaNote, topic  string
-	postgres, postgresNote   string
-	redis, redisNote, prefix string
-	keys                     string // the --keys file; empty: anyone may publish
-	edgeOnly                 bool
-	took                     time.Duration
+	edge, admin             string
+	kafka, kafkaNote, topic string
+	postgres, postgresNote  string
+	redis, redisNote        string
+	streams                 []string // where the example event goes; "# why" when it goes nowhere
+	keys                    string   // the --keys file; empty: anyone may publish
+	edgeOnly                bool
+	took                    time.Duration
 }
+
+// bannerStreams returns the streams fan sends bannerEvent to, or why none.
+func bannerStreams(fan *fanout.Writer) []string {
+	keys, err := fan.Streams(bannerEvent)
+	if err != nil {
+		return []string{"# " + err.Error()}
+	}
+	return keys
+}
+
+// bannerEvent is the banner's example event, as curl sends it.
+var bannerEvent = &spatev1.Event{Id: "order-1001-placed", Source: "/shop/checkout", Type: "shop.order.placed.v1", Subject: "order-1001"}
 
 func printBanner(w io.Writer, b bannerInfo) {
 	who, auth := "no --keys: anyone may publish", ""
@@ -296,9 +313,19 @@ func arrival(b bannerInfo) string {
   kcat -b %s -C -t %s -e
 `, b.kafka, b.topic)
 	}
+	var streams strings.Builder
+	for _, key := range b.streams {
+		if strings.HasPrefix(key, "# ") {
+			fmt.Fprintf(&streams, "  %s\n", key)
+		} else {
+			fmt.Fprintf(&streams, "  redis-cli -u '%s' XRANGE '%s' - +\n", b.redis, key)
+		}
+	}
+	if len(b.streams) == 0 {
+		fmt.Fprintf(&streams, "  # no route of the spate.yaml takes %s to a stream\n", bannerEvent.Type)
+	}
 	return fmt.Sprintf(`See it arrive:
 
   psql '%s' -c 'SELECT id, type, subject, payload FROM event_log ORDER BY time DESC LIMIT 5'
-  redis-cli -u '%s' XRANGE %sshop.order.placed.v1 - +
-`, b.postgres, b.redis, b.prefix)
+%s`, b.postgres, streams.String())
 }

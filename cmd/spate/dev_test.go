@@ -3,6 +3,9 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/spate-io/spate/consumers/fanout"
+	"github.com/spate-io/spate/schemas"
 )
 
 // The banner says who may publish, and with --keys its curl presents one.
@@ -19,6 +22,43 @@ func TestBannerSaysWhoMayPublish(t *testing.T) {
 		for _, w := range tc.want {
 			if !strings.Contains(b.String(), w) {
 				t.Errorf("banner with keys %q lacks %q:\n%s", tc.keys, w, b.String())
+			}
+		}
+	}
+}
+
+// The banner shows where its example event goes, as the routes of the
+// spate.yaml send it, and says so when it goes nowhere.
+func TestBannerShowsTheStreamsOfItsEvent(t *testing.T) {
+	var curl strings.Builder
+	printBanner(&curl, bannerInfo{edge: "127.0.0.1:8080"})
+	for _, attr := range []string{`"id":"` + bannerEvent.Id, `"source":"` + bannerEvent.Source, `"type":"` + bannerEvent.Type, `"subject":"` + bannerEvent.Subject} {
+		if !strings.Contains(curl.String(), attr) {
+			t.Fatalf("the banner's curl lacks %s of bannerEvent:\n%s", attr, curl.String())
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		routes []fanout.Route
+		want   []string
+	}{
+		{"no routes", nil, []string{"XRANGE 'spate:shop.order.placed.v1' - +"}},
+		{"routes", []fanout.Route{{Types: []string{"shop.order.*"}, Stream: "orders"}, {Types: []string{"*"}, Stream: "by-source:{source}"}},
+			[]string{"XRANGE 'orders' - +", "XRANGE 'by-source:/shop/checkout' - +"}},
+		{"a route that needs an extension", []fanout.Route{{Types: []string{"*"}, Stream: "tenant:{ext.tenant}"}},
+			[]string{`# stream "tenant:{ext.tenant}": the event has no {ext.tenant}`}},
+		{"no route takes it", []fanout.Route{{Types: []string{"shop.payment.*"}, Stream: "payments"}},
+			[]string{"# no route of the spate.yaml takes shop.order.placed.v1"}},
+	} {
+		w, err := fanout.New(nil, schemas.Builtin(), fanout.Config{Routes: tc.routes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		printBanner(&b, bannerInfo{edge: "127.0.0.1:8080", redis: "redis://r", streams: bannerStreams(w)})
+		for _, want := range tc.want {
+			if !strings.Contains(b.String(), want) {
+				t.Errorf("%s: the banner lacks %q:\n%s", tc.name, want, b.String())
 			}
 		}
 	}

@@ -87,6 +87,17 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 				}
 				return fmt.Errorf("redis at %s: %w", url, err)
 			}
+			switch typ, err := rdb.Type(ctx, stream).Result(); {
+			case err != nil:
+				return fmt.Errorf("redis: type of %s: %w", stream, err)
+			case typ == "none":
+				// Say so on stderr, whatever the log level: a key that
+				// never fills is the usual mistake (a route's stream,
+				// given without its full name).
+				fmt.Fprintf(cmd.ErrOrStderr(), "spate: stream %s does not exist (yet): waiting for its first entry\n", stream)
+			case typ != "stream":
+				return fmt.Errorf("%s holds a %s, not a stream", stream, typ)
+			}
 			if group == "" {
 				return tailRead(ctx, rdb, stream, start, p, out, log)
 			}

@@ -279,7 +279,7 @@ func TestTailBadFrom(t *testing.T) {
 		// No server needed: --from is checked first.
 		root.SetArgs([]string{"tail", "orders", "--redis-url", "redis://127.0.0.1:1/0", "--from", from})
 		err := root.ExecuteContext(t.Context())
-		if want := fmt.Sprintf("--from %q: want $ (new entries), 0 (the whole stream)", from); err == nil || !strings.Contains(err.Error(), want) {
+		if want := fmt.Sprintf("--from %q: want $ or latest (new entries), 0 or earliest (the whole stream)", from); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("--from %s: got %v, want an error starting %s", from, err, want)
 		}
 	}
@@ -306,5 +306,39 @@ func TestTailParseFrom(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("parseTailFrom(%q) = %q, %v; want %q", tc.from, got, err, tc.want)
 		}
+	}
+}
+
+// spate tail says when its stream does not exist yet (a route's stream
+// given by the wrong name waits for ever otherwise), and refuses a key of
+// another type.
+func TestTailSaysWhatItsKeyIs(t *testing.T) {
+	t.Parallel()
+	rdb, url := tailClient(t)
+	missing := spatetest.KeyPrefix(t) + "missing"
+	var stdout, stderr lockedBuffer
+	root := newRoot(&stdout, &stderr)
+	root.SetArgs([]string{"tail", missing, "--redis-url", url})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		if want := "stream " + missing + " does not exist (yet)"; !strings.Contains(stderr.String(), want) {
+			return fmt.Sprintf("stderr %q, want %q", stderr.String(), want)
+		}
+		return ""
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("tail of a missing stream, stopped: %v", err)
+	}
+	hash := spatetest.KeyPrefix(t) + "a-hash"
+	if err := rdb.HSet(t.Context(), hash, "f", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	root = newRoot(&stdout, &stderr)
+	root.SetArgs([]string{"tail", hash, "--redis-url", url})
+	if err := root.ExecuteContext(t.Context()); err == nil || !strings.Contains(err.Error(), "holds a hash, not a stream") {
+		t.Errorf("tail of a hash: %v, want a refusal", err)
 	}
 }

@@ -134,6 +134,22 @@ func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer,
 // Stream returns the stream key of an event type when no routes are given.
 func (w *Writer) Stream(eventType string) string { return w.cfg.Prefix + eventType }
 
+// Streams returns the keys of the streams the routes send ev to, in the
+// order of the routes; none if no route takes its type.
+func (w *Writer) Streams(ev *spatev1.Event) ([]string, error) {
+	var keys []string
+	for i := range w.routes {
+		if rt := &w.routes[i]; rt.matches(ev.Type) {
+			key, err := rt.key(ev)
+			if err != nil {
+				return nil, err
+			}
+			keys = append(keys, key)
+		}
+	}
+	return keys, nil
+}
+
 // offsetsKey is the hash holding the next offset of each topic/partition.
 func (w *Writer) offsetsKey() string { return w.cfg.Prefix + "offsets:" + w.cfg.Group }
 

@@ -144,6 +144,9 @@ func (r *Route) key(ev *spatev1.Event) (string, error) {
 		default:
 			v = ev.Extensions[p.attr[4:]]
 		}
+		if v == "" {
+			return "", fmt.Errorf("stream %q: the event has no {%s}", r.Stream, p.attr)
+		}
 		if !validKeyPart(v) {
 			shown := v
 			if len(shown) > 40 {
