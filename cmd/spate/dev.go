@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -59,7 +58,7 @@ removes the throwaway data.`,
   SPATE_POSTGRES_URL=postgres://localhost/spate spate dev --edge-addr 127.0.0.1:8081`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), &f, cmd.OutOrStdout())
+			return runDev(cmd.Context(), &f, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fs := cmd.Flags()
@@ -79,12 +78,26 @@ removes the throwaway data.`,
 	return cmd
 }
 
-func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
-	log, kafkaLog, err := f.loggers(os.Stderr)
+func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err error) {
+	log, kafkaLog, err := f.loggers(stderr)
 	if err != nil {
 		return err
 	}
 	started := time.Now()
+	// The files first: a mistake in one is told before anything starts.
+	reg, err := loadRegistry(f.schemas)
+	if err != nil {
+		return err
+	}
+	e := &env{log: log, kafkaLog: kafkaLog, reg: reg, metrics: newMetrics(), topic: f.topic}
+	cfg, err := e.loadConfig(f.config, shopv1.ExampleConfig)
+	if err != nil {
+		return err
+	}
+	keys, err := loadKeys(f.keys)
+	if err != nil {
+		return err
+	}
 
 	// Services, in order of dependency; closed in reverse by the defers.
 	brokers, kafkaNote := f.brokers, "external"
@@ -126,19 +139,7 @@ func runDev(ctx context.Context, f *devFlags, stdout io.Writer) (err error) {
 		redisURL, redisNote = rs.URL(), "throwaway"
 	}
 
-	reg, err := loadRegistry(f.schemas)
-	if err != nil {
-		return err
-	}
-	e := &env{log: log, kafkaLog: kafkaLog, reg: reg, metrics: newMetrics(), brokers: brokers, topic: f.topic}
-	cfg, err := e.loadConfig(f.config, shopv1.ExampleConfig)
-	if err != nil {
-		return err
-	}
-	keys, err := loadKeys(f.keys)
-	if err != nil {
-		return err
-	}
+	e.brokers = brokers
 	// Retries within a day are published once, through the same Redis.
 	dd, ddb, err := newDedupe(redisURL, 24*time.Hour)
 	if err != nil {

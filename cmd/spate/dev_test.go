@@ -63,3 +63,17 @@ func TestBannerShowsTheStreamsOfItsEvent(t *testing.T) {
 		}
 	}
 }
+
+// spate dev reads its files before it starts anything: a mistake in one is
+// told at once, without a throwaway server started and stopped for it.
+func TestDevReadsItsFilesFirst(t *testing.T) {
+	for _, flag := range []string{"--keys", "--schemas", "--config"} {
+		_, stderr, err := runSpate(t.Context(), "dev", flag, "/nonexistent/file", "--kafka-port", "0", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
+		if err == nil || !strings.Contains(err.Error(), "/nonexistent/file") {
+			t.Errorf("dev %s /nonexistent/file: %v, want an error naming the file", flag, err)
+		}
+		if strings.Contains(stderr, "throwaway") {
+			t.Errorf("dev %s /nonexistent/file started a throwaway server first:\n%s", flag, stderr)
+		}
+	}
+}

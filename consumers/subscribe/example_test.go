@@ -22,7 +22,7 @@ func Example() {
 	defer rdb.Close()
 	rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: "spate:shop.order.placed.v1", Values: []any{
 		"id", "order-1001-placed", "type", "shop.order.placed.v1", "subject", "order-1001",
-		"data", `{"orderId":"order-1001","amountCents":"4200"}`,
+		"data", `{"order_id":"order-1001","amount_cents":"4200"}`,
 	}})
 
 	// The subscriber.
@@ -42,5 +42,5 @@ func Example() {
 		log.Fatal(err)
 	}
 	// Output:
-	// order-1001 {"orderId":"order-1001","amountCents":"4200"} 1
+	// order-1001 {"order_id":"order-1001","amount_cents":"4200"} 1
 }
