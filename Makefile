@@ -26,8 +26,8 @@ test: deps $(BIN)/buf
 		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-## buf: install the pinned buf into .bin (spate schema check uses it)
-buf: $(BIN)/buf
+## buf: install the pinned buf into .bin (spate schema check uses it), with the protovalidate module buf.yaml names, so that buf build works here
+buf: $(BIN)/buf $(BIN)/protovalidate/buf/validate/validate.proto
 
 ## deps: install the local servers tests and dev need (redis-server, PostgreSQL) when missing
 deps:
