@@ -467,14 +467,22 @@ func (o *offsetsSession) printShow(w io.Writer, s *offsetsSnapshot) error {
 	o.header(&b, s)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PARTITION\tSTORED\tCOMMITTED\tLOG START\tLOG END\tLAG")
-	unstored, beyond := false, false
+	unstored, stored, beyond := false, false, false
 	for _, p := range r.Partitions {
 		unstored = unstored || p.Stored == nil
+		stored = stored || p.Stored != nil
 		beyond = beyond || p.Lag != nil && *p.Lag < 0
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\n", p.Partition, offsetText(p.Stored), offsetText(p.Committed), p.Start, p.End, offsetText(p.Lag))
 	}
-	fmt.Fprintf(tw, "total\t\t\t\t\t%d\n", r.Lag)
+	if stored {
+		fmt.Fprintf(tw, "total\t\t\t\t\t%d\n", r.Lag)
+	} else {
+		fmt.Fprintf(tw, "total\t\t\t\t\t-\n")
+	}
 	tw.Flush()
+	if !stored {
+		fmt.Fprintf(&b, "no offset of group %s is stored in %s: check --group, and the store (a projector group keeps its offsets in Postgres, --postgres-url; a fan-out group in Redis, --redis-url)\n", o.group, o.store.name)
+	}
 	if unstored {
 		fmt.Fprintln(&b, "-: no offset stored; the group starts such a partition at its --start-at (earliest unless told)")
 	}

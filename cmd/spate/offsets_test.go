@@ -415,6 +415,18 @@ func TestOffsetsShowLag(t *testing.T) {
 			t.Errorf("show's table has no line %q:\n%s", line, stdout)
 		}
 	}
+
+	// A group with no offset in the store: its total is unknown, not 0.
+	other := append([]string{"offsets", "show", "--json=false", "--kafka-brokers", strings.Join(brokers, ","), "--group", "nosuch"}, st.flags...)
+	stdout, stderr, err = offsetsRun(t, other...)
+	if err != nil {
+		t.Fatalf("show of a group without offsets: %v\n%s", err, stderr)
+	}
+	for _, line := range []string{"total                                             -", "no offset of group nosuch is stored in redis: check --group"} {
+		if !strings.Contains(stdout, line) {
+			t.Errorf("show of a group without offsets has no %q:\n%s", line, stdout)
+		}
+	}
 }
 
 // TestOffsetsBadInput: input that is missing, contradicts itself or names
