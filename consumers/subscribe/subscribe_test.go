@@ -223,6 +223,29 @@ func TestHandlesAndAcknowledges(t *testing.T) {
 	})
 }
 
+// stopMidBatch runs member a of group g on stream, reading up to 10
+// entries at once, and stops it while its handler holds the first entry;
+// the handler then returns err.
+func stopMidBatch(t *testing.T, rdb *redis.Client, stream string, err error) {
+	t.Helper()
+	got, release := make(chan struct{}), make(chan struct{})
+	a, nerr := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, Consumer: "a", Count: 10},
+		func(context.Context, subscribe.Message) error {
+			close(got)
+			<-release
+			return err
+		})
+	if nerr != nil {
+		t.Fatal(nerr)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	wait := start(t, ctx, a)
+	<-got
+	cancel()
+	close(release)
+	wait()
+}
+
 func TestTakesOverEntriesOfAStoppedMember(t *testing.T) {
 	t.Parallel()
 	rdb := connect(t, spatetest.Redis(t))
@@ -231,22 +254,7 @@ func TestTakesOverEntriesOfAStoppedMember(t *testing.T) {
 
 	// Member A takes 10 entries, fails the first only after it was told to
 	// stop, and so stops without acknowledging any.
-	got, release := make(chan struct{}), make(chan struct{})
-	a, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, Consumer: "a", Count: 10},
-		func(ctx context.Context, m subscribe.Message) error {
-			close(got)
-			<-release
-			return errors.New("member a went away")
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	wait := start(t, ctx, a)
-	<-got
-	cancel()
-	close(release)
-	wait()
+	stopMidBatch(t, rdb, stream, errors.New("member a went away"))
 	if p := pending(t, rdb, stream, "g"); p != 10 {
 		t.Fatalf("after member a stopped: %d pending, want 10", p)
 	}
@@ -282,22 +290,7 @@ func TestStopMidBatchDoesNotSpendDeliveries(t *testing.T) {
 	rdb := connect(t, spatetest.Redis(t))
 	stream := spatetest.KeyPrefix(t) + "orders"
 	ids := publish(t, rdb, stream, 0, 3)
-	got, release := make(chan struct{}), make(chan struct{})
-	a, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, Consumer: "a", Count: 10},
-		func(context.Context, subscribe.Message) error {
-			close(got)
-			<-release
-			return nil // the first is handled
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	wait := start(t, ctx, a)
-	<-got
-	cancel()
-	close(release)
-	wait()
+	stopMidBatch(t, rdb, stream, nil) // the first is handled
 	var rec recorder
 	b, err := subscribe.New(rdb, subscribe.Config{
 		Group: "g", Streams: []string{stream}, Consumer: "b", ClaimIdle: 50 * time.Millisecond, MaxDeliveries: 1,
