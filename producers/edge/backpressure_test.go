@@ -208,64 +208,112 @@ func TestTimedOutEventsKeepTheirBytesCounted(t *testing.T) {
 	}
 }
 
-// TestConnectBodiesCountBeforeTheyAreRead: Connect reads a whole body
-// before the handler runs, so the in-flight cap on request bytes is taken
-// as the body comes in: of three 3.5 MiB uploads that do not end, under a
-// cap of 8 MiB, one is answered at once, overloaded, whether its length is
-// known or not.
-func TestConnectBodiesCountBeforeTheyAreRead(t *testing.T) {
+// TestBodiesCountBeforeTheyAreRead: the in-flight cap on request bytes is
+// taken as a body comes in (Connect reads a whole body before the handler
+// runs): of three 3.5 MiB uploads that do not end, under a cap of 8 MiB,
+// one is answered at once, overloaded, whether its length is known or not
+// (over Connect; on /v1/events when known: an upload of unknown length is
+// read to its end before it is answered, see
+// TestBodyOfUnknownLengthOverTheCap).
+func TestBodiesCountBeforeTheyAreRead(t *testing.T) {
 	t.Parallel()
-	for _, known := range []bool{true, false} {
-		t.Run(fmt.Sprint("length known ", known), func(t *testing.T) {
+	for _, tc := range []struct {
+		path, ct string
+		known    bool
+	}{
+		{spatev1connect.IngestServicePublishProcedure, "application/proto", true},
+		{spatev1connect.IngestServicePublishProcedure, "application/proto", false},
+		{"/v1/events", "application/x-protobuf", true},
+	} {
+		t.Run(fmt.Sprint(tc.path, " length known ", tc.known), func(t *testing.T) {
 			t.Parallel()
-			f := start(t, edge.Config{MaxInflightBytes: 8 << 20})
-			req := protobufRequest(t, "big")
-			req.Events[0].Extensions = map[string]string{"pad": strings.Repeat("x", 3<<20+512<<10)}
-			body, err := proto.Marshal(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tr := &http.Transport{}
-			defer tr.CloseIdleConnections()
-			answered := make(chan int, 3)
-			var writers []*io.PipeWriter
-			var wg sync.WaitGroup
-			defer func() {
-				for _, pw := range writers {
-					pw.CloseWithError(io.ErrClosedPipe)
-				}
-				wg.Wait()
-			}()
-			for range 3 {
-				pr, pw := io.Pipe()
-				writers = append(writers, pw)
-				r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				r.Header.Set("Content-Type", "application/proto")
-				if known {
-					r.ContentLength = int64(len(body))
-				}
-				wg.Go(func() {
-					resp, err := tr.RoundTrip(r)
-					if err != nil {
-						return // closed at the end of the test
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					answered <- resp.StatusCode
-				})
-				wg.Go(func() { pw.Write(body[:len(body)-1]) }) // all but the last byte
-			}
-			if code := <-answered; code != http.StatusServiceUnavailable {
-				t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", code)
-			}
-			select {
-			case code := <-answered:
-				t.Fatalf("a second upload was answered %d while its body was not complete, want it to wait", code)
-			default:
-			}
+			bodiesCountBeforeTheyAreRead(t, tc.path, tc.ct, tc.known)
 		})
+	}
+}
+
+// TestBodyOfUnknownLengthOverTheCap: a body of unknown length (chunked)
+// counts against the cap as it is read; past the cap the request is
+// answered 503 overloaded, and what it held is given back.
+func TestBodyOfUnknownLengthOverTheCap(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{MaxInflightBytes: 2 << 20})
+	req := protobufRequest(t, "big")
+	req.Events[0].Extensions = map[string]string{"pad": strings.Repeat("x", 3<<20)}
+	body, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := http.NewRequest(http.MethodPost, f.url+"/v1/events", io.MultiReader(bytes.NewReader(body))) // no length: chunked
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Header.Set("Content-Type", "application/x-protobuf")
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(msg, []byte("overloaded")) {
+		t.Fatalf("a 3 MiB body of unknown length under a cap of 2 MiB: %d %s, want 503 overloaded", resp.StatusCode, msg)
+	}
+	small, err := proto.Marshal(protobufRequest(t, "small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, msg := f.post(t, "application/x-protobuf", small); code != http.StatusAccepted {
+		t.Fatalf("a small request after it: %d %s, want 202: the refused body's bytes are given back", code, msg)
+	}
+}
+
+func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
+	f := start(t, edge.Config{MaxInflightBytes: 8 << 20})
+	req := protobufRequest(t, "big")
+	req.Events[0].Extensions = map[string]string{"pad": strings.Repeat("x", 3<<20+512<<10)}
+	body, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	answered := make(chan int, 3)
+	var writers []*io.PipeWriter
+	var wg sync.WaitGroup
+	defer func() {
+		for _, pw := range writers {
+			pw.CloseWithError(io.ErrClosedPipe)
+		}
+		wg.Wait()
+	}()
+	for range 3 {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		r, err := http.NewRequest(http.MethodPost, f.url+path, pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", ct)
+		if known {
+			r.ContentLength = int64(len(body))
+		}
+		wg.Go(func() {
+			resp, err := tr.RoundTrip(r)
+			if err != nil {
+				return // closed at the end of the test
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			answered <- resp.StatusCode
+		})
+		wg.Go(func() { pw.Write(body[:len(body)-1]) }) // all but the last byte
+	}
+	if code := <-answered; code != http.StatusServiceUnavailable {
+		t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", code)
+	}
+	select {
+	case code := <-answered:
+		t.Fatalf("a second upload was answered %d while its body was not complete, want it to wait", code)
+	default:
 	}
 }

@@ -40,49 +40,21 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			return
 		}
 		// The body's bytes count against the in-flight cap as Connect
-		// reads them, before it decodes the request: all at once when the
-		// length is known, as they arrive when it is not (HTTP/2 and gRPC
-		// clients often do not say).
-		body := &chargedBody{ReadCloser: r.Body, s: s}
-		if n := r.ContentLength; n > 0 && r.Header.Get("Content-Encoding") == "" {
-			if !take(&s.inflightBytes, min(n, s.cfg.MaxBodyBytes), s.cfg.MaxInflightBytes) {
-				// Answered at once, as /v1/events does: the body is not
-				// read, and the connection closes after the answer.
-				errw.Write(w, r, connectError(overloaded("request bytes")))
-				return
-			}
-			body.charged = min(n, s.cfg.MaxBodyBytes)
-			body.free = body.charged
+		// reads them, before it decodes the request.
+		c, ok := s.chargeBody(r)
+		if !ok {
+			// Answered at once, as /v1/events does: the body is not
+			// read, and the connection closes after the answer.
+			errw.Write(w, r, connectError(overloaded("request bytes")))
+			return
 		}
-		defer func() { s.inflightBytes.Add(-body.charged) }()
-		r.Body = body
+		defer c.release()
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{&chargedReader{r.Body, c, connectError(overloaded("request bytes"))}, r.Body} // Connect answers with its code
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyKey{}, key)))
 	})
-}
-
-// chargedBody is a request body whose bytes count against the in-flight
-// cap as they are read, in steps of chargeStep: charged in all, free of
-// that not read yet. A read past the cap fails.
-type chargedBody struct {
-	io.ReadCloser
-	s             *Server
-	charged, free int64
-}
-
-const chargeStep = 64 << 10
-
-func (b *chargedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if need := int64(n) - b.free; need > 0 {
-		step := max(need, chargeStep)
-		if !take(&b.s.inflightBytes, step, b.s.cfg.MaxInflightBytes) {
-			return 0, connectError(overloaded("request bytes")) // Connect answers with its code
-		}
-		b.charged += step
-		b.free += step
-	}
-	b.free -= int64(n)
-	return n, err
 }
 
 // countingCodec is Connect's codec of name, that refuses a PublishRequest

@@ -58,17 +58,15 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The body's bytes count against the in-flight cap until the answer.
-	size := s.cfg.MaxBodyBytes
-	if r.ContentLength > 0 && r.ContentLength < size && r.Header.Get("Content-Encoding") == "" {
-		size = r.ContentLength
-	}
-	if !take(&s.inflightBytes, size, s.cfg.MaxInflightBytes) {
+	c, ok := s.chargeBody(r)
+	if !ok {
 		writeRefusal(w, overloaded("request bytes"))
 		return
 	}
-	defer s.inflightBytes.Add(-size)
-	body, err := readBody(w, r, s.cfg.MaxBodyBytes)
+	defer c.release()
+	body, err := readBody(w, r, s.cfg.MaxBodyBytes, c)
 	if err != nil {
+		c.release() // what is discarded is not held
 		s.discardBody(r)
 		writeRefusal(w, err)
 		return
@@ -182,7 +180,7 @@ func (s *Server) discardBody(r *http.Request) {
 // readBody reads a request body of at most limit bytes, decompressing a
 // gzip one (Content-Encoding: gzip), whose decompressed size is capped at
 // limit too: a gzip bomb costs at most limit bytes of memory.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([]byte, error) {
 	tooLarge := func(what string) error {
 		return &refusal{status: http.StatusRequestEntityTooLarge, kind: "body-too-large", title: "Request body too large",
 			detail: fmt.Sprintf("the %s exceeds %d bytes", what, limit)}
@@ -205,8 +203,11 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		return nil, &refusal{status: http.StatusUnsupportedMediaType, kind: "unsupported-encoding", title: "Unsupported content encoding",
 			detail: fmt.Sprintf("Content-Encoding %q is not taken; use gzip or none", enc)}
 	}
-	body, err := io.ReadAll(in)
+	overloadedErr := overloaded("request bytes")
+	body, err := io.ReadAll(&chargedReader{in, c, overloadedErr})
 	switch mbe := (*http.MaxBytesError)(nil); {
+	case err == overloadedErr:
+		return nil, overloadedErr
 	case errors.As(err, &mbe):
 		return nil, tooLarge("body")
 	case err != nil:
@@ -215,6 +216,68 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		return nil, tooLarge("decompressed body")
 	}
 	return body, nil
+}
+
+// charge counts the bytes of a request body against the in-flight cap:
+// charged in all, free of that not read yet.
+type charge struct {
+	s             *Server
+	charged, free int64
+}
+
+// chargeStep is how many bytes a body whose length is not known is
+// charged at a time, as they are read.
+const chargeStep = 64 << 10
+
+// chargeBody charges r's body against the in-flight cap: its whole length
+// when known (and not compressed), else nothing until it is read. It
+// reports false, charging nothing, when that is over the cap.
+func (s *Server) chargeBody(r *http.Request) (*charge, bool) {
+	c := &charge{s: s}
+	if n := r.ContentLength; n > 0 && r.Header.Get("Content-Encoding") == "" {
+		n = min(n, s.cfg.MaxBodyBytes)
+		if !take(&s.inflightBytes, n, s.cfg.MaxInflightBytes) {
+			return nil, false
+		}
+		c.charged, c.free = n, n
+	}
+	return c, true
+}
+
+// read counts n more bytes read, charging more in steps when they are
+// past what was charged; false when that is over the cap.
+func (c *charge) read(n int) bool {
+	if need := int64(n) - c.free; need > 0 {
+		step := max(need, chargeStep)
+		if !take(&c.s.inflightBytes, step, c.s.cfg.MaxInflightBytes) {
+			return false
+		}
+		c.charged += step
+		c.free += step
+	}
+	c.free -= int64(n)
+	return true
+}
+
+// release gives back what the body was charged; again, nothing.
+func (c *charge) release() {
+	c.s.inflightBytes.Add(-c.charged)
+	c.charged, c.free = 0, 0
+}
+
+// chargedReader reads through c, failing with over once past the cap.
+type chargedReader struct {
+	r    io.Reader
+	c    *charge
+	over error
+}
+
+func (r *chargedReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if !r.c.read(n) {
+		return 0, r.over
+	}
+	return n, err
 }
 
 // jsonErr is what a client is told of malformed JSON: the parser's words,
