@@ -98,6 +98,14 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 	if err != nil {
 		return err
 	}
+	// And the ports: a busy one is told at once, not after servers
+	// started and consumers joined their groups for nothing.
+	ln, aln, err := listenEdgeAdmin(f.edgeAddr, f.adminAddr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()  // if the start fails before Serve takes it
+	defer aln.Close() // the same
 
 	// Services, in order of dependency; closed in reverse by the defers.
 	brokers, kafkaNote := f.brokers, "external"
@@ -185,10 +193,6 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 		tasks = append(tasks, projGroup.Run, fanGroup.Run, func(ctx context.Context) error { return fan.Trim(ctx, 30*time.Second) })
 	}
 
-	ln, aln, err := listenEdgeAdmin(f.edgeAddr, f.adminAddr)
-	if err != nil {
-		return err
-	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(gctx, ln) })
 	for _, run := range tasks {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"strings"
 	"testing"
 
@@ -64,16 +65,30 @@ func TestBannerShowsTheStreamsOfItsEvent(t *testing.T) {
 	}
 }
 
-// spate dev reads its files before it starts anything: a mistake in one is
-// told at once, without a throwaway server started and stopped for it.
-func TestDevReadsItsFilesFirst(t *testing.T) {
-	for _, flag := range []string{"--keys", "--schemas", "--config"} {
-		_, stderr, err := runSpate(t.Context(), "dev", flag, "/nonexistent/file", "--kafka-port", "0", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
-		if err == nil || !strings.Contains(err.Error(), "/nonexistent/file") {
-			t.Errorf("dev %s /nonexistent/file: %v, want an error naming the file", flag, err)
+// spate dev reads its files, and takes its ports, before it starts
+// anything: a mistake is told at once, without a throwaway server started
+// and stopped for it.
+func TestDevChecksFilesAndPortsFirst(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--keys", "/nonexistent/file", "--edge-addr", "127.0.0.1:0"}, "/nonexistent/file"},
+		{[]string{"--schemas", "/nonexistent/file", "--edge-addr", "127.0.0.1:0"}, "/nonexistent/file"},
+		{[]string{"--config", "/nonexistent/file", "--edge-addr", "127.0.0.1:0"}, "/nonexistent/file"},
+		{[]string{"--edge-addr", busy.Addr().String()}, "address already in use"},
+	} {
+		_, stderr, err := runSpate(t.Context(), append([]string{"dev", "--kafka-port", "0", "--admin-addr", "127.0.0.1:0"}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("dev %v: %v, want an error containing %q", tc.args, err, tc.want)
 		}
 		if strings.Contains(stderr, "throwaway") {
-			t.Errorf("dev %s /nonexistent/file started a throwaway server first:\n%s", flag, stderr)
+			t.Errorf("dev %v started a throwaway server first:\n%s", tc.args, stderr)
 		}
 	}
 }
