@@ -27,6 +27,9 @@ import (
 // keyKey is the context key of the API key that authenticateConnect found.
 type keyKey struct{}
 
+// chargeKey is the context key of a Connect request's *charge.
+type chargeKey struct{}
+
 // authenticateConnect authenticates a Connect, gRPC or gRPC-Web request
 // before Connect reads its body, and answers it in its protocol if that
 // fails; the handler finds the key in the request's context.
@@ -53,7 +56,8 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			io.Reader
 			io.Closer
 		}{&chargedReader{r.Body, c, connectError(overloaded("request bytes"))}, r.Body} // Connect answers with its code
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyKey{}, key)))
+		ctx := context.WithValue(context.WithValue(r.Context(), keyKey{}, key), chargeKey{}, c)
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

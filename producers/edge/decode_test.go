@@ -344,6 +344,11 @@ func TestValidate(t *testing.T) {
 			wantErrs: []FieldError{{Field: "source"}},
 		},
 		{
+			name:     "percent-encoded dot segments beside a stray percent in source",
+			ev:       &spatev1.Event{Id: "e-1", Source: "/shop/%2e%2e/billing/%zz", Type: "shop.order.placed.v1", Data: orderPB},
+			wantErrs: []FieldError{{Field: "source"}},
+		},
+		{
 			name:     "a dot segment between percent-encoded slashes in source",
 			ev:       &spatev1.Event{Id: "e-1", Source: "/shop%2F..%2fbilling", Type: "shop.order.placed.v1", Data: orderPB},
 			wantErrs: []FieldError{{Field: "source"}},

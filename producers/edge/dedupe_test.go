@@ -247,6 +247,25 @@ func TestCloseKeepsClaimsOfUnsettledRecords(t *testing.T) {
 	}
 }
 
+// TestPublishAfterClose: a request that reaches the edge once Close began
+// is refused, stopping, without a claim: the next edge publishes its retry.
+func TestPublishAfterClose(t *testing.T) {
+	t.Parallel()
+	dd := newDedupe(t)
+	f := start(t, edge.Config{Dedupe: dd})
+	if err := f.srv.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	code, body := f.post(t, "application/cloudevents+json", []byte(orderJSON("late", "s")))
+	if code != 503 || !bytes.Contains(body, []byte("stopping")) {
+		t.Fatalf("a publish after Close: %d %s, want 503 stopping", code, body)
+	}
+	next := start(t, edge.Config{Dedupe: dd})
+	if code, r := next.receiptsOf(t, "application/cloudevents+json", orderJSON("late", "s")); code != 202 {
+		t.Fatalf("its retry to the next edge: %d %v, want 202: the refused request claimed nothing", code, r)
+	}
+}
+
 func TestConcurrentCopiesArePublishedOnce(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{Dedupe: newDedupe(t)})

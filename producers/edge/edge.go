@@ -20,8 +20,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,6 +161,12 @@ type Server struct {
 	settleMu sync.Mutex
 	settling int           // publishes whose outcomes are not yet recorded
 	idle     chan struct{} // closed when settling drops to 0, if asked for
+
+	// closeMu is held, shared, by each publish from its check of closing
+	// until its records are settled or its wait for them ends; Close takes
+	// it to set closing, so no record is handed to a client it closes.
+	closeMu sync.RWMutex
+	closing bool
 }
 
 // startSettle counts a publish whose outcome is to be recorded, endSettle
@@ -184,11 +190,13 @@ func (s *Server) endSettle() {
 func (s *Server) allSettled() <-chan struct{} {
 	s.settleMu.Lock()
 	defer s.settleMu.Unlock()
+	if s.settling == 0 {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
 	if s.idle == nil {
 		s.idle = make(chan struct{})
-		if s.settling == 0 {
-			close(s.idle)
-		}
 	}
 	return s.idle
 }
@@ -327,6 +335,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // dedupe window, so a retry is answered 409 rather than written twice.
 // Close the dedupe store's Redis client only after Close.
 func (s *Server) Close(ctx context.Context) error {
+	s.closeMu.Lock() // publishes still running end first (PublishTimeout at most)
+	s.closing = true
+	s.closeMu.Unlock()
 	ferr := s.cl.Flush(ctx)
 	s.cl.Close()
 	if ferr != nil {
@@ -432,7 +443,7 @@ func hasDotSegment(ref string) bool {
 		ref = ref[:i]
 	}
 	paths := []string{ref}
-	if decoded, err := url.PathUnescape(ref); err == nil && decoded != ref {
+	if decoded := percentDecoded(ref); decoded != ref {
 		paths = append(paths, decoded)
 	}
 	for _, p := range paths {
@@ -443,6 +454,29 @@ func hasDotSegment(ref string) bool {
 		}
 	}
 	return false
+}
+
+// percentDecoded decodes each valid %XX of s, and leaves the rest as it
+// is, as lenient URI decoders do: one stray % must not hide the others.
+func percentDecoded(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			b.WriteByte(byte(v))
+			i += 2
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // MaxEventBytes caps an event's encoded size (its payload, attributes and
@@ -462,7 +496,7 @@ var errTooManyExtensions = fmt.Errorf("an event may hold at most %d extension at
 
 // publishErr is what a client is told of a failed publish: no broker detail.
 func publishErr(err error) error {
-	if errors.Is(err, producers.ErrUnknownOutcome) {
+	if errors.Is(err, producers.ErrUnknownOutcome) || errors.Is(err, kgo.ErrClientClosed) {
 		return errors.New("kafka did not acknowledge in time; the events may have been written: retry with the same ids")
 	}
 	if errors.Is(err, kerr.UnknownTopicOrPartition) {

@@ -259,6 +259,20 @@ func (c *charge) read(n int) bool {
 	return true
 }
 
+// atLeast charges more, if need be, so that n bytes in all are charged;
+// false when that is over the cap.
+func (c *charge) atLeast(n int64) bool {
+	need := n - c.charged
+	if need <= 0 {
+		return true
+	}
+	if !take(&c.s.inflightBytes, need, c.s.cfg.MaxInflightBytes) {
+		return false
+	}
+	c.charged += need
+	return true
+}
+
 // release gives back what the body was charged; again, nothing.
 func (c *charge) release() {
 	c.s.inflightBytes.Add(-c.charged)

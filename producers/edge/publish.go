@@ -200,6 +200,14 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 				detail: fmt.Sprintf("%d events exceed this key's burst of %d; send smaller requests", len(evs), key.burst)}, "rate_limited")
 		}
 	}
+	// From here until its records are settled or given up on, the edge
+	// does not close under the request (Server.Close).
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closing {
+		return refuse(&refusal{status: http.StatusServiceUnavailable, kind: "stopping", title: "Edge stopping",
+			detail: "this edge is stopping; nothing was published: retry, another edge takes it", retryAfter: time.Second}, "failed")
+	}
 	// Events published before (within the dedupe window) are answered
 	// with their first receipt; only the others go to Kafka.
 	var prior []*spatev1.Receipt
@@ -242,7 +250,12 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	}
 	// The caps, then the key's rate, are checked last: a request refused
 	// before spends none of the key's tokens. Refused here, it gives back
-	// its claims (settled without receipts) and what it took of the caps.
+	// its claims (settled without receipts) and what it took of the caps;
+	// its duplicates were counted as such.
+	refuseFresh := func(r *refusal, result string) ([]*spatev1.Receipt, error) {
+		s.metrics.events.WithLabelValues(result).Add(float64(len(fresh)))
+		return nil, r
+	}
 	// validate sized every event as it is now (MaxEventBytes): reuse that.
 	n, size := int64(len(fresh)), int64(0)
 	for _, ev := range fresh {
@@ -250,19 +263,19 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	}
 	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
 		settled(nil)
-		return refuse(overloaded("events"), "overloaded")
+		return refuseFresh(overloaded("events"), "overloaded")
 	}
 	if !take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes) {
 		s.inflightEvents.Add(-n)
 		settled(nil)
-		return refuse(overloaded("bytes of events"), "overloaded")
+		return refuseFresh(overloaded("bytes of events"), "overloaded")
 	}
 	if key != nil {
 		if wait, ok := key.admit(len(fresh), time.Now()); !ok {
 			s.inflightEvents.Add(-n)
 			s.inflightRecordBytes.Add(-size)
 			settled(nil)
-			return refuse(&refusal{status: http.StatusTooManyRequests, kind: "rate-limited", title: "Rate limited",
+			return refuseFresh(&refusal{status: http.StatusTooManyRequests, kind: "rate-limited", title: "Rate limited",
 				detail: fmt.Sprintf("this key may publish %g events a second; retry later", key.rate), retryAfter: wait}, "rate_limited")
 		}
 	}
@@ -317,7 +330,8 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
 		s.log.WarnContext(ctx, "publish", "events", len(evs), "key", name, "err", err)
 		kind, title := "kafka-unavailable", "Kafka unavailable"
-		if errors.Is(err, producers.ErrUnknownOutcome) {
+		if errors.Is(err, producers.ErrUnknownOutcome) || errors.Is(err, kgo.ErrClientClosed) {
+			// A record the client gave up on as it closed may be written.
 			kind, title = "outcome-unknown", "Outcome unknown"
 		}
 		return nil, &refusal{status: http.StatusServiceUnavailable, kind: kind, title: title,
@@ -393,6 +407,10 @@ var connectCodes = map[int]connect.Code{
 
 func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
 	key, _ := ctx.Value(keyKey{}).(*apiKey) // authenticateConnect found it and counted the body's bytes
+	// A compressed body was counted as it came: count it as decoded.
+	if c, ok := ctx.Value(chargeKey{}).(*charge); ok && !c.atLeast(int64(proto.Size(req.Msg))) {
+		return nil, connectError(overloaded("request bytes"))
+	}
 	rs, err := in.s.publish(ctx, key, req.Msg.GetEvents())
 	if err != nil {
 		return nil, connectError(err)
