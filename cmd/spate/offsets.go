@@ -435,7 +435,7 @@ type showReport struct {
 	State      string          `json:"state"`
 	Members    int             `json:"members"`
 	Partitions []showPartition `json:"partitions"`
-	Lag        int64           `json:"lag"` // the sum of the partitions' known lags
+	Lag        *int64          `json:"lag"` // the sum of the partitions' known lags; null when none is known
 }
 
 type showPartition struct {
@@ -454,7 +454,10 @@ func (o *offsetsSession) showReport(s *offsetsSnapshot) showReport {
 		if sp.Stored != nil {
 			lag := sp.End - *sp.Stored
 			sp.Lag = &lag
-			r.Lag += lag
+			if r.Lag == nil {
+				r.Lag = new(int64)
+			}
+			*r.Lag += lag
 		}
 		r.Partitions = append(r.Partitions, sp)
 	}
@@ -467,20 +470,15 @@ func (o *offsetsSession) printShow(w io.Writer, s *offsetsSnapshot) error {
 	o.header(&b, s)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PARTITION\tSTORED\tCOMMITTED\tLOG START\tLOG END\tLAG")
-	unstored, stored, beyond := false, false, false
+	unstored, beyond := false, false
 	for _, p := range r.Partitions {
 		unstored = unstored || p.Stored == nil
-		stored = stored || p.Stored != nil
 		beyond = beyond || p.Lag != nil && *p.Lag < 0
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\n", p.Partition, offsetText(p.Stored), offsetText(p.Committed), p.Start, p.End, offsetText(p.Lag))
 	}
-	if stored {
-		fmt.Fprintf(tw, "total\t\t\t\t\t%d\n", r.Lag)
-	} else {
-		fmt.Fprintf(tw, "total\t\t\t\t\t-\n")
-	}
+	fmt.Fprintf(tw, "total\t\t\t\t\t%s\n", offsetText(r.Lag))
 	tw.Flush()
-	if !stored {
+	if r.Lag == nil {
 		fmt.Fprintf(&b, "no offset of group %s is stored in %s: check --group, and the store (a projector group keeps its offsets in Postgres, --postgres-url; a fan-out group in Redis, --redis-url)\n", o.group, o.store.name)
 	}
 	if unstored {

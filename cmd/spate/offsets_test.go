@@ -391,7 +391,7 @@ func TestOffsetsShowLag(t *testing.T) {
 		t.Fatalf("show's output is not its JSON report: %v\n%s", err, stdout)
 	}
 	i := func(n int64) *int64 { return &n }
-	want := showReport{Group: group, Topic: offsetsTopic, Store: "redis", State: "Empty", Members: 0, Lag: 4, Partitions: []showPartition{
+	want := showReport{Group: group, Topic: offsetsTopic, Store: "redis", State: "Empty", Members: 0, Lag: i(4), Partitions: []showPartition{
 		{Partition: 0, Stored: i(1), Committed: i(0), Start: 0, End: 5, Lag: i(4)},
 		{Partition: 1, Stored: i(3), Committed: i(3), Start: 0, End: 3, Lag: i(0)},
 		{Partition: 2, Stored: nil, Committed: i(0), Start: 0, End: 0, Lag: nil},
@@ -417,8 +417,8 @@ func TestOffsetsShowLag(t *testing.T) {
 	}
 
 	// A group with no offset in the store: its total is unknown, not 0.
-	other := append([]string{"offsets", "show", "--json=false", "--kafka-brokers", strings.Join(brokers, ","), "--group", "nosuch"}, st.flags...)
-	stdout, stderr, err = offsetsRun(t, other...)
+	other := append([]string{"offsets", "show", "--kafka-brokers", strings.Join(brokers, ","), "--group", "nosuch"}, st.flags...)
+	stdout, stderr, err = offsetsRun(t, append(other, "--json=false")...)
 	if err != nil {
 		t.Fatalf("show of a group without offsets: %v\n%s", err, stderr)
 	}
@@ -426,6 +426,13 @@ func TestOffsetsShowLag(t *testing.T) {
 		if !strings.Contains(stdout, line) {
 			t.Errorf("show of a group without offsets has no %q:\n%s", line, stdout)
 		}
+	}
+	stdout, stderr, err = offsetsRun(t, other...)
+	if err != nil {
+		t.Fatalf("show --json of a group without offsets: %v\n%s", err, stderr)
+	}
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil || got.Lag != nil {
+		t.Errorf("show --json of a group without offsets: lag %v (%v), want null", got.Lag, err)
 	}
 }
 
