@@ -360,7 +360,7 @@ func (g *Group) checkStored(ctx context.Context, topic string, stored map[int32]
 	if len(past) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%w: %s partitions %s: the topic was created again or Kafka lost records, and the events at those offsets would be skipped; stop the group and move it with spate offsets reset --group %s", ErrPastEnd, topic, strings.Join(past, "; "), g.cfg.Group)
+	return fmt.Errorf("%w: %s partitions %s: the topic was created again or Kafka lost records, and the events at those offsets would be skipped; stop the group and move it with spate offsets reset --group %s (a projector group with --reapply, once its tables no longer hold the old topic's events)", ErrPastEnd, topic, strings.Join(past, "; "), g.cfg.Group)
 }
 
 // Run consumes until ctx ends, then lets the batches that workers are
