@@ -158,47 +158,14 @@ type Server struct {
 	inflightRecordBytes           atomic.Int64 // the bytes of the events in inflightEvents
 	lastFailure                   atomic.Int64 // unix nanoseconds of the last publish Kafka did not acknowledge
 
-	settleMu sync.Mutex
-	settling int           // publishes whose outcomes are not yet recorded
-	idle     chan struct{} // closed when settling drops to 0, if asked for
-
+	// settling counts the publishes whose outcomes are not yet recorded.
+	// Close waits for it only once no publish can start (closing).
+	settling sync.WaitGroup
 	// closeMu is held, shared, by each publish from its check of closing
 	// until its records are settled or its wait for them ends; Close takes
 	// it to set closing, so no record is handed to a client it closes.
 	closeMu sync.RWMutex
 	closing bool
-}
-
-// startSettle counts a publish whose outcome is to be recorded, endSettle
-// its end.
-func (s *Server) startSettle() {
-	s.settleMu.Lock()
-	s.settling++
-	s.settleMu.Unlock()
-}
-
-func (s *Server) endSettle() {
-	s.settleMu.Lock()
-	defer s.settleMu.Unlock()
-	if s.settling--; s.settling == 0 && s.idle != nil {
-		close(s.idle)
-		s.idle = nil
-	}
-}
-
-// allSettled is closed once no publish is left to record.
-func (s *Server) allSettled() <-chan struct{} {
-	s.settleMu.Lock()
-	defer s.settleMu.Unlock()
-	if s.settling == 0 {
-		done := make(chan struct{})
-		close(done)
-		return done
-	}
-	if s.idle == nil {
-		s.idle = make(chan struct{})
-	}
-	return s.idle
 }
 
 // New returns an edge that validates with reg and publishes with cl.
@@ -330,10 +297,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // Close ends the edge's publishing once Serve has returned. It waits, up to
 // ctx, for Kafka to settle the records the edge handed to the client; then
 // it closes the client, and waits until the dedupe store has recorded
-// every outcome (up to ctx, or 5 s more once ctx has ended). A record still unsettled when the client
-// closes may be written all the same: its event's claim is kept for the
-// dedupe window, so a retry is answered 409 rather than written twice.
-// Close the dedupe store's Redis client only after Close.
+// every outcome (up to ctx, or 5 s more once ctx has ended). A record
+// still unsettled when the client closes may be written all the same: its
+// event's claim is kept for the dedupe window, so a retry is answered 409
+// rather than written twice. Close the dedupe store's Redis client only
+// after Close.
 func (s *Server) Close(ctx context.Context) error {
 	s.closeMu.Lock() // publishes still running end first (PublishTimeout at most)
 	s.closing = true
@@ -348,8 +316,13 @@ func (s *Server) Close(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 	}
+	settled := make(chan struct{})
+	go func() {
+		s.settling.Wait()
+		close(settled)
+	}()
 	select {
-	case <-s.allSettled():
+	case <-settled:
 		return ferr
 	case <-ctx.Done():
 		return fmt.Errorf("close edge: outcomes not recorded in the dedupe store: %w", ctx.Err())

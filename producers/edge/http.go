@@ -135,9 +135,6 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	writeReceipts(w, ct, rs)
 }
 
-// discardBody reads what is left of a refused request's body, up to the body
-// cap, before the answer: closing a connection with unread data resets it,
-
 // errTooManyEvents is splitArray's error for an array of more than max.
 var errTooManyEvents = errors.New("too many events")
 
@@ -172,6 +169,8 @@ func splitArray(body []byte, max int) ([]jsontext.Value, error) {
 	return raws, nil
 }
 
+// discardBody reads what is left of a refused request's body, up to the body
+// cap, before the answer: closing a connection with unread data resets it,
 // and the client, still sending, would see a broken pipe instead.
 func (s *Server) discardBody(r *http.Request) {
 	io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
@@ -203,11 +202,10 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 		return nil, &refusal{status: http.StatusUnsupportedMediaType, kind: "unsupported-encoding", title: "Unsupported content encoding",
 			detail: fmt.Sprintf("Content-Encoding %q is not taken; use gzip or none", enc)}
 	}
-	overloadedErr := overloaded("request bytes")
-	body, err := io.ReadAll(&chargedReader{in, c, overloadedErr})
+	body, err := io.ReadAll(&chargedReader{in, c, errOverCap})
 	switch mbe := (*http.MaxBytesError)(nil); {
-	case err == overloadedErr:
-		return nil, overloadedErr
+	case errors.Is(err, errOverCap):
+		return nil, overloaded("request bytes")
 	case errors.As(err, &mbe):
 		return nil, tooLarge("body")
 	case err != nil:
@@ -219,15 +217,18 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 }
 
 // charge counts the bytes of a request body against the in-flight cap:
-// charged in all, free of that not read yet.
+// charged in all, of which read so far.
 type charge struct {
 	s             *Server
-	charged, free int64
+	charged, read int64
 }
 
 // chargeStep is how many bytes a body whose length is not known is
 // charged at a time, as they are read.
 const chargeStep = 64 << 10
+
+// errOverCap is a charged body's read past the in-flight cap.
+var errOverCap = errors.New("request bytes over the in-flight cap")
 
 // chargeBody charges r's body against the in-flight cap: its whole length
 // when known (and not compressed), else nothing until it is read. It
@@ -235,48 +236,37 @@ const chargeStep = 64 << 10
 func (s *Server) chargeBody(r *http.Request) (*charge, bool) {
 	c := &charge{s: s}
 	if n := r.ContentLength; n > 0 && r.Header.Get("Content-Encoding") == "" {
-		n = min(n, s.cfg.MaxBodyBytes)
-		if !take(&s.inflightBytes, n, s.cfg.MaxInflightBytes) {
+		if !c.atLeast(min(n, s.cfg.MaxBodyBytes)) {
 			return nil, false
 		}
-		c.charged, c.free = n, n
 	}
 	return c, true
 }
 
-// read counts n more bytes read, charging more in steps when they are
-// past what was charged; false when that is over the cap.
-func (c *charge) read(n int) bool {
-	if need := int64(n) - c.free; need > 0 {
-		step := max(need, chargeStep)
-		if !take(&c.s.inflightBytes, step, c.s.cfg.MaxInflightBytes) {
-			return false
-		}
-		c.charged += step
-		c.free += step
-	}
-	c.free -= int64(n)
-	return true
+// add counts n more bytes read, charging a step more when they are past
+// what was charged; false when that is over the cap.
+func (c *charge) add(n int) bool {
+	c.read += int64(n)
+	return c.read <= c.charged || c.atLeast(max(c.read, c.charged+chargeStep))
 }
 
 // atLeast charges more, if need be, so that n bytes in all are charged;
-// false when that is over the cap.
+// false, charging nothing more, when that is over the cap.
 func (c *charge) atLeast(n int64) bool {
-	need := n - c.charged
-	if need <= 0 {
+	if n <= c.charged {
 		return true
 	}
-	if !take(&c.s.inflightBytes, need, c.s.cfg.MaxInflightBytes) {
+	if !take(&c.s.inflightBytes, n-c.charged, c.s.cfg.MaxInflightBytes) {
 		return false
 	}
-	c.charged += need
+	c.charged = n
 	return true
 }
 
 // release gives back what the body was charged; again, nothing.
 func (c *charge) release() {
 	c.s.inflightBytes.Add(-c.charged)
-	c.charged, c.free = 0, 0
+	c.charged = 0
 }
 
 // chargedReader reads through c, failing with over once past the cap.
@@ -288,7 +278,7 @@ type chargedReader struct {
 
 func (r *chargedReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
-	if !r.c.read(n) {
+	if !r.c.add(n) {
 		return 0, r.over
 	}
 	return n, err

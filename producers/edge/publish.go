@@ -306,9 +306,9 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 	defer cancel()
 	// The events stay in flight until Kafka settles each, even past a
 	// timeout: what the client still holds counts against the caps.
-	s.startSettle()
+	s.settling.Add(1)
 	rs, err := producers.PublishTracked(ctx, s.cl, s.cfg.Topic, evs, func(rs []*spatev1.Receipt, errs []error) {
-		defer s.endSettle()
+		defer s.settling.Done()
 		s.inflightEvents.Add(-n)
 		s.inflightRecordBytes.Add(-size)
 		for i, err := range errs {
