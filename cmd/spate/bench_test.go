@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os/exec"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,7 +41,10 @@ const benchEvents = 100_000
 // -benchtime=1x or 3x:
 //
 //	go test -run '^$' -bench Consume -benchtime 3x ./cmd/spate/
+//
+// The garbage collector runs as in the spate command (tuneGC).
 func BenchmarkConsume(b *testing.B) {
+	defer debug.SetGCPercent(tuneGC())
 	log := slog.New(slog.DiscardHandler)
 	e := &env{log: log, kafkaLog: log, reg: schemas.Builtin(), metrics: newMetrics(),
 		brokers: spatetest.Kafka(b, 4, "spate.events", "spate.events.dlq"), topic: "spate.events"}
