@@ -2,13 +2,23 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 )
 
 func TestBenchEdgeCountsEveryAnswer(t *testing.T) {
@@ -68,5 +78,76 @@ func TestBenchEdgeLoadIsNotTakenFromTheEnvironment(t *testing.T) {
 	}
 	if !strings.Contains(out, "closed loop, 2 connections, 1 events a request") {
 		t.Fatalf("spate bench edge with SPATE_RATE and SPATE_BATCH set printed:\n%s\nwant a closed loop of single events", out)
+	}
+}
+
+func TestBenchEdgeSendsEveryEventOnce(t *testing.T) {
+	for _, o := range []benchOpts{
+		{connections: 3, duration: 200 * time.Millisecond, batch: 1, format: "json"},
+		{connections: 3, duration: 200 * time.Millisecond, batch: 5, format: "json"},
+		{connections: 3, duration: 200 * time.Millisecond, batch: 5, format: "protobuf"},
+	} {
+		var mu sync.Mutex
+		ids := map[string]int{}
+		var bad []string
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return
+			}
+			type event struct{ id, subject, orderID string }
+			var evs []event
+			switch r.Header.Get("Content-Type") {
+			case "application/x-protobuf":
+				var req spatev1.PublishRequest
+				err = proto.Unmarshal(body, &req)
+				for _, ev := range req.Events {
+					var m shopv1.OrderPlaced
+					err = cmp.Or(err, proto.Unmarshal(ev.Data, &m))
+					evs = append(evs, event{ev.Id, ev.Subject, m.OrderId})
+				}
+			default:
+				var js []struct {
+					ID, Subject string
+					Data        struct{ OrderID string }
+				}
+				if r.Header.Get("Content-Type") == "application/cloudevents+json" {
+					body = append(append([]byte("["), body...), ']')
+				}
+				err = json.Unmarshal(body, &js)
+				for _, e := range js {
+					evs = append(evs, event{e.ID, e.Subject, e.Data.OrderID})
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || len(evs) != o.batch {
+				bad = append(bad, fmt.Sprintf("%d events, %v", len(evs), err))
+			}
+			for _, ev := range evs {
+				ids[ev.id]++
+				if ev.subject == "" || ev.orderID != ev.subject || !strings.HasPrefix(ev.id, ev.subject+"-") {
+					bad = append(bad, fmt.Sprintf("%+v", ev))
+				}
+			}
+			w.WriteHeader(http.StatusAccepted)
+		}))
+		o.url = srv.URL
+		res, err := runBench(context.Background(), o)
+		srv.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bad) > 0 {
+			t.Fatalf("%s batch %d: bad requests or events: %v", o.format, o.batch, bad[:min(len(bad), 3)])
+		}
+		if res.statuses[http.StatusAccepted] < 2 || len(ids) != res.statuses[http.StatusAccepted]*o.batch {
+			t.Fatalf("%s batch %d: %d distinct ids in %d requests", o.format, o.batch, len(ids), res.statuses[http.StatusAccepted])
+		}
+		for id, n := range ids {
+			if n != 1 {
+				t.Fatalf("%s batch %d: id %s sent %d times", o.format, o.batch, id, n)
+			}
+		}
 	}
 }
