@@ -46,7 +46,7 @@ const benchEvents = 300_000
 //
 // The garbage collector runs as in the spate command (tuneGC).
 func BenchmarkConsume(b *testing.B) {
-	defer debug.SetGCPercent(tuneGC())
+	defer debug.SetGCPercent(tuneGC(gcPercent))
 	log := slog.New(slog.DiscardHandler)
 	e := &env{log: log, kafkaLog: log, reg: schemas.Builtin(), metrics: newMetrics(),
 		brokers: spatetest.Kafka(b, 4, "spate.events", "spate.events.dlq"), topic: "spate.events"}

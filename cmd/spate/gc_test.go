@@ -7,10 +7,10 @@ import (
 )
 
 func TestTuneGC(t *testing.T) {
-	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer debug.SetGCPercent(debug.SetGCPercent(defaultGCPercent))
 	t.Setenv("GOGC", "") // restored after the test
 	os.Unsetenv("GOGC")
-	if prev := tuneGC(); prev != 100 {
+	if prev := tuneGC(gcPercent); prev != 100 {
 		t.Errorf("tuneGC returned %d, want the target it replaced, 100", prev)
 	}
 	if got := debug.SetGCPercent(100); got != gcPercent {
@@ -19,7 +19,7 @@ func TestTuneGC(t *testing.T) {
 	// With GOGC set, the runtime took it at start; tuneGC leaves it be.
 	t.Setenv("GOGC", "150")
 	debug.SetGCPercent(150)
-	if prev := tuneGC(); prev != 150 {
+	if prev := tuneGC(gcPercent); prev != 150 {
 		t.Errorf("tuneGC returned %d, want 150", prev)
 	}
 	if got := debug.SetGCPercent(100); got != 150 {

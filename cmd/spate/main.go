@@ -19,7 +19,7 @@ func main() {
 	// report them, with the URL, as their errors, and its messages go to
 	// the command's log at debug level.
 	redis.SetLogger(redisLog{})
-	tuneGC()
+	tuneGC(gcPercent)
 	os.Exit(mainWith(os.Args[1:], run))
 }
 
@@ -33,10 +33,14 @@ func main() {
 // limit, set it otherwise.
 const gcPercent = 400
 
-// tuneGC sets the collector's target to gcPercent, unless GOGC is set, and
+// defaultGCPercent is Go's own target, for a process whose live heap is
+// large (spate dev's embedded broker).
+const defaultGCPercent = 100
+
+// tuneGC sets the collector's target to percent, unless GOGC is set, and
 // returns the target it replaced.
-func tuneGC() (prev int) {
-	prev = debug.SetGCPercent(gcPercent)
+func tuneGC(percent int) (prev int) {
+	prev = debug.SetGCPercent(percent)
 	if _, set := os.LookupEnv("GOGC"); set {
 		debug.SetGCPercent(prev)
 	}
