@@ -44,7 +44,8 @@ const benchEvents = 300_000
 //
 //	go test -run '^$' -bench Consume -benchtime 3x ./cmd/spate/
 //
-// The garbage collector runs as in the spate command (tuneGC).
+// The garbage collector runs as in spate project and spate fanout (tuneGC),
+// though here the broker's records share the heap.
 func BenchmarkConsume(b *testing.B) {
 	defer debug.SetGCPercent(tuneGC(gcPercent))
 	log := slog.New(slog.DiscardHandler)
