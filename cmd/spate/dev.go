@@ -110,9 +110,6 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 	// Services, in order of dependency; closed in reverse by the defers.
 	brokers, kafkaNote := f.brokers, "external"
 	if len(brokers) == 0 {
-		// The embedded broker's records live in this heap (up to 256 MiB
-		// a partition): at gcPercent it could grow to five times that.
-		tuneGC(defaultGCPercent)
 		c, err := kfake.NewCluster(
 			kfake.NumBrokers(1),
 			kfake.Ports(f.kafkaPort),

@@ -177,8 +177,9 @@ func (c *consumerFlags) prepare(urlFlag, url string) (*env, spateConfig, error) 
 }
 
 // runConsumer runs a consumer group into h with an admin server, and any
-// companion tasks, until ctx ends.
+// companion tasks, until ctx ends. It collects garbage at gcPercent.
 func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName string, h sink, also ...func(context.Context) error) error {
+	tuneGC(gcPercent)
 	if err := e.checkTopics(ctx, e.topic, consumers.DLQTopic(e.topic)); err != nil {
 		return err
 	}
