@@ -47,7 +47,7 @@ const benchEvents = 300_000
 // The garbage collector runs as in spate project and spate fanout (tuneGC),
 // though here the broker's records share the heap.
 func BenchmarkConsume(b *testing.B) {
-	defer debug.SetGCPercent(tuneGC(gcPercent))
+	defer debug.SetGCPercent(tuneGC())
 	log := slog.New(slog.DiscardHandler)
 	e := &env{log: log, kafkaLog: log, reg: schemas.Builtin(), metrics: newMetrics(),
 		brokers: spatetest.Kafka(b, 4, "spate.events", "spate.events.dlq"), topic: "spate.events"}

@@ -163,6 +163,7 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 	tasks := []func(context.Context) error{func(ctx context.Context) error { return reloadOnHangup(ctx, log, f.keys, srv, nil) }}
 	var groups []*consumers.Group
 	var sampleStreams []string
+	var noStreams string
 	if !f.edgeOnly {
 		proj, pool, err := e.newProjector(ctx, pgURL, projection.DefaultGroup, cfg.projections)
 		if err != nil {
@@ -178,7 +179,7 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 			return err
 		}
 		defer rdb.Close()
-		sampleStreams = bannerStreams(fan)
+		sampleStreams, noStreams = bannerStreams(fan)
 		projGroup, err := e.newGroup("project", projection.DefaultGroup, "earliest", 0, proj)
 		if err != nil {
 			return err
@@ -207,7 +208,7 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 			edge: ln.Addr().String(), admin: aln.Addr().String(),
 			kafka: brokers[0], kafkaNote: kafkaNote, topic: f.topic,
 			postgres: pgURL, postgresNote: pgNote, redis: redisURL, redisNote: redisNote,
-			streams: sampleStreams, keys: f.keys, edgeOnly: f.edgeOnly, took: time.Since(started),
+			streams: sampleStreams, noStreams: noStreams, keys: f.keys, edgeOnly: f.edgeOnly, took: time.Since(started),
 		})
 		return nil
 	})
@@ -265,19 +266,23 @@ type bannerInfo struct {
 	kafka, kafkaNote, topic string
 	postgres, postgresNote  string
 	redis, redisNote        string
-	streams                 []string // where the example event goes; "# why" when it goes nowhere
+	streams                 []string // where the example event goes
+	noStreams               string   // why it goes nowhere, when streams is empty
 	keys                    string   // the --keys file; empty: anyone may publish
 	edgeOnly                bool
 	took                    time.Duration
 }
 
 // bannerStreams returns the streams fan sends bannerEvent to, or why none.
-func bannerStreams(fan *fanout.Writer) []string {
+func bannerStreams(fan *fanout.Writer) ([]string, string) {
 	keys, err := fan.Streams(bannerEvent)
-	if err != nil {
-		return []string{"# " + err.Error()}
+	switch {
+	case err != nil:
+		return nil, err.Error()
+	case len(keys) == 0:
+		return nil, "no route of the spate.yaml takes " + bannerEvent.Type + " to a stream"
 	}
-	return keys
+	return keys, ""
 }
 
 // bannerEvent is the banner's example event, as curl sends it.
@@ -320,14 +325,10 @@ func arrival(b bannerInfo) string {
 	}
 	var streams strings.Builder
 	for _, key := range b.streams {
-		if strings.HasPrefix(key, "# ") {
-			fmt.Fprintf(&streams, "  %s\n", key)
-		} else {
-			fmt.Fprintf(&streams, "  redis-cli -u '%s' XRANGE '%s' - +\n", b.redis, key)
-		}
+		fmt.Fprintf(&streams, "  redis-cli -u '%s' XRANGE '%s' - +\n", b.redis, key)
 	}
-	if len(b.streams) == 0 {
-		fmt.Fprintf(&streams, "  # no route of the spate.yaml takes %s to a stream\n", bannerEvent.Type)
+	if b.noStreams != "" {
+		fmt.Fprintf(&streams, "  # %s\n", b.noStreams)
 	}
 	return fmt.Sprintf(`See it arrive:
 

@@ -55,8 +55,9 @@ func TestBannerShowsTheStreamsOfItsEvent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		streams, none := bannerStreams(w)
 		var b strings.Builder
-		printBanner(&b, bannerInfo{edge: "127.0.0.1:8080", redis: "redis://r", streams: bannerStreams(w)})
+		printBanner(&b, bannerInfo{edge: "127.0.0.1:8080", redis: "redis://r", streams: streams, noStreams: none})
 		for _, want := range tc.want {
 			if !strings.Contains(b.String(), want) {
 				t.Errorf("%s: the banner lacks %q:\n%s", tc.name, want, b.String())

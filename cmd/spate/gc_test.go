@@ -13,7 +13,7 @@ func TestTuneGC(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	t.Setenv("GOGC", "") // restored after the test
 	os.Unsetenv("GOGC")
-	if prev := tuneGC(gcPercent); prev != 100 {
+	if prev := tuneGC(); prev != 100 {
 		t.Errorf("tuneGC returned %d, want the target it replaced, 100", prev)
 	}
 	if got := debug.SetGCPercent(100); got != gcPercent {
@@ -22,7 +22,7 @@ func TestTuneGC(t *testing.T) {
 	// With GOGC set, the runtime took it at start; tuneGC leaves it be.
 	t.Setenv("GOGC", "150")
 	debug.SetGCPercent(150)
-	if prev := tuneGC(gcPercent); prev != 150 {
+	if prev := tuneGC(); prev != 150 {
 		t.Errorf("tuneGC returned %d, want 150", prev)
 	}
 	if got := debug.SetGCPercent(100); got != 150 {

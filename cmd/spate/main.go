@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
@@ -20,28 +19,6 @@ func main() {
 	// the command's log at debug level.
 	redis.SetLogger(redisLog{})
 	os.Exit(mainWith(os.Args[1:], run))
-}
-
-// gcPercent is the garbage collector's target (GOGC) in spate project and
-// spate fanout, unless the environment sets one. The consumers allocate for
-// every record they read: at Go's default of 100, the collector's work was
-// a fifth of the projector's CPU, and at 400 the process used about a third
-// less CPU for the same events (BenchmarkConsume), which left Postgres
-// more of the machine. The price is a heap that may grow to five times
-// what is live rather than twice; GOGC, and GOMEMLIMIT under a container's
-// memory limit, set it otherwise. The other commands keep Go's default: the
-// edge measured no faster at 400, and its live heap under a stalled broker
-// is its in-flight cap; spate dev's holds the embedded broker's records.
-const gcPercent = 400
-
-// tuneGC sets the collector's target to percent, unless GOGC is set, and
-// returns the target it replaced.
-func tuneGC(percent int) (prev int) {
-	prev = debug.SetGCPercent(percent)
-	if _, set := os.LookupEnv("GOGC"); set {
-		debug.SetGCPercent(prev)
-	}
-	return prev
 }
 
 // mainWith runs the command line args with run until it returns, and

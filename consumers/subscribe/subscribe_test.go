@@ -145,6 +145,17 @@ func pending(t *testing.T, rdb *redis.Client, stream, group string) int64 {
 	return p.Count
 }
 
+// eventuallyNonePending waits until group has no entry of stream pending.
+func eventuallyNonePending(t *testing.T, rdb *redis.Client, stream, group string) {
+	t.Helper()
+	spatetest.Eventually(t, waitFor, func() string {
+		if p := pending(t, rdb, stream, group); p != 0 {
+			return fmt.Sprintf("%d pending", p)
+		}
+		return ""
+	})
+}
+
 // metric returns the value of the series of name labelled stream, or -1.
 func metric(t *testing.T, reg *prometheus.Registry, name, stream string) float64 {
 	t.Helper()
@@ -299,12 +310,7 @@ func TestStopMidBatchDoesNotSpendDeliveries(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, t.Context(), b)
-	spatetest.Eventually(t, waitFor, func() string {
-		if p := pending(t, rdb, stream, "g"); p != 0 {
-			return fmt.Sprintf("%d pending", p)
-		}
-		return ""
-	})
+	eventuallyNonePending(t, rdb, stream, "g")
 	dead, err := rdb.XRange(t.Context(), subscribe.DLQStream(stream), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
@@ -428,12 +434,7 @@ func TestDropsPendingEntriesDeletedFromTheStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, t.Context(), sub)
-	spatetest.Eventually(t, waitFor, func() string {
-		if p := pending(t, rdb, stream, "g"); p != 0 {
-			return fmt.Sprintf("%d pending", p)
-		}
-		return ""
-	})
+	eventuallyNonePending(t, rdb, stream, "g")
 	if got, want := rec.ids(), []string{ids[0], ids[2]}; !cmp.Equal(got, want) {
 		t.Errorf("handled %v, want %v", got, want)
 	}

@@ -251,12 +251,7 @@ func TestBodyOfUnknownLengthOverTheCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Header.Set("Content-Type", "application/x-protobuf")
-	resp, err := http.DefaultClient.Do(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp, msg := roundTrip(t, r)
 	if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(msg, []byte("overloaded")) {
 		t.Fatalf("a 3 MiB body of unknown length under a cap of 2 MiB: %d %s, want 503 overloaded", resp.StatusCode, msg)
 	}
@@ -345,14 +340,21 @@ func TestCompressedBodyCountsDecompressed(t *testing.T) {
 		}
 		req.Header.Set("Content-Type", tc.ct)
 		req.Header.Set("Content-Encoding", "gzip")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, b := roundTrip(t, req)
 		if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(b, []byte("overloaded")) && !bytes.Contains(b, []byte("unavailable")) {
 			t.Errorf("%s: %d %.200s, want 503: %d bytes gzipped to %d, over a cap of 1 MiB", tc.path, resp.StatusCode, b, len(msg), gz.Len())
 		}
 	}
+}
+
+// roundTrip sends r and returns the answer with its body read.
+func roundTrip(t *testing.T, r *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, body
 }

@@ -467,9 +467,16 @@ const MaxExtensions = 64
 // errTooManyExtensions says that an event has more than MaxExtensions.
 var errTooManyExtensions = fmt.Errorf("an event may hold at most %d extension attributes", MaxExtensions)
 
+// outcomeUnknown reports whether a failed publish may have been written
+// all the same: Kafka did not answer in time, or the client gave the
+// records up as it closed.
+func outcomeUnknown(err error) bool {
+	return errors.Is(err, producers.ErrUnknownOutcome) || errors.Is(err, kgo.ErrClientClosed)
+}
+
 // publishErr is what a client is told of a failed publish: no broker detail.
 func publishErr(err error) error {
-	if errors.Is(err, producers.ErrUnknownOutcome) || errors.Is(err, kgo.ErrClientClosed) {
+	if outcomeUnknown(err) {
 		return errors.New("kafka did not acknowledge in time; the events may have been written: retry with the same ids")
 	}
 	if errors.Is(err, kerr.UnknownTopicOrPartition) {

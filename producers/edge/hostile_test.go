@@ -63,11 +63,7 @@ func TestHostileSizesAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/grpc-web+proto")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp, _ := roundTrip(t, req)
 	if status := resp.Header.Get("Grpc-Status"); status == "" || status == "0" {
 		t.Errorf("gRPC-Web envelope claiming 2 GiB: grpc-status %q, want an error", status)
 	}

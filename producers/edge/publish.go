@@ -330,8 +330,7 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 		s.metrics.events.WithLabelValues("failed").Add(float64(len(evs)))
 		s.log.WarnContext(ctx, "publish", "events", len(evs), "key", name, "err", err)
 		kind, title := "kafka-unavailable", "Kafka unavailable"
-		if errors.Is(err, producers.ErrUnknownOutcome) || errors.Is(err, kgo.ErrClientClosed) {
-			// A record the client gave up on as it closed may be written.
+		if outcomeUnknown(err) {
 			kind, title = "outcome-unknown", "Outcome unknown"
 		}
 		return nil, &refusal{status: http.StatusServiceUnavailable, kind: kind, title: title,
