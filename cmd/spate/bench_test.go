@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,7 +93,7 @@ func BenchmarkConsume(b *testing.B) {
 						b.Fatal(err)
 					}
 					return n
-				})
+				}, nil)
 				ppool.Close()
 			}
 		})
@@ -111,7 +112,7 @@ func BenchmarkConsume(b *testing.B) {
 					n += rdb.XLen(ctx, prefix+t).Val()
 				}
 				return n
-			})
+			}, func() time.Duration { return redisCPU(b, rdb) })
 			wrdb.Close()
 			rdb.FlushDB(ctx)
 		}
@@ -281,7 +282,13 @@ func freshEnv(e *env) *env {
 // 0.2 s here) and, at the end, the last batches, when fewer partitions are
 // left than the workers could apply. drain-events/s counts the whole
 // drain.
-func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64) {
+//
+// It also reports the CPU time the drain took an event, which varies far
+// less than the rates on a shared machine: cpu-µs/event of this process
+// (the consumer, and the embedded broker serving its fetches), and, when
+// sinkCPU is not nil, sink-cpu-µs/event of the sink's server as sinkCPU
+// reads it.
+func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64, sinkCPU func() time.Duration) {
 	b.Helper()
 	g, err := e.newGroup("bench", group, "earliest", 0, h)
 	if err != nil {
@@ -289,6 +296,10 @@ func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64) 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	cpu0, sink0 := processCPU(b), time.Duration(0)
+	if sinkCPU != nil {
+		sink0 = sinkCPU()
+	}
 	start := time.Now()
 	go func() { done <- g.Run(ctx) }()
 	type sample struct {
@@ -319,8 +330,48 @@ func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64) 
 		b.Log("events/s: not measured; a tenth to nine tenths of the events were applied at once")
 	}
 	b.ReportMetric(benchEvents/time.Since(start).Seconds(), "drain-events/s")
+	b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/benchEvents, "cpu-µs/event")
+	if sinkCPU != nil {
+		b.ReportMetric(float64((sinkCPU()-sink0).Microseconds())/benchEvents, "sink-cpu-µs/event")
+	}
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
+}
+
+// processCPU returns the CPU time this process has used, user and system.
+func processCPU(b *testing.B) time.Duration {
+	b.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// redisCPU returns the CPU time the Redis server of rdb has used, user and
+// system, as INFO cpu reports it.
+func redisCPU(b *testing.B, rdb *redis.Client) time.Duration {
+	b.Helper()
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for line := range strings.Lines(info) {
+		name, val, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if name != "used_cpu_sys" && name != "used_cpu_user" {
+			continue
+		}
+		secs, err := strconv.ParseFloat(val, 64)
+		if err != nil {
+			b.Fatalf("INFO cpu: %s: %v", line, err)
+		}
+		total += time.Duration(secs * float64(time.Second))
+	}
+	if total == 0 {
+		b.Fatalf("INFO cpu has no used_cpu_sys or used_cpu_user: %q", info)
+	}
+	return total
 }
