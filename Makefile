@@ -81,6 +81,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./schemas/
 	$(GO) test -run='^$$' -fuzz='^FuzzMarshalJSON$$' -fuzztime=$(FUZZTIME) ./schemas/
 	$(GO) test -run='^$$' -fuzz='^FuzzLoadedType$$' -fuzztime=$(FUZZTIME) ./schemas/
+	$(GO) test -run='^$$' -fuzz='^FuzzWireJSON$$' -fuzztime=$(FUZZTIME) ./schemas/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseDeadLetter$$' -fuzztime=$(FUZZTIME) ./consumers/
 	$(GO) test -run='^$$' -fuzz='^FuzzEvent$$' -fuzztime=$(FUZZTIME) ./cekafka/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeJSONEvent$$' -fuzztime=$(FUZZTIME) ./producers/edge/

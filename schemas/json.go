@@ -379,7 +379,10 @@ const (
 // leaves the error to protojson.
 func appendTimestamp(b []byte, m protoreflect.Message) ([]byte, error) {
 	fds := m.Descriptor().Fields()
-	secs, nanos := m.Get(fds.ByNumber(1)).Int(), m.Get(fds.ByNumber(2)).Int()
+	return appendTimestampOf(b, m.Get(fds.ByNumber(1)).Int(), m.Get(fds.ByNumber(2)).Int())
+}
+
+func appendTimestampOf(b []byte, secs, nanos int64) ([]byte, error) {
 	if secs < minTimestampSeconds || secs > maxTimestampSeconds || nanos < 0 || nanos > 999_999_999 {
 		return nil, errNotPlain
 	}

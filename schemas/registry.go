@@ -59,6 +59,9 @@ var (
 // use once built.
 type Registry struct {
 	types map[string]protoreflect.MessageType
+	// wire holds the plan of each event type whose protobuf payloads JSON
+	// writes straight from the wire format (see newWirePlan).
+	wire map[string]*wirePlan
 	// validator is built on first use: only Decode, the edge's, checks
 	// constraints, and a sink need not pay for it, nor fail on a rule.
 	validator func() (protovalidate.Validator, error)
@@ -133,10 +136,15 @@ func Load(set []byte) (*Registry, error) {
 // spate.v1.event_type option. Compiled-in messages use their generated Go
 // types; others are dynamic. Two messages claiming one type is an error.
 func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
-	r := &Registry{types: make(map[string]protoreflect.MessageType)}
+	r := &Registry{types: make(map[string]protoreflect.MessageType), wire: make(map[string]*wirePlan)}
 	for _, fd := range files {
 		if err := r.addMessages(fd.Messages()); err != nil {
 			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
+		}
+	}
+	for typ, mt := range r.types {
+		if p := newWirePlan(mt.Descriptor()); p != nil {
+			r.wire[typ] = p
 		}
 	}
 	r.validator = sync.OnceValues(func() (protovalidate.Validator, error) {
@@ -347,8 +355,17 @@ func (r *Registry) canonicalAlready(eventType, contentType string, data []byte) 
 }
 
 // JSON returns a payload of the given content type as MarshalJSON writes it.
-// It reads like Parse: fields the schema does not know are left out.
+// It reads like Parse: fields the schema does not know are left out. A
+// protobuf payload of a proto3 type of plain fields is written straight from
+// its wire format, without being decoded into a message (see wirejson.go).
 func (r *Registry) JSON(eventType, contentType string, data []byte) ([]byte, error) {
+	if p := r.wire[eventType]; p != nil {
+		if kind, err := contentKind(contentType); err == nil && kind == ContentTypeProtobuf {
+			if b, ok := appendWireJSON(make([]byte, 0, 128+3*len(data)), data, p, 0); ok {
+				return b, nil
+			}
+		}
+	}
 	m, err := r.Parse(eventType, contentType, data)
 	if err != nil {
 		return nil, err
