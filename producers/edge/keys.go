@@ -208,26 +208,34 @@ func matchAny(patterns []string, s string) bool {
 // wildcard reports whether s matches pattern, in which * matches any run of
 // characters, slashes included (sources are URI references), and every
 // other character matches itself.
+//
+// On a mismatch it goes back only to the last star, letting it take one
+// more character: what an earlier star took, a later one could have taken
+// as well. So it takes at most len(pattern) × len(s) steps, however many
+// stars a pattern has; trying every split for every star took
+// exponentially many on patterns like *a*a*a*b.
 func wildcard(pattern, s string) bool {
-	for pattern != "" {
-		if pattern[0] == '*' {
-			pattern = strings.TrimLeft(pattern, "*")
-			if pattern == "" {
-				return true
-			}
-			for i := range len(s) + 1 {
-				if wildcard(pattern, s[i:]) {
-					return true
-				}
-			}
+	p, i := 0, 0
+	star, taken := -1, 0 // the last star seen, and where in s its run ends
+	for i < len(s) {
+		switch {
+		case p < len(pattern) && pattern[p] == '*':
+			star, taken = p, i
+			p++
+		case p < len(pattern) && pattern[p] == s[i]:
+			p++
+			i++
+		case star >= 0:
+			taken++
+			p, i = star+1, taken
+		default:
 			return false
 		}
-		if s == "" || pattern[0] != s[0] {
-			return false
-		}
-		pattern, s = pattern[1:], s[1:]
 	}
-	return s == ""
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
 }
 
 // authorize returns the events k may not publish, as field errors.

@@ -1,0 +1,52 @@
+package edge
+
+import (
+	"math/rand/v2"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestWildcard checks wildcard against a regular expression of the same
+// pattern, on chosen and on random patterns and strings; and that patterns
+// of many stars against long strings, which took exponential time with a
+// matcher that tried every split, finish.
+func TestWildcard(t *testing.T) {
+	like := func(pattern string) *regexp.Regexp {
+		parts := strings.Split(pattern, "*")
+		for i, p := range parts {
+			parts[i] = regexp.QuoteMeta(p)
+		}
+		return regexp.MustCompile(`(?s)\A` + strings.Join(parts, ".*") + `\z`)
+	}
+	check := func(pattern, s string) {
+		t.Helper()
+		if got, want := wildcard(pattern, s), like(pattern).MatchString(s); got != want {
+			t.Fatalf("wildcard(%q, %q) = %v, want %v", pattern, s, got, want)
+		}
+	}
+	for _, c := range [][2]string{
+		{"", ""}, {"", "a"}, {"*", ""}, {"*", "/shop/a/b"}, {"**", "x"},
+		{"/shop/*", "/shop/checkout"}, {"/shop/*", "/shop"}, {"/shop/*", "/shop/"}, {"/shop/*", "/billing/shop/x"},
+		{"*/checkout", "/shop/checkout"}, {"*/checkout", "/shop/checkout/x"},
+		{"a*b*c", "abc"}, {"a*b*c", "aXbYc"}, {"a*b*c", "aXcYb"}, {"a*b*c", "abcc"}, {"a*b*c", "acb"},
+		{"*ab", "aab"}, {"*aab", "aaab"}, {"a*aa*a", "aaaa"}, {"a*aa*a", "aaa"},
+	} {
+		check(c[0], c[1])
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 20000 {
+		word := func(alphabet string, n int) string {
+			b := make([]byte, r.IntN(n+1))
+			for i := range b {
+				b[i] = alphabet[r.IntN(len(alphabet))]
+			}
+			return string(b)
+		}
+		check(word("ab*", 8), word("ab", 10))
+	}
+	long := strings.Repeat("a", 5000)
+	for _, pattern := range []string{strings.Repeat("*a", 30) + "*b", strings.Repeat("a*", 30) + "b"} {
+		check(pattern, long)
+	}
+}
