@@ -223,19 +223,10 @@ func scanWire(vals []wireValue, data []byte, p *wirePlan) ([]wireValue, bool) {
 			continue
 		}
 		v := wireValue{field: i, typ: typ}
-		switch typ {
-		case protowire.VarintType:
-			v.n, n = protowire.ConsumeVarint(data)
-		case protowire.Fixed32Type:
-			var x uint32
-			x, n = protowire.ConsumeFixed32(data)
-			v.n = uint64(x)
-		case protowire.Fixed64Type:
-			v.n, n = protowire.ConsumeFixed64(data)
-		case protowire.BytesType:
+		if typ == protowire.BytesType {
 			v.s, n = protowire.ConsumeBytes(data)
-		default:
-			return nil, false
+		} else {
+			v.n, n = consumeNumber(typ, data)
 		}
 		if n < 0 {
 			return nil, false
@@ -248,6 +239,21 @@ func scanWire(vals []wireValue, data []byte, p *wirePlan) ([]wireValue, bool) {
 		vals = append(vals, v)
 	}
 	return vals, true
+}
+
+// consumeNumber reads a value of wire type typ, a varint or fixed-size, from
+// the start of data, and returns its length, negative on error.
+func consumeNumber(typ protowire.Type, data []byte) (uint64, int) {
+	switch typ {
+	case protowire.VarintType:
+		return protowire.ConsumeVarint(data)
+	case protowire.Fixed32Type:
+		x, n := protowire.ConsumeFixed32(data)
+		return uint64(x), n
+	case protowire.Fixed64Type:
+		return protowire.ConsumeFixed64(data)
+	}
+	return 0, -1
 }
 
 // appendWireList writes the elements of the list field at index i that
@@ -272,17 +278,7 @@ func appendWireList(b []byte, vals []wireValue, i int, f *wireField, depth int) 
 		for s := v.s; len(s) > 0; n++ { // packed
 			e := wireValue{typ: f.wireType}
 			var m int
-			switch f.wireType {
-			case protowire.VarintType:
-				e.n, m = protowire.ConsumeVarint(s)
-			case protowire.Fixed32Type:
-				var x uint32
-				x, m = protowire.ConsumeFixed32(s)
-				e.n = uint64(x)
-			default:
-				e.n, m = protowire.ConsumeFixed64(s)
-			}
-			if m < 0 {
+			if e.n, m = consumeNumber(f.wireType, s); m < 0 {
 				return b, false
 			}
 			s = s[m:]
