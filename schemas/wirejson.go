@@ -42,8 +42,9 @@ const wireMaxDepth = 100
 type wirePlan struct {
 	timestamp bool
 	fields    []wireField
-	byNumber  map[protowire.Number]int // field number → index in fields
-	low       []int8                   // the same for numbers below 128; -1: none
+	oneofs    int
+	low       []int32                  // field number below 128 → index in fields; -1: none
+	byNumber  map[protowire.Number]int // the same for the other numbers
 }
 
 // field returns the index of the field numbered num, if p has one.
@@ -85,17 +86,17 @@ func buildWirePlan(md protoreflect.MessageDescriptor, built map[protoreflect.Mes
 	if p := built[md]; p != nil {
 		return p
 	}
-	p := &wirePlan{timestamp: md.FullName() == timestampName, byNumber: map[protowire.Number]int{}}
+	p := &wirePlan{timestamp: md.FullName() == timestampName, oneofs: md.Oneofs().Len(), byNumber: map[protowire.Number]int{}}
 	built[md] = p
 	fds := md.Fields()
 	for i := range fds.Len() {
 		fd := fds.Get(i)
 		p.fields = append(p.fields, buildWireField(fd, built))
-		if fd.Number() < 128 && i < 128 {
+		if fd.Number() < 128 {
 			for len(p.low) <= int(fd.Number()) {
 				p.low = append(p.low, -1)
 			}
-			p.low[fd.Number()] = int8(i)
+			p.low[fd.Number()] = int32(i)
 		} else {
 			p.byNumber[fd.Number()] = i
 		}
@@ -138,13 +139,19 @@ func buildWireField(fd protoreflect.FieldDescriptor, built map[protoreflect.Mess
 
 // wireValue is one occurrence of a field on the wire: the field's index in
 // its plan, its wire type, and its value (n for a varint or fixed-size value,
-// s for a length-delimited one).
+// s for a length-delimited one); next is the index of the field's next
+// occurrence, -1: none.
 type wireValue struct {
 	field int
 	typ   protowire.Type
 	n     uint64
 	s     []byte
+	next  int32
 }
+
+// wireRun is where a field occurs in a message's values: first and last
+// index, and how many times.
+type wireRun struct{ first, last, count int32 }
 
 // appendWireJSON appends the JSON of the message of plan p encoded in data,
 // as appendJSONMessage writes it, or reports false (see above).
@@ -160,26 +167,46 @@ func appendWireJSON(b []byte, data []byte, p *wirePlan, depth int) ([]byte, bool
 	if !ok {
 		return b, false
 	}
+	var runBuf [16]wireRun
+	var runs []wireRun
+	if len(p.fields) <= len(runBuf) {
+		runs = runBuf[:len(p.fields)]
+	} else {
+		runs = make([]wireRun, len(p.fields))
+	}
+	var memberBuf [4]int // 1 + the index of the oneof's member that occurs
+	var members []int
+	if p.oneofs <= len(memberBuf) {
+		members = memberBuf[:p.oneofs]
+	} else {
+		members = make([]int, p.oneofs)
+	}
+	for j := range vals {
+		v := &vals[j]
+		r := &runs[v.field]
+		if r.count == 0 {
+			r.first = int32(j)
+		} else {
+			vals[r.last].next = int32(j)
+		}
+		r.last = int32(j)
+		r.count++
+		v.next = -1
+		if o := p.fields[v.field].oneof; o != 0 {
+			if m := members[o-1]; m != 0 && m != v.field+1 {
+				return b, false // two members of one oneof: the last one wins
+			}
+			members[o-1] = v.field + 1
+		}
+	}
 	b = append(b, '{')
 	for i := range p.fields {
 		f := &p.fields[i]
-		last, count, rivals := -1, 0, 0
-		for j := range vals {
-			switch {
-			case vals[j].field == i:
-				last = j
-				count++
-			case f.oneof != 0 && p.fields[vals[j].field].oneof == f.oneof:
-				rivals++
-			}
-		}
-		if count == 0 && f.oneof != 0 {
+		r := runs[i]
+		if r.count == 0 && f.oneof != 0 {
 			continue
 		}
-		if rivals > 0 {
-			return b, false // two members of one oneof: the last one wins
-		}
-		if count > 1 && !f.list && f.key == nil {
+		if r.count > 1 && !f.list && f.key == nil {
 			return b, false
 		}
 		if b[len(b)-1] != '{' {
@@ -187,16 +214,16 @@ func appendWireJSON(b []byte, data []byte, p *wirePlan, depth int) ([]byte, bool
 		}
 		b = append(b, f.name...)
 		switch {
-		case count == 0:
+		case r.count == 0:
 			b = append(b, f.zero...)
 		case f.key != nil:
-			b, ok = appendWireMap(b, vals, i, f, depth)
+			b, ok = appendWireMap(b, vals, r.first, f, depth)
 		case f.list:
 			b = append(b, '[')
-			b, ok = appendWireList(b, vals, i, f, depth)
+			b, ok = appendWireList(b, vals, r.first, f, depth)
 			b = append(b, ']')
 		default:
-			b, ok = appendWireValue(b, vals[last], f, depth)
+			b, ok = appendWireValue(b, vals[r.last], f, depth)
 		}
 		if !ok {
 			return b, false
@@ -256,14 +283,12 @@ func consumeNumber(typ protowire.Type, data []byte) (uint64, int) {
 	return 0, -1
 }
 
-// appendWireList writes the elements of the list field at index i that
-// occur in vals, packed or not, comma-separated.
-func appendWireList(b []byte, vals []wireValue, i int, f *wireField, depth int) ([]byte, bool) {
+// appendWireList writes the elements of list field f, whose first value in
+// vals is at index first, packed or not, comma-separated.
+func appendWireList(b []byte, vals []wireValue, first int32, f *wireField, depth int) ([]byte, bool) {
 	n := 0
-	for _, v := range vals {
-		if v.field != i {
-			continue
-		}
+	for j := first; j >= 0; j = vals[j].next {
+		v := vals[j]
 		if v.typ == f.wireType {
 			if n > 0 {
 				b = append(b, ',')
@@ -302,14 +327,11 @@ type wireEntry struct {
 	hasVal bool
 }
 
-// appendWireMap writes the entries of the map field at index i that occur
-// in vals, sorted as appendJSONMap sorts them.
-func appendWireMap(b []byte, vals []wireValue, i int, f *wireField, depth int) ([]byte, bool) {
+// appendWireMap writes the entries of map field f, whose first value in
+// vals is at index first, sorted as appendJSONMap sorts them.
+func appendWireMap(b []byte, vals []wireValue, first int32, f *wireField, depth int) ([]byte, bool) {
 	var entries []wireEntry
-	for j := range vals {
-		if vals[j].field != i {
-			continue
-		}
+	for j := first; j >= 0; j = vals[j].next {
 		var buf [4]wireValue
 		kv, ok := scanWire(buf[:0], vals[j].s, f.msg)
 		if !ok {
@@ -329,14 +351,19 @@ func appendWireMap(b []byte, vals []wireValue, i int, f *wireField, depth int) (
 			}
 			e.val, e.hasVal = v, true
 		}
-		// A key or a value twice in an entry, or a key in two entries: the
-		// last wins, but each must decode.
-		if keys > 1 || len(kv)-keys > 1 || slices.ContainsFunc(entries, func(x wireEntry) bool { return x.key.Interface() == e.key.Interface() }) {
+		// A key or a value twice in an entry, or a key in two entries
+		// (below): the last wins, but each must decode.
+		if keys > 1 || len(kv)-keys > 1 {
 			return b, false
 		}
 		entries = append(entries, e)
 	}
 	slices.SortFunc(entries, func(x, y wireEntry) int { return compareMapKeys(x.key, y.key) })
+	for j := 1; j < len(entries); j++ {
+		if compareMapKeys(entries[j-1].key, entries[j].key) == 0 {
+			return b, false
+		}
+	}
 	b = append(b, '{')
 	for j, e := range entries {
 		if j > 0 {

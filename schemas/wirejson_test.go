@@ -2,12 +2,16 @@ package schemas
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -87,6 +91,13 @@ func wireCases(t testing.TB, all protoreflect.MessageDescriptor) map[string][]by
 			protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), nanos))
 	}
 	unknown := protowire.AppendString(protowire.AppendTag(nil, 999, protowire.BytesType), "skipped")
+	fixed := func(name string, typ protowire.Type, bits uint64) []byte {
+		b := protowire.AppendTag(nil, num(name), typ)
+		if typ == protowire.Fixed32Type {
+			return protowire.AppendFixed32(b, uint32(bits))
+		}
+		return protowire.AppendFixed64(b, bits)
+	}
 	return map[string][]byte{
 		"fields out of order":                  cat(varint("u32", 3), varint("b", 1), bytesField("str", []byte("x"))),
 		"packed and unpacked elements mixed":   cat(varint("rep_i32", 1), bytesField("rep_i32", packed), varint("rep_i32", 2)),
@@ -110,6 +121,13 @@ func wireCases(t testing.TB, all protoreflect.MessageDescriptor) map[string][]by
 		"a timestamp out of range":             bytesField("ts", ts(253402300800, 0)),
 		"a timestamp of negative nanos":        bytesField("ts", ts(0, uint64(1<<64-1))),
 		"a negative int32, ten bytes":          varint("i32", uint64(1<<64-7)),
+		"an unknown negative enum value":       varint("en", uint64(1<<64-9)),
+		"packed enums":                         bytesField("rep_en", []byte{1, 5, 0x7d}),
+		"a negative zero double":               fixed("db", protowire.Fixed64Type, 1<<63),
+		"a signalling NaN float":               fixed("fl", protowire.Fixed32Type, 0x7f800001),
+		"packed doubles":                       bytesField("rep_db", protowire.AppendFixed64(protowire.AppendFixed64(nil, 1<<63), 0x7ff0000000000000)),
+		"packed doubles, a byte short":         bytesField("rep_db", make([]byte, 7)),
+		"packed timestamps":                    bytesField("rep_ts", []byte{8, 1}),
 		"a truncated varint":                   []byte{0x08, 0x80},
 		"a truncated length":                   cat(protowire.AppendTag(nil, num("str"), protowire.BytesType), []byte{5, 'a'}),
 		"field number zero":                    []byte{0x00, 0x01},
@@ -128,7 +146,8 @@ func TestWireJSON(t *testing.T) {
 		"a zero in a oneof": true, "an optional at zero": true, "an unknown field": true,
 		"a map entry without key or value": true, "map entries out of order": true, "an empty message value of a map": true,
 		"a timestamp with fields out of order": true, "a timestamp with an unknown field": true, "a negative int32, ten bytes": true,
-		"an unknown group": true,
+		"an unknown group": true, "an unknown negative enum value": true, "packed enums": true, "a negative zero double": true,
+		"a signalling NaN float": true, "packed doubles": true,
 	}
 	for name, data := range wireCases(t, all) {
 		t.Run(name, func(t *testing.T) {
@@ -199,4 +218,47 @@ func BenchmarkRegistryJSON(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestWireJSONWideMessage: a message of 129 fields, the one numbered 1
+// declared last, and others numbered past 128.
+func TestWireJSONWideMessage(t *testing.T) {
+	var fields []*descriptorpb.FieldDescriptorProto
+	for n := range int32(129) {
+		fields = append(fields, &descriptorpb.FieldDescriptorProto{
+			Name: proto.String(fmt.Sprint("f", (n+1)%129+1)), Number: proto.Int32((n+1)%129 + 1),
+			Type:  descriptorpb.FieldDescriptorProto_TYPE_INT32.Enum(),
+			Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(),
+		})
+	}
+	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{
+		Name: proto.String("wide.proto"), Package: proto.String("wide"), Syntax: proto.String("proto3"),
+		MessageType: []*descriptorpb.DescriptorProto{{Name: proto.String("Wide"), Field: fields}},
+	}, new(protoregistry.Files))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := fd.Messages().Get(0)
+	for _, n := range []protowire.Number{1, 2, 128, 129} {
+		data := protowire.AppendVarint(protowire.AppendTag(nil, n, protowire.VarintType), 5)
+		if !checkWireJSON(t, data, md) {
+			t.Fatalf("field %d: the wire path gave up", n)
+		}
+	}
+}
+
+// TestWireJSONLargeMap: 100,000 entries of distinct keys, in reverse order,
+// sorted as the long way sorts them. (Looking for each key among the entries
+// before it took minutes.)
+func TestWireJSONLargeMap(t *testing.T) {
+	all, _, _ := jsonTestTypes(t)
+	n := all.Fields().ByName("map_u64_en").Number()
+	var data []byte
+	for i := uint64(100_000); i > 0; i-- {
+		e := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), i)
+		data = protowire.AppendBytes(protowire.AppendTag(data, n, protowire.BytesType), e)
+	}
+	if !checkWireJSON(t, data, all) {
+		t.Fatal("the wire path gave up")
+	}
 }
