@@ -69,7 +69,11 @@ func plainJSON(md protoreflect.MessageDescriptor) bool {
 		}
 		fds := md.Fields()
 		for i := range fds.Len() {
-			if e := fds.Get(i).Enum(); e != nil && e.FullName() == "google.protobuf.NullValue" {
+			fd := fds.Get(i)
+			if fd.IsMap() {
+				fd = fd.MapValue()
+			}
+			if e := fd.Enum(); e != nil && e.FullName() == "google.protobuf.NullValue" {
 				return true
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
@@ -454,4 +455,43 @@ func BenchmarkMarshalJSON(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestNullValueInAMapIsNotPlain: protojson writes a NullValue as null, in a
+// map too, so a message holding one is not written by the direct encoder.
+func TestNullValueInAMapIsNotPlain(t *testing.T) {
+	files := new(protoregistry.Files)
+	if err := files.RegisterFile(structpb.File_google_protobuf_struct_proto); err != nil {
+		t.Fatal(err)
+	}
+	opt := descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()
+	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{
+		Name: proto.String("nm.proto"), Package: proto.String("nm"), Syntax: proto.String("proto3"),
+		Dependency: []string{"google/protobuf/struct.proto"},
+		MessageType: []*descriptorpb.DescriptorProto{{
+			Name: proto.String("M"),
+			Field: []*descriptorpb.FieldDescriptorProto{{Name: proto.String("m"), Number: proto.Int32(1),
+				Type: descriptorpb.FieldDescriptorProto_TYPE_MESSAGE.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_REPEATED.Enum(),
+				TypeName: proto.String(".nm.M.MEntry")}},
+			NestedType: []*descriptorpb.DescriptorProto{{
+				Name: proto.String("MEntry"),
+				Field: []*descriptorpb.FieldDescriptorProto{
+					{Name: proto.String("key"), Number: proto.Int32(1), Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(), Label: opt},
+					{Name: proto.String("value"), Number: proto.Int32(2), Type: descriptorpb.FieldDescriptorProto_TYPE_ENUM.Enum(), Label: opt,
+						TypeName: proto.String(".google.protobuf.NullValue")},
+				},
+				Options: &descriptorpb.MessageOptions{MapEntry: proto.Bool(true)},
+			}},
+		}},
+	}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := fd.Messages().Get(0)
+	if plainJSON(md) {
+		t.Error("plainJSON: true for a map of NullValue")
+	}
+	m := dynamicpb.NewMessage(md)
+	m.Mutable(md.Fields().Get(0)).Map().Set(protoreflect.ValueOfString("k").MapKey(), protoreflect.ValueOfEnum(0))
+	checkLikeProtojson(t, m)
 }
