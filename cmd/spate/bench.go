@@ -9,8 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -36,9 +39,14 @@ Closed loop (the default): --connections requests in flight, each sent when
 the previous answer arrived. Open loop (--rate N): N requests a second on a
 fixed schedule, whatever the answers; latency counts from each request's
 scheduled time, so queueing behind a slow edge is measured, not hidden.
-Each event has a new id, so a dedupe store on the edge does not fold them.`,
+Each event has a new id, so a dedupe store on the edge does not fold them.
+
+With --admin-url, it also reports the CPU time the edge's process took an
+event and a request (process_cpu_seconds_total from the admin server's
+/metrics, read before and after), which varies less than rates on a shared
+machine. The report always gives the cores spate bench itself used.`,
 		Example: `  spate bench edge --connections 64 --duration 15s
-  spate bench edge --batch 100 --format protobuf
+  spate bench edge --batch 100 --format protobuf --admin-url http://127.0.0.1:9090
   spate bench edge --rate 20000 --duration 30s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -48,9 +56,23 @@ Each event has a new id, so a dedupe store on the edge does not fold them.`,
 			if o.format != "json" && o.format != "protobuf" {
 				return fmt.Errorf("--format %q: want json or protobuf", o.format)
 			}
+			var edgeCPU0 time.Duration
+			if o.adminURL != "" {
+				var err error
+				if edgeCPU0, err = processCPUAt(cmd.Context(), o.adminURL); err != nil {
+					return err
+				}
+			}
 			res, err := runBench(cmd.Context(), o)
 			if err != nil {
 				return err
+			}
+			if o.adminURL != "" {
+				edgeCPU1, err := processCPUAt(cmd.Context(), o.adminURL)
+				if err != nil {
+					return err
+				}
+				res.edgeCPU = edgeCPU1 - edgeCPU0
 			}
 			res.print(cmd.OutOrStdout(), o)
 			return nil
@@ -59,6 +81,7 @@ Each event has a new id, so a dedupe store on the edge does not fold them.`,
 	fs := edgeCmd.Flags()
 	fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "the edge's base URL")
 	fs.StringVar(&o.key, "key", "", "API key to present, if the edge requires one")
+	fs.StringVar(&o.adminURL, "admin-url", "", "the edge's admin server, to report its CPU time an event (spate dev: http://127.0.0.1:9090)")
 	annotateEnv(fs)
 	// The load is given on the command line only: SPATE_RATE, for one,
 	// caps the events a second of spate replay.
@@ -80,6 +103,7 @@ type benchOpts struct {
 	batch       int
 	format      string
 	key         string
+	adminURL    string
 }
 
 type benchResult struct {
@@ -87,6 +111,8 @@ type benchResult struct {
 	latencies []time.Duration // of answered requests
 	statuses  map[int]int
 	errors    map[string]int // transport errors
+	selfCPU   time.Duration  // this process's CPU time during the run
+	edgeCPU   time.Duration  // the edge's, with --admin-url
 }
 
 // runBench runs the load and gathers every answer.
@@ -125,6 +151,10 @@ func runBench(ctx context.Context, o benchOpts) (*benchResult, error) {
 
 	var mu sync.Mutex
 	res := &benchResult{statuses: map[int]int{}, errors: map[string]int{}}
+	cpu0, err := ownCPU()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range o.connections {
@@ -178,6 +208,11 @@ func runBench(ctx context.Context, o benchOpts) (*benchResult, error) {
 	}
 	wg.Wait()
 	res.elapsed = time.Since(start)
+	cpu1, err := ownCPU()
+	if err != nil {
+		return nil, err
+	}
+	res.selfCPU = cpu1 - cpu0
 	if len(res.latencies) == 0 && len(res.errors) > 0 {
 		return nil, fmt.Errorf("no request was answered: %v", res.errors)
 	}
@@ -288,4 +323,46 @@ func (r *benchResult) print(w io.Writer, o benchOpts) {
 		other = []string{"none"}
 	}
 	fmt.Fprintf(w, "not 202   %s\n", strings.Join(other, ", "))
+	cores := func(d time.Duration) float64 { return d.Seconds() / r.elapsed.Seconds() }
+	if o.adminURL != "" && ok > 0 {
+		fmt.Fprintf(w, "edge cpu  %.1f µs an event, %.1f µs a request, %.2f cores\n",
+			float64(r.edgeCPU.Microseconds())/float64(ok*o.batch), float64(r.edgeCPU.Microseconds())/float64(ok), cores(r.edgeCPU))
+	}
+	fmt.Fprintf(w, "bench cpu %.2f cores\n", cores(r.selfCPU))
+}
+
+// ownCPU returns the CPU time this process has used, user and system.
+func ownCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// processCPUAt returns process_cpu_seconds_total from adminURL's /metrics.
+func processCPUAt(ctx context.Context, adminURL string) (time.Duration, error) {
+	url := strings.TrimSuffix(adminURL, "/") + "/metrics"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, fmt.Errorf("--admin-url: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("--admin-url: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("--admin-url: GET %s: %s", url, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("--admin-url: GET %s: %w", url, err)
+	}
+	mf := mfs["process_cpu_seconds_total"]
+	if mf == nil || len(mf.GetMetric()) == 0 {
+		return 0, fmt.Errorf("--admin-url: %s has no process_cpu_seconds_total", url)
+	}
+	return time.Duration(mf.GetMetric()[0].GetCounter().GetValue() * float64(time.Second)), nil
 }

@@ -151,3 +151,40 @@ func TestBenchEdgeSendsEveryEventOnce(t *testing.T) {
 		}
 	}
 }
+
+// With --admin-url, spate bench edge reports the edge's CPU time an event:
+// the growth of process_cpu_seconds_total over the run, over the events
+// accepted. Without the metric there, it says so.
+func TestBenchEdgeReportsEdgeCPU(t *testing.T) {
+	var scrapes atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics": // 1.5 s more CPU at each scrape
+			fmt.Fprintf(w, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %g\n", 10+1.5*float64(scrapes.Add(1)))
+		case "/v1/events":
+			w.WriteHeader(http.StatusAccepted)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	out, _, err := runSpate(context.Background(), "bench", "edge", "--url", srv.URL, "--admin-url", srv.URL,
+		"--duration", "200ms", "--connections", "2", "--batch", "3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests, events int
+	if _, err := fmt.Sscanf(out[strings.Index(out, "accepted"):], "accepted %d requests, %d events", &requests, &events); err != nil || events == 0 {
+		t.Fatalf("no count of accepted events (%v) in:\n%s", err, out)
+	}
+	want := fmt.Sprintf("edge cpu  %.1f µs an event, %.1f µs a request,", 1.5e6/float64(events), 1.5e6/float64(requests))
+	if !strings.Contains(out, want) || !strings.Contains(out, "bench cpu ") || scrapes.Load() != 2 {
+		t.Fatalf("after %d scrapes, spate bench edge printed:\n%s\nwant a line starting %q, and the bench's own CPU", scrapes.Load(), out, want)
+	}
+
+	_, _, err = runSpate(context.Background(), "bench", "edge", "--url", srv.URL, "--admin-url", srv.URL+"/nothing-here",
+		"--duration", "100ms", "--connections", "1")
+	if err == nil || !strings.Contains(err.Error(), "--admin-url") || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("with an admin URL that serves no metrics: error %v, want one naming --admin-url and the 404", err)
+	}
+}
