@@ -63,9 +63,8 @@ type wireField struct {
 	kind     protoreflect.Kind
 	wireType protowire.Type // not packed
 	list     bool
-	oneof    int  // 1 + the index of the field's oneof; 0: none
-	presence bool // unset, it is null
-	zero     []byte
+	oneof    int    // 1 + the index of the field's oneof; 0: none
+	zero     []byte // what an unset field is written as
 	enum     protoreflect.EnumValueDescriptors
 	msg      *wirePlan // of a message field, or of a map's entries
 	key, val *wireField
@@ -111,7 +110,6 @@ func buildWireField(fd protoreflect.FieldDescriptor, built map[protoreflect.Mess
 		kind:     fd.Kind(),
 		wireType: kindWireType(fd.Kind()),
 		list:     fd.IsList(),
-		presence: fd.HasPresence(),
 	}
 	if od := fd.ContainingOneof(); od != nil {
 		f.oneof = 1 + od.Index()
@@ -129,7 +127,7 @@ func buildWireField(fd protoreflect.FieldDescriptor, built map[protoreflect.Mess
 		f.zero = []byte("{}")
 	case fd.IsList():
 		f.zero = []byte("[]")
-	case f.presence:
+	case fd.HasPresence():
 		f.zero = []byte("null")
 	default:
 		f.zero, _ = appendJSONValue(nil, fd.Default(), fd)

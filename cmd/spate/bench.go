@@ -347,7 +347,7 @@ func processCPUAt(ctx context.Context, adminURL string) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("--admin-url: %w", err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("--admin-url: %w", err)
 	}
