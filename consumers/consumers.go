@@ -137,7 +137,9 @@ type Config struct {
 	MaxBackoff time.Duration
 	// StallAfter is how long a step (applying a batch, writing a dead
 	// letter, loading the offsets) may go on, failing and retried or just
-	// slow, before Stalled reports it. Zero: 30 s.
+	// slow, before Stalled reports it (a step given up on at a rebalance
+	// and begun again within StallAfter counts from when it first began).
+	// Zero: 30 s.
 	StallAfter time.Duration
 	// Logger receives retries, dead letters and group events. Zero: none.
 	Logger *slog.Logger
@@ -162,7 +164,15 @@ type Group struct {
 	now     func() time.Time // time.Now; tests move it on (set before the client starts)
 	stepsMu sync.Mutex
 	steps   map[*step]bool // those in progress
+	// givenUp holds, by op, the steps that ended without succeeding when
+	// their context did (at a rebalance, say): the op begun again soon
+	// after keeps its clock.
+	givenUp map[string]givenUpStep
 }
+
+// givenUpStep is when a step that was given up on began, and when it was
+// given up on.
+type givenUpStep struct{ start, at time.Time }
 
 // step is a step in progress (see Config.StallAfter): what it is, since
 // when, and the error of its last failed attempt, if any.
@@ -238,7 +248,7 @@ func newGroup(h Handler, cfg Config, now func() time.Time, opts ...kgo.Opt) (*Gr
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group),
-		started: make(chan struct{}), workers: map[topicPartition]*worker{}, now: now, steps: map[*step]bool{}}
+		started: make(chan struct{}), workers: map[topicPartition]*worker{}, now: now, steps: map[*step]bool{}, givenUp: map[string]givenUpStep{}}
 	own := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),
@@ -637,21 +647,41 @@ func (g *Group) Stalled(context.Context) error {
 
 // retry calls fn until it returns nil or a poison error, or ctx ends,
 // backing off exponentially with jitter between failures. Stalled sees
-// the step op until then.
+// the step op until then. A step of op given up on within StallAfter (its
+// partition revoked and assigned back, say) counts from when that one
+// began: rebalances do not hide a step that never succeeds.
 func (g *Group) retry(ctx context.Context, op string, fn func() error) error {
 	backoff := 100 * time.Millisecond
-	st := &step{op: op, start: g.now()}
+	now := g.now()
+	st := &step{op: op, start: now}
+	done := false
 	g.stepsMu.Lock()
+	if prev, ok := g.givenUp[op]; ok {
+		delete(g.givenUp, op)
+		if now.Sub(prev.at) < g.cfg.StallAfter {
+			st.start = prev.start
+		}
+	}
 	g.steps[st] = true
 	g.stepsMu.Unlock()
 	defer func() {
 		g.stepsMu.Lock()
 		delete(g.steps, st)
+		if !done {
+			at := g.now()
+			for op, prev := range g.givenUp { // too old to matter
+				if at.Sub(prev.at) >= g.cfg.StallAfter {
+					delete(g.givenUp, op)
+				}
+			}
+			g.givenUp[op] = givenUpStep{start: st.start, at: at}
+		}
 		g.stepsMu.Unlock()
 	}()
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil || errors.Is(err, ErrPoison) {
+			done = true
 			return err
 		}
 		g.stepsMu.Lock()
