@@ -8,7 +8,6 @@ package cekafka
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -33,8 +32,9 @@ const (
 	specVersion = "1.0"
 )
 
-// extensionName is the CloudEvents naming rule for attributes.
-var extensionName = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
+// MaxExtensions caps an event's extension attributes. Each becomes a Kafka
+// header; a record with more is not a Spate event.
+const MaxExtensions = 64
 
 // CheckExtension says what is wrong with an extension attribute's name, if
 // anything: CloudEvents allows 1 to 20 lower-case letters or digits, and an
@@ -45,7 +45,12 @@ func CheckExtension(name string) error {
 	case "specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data":
 		return errors.New("is a core CloudEvents attribute, not an extension")
 	}
-	if !extensionName.MatchString(name) {
+	ok := len(name) >= 1 && len(name) <= 20
+	for i := 0; ok && i < len(name); i++ {
+		c := name[i]
+		ok = 'a' <= c && c <= 'z' || '0' <= c && c <= '9'
+	}
+	if !ok {
 		return errors.New("extension attribute names are 1 to 20 lower-case letters or digits")
 	}
 	return nil
@@ -93,7 +98,11 @@ func Record(topic string, ev *spatev1.Event) *kgo.Record {
 }
 
 // Event returns the event a record carries. The record must have ce_id,
-// ce_source and ce_type headers.
+// ce_source and ce_type headers, and its other ce_ headers must be
+// extensions CheckExtension allows, MaxExtensions at most: a record that
+// breaks these rules, which the edge and the producers here never write, is
+// not taken for an event (one with a ce_data header, say, would give sinks
+// two values of data).
 func Event(r *kgo.Record) (*spatev1.Event, error) {
 	ev := &spatev1.Event{Data: r.Value}
 	// The header values become strings that share one allocation.
@@ -135,10 +144,15 @@ func Event(r *kgo.Record) (*spatev1.Event, error) {
 			ev.Dataschema = v
 		default:
 			if name, ok := strings.CutPrefix(h.Key, prefix); ok && name != "" {
+				if err := CheckExtension(name); err != nil {
+					return nil, fmt.Errorf("%w: header %s: %q %v", ErrNotEvent, h.Key, name, err)
+				}
 				if ev.Extensions == nil {
 					ev.Extensions = make(map[string]string)
 				}
-				ev.Extensions[name] = v
+				if ev.Extensions[name] = v; len(ev.Extensions) > MaxExtensions {
+					return nil, fmt.Errorf("%w: more than %d extension attributes", ErrNotEvent, MaxExtensions)
+				}
 			}
 		}
 	}

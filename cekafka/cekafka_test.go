@@ -2,6 +2,7 @@ package cekafka_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -227,6 +228,13 @@ func TestEventNotEvent(t *testing.T) {
 		{"time empty", with("ce_time", ""), "ce_time"},
 		{"time out of range", with("ce_time", "9999-12-31T23:59:59-01:00"), "ce_time"},
 		{"time before year 1", with("ce_time", "0000-12-31T23:59:59Z"), "ce_time"},
+		// Names the edge refuses: sinks would write a second data field,
+		// say, beside the payload.
+		{"an extension named data", with("ce_data", `{"forged":true}`), "ce_data"},
+		{"an extension named datacontenttype", with("ce_datacontenttype", "text/plain"), "ce_datacontenttype"},
+		{"an extension in upper case", with("ce_Tenant", "a"), "ce_Tenant"},
+		{"an extension with an underscore", with("ce_with_underscore", "a"), "ce_with_underscore"},
+		{"too many extensions", manyExtensions(without(""), cekafka.MaxExtensions+1), "extension attributes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -298,4 +306,23 @@ func FuzzEvent(f *testing.F) {
 			t.Fatalf("Event(Record(Event)): mismatch (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// manyExtensions returns hs with n extension headers more.
+func manyExtensions(hs []kgo.RecordHeader, n int) []kgo.RecordHeader {
+	for i := range n {
+		hs = append(hs, kgo.RecordHeader{Key: fmt.Sprint("ce_x", i), Value: []byte("v")})
+	}
+	return hs
+}
+
+// TestEventTakesMaxExtensions: an event of MaxExtensions extensions, as
+// the edge takes, is an event.
+func TestEventTakesMaxExtensions(t *testing.T) {
+	ev := &spatev1.Event{Id: "1", Source: "s", Type: "t"}
+	r := &kgo.Record{Headers: manyExtensions(cekafka.Record(topic, ev).Headers, cekafka.MaxExtensions)}
+	got, err := cekafka.Event(r)
+	if err != nil || len(got.Extensions) != cekafka.MaxExtensions {
+		t.Fatalf("Event of %d extensions: %v, %v", cekafka.MaxExtensions, got, err)
+	}
 }

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/producers"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
@@ -459,10 +460,10 @@ func isHex(c byte) bool {
 // it whenever it is sent.
 const MaxEventBytes = 900_000
 
-// MaxExtensions caps an event's extension attributes. Each becomes a Kafka
-// header, and a few bytes of input decode to a map entry of a hundred: a
-// request with more is refused before it is decoded.
-const MaxExtensions = 64
+// MaxExtensions caps an event's extension attributes (cekafka's cap). Each
+// becomes a Kafka header, and a few bytes of input decode to a map entry of
+// a hundred: a request with more is refused before it is decoded.
+const MaxExtensions = cekafka.MaxExtensions
 
 // errTooManyExtensions says that an event has more than MaxExtensions.
 var errTooManyExtensions = fmt.Errorf("an event may hold at most %d extension attributes", MaxExtensions)

@@ -49,6 +49,9 @@ func Message(reg *schemas.Registry, ev *spatev1.Event) (kafka.Message, error) {
 	case ev.Source == "":
 		return kafka.Message{}, fmt.Errorf("event %s: source is required", ev.Id)
 	}
+	if len(ev.Extensions) > cekafka.MaxExtensions {
+		return kafka.Message{}, fmt.Errorf("event %s: more than %d extension attributes", ev.Id, cekafka.MaxExtensions)
+	}
 	for name := range ev.Extensions {
 		if err := cekafka.CheckExtension(name); err != nil {
 			return kafka.Message{}, fmt.Errorf("event %s: extension %q %w", ev.Id, name, err)
