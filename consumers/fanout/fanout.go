@@ -186,7 +186,11 @@ func (w *Writer) Offsets(ctx context.Context, topic string, partitions []int32) 
 }
 
 // addScript adds the entries at or above the stored offset and stores the
-// next offset, atomically.
+// next offset, atomically. It returns how many entries it added. Before any
+// write it checks that each key it would add to is a stream or nothing: if
+// not, it writes nothing and fails with notStreamErr and the entry's place
+// (Redis keeps the writes a script made before an error, so a failure
+// half-way would duplicate them at the next try).
 //
 // KEYS[1] is the offsets hash, KEYS[2..] the stream of each entry.
 // ARGV[1] is the hash field, ARGV[2] the next offset; then, per entry, its
@@ -198,6 +202,18 @@ func (w *Writer) Offsets(ctx context.Context, topic string, partitions []int32) 
 var addScript = redis.NewScript(`
 local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local a = 3
+local checked = {}
+for k = 2, #KEYS do
+	if tonumber(ARGV[a]) >= stored and not checked[KEYS[k]] then
+		local t = redis.call('TYPE', KEYS[k]).ok
+		if t ~= 'none' and t ~= 'stream' then
+			return redis.error_reply('` + notStreamErr + ` ' .. (k - 1))
+		end
+		checked[KEYS[k]] = true
+	end
+	a = a + 8 + tonumber(ARGV[a + 1])
+end
+a = 3
 local added = 0
 for k = 2, #KEYS do
 	local off = tonumber(ARGV[a])
@@ -221,12 +237,16 @@ return added
 // call passes.
 const entryValues = 6
 
+// notStreamErr starts addScript's error for a key that holds something
+// other than a stream; the entry's place in the call (from 1) follows.
+const notStreamErr = "SPATE-NOT-A-STREAM"
+
 // Apply implements consumers.Handler.
 func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 	type entry struct {
 		stream string
 		route  string
-		offset int64
+		record *kgo.Record
 		fields []any
 	}
 	entries := make([]entry, 0, len(b.Records))
@@ -275,7 +295,7 @@ records:
 				entries = entries[:at]
 				continue records
 			}
-			entries = append(entries, entry{key, rt.Stream, r.Offset, fields})
+			entries = append(entries, entry{key, rt.Stream, r, fields})
 		}
 	}
 	for start := 0; ; {
@@ -284,18 +304,18 @@ records:
 		// record's entries are in. A record with more entries than
 		// ChunkSize makes a chunk of its own.
 		end := min(start+w.cfg.ChunkSize, len(entries))
-		for end > start && end < len(entries) && entries[end].offset == entries[end-1].offset {
+		for end > start && end < len(entries) && entries[end].record == entries[end-1].record {
 			end--
 		}
 		if end == start {
-			for end < len(entries) && entries[end].offset == entries[start].offset {
+			for end < len(entries) && entries[end].record == entries[start].record {
 				end++
 			}
 		}
 		chunk := entries[start:end]
 		next := b.Next
 		if end < len(entries) {
-			next = chunk[len(chunk)-1].offset + 1
+			next = chunk[len(chunk)-1].record.Offset + 1
 		}
 		keys := make([]string, 1, 1+len(chunk))
 		keys[0] = w.offsetsKey()
@@ -303,11 +323,24 @@ records:
 		args = append(args, field, next)
 		for _, e := range chunk {
 			keys = append(keys, e.stream)
-			args = append(args, e.offset, len(e.fields)-entryValues)
+			args = append(args, e.record.Offset, len(e.fields)-entryValues)
 			args = append(args, e.fields...)
 		}
-		if err := addScript.Run(ctx, w.rdb, keys, args...).Err(); err != nil {
+		added, err := addScript.Run(ctx, w.rdb, keys, args...).Int()
+		if at, ok := strings.CutPrefix(fmt.Sprint(err), notStreamErr+" "); ok {
+			if i, err := strconv.Atoi(at); err == nil && i >= 1 && i <= len(chunk) {
+				e := chunk[i-1]
+				return &consumers.PoisonError{Record: e.record, Sink: "route " + e.route, Class: "stream-key",
+					Err: fmt.Errorf("key %q holds something other than a stream", e.stream)}
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, next, err)
+		}
+		// The entries below the stored offset, which the script skipped,
+		// come first.
+		for _, e := range chunk[len(chunk)-min(added, len(chunk)):] {
+			w.metrics.entries.WithLabelValues(e.route).Inc()
 		}
 		if end == len(entries) {
 			break
@@ -316,9 +349,6 @@ records:
 			w.hook("mid-batch")
 		}
 		start = end
-	}
-	for _, e := range entries {
-		w.metrics.entries.WithLabelValues(e.route).Inc()
 	}
 	return nil
 }
