@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"runtime/debug"
 	"time"
@@ -160,21 +161,37 @@ func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup, configUsage st
 	fs.DurationVar(&c.stallAfter, "stall-after", 30*time.Second, "how long a step (a batch, a dead letter) may go on, failing or slow, before /readyz reports the consumer stalled")
 }
 
-// prepare checks the sink's required URL flag and returns the environment
-// and the spate.yaml configuration.
-func (c *consumerFlags) prepare(urlFlag, url string) (*env, spateConfig, error) {
+// prepare checks the flags, the topics and the admin address, and returns
+// the environment, the spate.yaml configuration and the admin listener. It
+// runs before the sink is opened: a consumer that cannot start changes
+// nothing in it (a projector would record its definitions, and stall the
+// projectors running the old ones).
+func (c *consumerFlags) prepare(ctx context.Context, urlFlag, url string) (*env, spateConfig, net.Listener, error) {
 	if url == "" {
-		return nil, spateConfig{}, fmt.Errorf("--%s is required", urlFlag)
+		return nil, spateConfig{}, nil, fmt.Errorf("--%s is required", urlFlag)
 	}
 	if c.stallAfter <= 0 {
-		return nil, spateConfig{}, fmt.Errorf("--stall-after %s: give a positive duration, such as 30s", c.stallAfter)
+		return nil, spateConfig{}, nil, fmt.Errorf("--stall-after %s: give a positive duration, such as 30s", c.stallAfter)
+	}
+	if c.startAt != "earliest" && c.startAt != "latest" {
+		return nil, spateConfig{}, nil, fmt.Errorf("--start-at %q: want earliest or latest", c.startAt)
 	}
 	e, err := c.env()
 	if err != nil {
-		return nil, spateConfig{}, err
+		return nil, spateConfig{}, nil, err
 	}
 	cfg, err := e.loadConfig(c.config, nil)
-	return e, cfg, err
+	if err != nil {
+		return nil, spateConfig{}, nil, err
+	}
+	if err := e.checkTopics(ctx, e.topic, consumers.DLQTopic(e.topic)); err != nil {
+		return nil, spateConfig{}, nil, err
+	}
+	aln, err := listen("admin-addr", c.adminAddr)
+	if err != nil {
+		return nil, spateConfig{}, nil, err
+	}
+	return e, cfg, aln, nil
 }
 
 // gcPercent is the garbage collector's target (GOGC) in spate project and
@@ -199,18 +216,12 @@ func tuneGC() (prev int) {
 	return prev
 }
 
-// runConsumer runs a consumer group into h with an admin server, and any
-// companion tasks, until ctx ends. It collects garbage at gcPercent.
-func runConsumer(ctx context.Context, e *env, f *consumerFlags, role, sinkName string, h sink, also ...func(context.Context) error) error {
+// runConsumer runs a consumer group into h with an admin server on aln
+// (see prepare), and any companion tasks, until ctx ends. It collects
+// garbage at gcPercent.
+func runConsumer(ctx context.Context, e *env, f *consumerFlags, aln net.Listener, role, sinkName string, h sink, also ...func(context.Context) error) error {
 	tuneGC()
-	if err := e.checkTopics(ctx, e.topic, consumers.DLQTopic(e.topic)); err != nil {
-		return err
-	}
 	grp, err := e.newGroup(role, f.group, f.startAt, f.stallAfter, h)
-	if err != nil {
-		return err
-	}
-	aln, err := listen("admin-addr", f.adminAddr)
 	if err != nil {
 		return err
 	}
@@ -235,16 +246,17 @@ func newProjectCmd() *cobra.Command {
 		Example: `  SPATE_POSTGRES_URL=postgres://spate@db/spate SPATE_KAFKA_BROKERS=kafka:9092 spate project`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, cfg, err := f.prepare("postgres-url", url)
+			e, cfg, aln, err := f.prepare(cmd.Context(), "postgres-url", url)
 			if err != nil {
 				return err
 			}
+			defer aln.Close()
 			p, pool, err := e.newProjector(cmd.Context(), url, f.group, cfg.projections)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			return runConsumer(cmd.Context(), e, &f, "project", "postgres", p)
+			return runConsumer(cmd.Context(), e, &f, aln, "project", "postgres", p)
 		},
 	}
 	f.register(cmd.Flags(), projection.DefaultGroup, "spate.yaml with the projections to apply (default: event_log alone)")
@@ -264,10 +276,11 @@ func newFanoutCmd() *cobra.Command {
 		Example: `  SPATE_REDIS_URL=redis://redis:6379/0 SPATE_KAFKA_BROKERS=kafka:9092 spate fanout`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, cfg, err := f.prepare("redis-url", url)
+			e, cfg, aln, err := f.prepare(cmd.Context(), "redis-url", url)
 			if err != nil {
 				return err
 			}
+			defer aln.Close()
 			fcfg, err := sf.config(f.group, cfg.routes)
 			if err != nil {
 				return err
@@ -277,7 +290,7 @@ func newFanoutCmd() *cobra.Command {
 				return err
 			}
 			defer rdb.Close()
-			return runConsumer(cmd.Context(), e, &f, "fanout", "redis", w, func(ctx context.Context) error {
+			return runConsumer(cmd.Context(), e, &f, aln, "fanout", "redis", w, func(ctx context.Context) error {
 				return w.Trim(ctx, trimEvery)
 			})
 		},

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/spate-io/spate/spatetest"
 )
@@ -83,5 +86,43 @@ func wantRefused(t *testing.T, args []string, want string) {
 	defer cancel()
 	if _, _, err := runSpate(ctx, args...); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("spate %s: error %v, want one containing %q", strings.Join(args, " "), err, want)
+	}
+}
+
+// A projector that cannot start (its admin address is taken, its
+// --start-at is wrong) leaves the database as it was: recording its
+// definitions first would stall the projectors running the old ones.
+func TestProjectThatCannotStartChangesNothing(t *testing.T) {
+	brokers := strings.Join(spatetest.Kafka(t, 1, "spate.events", "spate.events.dlq"), ",")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	url := spatetest.Postgres(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--admin-addr", busy.Addr().String()}, "--admin-addr"},
+		{[]string{"--admin-addr", "127.0.0.1:0", "--start-at", "newest"}, "--start-at"},
+	} {
+		wantRefused(t, append([]string{"project", "--postgres-url", url, "--kafka-brokers", brokers}, tc.args...), tc.want)
+	}
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var tables []string
+	rows, err := conn.Query(context.Background(), `SELECT tablename FROM pg_tables WHERE schemaname = current_schema()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tables, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(tables) > 0 {
+		t.Fatalf("after two projectors failed to start, the database holds tables %v, want none", tables)
 	}
 }
