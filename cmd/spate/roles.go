@@ -165,8 +165,10 @@ func (c *consumerFlags) register(fs *pflag.FlagSet, defaultGroup, configUsage st
 // the environment, the spate.yaml configuration and the admin listener. It
 // runs before the sink is opened: a consumer that cannot start changes
 // nothing in it (a projector would record its definitions, and stall the
-// projectors running the old ones).
+// projectors running the old ones). It sets the garbage collector's target
+// to gcPercent.
 func (c *consumerFlags) prepare(ctx context.Context, urlFlag, url string) (*env, spateConfig, net.Listener, error) {
+	tuneGC()
 	if url == "" {
 		return nil, spateConfig{}, nil, fmt.Errorf("--%s is required", urlFlag)
 	}
@@ -217,10 +219,8 @@ func tuneGC() (prev int) {
 }
 
 // runConsumer runs a consumer group into h with an admin server on aln
-// (see prepare), and any companion tasks, until ctx ends. It collects
-// garbage at gcPercent.
+// (see prepare), and any companion tasks, until ctx ends.
 func runConsumer(ctx context.Context, e *env, f *consumerFlags, aln net.Listener, role, sinkName string, h sink, also ...func(context.Context) error) error {
-	tuneGC()
 	grp, err := e.newGroup(role, f.group, f.startAt, f.stallAfter, h)
 	if err != nil {
 		return err
