@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +27,8 @@ func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure a running Spate",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	var o benchOpts
 	edgeCmd := &cobra.Command{
@@ -56,6 +59,11 @@ machine. The report always gives the cores spate bench itself used.`,
 			if o.format != "json" && o.format != "protobuf" {
 				return fmt.Errorf("--format %q: want json or protobuf", o.format)
 			}
+			for flag, u := range map[string]string{"url": o.url, "admin-url": o.adminURL} {
+				if pu, err := url.Parse(u); u != "" && (err != nil || pu.Scheme != "http" && pu.Scheme != "https" || pu.Host == "") {
+					return fmt.Errorf("--%s %q: want an http:// or https:// URL, such as http://127.0.0.1:8080", flag, u)
+				}
+			}
 			var edgeCPU0 time.Duration
 			if o.adminURL != "" {
 				var err error
@@ -68,11 +76,13 @@ machine. The report always gives the cores spate bench itself used.`,
 				return err
 			}
 			if o.adminURL != "" {
-				edgeCPU1, err := processCPUAt(cmd.Context(), o.adminURL)
+				// Also after a Ctrl-C, which ends the run early.
+				edgeCPU1, err := processCPUAt(context.WithoutCancel(cmd.Context()), o.adminURL)
 				if err != nil {
-					return err
+					fmt.Fprintf(cmd.ErrOrStderr(), "spate bench edge: no edge cpu: %v\n", err)
+				} else {
+					res.edgeCPU, res.edgeCPUKnown = edgeCPU1-edgeCPU0, true
 				}
-				res.edgeCPU = edgeCPU1 - edgeCPU0
 			}
 			res.print(cmd.OutOrStdout(), o)
 			return nil
@@ -107,17 +117,20 @@ type benchOpts struct {
 }
 
 type benchResult struct {
-	elapsed   time.Duration
-	latencies []time.Duration // of answered requests
-	statuses  map[int]int
-	errors    map[string]int // transport errors
-	selfCPU   time.Duration  // this process's CPU time during the run
-	edgeCPU   time.Duration  // the edge's, with --admin-url
+	elapsed      time.Duration
+	latencies    []time.Duration // of answered requests
+	statuses     map[int]int
+	errors       map[string]int // transport errors
+	selfCPU      time.Duration  // this process's CPU time during the run
+	edgeCPU      time.Duration  // the edge's, with --admin-url
+	edgeCPUKnown bool
 }
 
-// runBench runs the load and gathers every answer.
-func runBench(ctx context.Context, o benchOpts) (*benchResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, o.duration)
+// runBench runs the load and gathers every answer. After o.duration no
+// request is sent, and those in flight are waited for; when parent ends
+// (Ctrl-C), those in flight are given up and not counted.
+func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
+	ctx, cancel := context.WithTimeout(parent, o.duration)
 	defer cancel()
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: o.connections, MaxConnsPerHost: o.connections,
@@ -176,7 +189,7 @@ func runBench(ctx context.Context, o benchOpts) (*benchResult, error) {
 				} else if ctx.Err() != nil {
 					break
 				}
-				req, err := http.NewRequest(http.MethodPost, strings.TrimSuffix(o.url, "/")+"/v1/events", bytes.NewReader(tmpl.body(seq)))
+				req, err := http.NewRequestWithContext(parent, http.MethodPost, strings.TrimSuffix(o.url, "/")+"/v1/events", bytes.NewReader(tmpl.body(seq)))
 				if err != nil {
 					errs[err.Error()]++
 					continue
@@ -186,6 +199,9 @@ func runBench(ctx context.Context, o benchOpts) (*benchResult, error) {
 					req.Header.Set("Authorization", "Bearer "+o.key)
 				}
 				resp, err := hc.Do(req)
+				if err != nil && parent.Err() != nil {
+					break // interrupted with this request in flight
+				}
 				if err != nil {
 					errs[strings.TrimPrefix(err.Error(), "Post ")]++
 					continue
@@ -324,7 +340,7 @@ func (r *benchResult) print(w io.Writer, o benchOpts) {
 	}
 	fmt.Fprintf(w, "not 202   %s\n", strings.Join(other, ", "))
 	cores := func(d time.Duration) float64 { return d.Seconds() / r.elapsed.Seconds() }
-	if o.adminURL != "" && ok > 0 {
+	if r.edgeCPUKnown && ok > 0 {
 		fmt.Fprintf(w, "edge cpu  %.1f µs an event, %.1f µs a request, %.2f cores\n",
 			float64(r.edgeCPU.Microseconds())/float64(ok*o.batch), float64(r.edgeCPU.Microseconds())/float64(ok), cores(r.edgeCPU))
 	}

@@ -188,3 +188,53 @@ func TestBenchEdgeReportsEdgeCPU(t *testing.T) {
 		t.Fatalf("with an admin URL that serves no metrics: error %v, want one naming --admin-url and the 404", err)
 	}
 }
+
+// Ctrl-C ends the run at once, even while requests hang: they are given
+// up, and not counted as errors.
+func TestBenchEdgeCtrlCEndsRequestsInFlight(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // then the server sees the client go
+		cancel()                    // as Ctrl-C does, with this request in flight
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	res, err := runBench(ctx, benchOpts{url: srv.URL, connections: 2, duration: time.Hour, batch: 1, format: "json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.errors) > 0 || len(res.statuses) > 0 {
+		t.Fatalf("errors %v, statuses %v; want none: the hanging requests were given up", res.errors, res.statuses)
+	}
+}
+
+// Ctrl-C ends the run early; with --admin-url the report still comes,
+// with the edge's CPU.
+func TestBenchEdgeReportsAfterCtrlC(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var cpu, requests atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			fmt.Fprintf(w, "process_cpu_seconds_total %d\n", cpu.Add(1))
+			return
+		}
+		if requests.Add(1) == 3 {
+			cancel() // as Ctrl-C does
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	out, stderr, err := runSpate(ctx, "bench", "edge", "--url", srv.URL, "--admin-url", srv.URL, "--duration", "1h", "--connections", "1")
+	if err != nil || !strings.Contains(out, "edge cpu") {
+		t.Fatalf("spate bench edge interrupted: %v, printed:\n%s\n%s\nwant the report with the edge's CPU", err, out, stderr)
+	}
+}
+
+// A --url that is not an http URL is refused before the run.
+func TestBenchEdgeRefusesABadURL(t *testing.T) {
+	for _, args := range [][]string{{"--url", "127.0.0.1:8080"}, {"--admin-url", "localhost"}} {
+		wantRefused(t, append([]string{"bench", "edge", "--duration", "1h"}, args...), "want an http:// or https:// URL")
+	}
+}

@@ -45,6 +45,8 @@ cause is fixed.
 
 Filters: --group (default spate-project) and --id for every command;
 --projection, --error-class and --since for list and redrive.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newDLQListCmd(), newDLQShowCmd(), newDLQRedriveCmd())
 	return cmd

@@ -62,3 +62,16 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 		t.Fatalf("after the second SIGINT: %v, want the child ended by SIGINT (a context timeout would kill it instead)", err)
 	}
 }
+
+// A misspelled subcommand is an error, not the parent's help with exit 0:
+// spate schema check is a CI gate, and a typo must not pass it.
+func TestMisspelledSubcommandsFail(t *testing.T) {
+	for _, args := range [][]string{
+		{"schema", "chekc", "a.binpb", "b.binpb"}, {"keys", "nwe", "x"}, {"bench", "edg"},
+		{"dlq", "lst"}, {"replay", "projecton", "x"}, {"offsets", "sho"},
+	} {
+		if _, _, err := runSpate(context.Background(), args...); err == nil || !strings.Contains(err.Error(), `unknown command "`+args[1]+`"`) {
+			t.Errorf("spate %s: error %v, want unknown command %q", strings.Join(args, " "), err, args[1])
+		}
+	}
+}

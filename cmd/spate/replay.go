@@ -20,6 +20,8 @@ func newReplayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replay",
 		Short: "Rebuild projections from Kafka history, or copy a range of history into a stream or topic",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newReplayProjectionCmd(), newReplayStreamCmd())
 	return cmd
