@@ -264,6 +264,14 @@ func (r *Rebuild) attempt(ctx context.Context) (*RebuildResult, error) {
 	if err := proj.Migrate(ctx); err != nil {
 		return nil, fmt.Errorf("rebuild: shadow tables: %w", err)
 	}
+	if err := r.checkShadowHoldsTables(ctx, shadowPool); err != nil {
+		if !resumed {
+			if derr := r.dropShadow(ctx); derr != nil {
+				r.log.Warn("drop the shadow schema of a rebuild that did not start", "schema", r.shadow, "err", derr)
+			}
+		}
+		return nil, err
+	}
 
 	run := &rebuildRun{Rebuild: r, live: live, proj: proj, res: &RebuildResult{Resumed: resumed, Retired: r.retired}, toSkip: map[int32][]int64{}}
 	proj.inTx = run.noteSkipped
@@ -286,6 +294,44 @@ func (r *Rebuild) attempt(ctx context.Context) (*RebuildResult, error) {
 		return nil, err
 	}
 	return run.res, nil
+}
+
+// ErrShadowHoldsMore is the error of a rebuild whose migrations made, in
+// the shadow schema, objects other than tables and what tables own
+// (indexes, constraints, sequences of serial columns): a type, a function,
+// a view, a sequence of its own. The swap moves tables only, then drops the
+// shadow schema, which would drop these and, with a type, the columns of
+// the new tables that use it.
+var ErrShadowHoldsMore = errors.New("the migrations made objects other than tables")
+
+// checkShadowHoldsTables returns ErrShadowHoldsMore, naming the objects, if
+// the shadow schema holds any but tables and what they own.
+func (r *Rebuild) checkShadowHoldsTables(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}) error {
+	rows, err := q.Query(ctx, `
+		SELECT 'type ' || t.typname FROM pg_type t
+		WHERE t.typnamespace = $1::regnamespace AND t.typrelid = 0 AND t.typelem = 0
+		UNION ALL
+		SELECT 'function ' || p.proname FROM pg_proc p WHERE p.pronamespace = $1::regnamespace
+		UNION ALL
+		SELECT CASE c.relkind WHEN 'S' THEN 'sequence ' WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view ' ELSE 'relation ' END || c.relname
+		FROM pg_class c
+		WHERE c.relnamespace = $1::regnamespace AND c.relkind NOT IN ('r', 'p', 'i', 'I', 't', 'c')
+		  AND NOT (c.relkind = 'S' AND EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')))
+		ORDER BY 1`, pgx.Identifier{r.shadow}.Sanitize())
+	if err != nil {
+		return fmt.Errorf("rebuild: check schema %s: %w", r.shadow, err)
+	}
+	extra, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("rebuild: check schema %s: %w", r.shadow, err)
+	}
+	if len(extra) > 0 {
+		return fmt.Errorf("rebuild: %w in schema %s (%s): the swap moves tables only, and dropping these would drop what uses them; create them outside the projections' migrations, or in a schema of their own",
+			ErrShadowHoldsMore, r.shadow, strings.Join(extra, ", "))
+	}
+	return nil
 }
 
 // dropShadow drops the shadow schema and what it holds.
@@ -1125,8 +1171,15 @@ func (r *rebuildRun) swap(ctx context.Context) (bool, error) {
 		q.Queue(fmt.Sprintf(`DELETE FROM %s.spate_projections WHERE projection = ANY($1)`, live), r.names)
 		q.Queue(fmt.Sprintf(`INSERT INTO %s.spate_projections (projection, checksum)
 			SELECT projection, checksum FROM %s.spate_projections WHERE projection = ANY($1)`, live, shadow), r.names)
-		q.Queue(`DROP SCHEMA ` + shadow + ` CASCADE`)
-		return tx.SendBatch(ctx, &q).Close()
+		if err := tx.SendBatch(ctx, &q).Close(); err != nil {
+			return err
+		}
+		// Checked again here: CASCADE would drop what the new tables use.
+		if err := r.checkShadowHoldsTables(ctx, tx); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `DROP SCHEMA `+shadow+` CASCADE`)
+		return err
 	})
 	var pge interface{ SQLState() string }
 	switch {

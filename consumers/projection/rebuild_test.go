@@ -694,3 +694,71 @@ func TestRebuildOfAShadowFromAnOlderRelease(t *testing.T) {
 	wantRows(t, pool, `SELECT count(*) FROM event_log`, "20")
 	wantRows(t, pool, `SELECT from_offset, to_offset, cardinality(skipped) FROM spate_rebuilt`, "0|20|0")
 }
+
+// TestRebuildRefusesMigrationsThatMakeMoreThanTables: the rebuild runs the
+// migrations in its shadow schema and swaps in the tables alone; a type
+// the migrations make there would be dropped with the shadow schema, and
+// the column of the new table that uses it with it. So such a rebuild is
+// refused before it starts, naming the type, and the live table is left
+// as it was.
+func TestRebuildRefusesMigrationsThatMakeMoreThanTables(t *testing.T) {
+	t.Parallel()
+	const config = `
+projections:
+  - name: pay_kinds
+    migrations:
+      - CREATE TYPE pay_kind AS ENUM ('small', 'big')
+      - CREATE TABLE pay_kinds (payment_id text PRIMARY KEY, kind pay_kind NOT NULL)
+    on:
+      shop.payment.captured.v1: |
+        INSERT INTO pay_kinds VALUES (:data.payment_id, 'small')
+`
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	_, pool := newConfigured(t, []byte(config))
+	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: projs, Topic: "events"}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rb.Run(ctx); !errors.Is(err, projection.ErrShadowHoldsMore) || !strings.Contains(err.Error(), "type pay_kind") {
+		t.Fatalf("Run: %v, want ErrShadowHoldsMore naming type pay_kind", err)
+	}
+	wantRows(t, pool, `SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'pay_kinds'::regclass AND attnum > 0 AND NOT attisdropped`,
+		"payment_id,kind")
+	wantRows(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'spate_rebuild%'`, "0")
+}
+
+// TestRebuildTakesTablesWithTheirOwnSequences: what tables own (a serial
+// column's sequence, an identity's, an index) moves with them, and does
+// not stop a rebuild.
+func TestRebuildTakesTablesWithTheirOwnSequences(t *testing.T) {
+	t.Parallel()
+	const config = `
+projections:
+  - name: pay_log
+    migrations:
+      - CREATE TABLE pay_log (n bigserial PRIMARY KEY, m bigint GENERATED ALWAYS AS IDENTITY, payment_id text NOT NULL)
+      - CREATE INDEX pay_log_payment_id ON pay_log (payment_id)
+    on:
+      shop.payment.captured.v1: |
+        INSERT INTO pay_log (payment_id) VALUES (:data.payment_id)
+`
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	_, pool := newConfigured(t, []byte(config))
+	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: projs, Topic: "events"}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rb.Run(context.Background()); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM pg_class WHERE relname IN ('pay_log_n_seq', 'pay_log_m_seq', 'pay_log_payment_id') AND relnamespace = current_schema()::regnamespace`, "3")
+}
