@@ -64,8 +64,9 @@ func newSchemaCmd() *cobra.Command {
 		Long: `spate schema check compares two FileDescriptorSets (buf build -o FILE.binpb) with
 buf's own breaking-change rules (the FILE category): a field removed without
 reserving its number or name, a number or type changed, a message or enum
-renamed or removed, and the rest buf knows. It needs buf: on PATH, or in
-.bin/ as make buf installs it. It exits non-zero when NEW breaks OLD.`,
+renamed or removed, and the rest buf knows; a buf.yaml in the working
+directory does not change them. It needs buf: on PATH, or in .bin/ as make
+buf installs it. It exits non-zero when NEW breaks OLD.`,
 		Example: `  git show main:schemas.binpb > old.binpb; buf build -o new.binpb
   spate schema check old.binpb new.binpb`,
 		Args: positional(2, 2, "OLD.binpb and NEW.binpb"),
@@ -79,7 +80,10 @@ renamed or removed, and the rest buf knows. It needs buf: on PATH, or in
 					return err
 				}
 			}
-			c := exec.CommandContext(cmd.Context(), buf, "breaking", args[1], "--against", args[0])
+			// Its own configuration: a buf.yaml in the working directory,
+			// which may leave rules out, must not loosen the check.
+			c := exec.CommandContext(cmd.Context(), buf, "breaking", args[1], "--against", args[0],
+				"--config", `{"version":"v2","breaking":{"use":["FILE"]}}`)
 			c.Stdout, c.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			if err := c.Run(); err != nil {
 				// buf exits 100 when it found breaking changes, else on

@@ -74,6 +74,21 @@ func TestSchemaListAndCheck(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "breaks") || !strings.Contains(out, "customer_id") {
 		t.Fatalf("check of a removed field: %v\n%s\nwant an error and buf naming customer_id", err, out)
 	}
+	// A buf.yaml in the working directory that leaves the rule out does
+	// not loosen the check. (buf is looked for from the working directory
+	// too: keep the one found here.)
+	buf, err := findBuf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", filepath.Dir(buf)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Chdir(dir)
+	if err := os.WriteFile(filepath.Join(dir, "buf.yaml"), []byte("version: v2\nbreaking:\n  use: [FILE]\n  except: [FIELD_NO_DELETE]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI("schema", "check", v1, v2); err == nil || !strings.Contains(err.Error(), "breaks") {
+		t.Fatalf("check of a removed field beside a buf.yaml that leaves FIELD_NO_DELETE out: %v, want a break", err)
+	}
 	empty := filepath.Join(dir, "empty.binpb")
 	if err := os.WriteFile(empty, nil, 0o644); err != nil {
 		t.Fatal(err)
