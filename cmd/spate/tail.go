@@ -321,14 +321,16 @@ func tailText(id string, fields map[string]string, rest []string) []byte {
 		b.WriteByte('\n')
 		return []byte(b.String())
 	}
+	// Quoted where need be: a subject, say, may hold escape sequences a
+	// terminal would act on, or a newline that fakes a line.
 	col := func(k string) string {
 		if v := fields[k]; v != "" {
-			return v
+			return tailQuote(v)
 		}
 		return "-"
 	}
 	ts := col("time")
-	if t, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+	if t, err := time.Parse(time.RFC3339Nano, fields["time"]); err == nil {
 		ts = t.UTC().Format("2006-01-02T15:04:05.000Z07:00")
 	}
 	b.WriteString(strings.Join([]string{ts, col("type"), col("subject"), col("id")}, " "))

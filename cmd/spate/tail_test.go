@@ -161,11 +161,12 @@ func TestTailReadable(t *testing.T) {
 	t.Parallel()
 	rdb, url := tailClient(t)
 	prefix := spatetest.KeyPrefix(t)
-	ids := tailAdd(t, rdb, prefix+"shop.order.placed.v1", append(tailEntries, []any{"note", `say "hi"`})...)
+	ids := tailAdd(t, rdb, prefix+"shop.order.placed.v1", append(tailEntries, []any{"note", `say "hi"`},
+		[]any{"id", "e-3", "type", "shop.order.placed.v1", "subject", "order-9\x1b[2J\n2026-01-01T00:00:00.000Z forged"})...)
 	// An event type gets --stream-prefix; --json=false prints for people
 	// even when stdout is no terminal.
 	out, stop := startTail(t, "shop.order.placed.v1", "--stream-prefix", prefix, "--redis-url", url, "--json=false", "--from", "0")
-	lines := awaitLines(t, out, 4)
+	lines := awaitLines(t, out, 5)
 	if err := stop(); err != nil {
 		t.Fatalf("tail: %v", err)
 	}
@@ -174,6 +175,7 @@ func TestTailReadable(t *testing.T) {
 		`2024-05-01T12:00:01.000Z shop.order.cancelled.v1 order-1 e-2 {"orderId":"order-1","reason":"out of tea"} tenant=acme`,
 		ids[2] + ` n=3 note="not an event"`,
 		ids[3] + ` note="say \"hi\""`,
+		`- shop.order.placed.v1 "order-9\x1b[2J\n2026-01-01T00:00:00.000Z forged" e-3`,
 	}
 	if diff := cmp.Diff(want, lines); diff != "" {
 		t.Errorf("lines (-want +got):\n%s", diff)

@@ -329,9 +329,9 @@ func TestValidate(t *testing.T) {
 			wantErrs: []FieldError{{Index: 5, Field: "id"}},
 		},
 		{
-			name:     "control characters in id and source",
-			ev:       &spatev1.Event{Id: "e-\x00", Source: "/shop\n", Type: "shop.order.placed.v1", Data: orderPB},
-			wantErrs: []FieldError{{Field: "id"}, {Field: "source"}},
+			name:     "control characters in id, source and subject",
+			ev:       &spatev1.Event{Id: "e-\x00", Source: "/shop\n", Type: "shop.order.placed.v1", Subject: "o-1\x1b[2J", Data: orderPB},
+			wantErrs: []FieldError{{Field: "id"}, {Field: "source"}, {Field: "subject"}},
 		},
 		{
 			name:     "dot segments in source",

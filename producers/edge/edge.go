@@ -351,6 +351,9 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	case hasDotSegment(ev.Source):
 		bad(attrSource, `must not hold "." or ".." path segments, percent-encoded or not: keys allow sources by pattern, and /shop/../billing is not under /shop`)
 	}
+	if hasControl(ev.Subject) { // CloudEvents strings hold none
+		bad(attrSubject, "must not hold control characters")
+	}
 	if len(ev.Extensions) > MaxExtensions {
 		bad("", errTooManyExtensions.Error())
 	} else {
