@@ -89,8 +89,44 @@ func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) er
 // nullParam is the parameter of an event whose type lacks the field.
 func nullParam(*Event) (any, error) { return nil, nil }
 
-// leadingWith matches a statement that starts with its own WITH clause.
-var leadingWith = regexp.MustCompile(`(?is)^\s*WITH\s+(RECURSIVE\s+)?`)
+// leadingWith matches a statement that starts with its own WITH clause,
+// once leading space and comments are skipped (see sqlStart).
+var leadingWith = regexp.MustCompile(`(?is)^WITH\s+(RECURSIVE\s+)?`)
+
+// sqlStart returns where a statement's first token begins: after white
+// space, -- comments and /* */ comments, which nest in PostgreSQL.
+func sqlStart(sql string) int {
+	i := 0
+	for i < len(sql) {
+		switch {
+		case strings.ContainsRune(" \t\r\n\f\v", rune(sql[i])):
+			i++
+		case strings.HasPrefix(sql[i:], "--"):
+			end := strings.IndexByte(sql[i:], '\n')
+			if end < 0 {
+				return len(sql)
+			}
+			i += end + 1
+		case strings.HasPrefix(sql[i:], "/*"):
+			i += 2
+			for depth := 1; i < len(sql) && depth > 0; {
+				switch {
+				case strings.HasPrefix(sql[i:], "/*"):
+					depth++
+					i += 2
+				case strings.HasPrefix(sql[i:], "*/"):
+					depth--
+					i += 2
+				default:
+					i++
+				}
+			}
+		default:
+			return i
+		}
+	}
+	return i
+}
 
 // compileBatchStatement compiles a batch statement for events of the types
 // typs, whose payloads are mds: each :name becomes the column "name" of the
@@ -138,11 +174,12 @@ func compileBatchStatement(n *yaml.Node, typs []string, mds []protoreflect.Messa
 		unnest[i] = fmt.Sprintf("$%d::%s[]", i+1, st.types[i])
 	}
 	with := fmt.Sprintf("WITH batch (%s) AS (SELECT * FROM unnest(%s))", strings.Join(cols, ", "), strings.Join(unnest, ", "))
-	if m := leadingWith.FindStringSubmatch(body); m != nil {
+	if start := sqlStart(body); leadingWith.MatchString(body[start:]) {
+		m := leadingWith.FindStringSubmatch(body[start:])
 		if m[1] != "" {
 			with = "WITH RECURSIVE" + strings.TrimPrefix(with, "WITH")
 		}
-		st.sql = with + ",\n" + body[len(m[0]):]
+		st.sql = body[:start] + with + ",\n" + body[start+len(m[0]):]
 	} else {
 		st.sql = with + "\n" + body
 	}

@@ -429,3 +429,31 @@ func projectionEvents(t *testing.T, reg *prometheus.Registry, name string) float
 	t.Fatalf("no spate_projection_events_total{projection=%q}", name)
 	return 0
 }
+
+// TestBatchStatementWithCommentsBeforeItsWith: a batch statement of its own
+// WITH clause after comments (nested ones too) gets the relation batch
+// merged into that WITH, not put before it as a second one.
+func TestBatchStatementWithCommentsBeforeItsWith(t *testing.T) {
+	t.Parallel()
+	const config = `
+projections:
+  - name: pays
+    migrations:
+      - CREATE TABLE pays (payment_id text PRIMARY KEY, amount_cents bigint)
+    batch:
+      - type: shop.payment.captured.v1
+        sql: |
+          -- the newest event of each payment
+          /* a comment /* nested */ WITH is not a keyword here */
+          WITH fresh AS (
+            SELECT DISTINCT ON (:data.payment_id) :data.payment_id AS id, :data.amount_cents AS amount
+            FROM batch ORDER BY :data.payment_id, :offset DESC)
+          INSERT INTO pays SELECT id, amount FROM fresh ON CONFLICT DO NOTHING
+`
+	p, pool := newConfigured(t, []byte(config))
+	b := asBatch(shopEvent(t, "e1", "o-1", 0, &shopv1.PaymentCaptured{PaymentId: "pay-1", OrderId: "o-1", AmountCents: 42, Currency: "EUR"}))
+	if err := p.Apply(context.Background(), b); err != nil {
+		t.Fatalf("Apply = %v", err)
+	}
+	wantRows(t, pool, `SELECT payment_id, amount_cents FROM pays`, "pay-1|42")
+}
