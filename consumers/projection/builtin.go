@@ -128,9 +128,11 @@ WHERE (l.time, l."offset") < (excluded.time, excluded."offset")`, l.table),
 }
 
 // newer reports whether a comes after b: a later time, or the same time and
-// a later offset.
+// a later offset. Times count in microseconds, as Postgres keeps them and
+// so compares them with what a table holds: in one batch or across two,
+// the same events win.
 func newer(a, b *Event) bool {
-	at, bt := a.Time.AsTime(), b.Time.AsTime()
+	at, bt := a.Time.AsTime().Truncate(time.Microsecond), b.Time.AsTime().Truncate(time.Microsecond)
 	return at.After(bt) || at.Equal(bt) && a.Offset > b.Offset
 }
 

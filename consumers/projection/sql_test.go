@@ -457,3 +457,28 @@ projections:
 	}
 	wantRows(t, pool, `SELECT payment_id, amount_cents FROM pays`, "pay-1|42")
 }
+
+// TestLatestAlikeInOneBatchOrTwo: two events of one subject less than a
+// microsecond apart (Postgres keeps microseconds) leave the same event in
+// latest whether they come in one batch or in two.
+func TestLatestAlikeInOneBatchOrTwo(t *testing.T) {
+	t.Parallel()
+	const config = "projections:\n  - name: latest\n    builtin: latest\n"
+	first := shopEvent(t, "first", "o-1", 400*time.Nanosecond, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 1, Currency: "EUR"})
+	second := shopEvent(t, "second", "o-1", 300*time.Nanosecond, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 2, Currency: "EUR"})
+	b := asBatch(first, second)
+	state := func(batches ...consumers.Batch) []string {
+		p, pool := newConfigured(t, []byte(config))
+		for _, bb := range batches {
+			if err := p.Apply(context.Background(), bb); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return rows(t, pool, `SELECT id FROM spate_latest`)
+	}
+	one := state(b)
+	two := state(consumers.Batch{Topic: b.Topic, Records: b.Records[:1], Next: 1}, consumers.Batch{Topic: b.Topic, Records: b.Records[1:], Next: 2})
+	if fmt.Sprint(one) != fmt.Sprint(two) || fmt.Sprint(one) != "[second]" {
+		t.Errorf("latest holds %v after one batch, %v after two; want [second] both times (same microsecond, later offset)", one, two)
+	}
+}
