@@ -18,6 +18,8 @@ func TestReadyzNamesWhatFailsAndWhy(t *testing.T) {
 	stalled := func(context.Context) error {
 		return errors.New("stalled: apply spate.events/3 has not succeeded for 45s; its last attempt failed: projection definition changed")
 	}
+	hangs := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+	answersInTime := func(ctx context.Context) error { return ctx.Err() }
 	for _, tc := range []struct {
 		checks []check
 		code   int
@@ -26,6 +28,10 @@ func TestReadyzNamesWhatFailsAndWhy(t *testing.T) {
 		{[]check{{"kafka", ok}, {"project", ok}}, http.StatusOK, map[string]string{"kafka": "ok", "project": "ok"}},
 		{[]check{{"kafka", ok}, {"project", stalled}}, http.StatusServiceUnavailable, map[string]string{
 			"kafka": "ok", "project": "unavailable: stalled: apply spate.events/3 has not succeeded for 45s; its last attempt failed: projection definition changed"}},
+		// A check that hangs until its deadline does not take the others'
+		// time: they answer, and are not blamed.
+		{[]check{{"postgres", hangs}, {"redis", answersInTime}}, http.StatusServiceUnavailable, map[string]string{
+			"postgres": "unavailable: context deadline exceeded", "redis": "ok"}},
 	} {
 		rec := httptest.NewRecorder()
 		adminHandler(newMetrics(), tc.checks).ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
