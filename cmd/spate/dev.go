@@ -58,7 +58,13 @@ removes the throwaway data.`,
   SPATE_POSTGRES_URL=postgres://localhost/spate spate dev --edge-addr 127.0.0.1:8081`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), &f, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			err := runDev(cmd.Context(), &f, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			if err != nil && cmd.Context().Err() != nil {
+				// Ctrl-C while starting: a step cut short is no failure.
+				fmt.Fprintln(cmd.ErrOrStderr(), "spate dev: stopped while starting")
+				return nil
+			}
+			return err
 		},
 	}
 	fs := cmd.Flags()

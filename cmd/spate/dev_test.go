@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net"
 	"strings"
 	"testing"
@@ -91,5 +92,16 @@ func TestDevChecksFilesAndPortsFirst(t *testing.T) {
 		if strings.Contains(stderr, "throwaway") {
 			t.Errorf("dev %v started a throwaway server first:\n%s", tc.args, stderr)
 		}
+	}
+}
+
+// Ctrl-C while spate dev starts stops it cleanly: a start step cut short
+// is not an error.
+func TestDevStoppedWhileStartingIsNoError(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel() // before it starts anything
+	_, stderr, err := runSpate(ctx, "dev", "--kafka-port", "0", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
+	if err != nil || !strings.Contains(stderr, "stopped while starting") {
+		t.Fatalf("spate dev interrupted while starting: %v\n%s\nwant a clean stop", err, stderr)
 	}
 }
