@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"regexp"
@@ -109,7 +110,7 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 	// Entries go to stdout; of the logs, only trouble is worth showing.
 	lf.level, fs.Lookup("log-level").DefValue = "warn", "warn"
 	fs.StringVar(&url, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL, redis://host:port/db; spate dev prints the URL of its server")
-	fs.StringVar(&from, "from", "$", "where to start: $ or latest (new entries), 0 or earliest (the whole stream), an entry ID, a time (RFC 3339) or a duration ago (-10m, -1h)")
+	fs.StringVar(&from, "from", "$", "where to start: $ or latest (new entries), 0 or earliest (the whole stream), an entry ID, a time (RFC 3339) or a duration ago (-10m, -1h); an entry at that ID or time is shown")
 	fs.BoolVar(&asJSON, "json", false, "print NDJSON (default: when stdout is not a terminal)")
 	fs.StringVar(&prefx, "stream-prefix", "spate:", "prefix added to a STREAM without ':'")
 	annotateEnv(fs)
@@ -123,27 +124,48 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 // tailIDPattern matches a stream entry ID, complete or not.
 var tailIDPattern = regexp.MustCompile(`^[0-9]+(-[0-9]+)?$`)
 
-// parseTailFrom turns --from into a stream ID: $, 0 and IDs as they are,
-// latest and earliest (as the other commands say it) as $ and 0, times and
-// durations ago (relative to now) into the ID of that millisecond.
+// parseTailFrom turns --from into the stream ID to read after (XREAD and
+// XGROUP CREATE take the entries after an ID): $ and 0 as they are, latest
+// and earliest (as the other commands say it) as $ and 0; an entry ID, a
+// time or a duration ago (relative to now) into the ID just before, so that
+// the entry at that ID or millisecond is read.
 func parseTailFrom(from string, now time.Time) (string, error) {
 	switch {
-	case from == "latest":
+	case from == "latest", from == "$":
 		return "$", nil
-	case from == "earliest":
+	case from == "earliest", from == "0":
 		return "0", nil
-	case from == "$" || tailIDPattern.MatchString(from):
-		return from, nil
+	case tailIDPattern.MatchString(from):
+		msPart, seqPart, _ := strings.Cut(from, "-")
+		ms, err1 := strconv.ParseUint(msPart, 10, 64)
+		seq, err2 := uint64(0), error(nil)
+		if seqPart != "" {
+			seq, err2 = strconv.ParseUint(seqPart, 10, 64)
+		}
+		if err1 == nil && err2 == nil {
+			return streamIDBefore(ms, seq), nil
+		}
 	case strings.HasPrefix(from, "-"):
 		if d, err := time.ParseDuration(from[1:]); err == nil && d > 0 {
-			return strconv.FormatInt(now.Add(-d).UnixMilli(), 10) + "-0", nil
+			return streamIDBefore(uint64(max(now.Add(-d).UnixMilli(), 0)), 0), nil
 		}
 	default:
 		if t, err := time.Parse(time.RFC3339Nano, from); err == nil && t.UnixMilli() >= 0 {
-			return strconv.FormatInt(t.UnixMilli(), 10) + "-0", nil
+			return streamIDBefore(uint64(t.UnixMilli()), 0), nil
 		}
 	}
 	return "", fmt.Errorf("--from %q: want $ or latest (new entries), 0 or earliest (the whole stream), an entry ID (1700000000000-0), a time (2024-05-01T12:00:00Z) or a duration ago (-10m)", from)
+}
+
+// streamIDBefore returns the stream ID just before ms-seq.
+func streamIDBefore(ms, seq uint64) string {
+	switch {
+	case seq > 0:
+		return fmt.Sprintf("%d-%d", ms, seq-1)
+	case ms > 0:
+		return fmt.Sprintf("%d-%d", ms-1, uint64(math.MaxUint64))
+	}
+	return "0"
 }
 
 // tailRead prints the entries of stream after start until ctx ends, without

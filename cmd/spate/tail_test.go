@@ -296,13 +296,17 @@ func TestTailParseFrom(t *testing.T) {
 		{"0", "0"},
 		{"latest", "$"},
 		{"earliest", "0"},
-		{"1714564800000", "1714564800000"},
-		{"1714564800000-7", "1714564800000-7"},
-		{"-10m", fmt.Sprint(ms-10*60*1000, "-0")},
-		{"-1h30m", fmt.Sprint(ms-90*60*1000, "-0")},
-		{"-250ms", fmt.Sprint(ms-250, "-0")},
-		{"2024-05-01T11:00:00Z", fmt.Sprint(ms-60*60*1000, "-0")},
-		{"2024-05-01T14:00:00.5+02:00", fmt.Sprint(ms+500, "-0")},
+		// XREAD reads after the ID: the one just before, so that the entry
+		// at the ID or time given is read.
+		{"1714564800000", "1714564799999-18446744073709551615"},
+		{"1714564800000-7", "1714564800000-6"},
+		{"1-0", "0-18446744073709551615"},
+		{"-10m", fmt.Sprint(ms-10*60*1000-1, "-18446744073709551615")},
+		{"-1h30m", fmt.Sprint(ms-90*60*1000-1, "-18446744073709551615")},
+		{"-250ms", fmt.Sprint(ms-250-1, "-18446744073709551615")},
+		{"2024-05-01T11:00:00Z", fmt.Sprint(ms-60*60*1000-1, "-18446744073709551615")},
+		{"2024-05-01T14:00:00.5+02:00", fmt.Sprint(ms+500-1, "-18446744073709551615")},
+		{"1970-01-01T00:00:00Z", "0"},
 	} {
 		got, err := parseTailFrom(tc.from, now)
 		if err != nil || got != tc.want {
@@ -342,5 +346,36 @@ func TestTailSaysWhatItsKeyIs(t *testing.T) {
 	root.SetArgs([]string{"tail", hash, "--redis-url", url})
 	if err := root.ExecuteContext(t.Context()); err == nil || !strings.Contains(err.Error(), "holds a hash, not a stream") {
 		t.Errorf("tail of a hash: %v, want a refusal", err)
+	}
+}
+
+// TestTailFromIncludesTheEntryThere: --from a time, or an entry's ID,
+// starts with the entry at that time or ID, not the one after.
+func TestTailFromIncludesTheEntryThere(t *testing.T) {
+	t.Parallel()
+	rdb, url := tailClient(t)
+	stream := spatetest.KeyPrefix(t) + "s"
+	at := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	for _, v := range []string{"before", "at", "later"} {
+		id := "*"
+		switch v {
+		case "before":
+			id = fmt.Sprint(at.UnixMilli()-1, "-0")
+		case "at":
+			id = fmt.Sprint(at.UnixMilli(), "-0")
+		}
+		if err := rdb.XAdd(t.Context(), &redis.XAddArgs{Stream: stream, ID: id, Values: []any{"n", v}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, from := range []string{at.UTC().Format(time.RFC3339Nano), fmt.Sprint(at.UnixMilli(), "-0")} {
+		out, stop := startTail(t, stream, "--redis-url", url, "--json", "--from", from)
+		lines := awaitLines(t, out, 2)
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(lines[0], `"n":"at"`) || !strings.Contains(lines[1], `"n":"later"`) {
+			t.Errorf("--from %s: lines %v, want the entry at that point first", from, lines)
+		}
 	}
 }
