@@ -105,7 +105,10 @@ func Load(file string, data []byte, reg *schemas.Registry) ([]Projection, error)
 			default:
 				return nil, bad(n.Line, "unknown builtin %q: want event_log, latest or counters", pc.Builtin)
 			}
-			projs = append(projs, Filter(p, pc.Types...))
+			if p = Filter(p, pc.Types...); pc.Name != p.Name() {
+				p = renamed{p, pc.Name}
+			}
+			projs = append(projs, p)
 			continue
 		}
 
@@ -249,6 +252,20 @@ func Filter(p Projection, patterns ...string) Projection {
 	return filtered{p, patterns}
 }
 
+// renamed is a built-in declared under a name of its own (say, two latest
+// projections on two tables), by which Select, the rebuild, dead letters
+// and metrics know it.
+type renamed struct {
+	Projection
+	name string
+}
+
+func (r renamed) Name() string { return r.name }
+
+func (r renamed) Migrate(ctx context.Context, tx pgx.Tx) error {
+	return migrateWrapped(ctx, tx, r.Projection)
+}
+
 type filtered struct {
 	Projection
 	patterns []string
@@ -277,7 +294,13 @@ func (f filtered) Apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {
 }
 
 func (f filtered) Migrate(ctx context.Context, tx pgx.Tx) error {
-	if m, ok := f.Projection.(Migrator); ok {
+	return migrateWrapped(ctx, tx, f.Projection)
+}
+
+// migrateWrapped runs the migrations of a projection a wrapper holds, if it
+// has any.
+func migrateWrapped(ctx context.Context, tx pgx.Tx, p Projection) error {
+	if m, ok := p.(Migrator); ok {
 		return m.Migrate(ctx, tx)
 	}
 	return nil

@@ -32,6 +32,13 @@ func (f filtered) definition() string {
 	return d.definition() + " types " + strings.Join(f.patterns, ",")
 }
 
+func (r renamed) definition() string {
+	if d, ok := r.Projection.(defined); ok {
+		return d.definition()
+	}
+	return ""
+}
+
 func (p *sqlProjection) definition() string {
 	var b strings.Builder
 	for _, m := range p.migrations {

@@ -482,3 +482,40 @@ func TestLatestAlikeInOneBatchOrTwo(t *testing.T) {
 		t.Errorf("latest holds %v after one batch, %v after two; want [second] both times (same microsecond, later offset)", one, two)
 	}
 }
+
+// TestBuiltinsGoByTheirDeclaredName: built-ins declared under names of
+// their own (two latest projections, one a table) are known by those
+// names, Select finds them, and each applies to its own table.
+func TestBuiltinsGoByTheirDeclaredName(t *testing.T) {
+	t.Parallel()
+	const config = `
+projections:
+  - name: recent_orders
+    builtin: latest
+    table: recent_orders
+    types: ["shop.order.*"]
+  - name: recent_payments
+    builtin: latest
+    table: recent_payments
+    types: ["shop.payment.*"]
+`
+	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(projection.Names(projs)); got != "[recent_orders recent_payments]" {
+		t.Errorf("Names = %s, want [recent_orders recent_payments]", got)
+	}
+	if _, err := projection.Select(projs, "recent_payments"); err != nil {
+		t.Errorf("Select(recent_payments) = %v", err)
+	}
+	p, pool := newConfigured(t, []byte(config))
+	b := asBatch(
+		shopEvent(t, "e1", "o-1", 0, &shopv1.OrderPlaced{OrderId: "o-1", CustomerId: "c-1", AmountCents: 1, Currency: "EUR"}),
+		shopEvent(t, "e2", "pay-1", 0, &shopv1.PaymentCaptured{PaymentId: "pay-1", OrderId: "o-1", AmountCents: 1, Currency: "EUR"}))
+	if err := p.Apply(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	wantRows(t, pool, `SELECT (SELECT string_agg(id, ',') FROM recent_orders) || '|' || (SELECT string_agg(id, ',') FROM recent_payments)`, "e1|e2")
+	wantRows(t, pool, `SELECT string_agg(projection, ',' ORDER BY projection) FROM spate_projections`, "recent_orders,recent_payments")
+}
