@@ -73,12 +73,15 @@ func adminHandler(reg *prometheus.Registry, checks []check) http.Handler {
 }
 
 // serveHTTP serves h on ln until ctx ends, then shuts down within 5 s.
+// Requests see ctx end (a CPU profile in progress stops), and one that still
+// runs after 5 s is cut off: stopping is not a failure of the command.
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -89,11 +92,14 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, log *slog.L
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	if e := <-errc; !errors.Is(e, http.ErrServerClosed) && err == nil {
-		err = e
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("admin requests still running at shutdown: cut off", "addr", ln.Addr().String(), "err", err)
+		srv.Close()
 	}
-	return err
+	if e := <-errc; !errors.Is(e, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", ln.Addr(), e)
+	}
+	return nil
 }
 
 // listen opens a TCP listener, naming the flag in the error.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -42,5 +44,28 @@ func TestReadyzNamesWhatFailsAndWhy(t *testing.T) {
 		if rec.Code != tc.code || !cmp.Equal(got, tc.want) {
 			t.Errorf("/readyz = %d %v, want %d %v", rec.Code, got, tc.code, tc.want)
 		}
+	}
+}
+
+// An admin request in progress at shutdown (a CPU profile, say) sees the
+// context end, and the command stops cleanly, not with an error.
+func TestAdminStopsCleanlyWithARequestInProgress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-r.Context().Done() // as /debug/pprof/profile waits out its seconds
+	})
+	done := make(chan error, 1)
+	go func() { done <- serveHTTP(ctx, ln, h, slog.New(slog.DiscardHandler)) }()
+	go http.Get("http://" + ln.Addr().String() + "/")
+	<-started
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serveHTTP: %v, want a clean stop", err)
 	}
 }
