@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -45,7 +46,7 @@ the producer needs; the edge reloads the file on SIGHUP.`,
     types: ["*"]        # the event types it may publish (globs)
     sources: ["*"]      # the sources it may publish as (globs)
     # rate: 1000        # events per second
-`, key, args[0], edge.HashKey(key))
+`, key, strconv.Quote(args[0]), edge.HashKey(key)) // quoted: a name may hold ": " or "#"
 			return nil
 		},
 	})

@@ -10,6 +10,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/spate-io/spate/producers/edge"
 )
 
 // stuckEnv makes the test binary, run again by TestSecondSignalStopsAtOnce,
@@ -72,6 +76,27 @@ func TestMisspelledSubcommandsFail(t *testing.T) {
 	} {
 		if _, _, err := runSpate(context.Background(), args...); err == nil || !strings.Contains(err.Error(), `unknown command "`+args[1]+`"`) {
 			t.Errorf("spate %s: error %v, want unknown command %q", strings.Join(args, " "), err, args[1])
+		}
+	}
+}
+
+// spate keys new prints an entry the edge loads, under the name given,
+// whatever it holds.
+func TestKeysNewEntryLoads(t *testing.T) {
+	for _, name := range []string{"checkout", "team: billing", "#ops", `say "hi"`} {
+		out, _, err := runSpate(context.Background(), "keys", "new", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entry := out[strings.Index(out, "  - name:"):]
+		file := "keys:\n" + entry
+		if _, err := edge.LoadKeys("keys.yaml", []byte(file)); err != nil {
+			t.Errorf("keys new %q: the entry does not load: %v\n%s", name, err, file)
+			continue
+		}
+		var parsed struct{ Keys []struct{ Name string } }
+		if err := yaml.Unmarshal([]byte(file), &parsed); err != nil || len(parsed.Keys) != 1 || parsed.Keys[0].Name != name {
+			t.Errorf("keys new %q: the entry names %+v (%v)", name, parsed.Keys, err)
 		}
 	}
 }
