@@ -43,7 +43,9 @@ STREAM is a stream key, such as spate:shop.order.placed.v1, or an event type,
 such as shop.order.placed.v1: a STREAM without ':' gets --stream-prefix.
 
 On a terminal each entry is a line: its time, type, subject and id, its data
-as compact JSON, then any other field as name=value. Otherwise, or with
+as compact JSON, then any field that is not a CloudEvents attribute (an
+extension, say) as name=value; source, datacontenttype and dataschema are
+left out, and --json shows them. Otherwise, or with
 --json, each entry is a JSON object on a line of its own (NDJSON) with the
 entry's stream ID (stream_id) and all its fields, data embedded as JSON;
 --json=false forces lines for people.
