@@ -15,6 +15,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,17 +68,48 @@ type server struct {
 	stopped bool
 }
 
-// makeDir creates dir, or a temporary directory for stop to remove if dir is "".
+// makeDir creates dir, or a temporary directory for stop to remove if dir is
+// "". A temporary directory notes its owner (ownerFile), and the ones of
+// owners that are gone are removed first.
 func (s *server) makeDir() error {
 	if s.dir != "" {
 		return os.MkdirAll(s.dir, 0o700)
 	}
+	removeAbandoned(s.name)
 	dir, err := os.MkdirTemp("", "throwaway-"+s.name+"-")
 	if err != nil {
 		return err
 	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
 	s.dir, s.tempDir = dir, true
 	return nil
+}
+
+// ownerFile, in a temporary directory, holds the pid of the process that
+// made it. A process killed before it stopped its servers (SIGKILL, a
+// second Ctrl-C) leaves its directories behind; the servers die with it.
+const ownerFile = "throwaway-owner.pid"
+
+// removeAbandoned removes the temporary directories of servers called name
+// whose owner no longer runs. Directories that note no owner are left be.
+func removeAbandoned(name string) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "throwaway-"+name+"-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // boot starts the server for the first time. If s.port is 0 it picks a free

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -345,5 +347,47 @@ func TestStartRedisNoBinary(t *testing.T) {
 	_, err := StartRedis(t.Context(), RedisConfig{BinPath: filepath.Join(t.TempDir(), "redis-server")})
 	if err == nil || !strings.Contains(err.Error(), "apt-get install redis-server") {
 		t.Errorf("start without binary: got %v, want an error saying what to install", err)
+	}
+}
+
+// TestAbandonedDirsAreRemoved: the temporary directory of a server whose
+// owner process is gone (killed before it could stop it) is removed when
+// the next server of that kind starts; one whose owner runs, or that notes
+// no owner, is left be.
+func TestAbandonedDirsAreRemoved(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name, owner string) string {
+		d := filepath.Join(tmp, name)
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if owner != "" {
+			if err := os.WriteFile(filepath.Join(d, ownerFile), []byte(owner), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return d
+	}
+	abandoned := mk("throwaway-redis-1", strconv.Itoa(gone.Process.Pid))
+	running := mk("throwaway-redis-2", strconv.Itoa(os.Getpid()))
+	unknown := mk("throwaway-redis-3", "")
+	otherKind := mk("throwaway-postgres-1", strconv.Itoa(gone.Process.Pid))
+	s := &server{name: "redis"}
+	if err := s.makeDir(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.removeTemp()
+	for d, want := range map[string]bool{abandoned: false, running: true, unknown: true, otherKind: true, s.dir: true} {
+		if _, err := os.Stat(d); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", d, err == nil, want)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(s.dir, ownerFile)); err != nil || string(b) != strconv.Itoa(os.Getpid()) {
+		t.Errorf("the new directory notes owner %q (%v), want this process", b, err)
 	}
 }
