@@ -32,7 +32,8 @@ func newMetrics() *prometheus.Registry {
 
 // adminHandler serves /metrics, /healthz (the process is up), /readyz (every
 // check answers within 2 s; a 503 names each failing check and its error)
-// and /debug/pprof/.
+// and /debug/pprof/, but for /debug/pprof/cmdline: a command line may hold
+// a URL with its password.
 func adminHandler(reg *prometheus.Registry, checks []check) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -65,7 +66,6 @@ func adminHandler(reg *prometheus.Registry, checks []check) http.Handler {
 		json.NewEncoder(w).Encode(status)
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)

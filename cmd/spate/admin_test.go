@@ -69,3 +69,13 @@ func TestAdminStopsCleanlyWithARequestInProgress(t *testing.T) {
 		t.Fatalf("serveHTTP: %v, want a clean stop", err)
 	}
 }
+
+// The admin server does not show the command line, which may hold a URL
+// with its password (--postgres-url postgres://spate:secret@db/spate).
+func TestAdminHidesTheCommandLine(t *testing.T) {
+	rec := httptest.NewRecorder()
+	adminHandler(newMetrics(), nil).ServeHTTP(rec, httptest.NewRequest("GET", "/debug/pprof/cmdline", nil))
+	if rec.Code == http.StatusOK {
+		t.Fatalf("/debug/pprof/cmdline = 200 %q, want it not served", rec.Body)
+	}
+}

@@ -63,7 +63,7 @@ type Config struct {
 	// ChunkSize is how many entries one script call adds, at most, to keep
 	// Redis responsive to others; a chunk never splits one event's entries,
 	// so an event with more entries than this makes a chunk of its own.
-	// Zero: 500.
+	// Zero or less: 500.
 	ChunkSize int
 	// Logger. Zero: none.
 	Logger *slog.Logger
@@ -118,7 +118,7 @@ func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer,
 			return nil, fmt.Errorf("fanout: route %d: %w", i+1, err)
 		}
 	}
-	if cfg.ChunkSize == 0 {
+	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = 500
 	}
 	log := cfg.Logger
