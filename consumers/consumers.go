@@ -24,6 +24,7 @@
 package consumers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -126,7 +127,10 @@ type Config struct {
 	// Topics to consume. Zero: spate.events.
 	Topics []string
 	// StartAt is where a partition with no stored offset starts: "earliest"
-	// or "latest". Zero: earliest.
+	// or "latest". Zero: earliest. With latest, the partition's end is
+	// stored in the sink at once (an empty batch up to it), so that events
+	// that come after are not skipped when the partition moves, or the
+	// group restarts, before the first batch.
 	StartAt string
 	// MaxPollRecords caps the records of one poll. Zero: 10000.
 	MaxPollRecords int
@@ -327,7 +331,13 @@ func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset
 			if stored, err = g.h.Offsets(ctx, topic, ps); err != nil {
 				return err
 			}
-			return g.checkStored(ctx, topic, stored)
+			if err := g.checkStored(ctx, topic, stored); err != nil {
+				return err
+			}
+			if g.cfg.StartAt == "latest" {
+				return g.storeEnds(ctx, topic, ps, stored)
+			}
+			return nil
 		})
 		if err != nil {
 			return nil, err
@@ -343,6 +353,35 @@ func (g *Group) resume(ctx context.Context, offs map[string]map[int32]kgo.Offset
 	}
 	g.startedOnce.Do(func() { close(g.started) })
 	return offs, nil
+}
+
+// storeEnds stores in the sink, for each partition of ps of topic that has
+// no stored offset, the partition's end, and adds it to stored.
+func (g *Group) storeEnds(ctx context.Context, topic string, ps []int32, stored map[int32]int64) error {
+	var missing []int32
+	for _, p := range ps {
+		if _, ok := stored[p]; !ok {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	ends, err := kadm.NewClient(g.cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	for _, p := range missing {
+		end, ok := ends.Lookup(topic, p)
+		if !ok || end.Err != nil {
+			return fmt.Errorf("list end offsets of %s/%d: %v", topic, p, cmp.Or(end.Err, errors.New("not listed")))
+		}
+		if err := g.h.Apply(ctx, Batch{Topic: topic, Partition: p, Next: end.Offset}); err != nil {
+			return fmt.Errorf("store the end of %s/%d: %w", topic, p, err)
+		}
+		stored[p] = end.Offset
+	}
+	return nil
 }
 
 // ErrPastEnd reports a stored offset past the end of its partition: the

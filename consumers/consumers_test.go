@@ -581,3 +581,37 @@ func TestStoredOffsetKafkaNoLongerHas(t *testing.T) {
 		t.Fatalf("applied %v, want offsets 50..99", got)
 	}
 }
+
+// TestStartAtLatestStoresTheEnd: a group that starts at the latest offset
+// stores each partition's end at once, so that the events that come after
+// are applied even when the group restarts (or the partition moves) before
+// its first batch, instead of skipped from the new end.
+func TestStartAtLatestStoresTheEnd(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 10) // history, to skip
+	sink := newMemSink()
+	cfg := consumers.Config{Group: "g", Topics: []string{"t"}, StartAt: "latest"}
+	g, stop := startGroup(t, brokers, cfg, sink, nil)
+	<-g.Started()
+	stop() // before any new event
+	sink.mu.Lock()
+	next, ok := sink.next[0]
+	sink.mu.Unlock()
+	if !ok || next != 10 {
+		t.Fatalf("stored offset %d (%v) once started, want the end, 10", next, ok)
+	}
+	produce(t, brokers, "t", 10, 5) // while no member runs
+	runGroupWith(t, brokers, cfg, sink)
+	spatetest.Eventually(t, 20*time.Second, func() string {
+		if n := sink.count(); n < 5 {
+			return fmt.Sprintf("applied %d of the 5 events that came after the start", n)
+		}
+		return ""
+	})
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if got := sink.applied[0]; got[0] != 10 || len(got) != 5 {
+		t.Fatalf("applied %v, want offsets 10..14", got)
+	}
+}

@@ -142,3 +142,17 @@ func TestCoreNamedExtensionCannotReplaceData(t *testing.T) {
 		t.Fatalf("entry data = %v, datacontenttype = %v: an extension header replaced a core field", v["data"], v["datacontenttype"])
 	}
 }
+
+// TestEmptyBatchStoresItsOffset: a batch of no records (a group that
+// starts at the latest offset stores the end so) moves the offset.
+func TestEmptyBatchStoresItsOffset(t *testing.T) {
+	t.Parallel()
+	w, _ := newWriter(t, 0)
+	ctx := context.Background()
+	if err := w.Apply(ctx, consumers.Batch{Topic: "events", Partition: 3, Next: 42}); err != nil {
+		t.Fatal(err)
+	}
+	if offs, err := w.Offsets(ctx, "events", []int32{3}); err != nil || offs[3] != 42 {
+		t.Fatalf("Offsets = %v, %v; want partition 3 at 42", offs, err)
+	}
+}

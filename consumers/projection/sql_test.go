@@ -519,3 +519,17 @@ projections:
 	wantRows(t, pool, `SELECT (SELECT string_agg(id, ',') FROM recent_orders) || '|' || (SELECT string_agg(id, ',') FROM recent_payments)`, "e1|e2")
 	wantRows(t, pool, `SELECT string_agg(projection, ',' ORDER BY projection) FROM spate_projections`, "recent_orders,recent_payments")
 }
+
+// TestEmptyBatchStoresItsOffset: a batch of no records (a group that
+// starts at the latest offset stores the end so) moves the offset.
+func TestEmptyBatchStoresItsOffset(t *testing.T) {
+	t.Parallel()
+	p, _ := newConfigured(t, []byte("projections:\n  - name: event_log\n    builtin: event_log\n"))
+	ctx := context.Background()
+	if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 3, Next: 42}); err != nil {
+		t.Fatal(err)
+	}
+	if offs, err := p.Offsets(ctx, "events", []int32{3}); err != nil || offs[3] != 42 {
+		t.Fatalf("Offsets = %v, %v; want partition 3 at 42", offs, err)
+	}
+}
