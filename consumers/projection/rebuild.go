@@ -1258,8 +1258,11 @@ func (r *rebuildRun) applyGap(ctx context.Context, tx pgx.Tx, lo map[int32]int64
 			}
 			evs = append(evs, ev)
 		}
+		// With find: an event the live projector dead-lettered meanwhile
+		// fails as poison, naming it, and the swap gives way until the
+		// catch-up has skipped it.
 		b := consumers.Batch{Topic: r.cfg.Topic, Partition: p, Records: recs[:n], Next: t}
-		if _, _, err := r.proj.applyIn(ctx, tx, b, evs, nil, false); err != nil {
+		if _, _, err := r.proj.applyIn(ctx, tx, b, evs, nil, true); err != nil {
 			return 0, err
 		}
 		applied += n

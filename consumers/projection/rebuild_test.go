@@ -19,9 +19,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/projection"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/spatetest"
@@ -761,4 +765,66 @@ projections:
 		t.Fatalf("Run: %v", err)
 	}
 	wantRows(t, pool, `SELECT count(*) FROM pg_class WHERE relname IN ('pay_log_n_seq', 'pay_log_m_seq', 'pay_log_payment_id') AND relnamespace = current_schema()::regnamespace`, "3")
+}
+
+// TestSwapGapWithAnEventABuiltinRejects: the live projector moves past
+// an event event_log cannot store (U+0000 in jsonb; dead-lettered) just as
+// the rebuild is about to swap. The swap's gap holds that event: the
+// rebuild skips it, as it would anywhere else, rather than fail.
+func TestSwapGapWithAnEventABuiltinRejects(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte("projections:\n  - name: event_log\n    builtin: event_log\n"))
+	recs := records(t, 0, 10)
+	data, err := proto.Marshal(&shopv1.OrderPlaced{OrderId: "o-\x00", CustomerId: "c-1", Currency: "EUR"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs[5] = cekafka.Record("events", &spatev1.Event{Id: "e-5", Source: "/test", Type: "shop.order.placed.v1",
+		Subject: "o-5", Time: timestamppb.Now(), Datacontenttype: schemas.ContentTypeProtobuf, Data: data})
+	recs[5].Offset = 5
+	produceManually(t, brokers, recs...)
+	if err := p.Apply(ctx, batch(recs[:5])); err != nil {
+		t.Fatal(err)
+	}
+	// The live projector gets past offset 5 as a group would: three tries,
+	// then the dead letter's offset-only batch, then the rest.
+	liveOn := func() {
+		var pe *consumers.PoisonError
+		var err error
+		for try := 0; try < 3 && !errors.As(err, &pe); try++ {
+			err = p.Apply(ctx, batch(recs[5:]))
+		}
+		if !errors.As(err, &pe) {
+			t.Errorf("live Apply = %v, want poison", err)
+			return
+		}
+		if err := p.Apply(ctx, consumers.Batch{Topic: "events", Next: 6, DeadLettered: pe}); err != nil {
+			t.Error(err)
+		}
+		if err := p.Apply(ctx, batch(recs[6:])); err != nil {
+			t.Error(err)
+		}
+	}
+	var once sync.Once
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{
+		Projections: []projection.Projection{projection.EventLog()}, Topic: "events",
+		Progress: func(done, _ int64) {
+			if done >= 5 {
+				once.Do(liveOn)
+			}
+		},
+	}, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rb.Run(ctx)
+	if err != nil {
+		t.Fatalf("rebuild = %v; want it to skip the event the live projector dead-lettered", err)
+	}
+	if res.Skipped != 1 {
+		t.Errorf("rebuild = %+v, want 1 skipped", res)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "9")
 }
