@@ -744,9 +744,12 @@ applying (and say why) until they are restarted with the new one.
 Exactly once: one transaction applies the event and records the re-drive in
 spate_redrives, so a dead letter already re-driven, by this run or another,
 concurrent or earlier, is not applied again ("already-redriven"), and
-neither is a second dead letter of the same event. An event that a
-projection still rejects commits nothing; redrive reports it with the
-projection and the error class, goes on with the others, and exits non-zero.
+neither is a second dead letter of the same event. Nor is a dead letter of
+an event the group applied itself after all (it stopped after writing the
+dead letter, before moving past the event): redrive reports it failed. An
+event that a projection still rejects commits nothing; redrive reports it
+with the projection and the error class, goes on with the others, and exits
+non-zero.
 
 Choose dead letters by PARTITION:OFFSET (as spate dlq list prints them) or
 by filters: --projection, --error-class, --since and --id. To re-drive every
@@ -817,17 +820,23 @@ repair them.`,
 				return err
 			}
 
-			var p *projection.Projector
-			var pool *pgxpool.Pool
-			if dryRun { // not migrated: a dry run changes nothing
-				if pool, err = pgxpool.New(ctx, pgURL); err != nil {
-					return fmt.Errorf("postgres: %w", err)
-				}
-				p = projection.New(pool, e.reg, projection.Config{Group: f.group, Projections: cfg.projections})
-			} else if p, pool, err = e.newProjector(ctx, pgURL, f.group, cfg.projections); err != nil {
-				return err
+			adm, err := kgo.NewClient(e.kafkaOpts("spate-dlq")...)
+			if err != nil {
+				return fmt.Errorf("kafka client: %w", err)
+			}
+			defer adm.Close()
+			pool, err := pgxpool.New(ctx, pgURL)
+			if err != nil {
+				return fmt.Errorf("postgres: %w", err)
 			}
 			defer pool.Close()
+			p := projection.New(pool, e.reg, projection.Config{Group: f.group, Projections: cfg.projections,
+				Logger: e.log.With("role", "redrive"), LogStart: logStartOf(adm)})
+			if !dryRun { // not migrated: a dry run changes nothing
+				if err := p.Migrate(ctx); err != nil {
+					return err
+				}
+			}
 
 			var lines []dlqLine // for people: printed at the end, after the progress bar
 			counts := map[string]int{}
@@ -1004,7 +1013,7 @@ func redriveOne(ctx context.Context, p *projection.Projector, d *consumers.DeadL
 		}
 		var pe *consumers.PoisonError
 		var missing *projection.MissingProjectionError
-		if errors.As(err, &pe) || errors.As(err, &missing) || errors.Is(err, projection.ErrNotPassed) || attempt == redriveAttempts {
+		if errors.As(err, &pe) || errors.As(err, &missing) || errors.Is(err, projection.ErrNotPassed) || errors.Is(err, projection.ErrAppliedByGroup) || attempt == redriveAttempts {
 			if pe != nil {
 				l.FailedSink, l.FailedClass = pe.Sink, pe.Class
 			}
@@ -1017,6 +1026,22 @@ func redriveOne(ctx context.Context, p *projection.Projector, d *consumers.DeadL
 		case <-time.After(wait/2 + rand.N(wait/2+1)):
 		}
 		wait *= 2
+	}
+}
+
+// logStartOf returns where Kafka's log of a partition starts, as
+// projection.Config.LogStart asks, through cl.
+func logStartOf(cl *kgo.Client) func(context.Context, string, int32) (int64, error) {
+	return func(ctx context.Context, topic string, partition int32) (int64, error) {
+		starts, err := kadm.NewClient(cl).ListStartOffsets(ctx, topic)
+		if err != nil {
+			return 0, err
+		}
+		o, ok := starts.Lookup(topic, partition)
+		if !ok {
+			return 0, fmt.Errorf("no partition %s/%d", topic, partition)
+		}
+		return o.Offset, o.Err
 	}
 }
 

@@ -100,6 +100,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics registers the projector's metrics. Zero: not registered.
 	Metrics prometheus.Registerer
+	// LogStart returns where Kafka's log of a partition starts. Redrive
+	// uses it to tell a dead letter of an event the group applied after
+	// all (it stopped between writing the dead letter and moving past the
+	// event), which it then refuses with ErrAppliedByGroup. Zero: Redrive
+	// cannot tell such a dead letter from others.
+	LogStart func(ctx context.Context, topic string, partition int32) (int64, error)
 }
 
 // Projector is a consumers.Handler that writes projections to Postgres.

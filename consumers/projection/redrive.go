@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -59,6 +61,12 @@ CREATE TABLE IF NOT EXISTS spate_rebuilt (
 // dead-letter it again (a crash came between writing the dead letter and
 // storing the offset past it). Re-driving it would apply it twice.
 var ErrNotPassed = errors.New("the group has not moved past the event yet")
+
+// ErrAppliedByGroup is returned by Redrive for a dead letter of an event the
+// group applied itself after all: it wrote the dead letter, then stopped
+// before it moved past the event, and applied it when it started again.
+// Re-driving it would apply it twice.
+var ErrAppliedByGroup = errors.New("the group applied the event itself after it wrote the dead letter")
 
 // MissingProjectionError is returned by Redrive for a dead letter of a
 // projection that the projector does not have.
@@ -134,6 +142,9 @@ func (p *Projector) Redrive(ctx context.Context, dl *kgo.Record) (applied bool, 
 		}
 		if next <= d.Offset {
 			return fmt.Errorf("%w: its next offset in %s/%d is %d, the event is at %d", ErrNotPassed, d.Topic, d.Partition, next, d.Offset)
+		}
+		if err := p.checkNoted(ctx, tx, d); err != nil {
+			return err
 		}
 		// A rebuild that applied the event swapped in tables that hold it.
 		// Read after the offset's lock: a swap holds the offset rows, so
@@ -250,4 +261,41 @@ func redriveError(pr Projection, ev *Event, err error) error {
 		return err
 	}
 	return &consumers.PoisonError{Record: ev.Record, Sink: name, Class: pgErrorClass(pge.Code[:2]), Err: err}
+}
+
+// checkNoted returns ErrAppliedByGroup for a dead letter of an event the
+// group applied after all. The group notes in spate_dead_letters, in the
+// transaction that moves past it, each event it dead-letters; a dead letter
+// written since spate_dead_letters notes them, of an event with no note,
+// is of one the group did not move past so, but applied. Notes go once
+// Kafka's retention passes their events: a dead letter of an event Kafka
+// no longer holds is taken as it is (without Config.LogStart, every one).
+func (p *Projector) checkNoted(ctx context.Context, tx pgx.Tx, d *consumers.DeadLetter) error {
+	if p.cfg.LogStart == nil {
+		return nil
+	}
+	var comment *string
+	var noted bool
+	err := tx.QueryRow(ctx, `SELECT obj_description(to_regclass('spate_dead_letters'), 'pg_class'),
+		EXISTS (SELECT FROM spate_dead_letters WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND "offset" = $4)`,
+		p.cfg.Group, d.Topic, d.Partition, d.Offset).Scan(&comment, &noted)
+	if err != nil {
+		return fmt.Errorf("load dead-letter notes: %w", err)
+	}
+	if noted || comment == nil {
+		return nil
+	}
+	t, ok := strings.CutPrefix(*comment, deadLettersSince)
+	since, err := time.Parse(time.RFC3339Nano, t)
+	if !ok || err != nil || d.Time.Before(since) {
+		return nil
+	}
+	start, err := p.cfg.LogStart(ctx, d.Topic, d.Partition)
+	if err != nil {
+		return fmt.Errorf("log start of %s/%d: %w", d.Topic, d.Partition, err)
+	}
+	if d.Offset < start {
+		return nil
+	}
+	return fmt.Errorf("%w: %s/%d@%d has no note in spate_dead_letters", ErrAppliedByGroup, d.Topic, d.Partition, d.Offset)
 }

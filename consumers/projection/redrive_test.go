@@ -864,3 +864,71 @@ func TestRebuildWhenTheDeadLetterIsGone(t *testing.T) {
 		t.Fatalf("rebuild whose dead letter is gone = %v, want ErrSkippedApplied saying the dead letters may be deleted", err)
 	}
 }
+
+// TestRedriveOfAnEventTheGroupAppliedAfterAll: the group wrote a dead
+// letter and stopped before it moved its offset past the event (so it
+// noted none in spate_dead_letters); restarted after the fix, it applied
+// the event itself. Re-driving that dead letter is refused, where a dead
+// letter the group moved past is re-driven.
+func TestRedriveOfAnEventTheGroupAppliedAfterAll(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const config = `
+projections:
+  - name: payment_totals
+    migrations:
+      - CREATE TABLE payment_totals (currency text PRIMARY KEY, payments bigint NOT NULL, amount_cents bigint NOT NULL CHECK (amount_cents < 1000))
+    on:
+      shop.payment.captured.v1: |
+        INSERT INTO payment_totals VALUES (:data.currency, 1, :data.amount_cents)
+        ON CONFLICT (currency) DO UPDATE SET payments = payment_totals.payments + 1, amount_cents = payment_totals.amount_cents + excluded.amount_cents
+`
+	for _, noted := range []bool{false, true} {
+		t.Run(fmt.Sprint("noted ", noted), func(t *testing.T) {
+			p, pool := newConfigured(t, []byte(config))
+			b := asBatch(
+				shopEvent(t, "e0", "o-0", 0, &shopv1.PaymentCaptured{PaymentId: "pay-0", OrderId: "o-0", AmountCents: 100, Currency: "EUR"}),
+				shopEvent(t, "e1", "o-1", time.Second, &shopv1.PaymentCaptured{PaymentId: "pay-1", OrderId: "o-1", AmountCents: 5000, Currency: "EUR"}),
+			)
+			if err := p.Apply(ctx, consumers.Batch{Topic: "events", Records: b.Records[:1], Next: 1}); err != nil {
+				t.Fatal(err)
+			}
+			var pe *consumers.PoisonError
+			for try := 0; try < 3 && pe == nil; try++ {
+				if err := p.Apply(ctx, consumers.Batch{Topic: "events", Records: b.Records[1:], Next: 2}); !errors.As(err, &pe) && try == 2 {
+					t.Fatalf("no poison for e1: %v", err)
+				}
+			}
+			dl := asDeadLetter(pe.Record, projection.DefaultGroup, pe.Class)
+			dl.Headers = append(dl.Headers, kgo.RecordHeader{Key: consumers.HeaderDLQSink, Value: []byte(pe.Sink)},
+				kgo.RecordHeader{Key: consumers.HeaderDLQTime, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))})
+			if noted { // the group moved past it
+				if err := p.Apply(ctx, consumers.Batch{Topic: "events", Next: 2, DeadLettered: pe}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := pool.Exec(ctx, `ALTER TABLE payment_totals DROP CONSTRAINT payment_totals_amount_cents_check`); err != nil {
+				t.Fatal(err)
+			}
+			projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
+			if err != nil {
+				t.Fatal(err)
+			}
+			inKafka := func(context.Context, string, int32) (int64, error) { return 0, nil }
+			restarted := projection.New(pool, schemas.Builtin(), projection.Config{Projections: projs, LogStart: inKafka})
+			if !noted { // the restarted group applies it itself
+				if err := restarted.Apply(ctx, consumers.Batch{Topic: "events", Records: b.Records[1:], Next: 2}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			applied, err := restarted.Redrive(ctx, dl)
+			switch {
+			case noted && (err != nil || !applied):
+				t.Fatalf("Redrive = %v, %v; want it applied", applied, err)
+			case !noted && !errors.Is(err, projection.ErrAppliedByGroup):
+				t.Fatalf("Redrive = %v, %v; want ErrAppliedByGroup", applied, err)
+			}
+			wantRows(t, pool, `SELECT payments, amount_cents FROM payment_totals`, "2|5100")
+		})
+	}
+}
