@@ -717,7 +717,19 @@ projections:
       shop.payment.captured.v1: |
         INSERT INTO pay_kinds VALUES (:data.payment_id, 'small')
 `
-	ctx := context.Background()
+	rb, pool := configuredRebuild(t, config)
+	if _, err := rb.Run(context.Background()); !errors.Is(err, projection.ErrShadowHoldsMore) || !strings.Contains(err.Error(), "type pay_kind") {
+		t.Fatalf("Run: %v, want ErrShadowHoldsMore naming type pay_kind", err)
+	}
+	wantRows(t, pool, `SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'pay_kinds'::regclass AND attnum > 0 AND NOT attisdropped`,
+		"payment_id,kind")
+	wantRows(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'spate_rebuild%'`, "0")
+}
+
+// configuredRebuild returns a rebuild of the projections of config, which
+// a projector has migrated, over an empty topic events, and the pool.
+func configuredRebuild(t *testing.T, config string) (*projection.Rebuild, *pgxpool.Pool) {
+	t.Helper()
 	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
 	_, pool := newConfigured(t, []byte(config))
 	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
@@ -728,12 +740,7 @@ projections:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rb.Run(ctx); !errors.Is(err, projection.ErrShadowHoldsMore) || !strings.Contains(err.Error(), "type pay_kind") {
-		t.Fatalf("Run: %v, want ErrShadowHoldsMore naming type pay_kind", err)
-	}
-	wantRows(t, pool, `SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'pay_kinds'::regclass AND attnum > 0 AND NOT attisdropped`,
-		"payment_id,kind")
-	wantRows(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'spate_rebuild%'`, "0")
+	return rb, pool
 }
 
 // TestRebuildTakesTablesWithTheirOwnSequences: what tables own (a serial
@@ -751,16 +758,7 @@ projections:
       shop.payment.captured.v1: |
         INSERT INTO pay_log (payment_id) VALUES (:data.payment_id)
 `
-	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
-	_, pool := newConfigured(t, []byte(config))
-	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: projs, Topic: "events"}, kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rb, pool := configuredRebuild(t, config)
 	if _, err := rb.Run(context.Background()); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
