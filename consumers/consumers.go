@@ -153,9 +153,12 @@ type Config struct {
 
 // Group consumes topics into a Handler. Create it with New.
 type Group struct {
-	h       Handler
-	cfg     Config
-	cl      *kgo.Client
+	h   Handler
+	cfg Config
+	cl  *kgo.Client
+	// clSet is closed once cl is set: the client joins the group, and may
+	// call resume, before kgo.NewClient returns it.
+	clSet   chan struct{}
 	log     *slog.Logger
 	metrics *metrics
 
@@ -252,7 +255,7 @@ func newGroup(h Handler, cfg Config, now func() time.Time, opts ...kgo.Opt) (*Gr
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Group{h: h, cfg: cfg, log: log.With("group", cfg.Group), metrics: newMetrics(cfg.Metrics, cfg.Group),
-		started: make(chan struct{}), workers: map[topicPartition]*worker{}, now: now, steps: map[*step]bool{}, givenUp: map[string]givenUpStep{}}
+		started: make(chan struct{}), clSet: make(chan struct{}), workers: map[topicPartition]*worker{}, now: now, steps: map[*step]bool{}, givenUp: map[string]givenUpStep{}}
 	own := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),
@@ -305,7 +308,19 @@ func newGroup(h Handler, cfg Config, now func() time.Time, opts ...kgo.Opt) (*Gr
 		return nil, fmt.Errorf("consumer group %s: %w", cfg.Group, err)
 	}
 	g.cl = cl
+	close(g.clSet)
 	return g, nil
+}
+
+// admin returns an admin client of the group's client, once that is set
+// (see clSet), or ctx's error.
+func (g *Group) admin(ctx context.Context) (*kadm.Client, error) {
+	select {
+	case <-g.clSet:
+		return kadm.NewClient(g.cl), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Started is closed once the group was first assigned partitions and
@@ -367,7 +382,11 @@ func (g *Group) storeEnds(ctx context.Context, topic string, ps []int32, stored 
 	if len(missing) == 0 {
 		return nil
 	}
-	ends, err := kadm.NewClient(g.cl).ListEndOffsets(ctx, topic)
+	adm, err := g.admin(ctx)
+	if err != nil {
+		return err
+	}
+	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err != nil {
 		return fmt.Errorf("list end offsets of %s: %w", topic, err)
 	}
@@ -396,7 +415,11 @@ func (g *Group) checkStored(ctx context.Context, topic string, stored map[int32]
 	if len(stored) == 0 {
 		return nil
 	}
-	ends, err := kadm.NewClient(g.cl).ListEndOffsets(ctx, topic)
+	adm, err := g.admin(ctx)
+	if err != nil {
+		return err
+	}
+	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err != nil {
 		return fmt.Errorf("list end offsets of %s: %w", topic, err)
 	}
