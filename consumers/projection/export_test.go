@@ -7,3 +7,11 @@ func SetHook(p *Projector, fn func(point string)) { p.hook = fn }
 
 // DeadLettersSince starts the comment of spate_dead_letters.
 const DeadLettersSince = deadLettersSince
+
+// FailuresCounted returns how many events have failures counted towards
+// poison.
+func FailuresCounted(p *Projector) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.failures)
+}

@@ -307,6 +307,7 @@ func (p *Projector) Apply(ctx context.Context, b consumers.Batch) error {
 	if err != nil {
 		return fmt.Errorf("apply %s/%d@%d: %w", b.Topic, b.Partition, b.Next, err)
 	}
+	p.forgetFailures(b)
 	if p.hook != nil {
 		p.hook("committed")
 	}
@@ -484,6 +485,20 @@ func (p *Projector) classify(pr Projection, err error) error {
 	}
 	pe := &consumers.PoisonError{Record: ee.Event.Record, Sink: name, Class: pgErrorClass(class), Err: err}
 	return pe
+}
+
+// forgetFailures drops the failure counts of events below b.Next, which
+// are applied: an event that failed now and then (a foreign key another
+// partition had not yet written, say) is not counted towards poison for
+// ever, nor kept in memory.
+func (p *Projector) forgetFailures(b consumers.Batch) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.failures {
+		if k.topic == b.Topic && k.partition == b.Partition && k.offset < b.Next {
+			delete(p.failures, k)
+		}
+	}
 }
 
 // deterministic reports whether err is a Postgres data exception (SQLSTATE

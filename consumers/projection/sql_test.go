@@ -533,3 +533,36 @@ func TestEmptyBatchStoresItsOffset(t *testing.T) {
 		t.Fatalf("Offsets = %v, %v; want partition 3 at 42", offs, err)
 	}
 }
+
+// TestFailuresAreForgottenOnceApplied: an event that failed on data once
+// (a row another partition had not written yet, say) and then applied is
+// not counted towards poison any more.
+func TestFailuresAreForgottenOnceApplied(t *testing.T) {
+	t.Parallel()
+	const config = `
+projections:
+  - name: pays
+    migrations:
+      - CREATE TABLE pays (payment_id text PRIMARY KEY, amount_cents bigint CHECK (amount_cents < 1000))
+    on:
+      shop.payment.captured.v1: INSERT INTO pays VALUES (:data.payment_id, :data.amount_cents)
+`
+	p, pool := newConfigured(t, []byte(config))
+	ctx := context.Background()
+	b := asBatch(shopEvent(t, "e1", "o-1", 0, &shopv1.PaymentCaptured{PaymentId: "pay-1", OrderId: "o-1", AmountCents: 5000, Currency: "EUR"}))
+	if err := p.Apply(ctx, b); err == nil {
+		t.Fatal("Apply: no error for an amount the table refuses")
+	}
+	if n := projection.FailuresCounted(p); n != 1 {
+		t.Fatalf("%d events with failures counted, want 1", n)
+	}
+	if _, err := pool.Exec(ctx, `ALTER TABLE pays DROP CONSTRAINT pays_amount_cents_check`); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if n := projection.FailuresCounted(p); n != 0 {
+		t.Fatalf("%d events with failures counted once applied, want 0", n)
+	}
+}
