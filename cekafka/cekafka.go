@@ -121,6 +121,9 @@ func Event(r *kgo.Record) (*spatev1.Event, error) {
 		values = values[len(h.Value):]
 		switch h.Key {
 		case HeaderSpecVersion:
+			if v != specVersion {
+				return nil, fmt.Errorf("%w: header %s is %q, want %q", ErrNotEvent, HeaderSpecVersion, v, specVersion)
+			}
 		case HeaderID:
 			ev.Id = v
 		case HeaderSource:

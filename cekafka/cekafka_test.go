@@ -235,6 +235,7 @@ func TestEventNotEvent(t *testing.T) {
 		{"an extension in upper case", with("ce_Tenant", "a"), "ce_Tenant"},
 		{"an extension with an underscore", with("ce_with_underscore", "a"), "ce_with_underscore"},
 		{"too many extensions", manyExtensions(without(""), cekafka.MaxExtensions+1), "extension attributes"},
+		{"another specversion", with("ce_specversion", "0.3"), "ce_specversion"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
