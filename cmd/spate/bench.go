@@ -341,7 +341,7 @@ func (r *benchResult) print(w io.Writer, o benchOpts) {
 	fmt.Fprintf(w, "not 202   %s\n", strings.Join(other, ", "))
 	cores := func(d time.Duration) float64 { return d.Seconds() / r.elapsed.Seconds() }
 	if r.edgeCPUKnown && ok > 0 {
-		fmt.Fprintf(w, "edge cpu  %.1f µs an event, %.1f µs a request, %.2f cores\n",
+		fmt.Fprintf(w, "edge cpu  %.1f µs an event, %.1f µs a request, %.2f cores (its whole process: spate dev's holds the broker too)\n",
 			float64(r.edgeCPU.Microseconds())/float64(ok*o.batch), float64(r.edgeCPU.Microseconds())/float64(ok), cores(r.edgeCPU))
 	}
 	fmt.Fprintf(w, "bench cpu %.2f cores\n", cores(r.selfCPU))
