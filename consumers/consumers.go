@@ -312,15 +312,19 @@ func newGroup(h Handler, cfg Config, now func() time.Time, opts ...kgo.Opt) (*Gr
 	return g, nil
 }
 
-// admin returns an admin client of the group's client, once that is set
-// (see clSet), or ctx's error.
-func (g *Group) admin(ctx context.Context) (*kadm.Client, error) {
+// endOffsets lists the end offsets of topic's partitions, once the group's
+// client is set (see clSet).
+func (g *Group) endOffsets(ctx context.Context, topic string) (kadm.ListedOffsets, error) {
 	select {
 	case <-g.clSet:
-		return kadm.NewClient(g.cl), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	ends, err := kadm.NewClient(g.cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return nil, fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	return ends, nil
 }
 
 // Started is closed once the group was first assigned partitions and
@@ -382,13 +386,9 @@ func (g *Group) storeEnds(ctx context.Context, topic string, ps []int32, stored 
 	if len(missing) == 0 {
 		return nil
 	}
-	adm, err := g.admin(ctx)
+	ends, err := g.endOffsets(ctx, topic)
 	if err != nil {
 		return err
-	}
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		return fmt.Errorf("list end offsets of %s: %w", topic, err)
 	}
 	for _, p := range missing {
 		end, ok := ends.Lookup(topic, p)
@@ -415,13 +415,9 @@ func (g *Group) checkStored(ctx context.Context, topic string, stored map[int32]
 	if len(stored) == 0 {
 		return nil
 	}
-	adm, err := g.admin(ctx)
+	ends, err := g.endOffsets(ctx, topic)
 	if err != nil {
 		return err
-	}
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		return fmt.Errorf("list end offsets of %s: %w", topic, err)
 	}
 	var past []string
 	for _, p := range slices.Sorted(maps.Keys(stored)) {
