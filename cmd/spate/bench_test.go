@@ -9,7 +9,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -340,14 +339,14 @@ func benchDrain(b *testing.B, e *env, group string, h sink, count func() int64, 
 	}
 }
 
-// processCPU returns the CPU time this process has used, user and system.
+// processCPU returns the CPU time this process has used (ownCPU).
 func processCPU(b *testing.B) time.Duration {
 	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := ownCPU()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }
 
 // redisCPU returns the CPU time the Redis server of rdb has used, user and

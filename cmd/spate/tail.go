@@ -138,12 +138,12 @@ func parseTailFrom(from string, now time.Time) (string, error) {
 	case from == "earliest", from == "0":
 		return "0", nil
 	case tailIDPattern.MatchString(from):
-		msPart, seqPart, _ := strings.Cut(from, "-")
-		ms, err1 := strconv.ParseUint(msPart, 10, 64)
-		seq, err2 := uint64(0), error(nil)
-		if seqPart != "" {
-			seq, err2 = strconv.ParseUint(seqPart, 10, 64)
+		msPart, seqPart, ok := strings.Cut(from, "-")
+		if !ok {
+			seqPart = "0"
 		}
+		ms, err1 := strconv.ParseUint(msPart, 10, 64)
+		seq, err2 := strconv.ParseUint(seqPart, 10, 64)
 		if err1 == nil && err2 == nil {
 			return streamIDBefore(ms, seq), nil
 		}
