@@ -76,6 +76,9 @@ func (p *batchProjection) apply(ctx context.Context, tx pgx.Tx, evs []*Event) er
 	if len(queued) == 0 {
 		return nil
 	}
+	if i, err := encodable(ctx, tx, &b); err != nil {
+		return fmt.Errorf("batch statement at line %d: %w", queued[i].line, err)
+	}
 	br := tx.SendBatch(ctx, &b)
 	for _, st := range queued {
 		if _, err := br.Exec(); err != nil {

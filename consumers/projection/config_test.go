@@ -125,36 +125,15 @@ projections:
 // A batch statement over several event types binds each column with one SQL
 // type; a field whose type differs between them is refused.
 func TestLoadBatchColumnTypesAgree(t *testing.T) {
-	field := func(name string, typ descriptorpb.FieldDescriptorProto_Type) *descriptorpb.FieldDescriptorProto {
-		return &descriptorpb.FieldDescriptorProto{Name: proto.String(name), JsonName: proto.String(name), Number: proto.Int32(1),
-			Type: typ.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()}
-	}
-	message := func(name, eventType string, f *descriptorpb.FieldDescriptorProto) *descriptorpb.DescriptorProto {
-		o := &descriptorpb.MessageOptions{}
-		proto.SetExtension(o, spatev1.E_EventType, eventType)
-		return &descriptorpb.DescriptorProto{Name: proto.String(name), Field: []*descriptorpb.FieldDescriptorProto{f}, Options: o}
-	}
-	set, err := proto.Marshal(&descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{
-		protodesc.ToFileDescriptorProto(descriptorpb.File_google_protobuf_descriptor_proto),
-		protodesc.ToFileDescriptorProto(timestamppb.File_google_protobuf_timestamp_proto),
-		protodesc.ToFileDescriptorProto(spatev1.File_spate_v1_event_proto),
-		{
-			Name: proto.String("two/v1/two.proto"), Package: proto.String("two.v1"), Syntax: proto.String("proto3"),
-			Dependency: []string{"spate/v1/event.proto"},
-			MessageType: []*descriptorpb.DescriptorProto{
-				message("Counted", "two.counted.v1", field("n", descriptorpb.FieldDescriptorProto_TYPE_INT64)),
-				message("Named", "two.named.v1", field("n", descriptorpb.FieldDescriptorProto_TYPE_STRING)),
-			},
+	reg := testRegistry(t, &descriptorpb.FileDescriptorProto{
+		Name: proto.String("two/v1/two.proto"), Package: proto.String("two.v1"), Syntax: proto.String("proto3"),
+		Dependency: []string{"spate/v1/event.proto"},
+		MessageType: []*descriptorpb.DescriptorProto{
+			testMessage("Counted", "two.counted.v1", testField("n", 1, descriptorpb.FieldDescriptorProto_TYPE_INT64)),
+			testMessage("Named", "two.named.v1", testField("n", 1, descriptorpb.FieldDescriptorProto_TYPE_STRING)),
 		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := schemas.Load(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = projection.Load("spate.yaml", []byte(`
+	})
+	_, err := projection.Load("spate.yaml", []byte(`
 projections:
   - name: p
     batch:
@@ -165,4 +144,36 @@ projections:
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("Load error = %v, want one containing %q", err, want)
 	}
+}
+
+// testRegistry returns the registry of file, which may use
+// google/protobuf/timestamp.proto and spate/v1/event.proto.
+func testRegistry(t *testing.T, file *descriptorpb.FileDescriptorProto) *schemas.Registry {
+	t.Helper()
+	set, err := proto.Marshal(&descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{
+		protodesc.ToFileDescriptorProto(descriptorpb.File_google_protobuf_descriptor_proto),
+		protodesc.ToFileDescriptorProto(timestamppb.File_google_protobuf_timestamp_proto),
+		protodesc.ToFileDescriptorProto(spatev1.File_spate_v1_event_proto),
+		file,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := schemas.Load(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// testMessage declares message name as the payload of eventType.
+func testMessage(name, eventType string, fields ...*descriptorpb.FieldDescriptorProto) *descriptorpb.DescriptorProto {
+	o := &descriptorpb.MessageOptions{}
+	proto.SetExtension(o, spatev1.E_EventType, eventType)
+	return &descriptorpb.DescriptorProto{Name: proto.String(name), Field: fields, Options: o}
+}
+
+func testField(name string, number int32, typ descriptorpb.FieldDescriptorProto_Type) *descriptorpb.FieldDescriptorProto {
+	return &descriptorpb.FieldDescriptorProto{Name: proto.String(name), JsonName: proto.String(name), Number: proto.Int32(number),
+		Type: typ.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()}
 }

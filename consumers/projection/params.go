@@ -148,7 +148,8 @@ type getter func(ev *Event) (any, error)
 //	data.<field>[.<field>...]                                 a payload field, by .proto or JSON name
 //
 // Scalar fields bind as their Go type (int64, string, bool, ...), enums as
-// their value name, google.protobuf.Timestamp as a time, and messages,
+// their value name (or, for a number the schema does not name, the number
+// as text), google.protobuf.Timestamp as a time, and messages,
 // repeated fields and maps as JSON. An unset message field is NULL.
 func paramGetter(name string, md protoreflect.MessageDescriptor) (getter, error) {
 	switch name {
@@ -262,7 +263,7 @@ func fieldValue(m protoreflect.Message, fd protoreflect.FieldDescriptor) (any, e
 		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
 			return string(ev.Name()), nil
 		}
-		return int32(v.Enum()), nil
+		return strconv.Itoa(int(v.Enum())), nil // a number a newer schema names: text, as enums are
 	}
 	return v.Interface(), nil
 }

@@ -415,8 +415,11 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 // findFailing applies evs with apply in a savepoint. On a failure on data
 // (see deterministic) that names no event, it applies the halves of evs in
 // savepoints of their own, down to the one event at fault, which it reports
-// as an EventError. Only the failing path pays for this.
+// as an EventError. Only the failing path pays for this. Its applies check
+// their parameters before sending them (see checkEncoding).
 func findFailing(ctx context.Context, tx pgx.Tx, apply func(context.Context, pgx.Tx, []*Event) error, evs []*Event) error {
+	careful := ctx.Value(checkEncodingKey{}) != nil
+	ctx = checkEncoding(ctx)
 	sp, err := tx.Begin(ctx) // a savepoint
 	if err != nil {
 		return err
@@ -424,6 +427,11 @@ func findFailing(ctx context.Context, tx pgx.Tx, apply func(context.Context, pgx
 	err = apply(ctx, sp, evs)
 	if err == nil {
 		return sp.Commit(ctx)
+	}
+	if encodeFailure(err) && !careful {
+		// pgx closed the connection, and with it tx: the projector finds
+		// the event in a new transaction, with applies that check first.
+		return err
 	}
 	if rerr := sp.Rollback(ctx); rerr != nil {
 		return rerr
@@ -457,9 +465,8 @@ func (e *EventError) Error() string {
 func (e *EventError) Unwrap() error { return e.Err }
 
 // classify decides what a projection's error means: a deterministic
-// failure of one event (SQLSTATE class 22 data exception or 23 integrity
-// violation) becomes poison once it has failed PoisonAfter times; anything
-// else is returned to be retried.
+// failure of one event (see failureClass) becomes poison once it has
+// failed PoisonAfter times; anything else is returned to be retried.
 func (p *Projector) classify(pr Projection, err error) error {
 	name := pr.Name()
 	var ee *EventError
@@ -467,11 +474,10 @@ func (p *Projector) classify(pr Projection, err error) error {
 		name = ee.Projection
 	}
 	err = fmt.Errorf("projection %s: %w", name, err)
-	var pge *pgconn.PgError
-	if errors.Is(err, consumers.ErrPoison) || ee == nil || !deterministic(err) || !errors.As(err, &pge) {
+	class, ok := failureClass(err)
+	if errors.Is(err, consumers.ErrPoison) || ee == nil || !ok {
 		return err
 	}
-	class := pge.Code[:2]
 	key := failureKey{ee.Event.Topic, ee.Event.Partition, ee.Event.Offset}
 	p.mu.Lock()
 	p.failures[key]++
@@ -483,7 +489,7 @@ func (p *Projector) classify(pr Projection, err error) error {
 	if n < p.cfg.PoisonAfter {
 		return err
 	}
-	pe := &consumers.PoisonError{Record: ee.Event.Record, Sink: name, Class: pgErrorClass(class), Err: err}
+	pe := &consumers.PoisonError{Record: ee.Event.Record, Sink: name, Class: class, Err: err}
 	return pe
 }
 
@@ -501,20 +507,82 @@ func (p *Projector) forgetFailures(b consumers.Batch) {
 	}
 }
 
-// deterministic reports whether err is a Postgres data exception (SQLSTATE
-// class 22) or integrity constraint violation (class 23): an error that the
-// same event will meet again, unlike a lost connection or a deadlock.
+// deterministic reports whether err is an error that the same event will
+// meet again, unlike a lost connection or a deadlock (see failureClass).
 func deterministic(err error) bool {
-	var pge *pgconn.PgError
-	return errors.As(err, &pge) && (strings.HasPrefix(pge.Code, "22") || strings.HasPrefix(pge.Code, "23"))
+	_, ok := failureClass(err)
+	return ok
 }
 
-func pgErrorClass(class string) string {
-	if class == "23" {
-		return "integrity-constraint-violation"
+// failureClass returns the dead-letter class of a deterministic failure: a
+// Postgres data exception (SQLSTATE class 22) or integrity constraint
+// violation (class 23), or a value the driver cannot encode for its
+// parameter's type (an int64 beyond an integer column's range), which
+// Postgres would have refused as a data exception. ok is false for any
+// other error.
+func failureClass(err error) (class string, ok bool) {
+	var pge *pgconn.PgError
+	switch {
+	case errors.As(err, &pge) && strings.HasPrefix(pge.Code, "22"):
+		return "data-exception", true
+	case errors.As(err, &pge) && strings.HasPrefix(pge.Code, "23"):
+		return "integrity-constraint-violation", true
+	case encodeFailure(err):
+		return "data-exception", true
 	}
-	return "data-exception"
+	return "", false
 }
+
+// encodeFailure reports whether err is a failure to encode a parameter for
+// its type: pgx's, which fails a whole pipeline (the "build" step of its
+// preprocessing) and closes the connection when the pipeline holds queries
+// before the one that failed, or encodable's, which sent nothing.
+func encodeFailure(err error) bool {
+	var ue *unencodableError
+	var pe pgx.ErrPreprocessingBatch
+	var pge *pgconn.PgError
+	return errors.As(err, &ue) ||
+		errors.As(err, &pe) && !errors.As(err, &pge) && strings.HasPrefix(pe.Error(), "error preprocessing batch (build)")
+}
+
+// checkEncodingKey marks a context whose applies check their parameters
+// before sending them: see checkEncoding.
+type checkEncodingKey struct{}
+
+// checkEncoding returns ctx marked so that the applies given it call
+// encodable before they send a pipeline: slower, but a parameter that
+// cannot be encoded is then found without losing the connection. The
+// projector applies so only after such a failure (findFailing), and a
+// rebuild so retries skipped events one at a time.
+func checkEncoding(ctx context.Context) context.Context {
+	return context.WithValue(ctx, checkEncodingKey{}, true)
+}
+
+// encodable reports, when ctx asks for it (checkEncoding), the first query
+// of b whose arguments pgx cannot encode for their parameters' types, with
+// an unencodableError; -1 and nil when it can encode them all.
+func encodable(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (int, error) {
+	if ctx.Value(checkEncodingKey{}) == nil {
+		return -1, nil
+	}
+	var eqb pgx.ExtendedQueryBuilder
+	for i, q := range b.QueuedQueries {
+		sd, err := tx.Conn().Prepare(ctx, q.SQL, q.SQL) // as pgx's statement cache would
+		if err != nil {
+			return i, err
+		}
+		if err := eqb.Build(tx.Conn().TypeMap(), sd, q.Arguments); err != nil {
+			return i, &unencodableError{err}
+		}
+	}
+	return -1, nil
+}
+
+// unencodableError is encodable's failure.
+type unencodableError struct{ err error }
+
+func (e *unencodableError) Error() string { return e.err.Error() }
+func (e *unencodableError) Unwrap() error { return e.err }
 
 // decode turns a record into an Event. A record that is not a Spate event,
 // or whose payload does not decode, is poison.

@@ -987,7 +987,7 @@ func (r *rebuildRun) retrySkipped(ctx context.Context, tx pgx.Tx) (retried []ski
 				return nil, nil, err
 			}
 			for _, pr := range r.proj.projs {
-				if err = pr.Apply(ctx, sp, []*Event{e.ev}); err != nil {
+				if err = pr.Apply(checkEncoding(ctx), sp, []*Event{e.ev}); err != nil {
 					break
 				}
 			}

@@ -256,11 +256,11 @@ func redriveError(pr Projection, ev *Event, err error) error {
 		}
 		return &consumers.PoisonError{Record: ev.Record, Sink: name, Class: pe.Class, Err: err}
 	}
-	var pge *pgconn.PgError
-	if !deterministic(err) || !errors.As(err, &pge) {
+	class, ok := failureClass(err)
+	if !ok {
 		return err
 	}
-	return &consumers.PoisonError{Record: ev.Record, Sink: name, Class: pgErrorClass(pge.Code[:2]), Err: err}
+	return &consumers.PoisonError{Record: ev.Record, Sink: name, Class: class, Err: err}
 }
 
 // checkNoted returns ErrAppliedByGroup for a dead letter of an event the

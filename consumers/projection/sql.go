@@ -72,6 +72,10 @@ func (s *sqlSet) Migrate(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
+// Apply applies evs. A statement that Postgres refuses names its event. A
+// parameter that pgx cannot encode does not: pgx fails the whole pipeline,
+// so the error is returned as is, and the projector finds its event
+// (findFailing).
 func (s *sqlSet) Apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {
 	type origin struct {
 		ev   *Event
@@ -99,10 +103,17 @@ func (s *sqlSet) Apply(ctx context.Context, tx pgx.Tx, evs []*Event) error {
 	if len(origins) == 0 {
 		return nil
 	}
+	if i, err := encodable(ctx, tx, &b); err != nil {
+		o := origins[i]
+		return &EventError{Event: o.ev, Projection: o.proj.name, Err: fmt.Errorf("statement at line %d: %w", o.st.line, err)}
+	}
 	br := tx.SendBatch(ctx, &b)
 	for _, o := range origins {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
+			if encodeFailure(err) {
+				return err // the pipeline failed as a whole: no event to name
+			}
 			return &EventError{Event: o.ev, Projection: o.proj.name, Err: fmt.Errorf("statement at line %d: %w", o.st.line, err)}
 		}
 	}
