@@ -101,7 +101,7 @@ func BenchmarkConsume(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
 			e := freshEnv(e)
 			group, prefix := fmt.Sprint("bench-fanout-", i), fmt.Sprintf("bench%d:", i)
-			w, wrdb, err := e.newFanout(redisURL, fanout.Config{Group: group, Prefix: prefix})
+			w, wrdb, err := e.newFanout(ctx, redisURL, fanout.Config{Group: group, Prefix: prefix})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -180,7 +180,7 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 		if err != nil {
 			return err
 		}
-		fan, rdb, err := e.newFanout(redisURL, fcfg)
+		fan, rdb, err := e.newFanout(ctx, redisURL, fcfg)
 		if err != nil {
 			return err
 		}

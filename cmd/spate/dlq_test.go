@@ -106,7 +106,7 @@ func newDLQFixture(t *testing.T) *dlqFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fan, rdb, err := e.newFanout(spatetest.Redis(t), fanout.Config{Prefix: prefix, Routes: cfg.routes})
+	fan, rdb, err := e.newFanout(ctx, spatetest.Redis(t), fanout.Config{Prefix: prefix, Routes: cfg.routes})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,7 +103,7 @@ func (x *e2e) startConsumers(t *testing.T) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fan, rdb, err := e.newFanout(x.redisURL, fanout.Config{Prefix: x.prefix})
+	fan, rdb, err := e.newFanout(context.Background(), x.redisURL, fanout.Config{Prefix: x.prefix})
 	if err != nil {
 		t.Fatal(err)
 	}

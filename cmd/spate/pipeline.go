@@ -186,8 +186,10 @@ func (e *env) newProjector(ctx context.Context, url, group string, projs []proje
 }
 
 // newFanout returns the fan-out writer of cfg, which logs and counts into
-// e, and its Redis client, which the caller closes.
-func (e *env) newFanout(url string, cfg fanout.Config) (*fanout.Writer, *redis.Client, error) {
+// e, and its Redis client, which the caller closes. It refuses a Redis that
+// evicts any key (fanout.ErrEvicts); one that does not answer yet is left
+// to the writer's retries.
+func (e *env) newFanout(ctx context.Context, url string, cfg fanout.Config) (*fanout.Writer, *redis.Client, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("redis url: %w", err)
@@ -195,6 +197,11 @@ func (e *env) newFanout(url string, cfg fanout.Config) (*fanout.Writer, *redis.C
 	rdb := redis.NewClient(opts)
 	cfg.Logger, cfg.Metrics = e.log.With("role", "fanout"), e.metrics
 	w, err := fanout.New(rdb, e.reg, cfg)
+	if err == nil {
+		if err = w.Ping(ctx); !errors.Is(err, fanout.ErrEvicts) {
+			err = nil
+		}
+	}
 	if err != nil {
 		rdb.Close()
 		return nil, nil, err

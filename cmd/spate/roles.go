@@ -285,7 +285,7 @@ func newFanoutCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w, rdb, err := e.newFanout(url, fcfg)
+			w, rdb, err := e.newFanout(cmd.Context(), url, fcfg)
 			if err != nil {
 				return err
 			}

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/spate-io/spate/spatetest"
+	"github.com/spate-io/spate/throwaway"
 )
 
 // spate edge refuses TLS flags that do not go together, and unreadable
@@ -76,6 +78,36 @@ func TestRolesRefuseATopicKafkaLacks(t *testing.T) {
 	} {
 		wantRefused(t, append(tc.args, "--kafka-brokers", brokers, "--admin-addr", "127.0.0.1:0"), tc.want)
 	}
+}
+
+// The fan-out refuses to start on a Redis that would evict any key: it
+// could evict the offsets hash, and events would be added twice.
+func TestFanoutRefusesARedisThatEvictsAnyKey(t *testing.T) {
+	ctx := context.Background()
+	srv, err := throwaway.StartRedis(ctx, throwaway.RedisConfig{}) // its own: the test changes its configuration
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	opts, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	if err := rdb.ConfigSet(ctx, "maxmemory", "512mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	brokers := strings.Join(spatetest.Kafka(t, 1, "spate.events", "spate.events.dlq"), ",")
+	wantRefused(t, []string{"fanout", "--redis-url", srv.URL(), "--kafka-brokers", brokers, "--admin-addr", "127.0.0.1:0"},
+		"maxmemory-policy allkeys-lru")
 }
 
 // wantRefused runs spate with args and fails t unless it stops with an

@@ -157,8 +157,40 @@ func offsetField(topic string, partition int32) string {
 	return topic + "/" + strconv.Itoa(int(partition))
 }
 
-// Ping checks that Redis answers.
-func (w *Writer) Ping(ctx context.Context) error { return w.rdb.Ping(ctx).Err() }
+// Ping checks that Redis answers, and that it does not evict keys the
+// writer needs: see ErrEvicts.
+func (w *Writer) Ping(ctx context.Context) error {
+	info, err := w.rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		return err
+	}
+	return evicts(info)
+}
+
+// ErrEvicts is returned by Ping when Redis would evict any key under memory
+// pressure (a maxmemory limit with an allkeys-* maxmemory-policy): it could
+// evict the offsets hash, and the writer would then add events again, or a
+// stream with entries no one has read. The volatile-* policies evict only
+// keys with a time to live, which the writer never sets.
+var ErrEvicts = errors.New("redis evicts any key under memory pressure")
+
+// evicts returns ErrEvicts if the INFO memory text info says so.
+func evicts(info string) error {
+	var maxmemory, policy string
+	for line := range strings.Lines(info) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		switch k {
+		case "maxmemory":
+			maxmemory = v
+		case "maxmemory_policy":
+			policy = v
+		}
+	}
+	if maxmemory != "0" && strings.HasPrefix(policy, "allkeys-") {
+		return fmt.Errorf("%w (maxmemory %s, maxmemory-policy %s): it could evict the fan-out's offsets and streams, and events would be added twice or lost; set maxmemory-policy noeviction", ErrEvicts, maxmemory, policy)
+	}
+	return nil
+}
 
 // Offsets implements consumers.Handler.
 func (w *Writer) Offsets(ctx context.Context, topic string, partitions []int32) (map[int32]int64, error) {
