@@ -306,9 +306,9 @@ func (w *Writer) Apply(ctx context.Context, b consumers.Batch) error {
 	}
 records:
 	for _, r := range b.Records {
-		ev, fields, err := w.entry(r)
+		ev, err := cekafka.Event(r)
 		if err != nil {
-			if skip, err := poison(r, err); !skip {
+			if skip, err := poison(r, consumers.Poison(r, "envelope", err)); !skip {
 				return err
 			}
 			continue
@@ -327,7 +327,21 @@ records:
 				entries = entries[:at]
 				continue records
 			}
-			entries = append(entries, entry{key, rt.Stream, r, fields})
+			entries = append(entries, entry{key, rt.Stream, r, nil})
+		}
+		if len(entries) == at {
+			continue // no route takes its type: its payload is not read
+		}
+		fields, err := w.fields(r, ev)
+		if err != nil {
+			if skip, err := poison(r, err); !skip {
+				return err
+			}
+			entries = entries[:at]
+			continue
+		}
+		for i := at; i < len(entries); i++ {
+			entries[i].fields = fields
 		}
 	}
 	for start := 0; ; {
@@ -385,21 +399,17 @@ records:
 	return nil
 }
 
-// entry decodes a record into its stream entry's field values, as addScript
-// takes them: the values of id, source, type, subject, time and data, then
-// dataschema and extensions as name/value pairs. A record that is not a
-// Spate event, or whose payload does not decode, is poison.
-func (w *Writer) entry(r *kgo.Record) (*spatev1.Event, []any, error) {
-	ev, err := cekafka.Event(r)
-	if err != nil {
-		return nil, nil, consumers.Poison(r, "envelope", err)
-	}
+// fields decodes the payload of ev, the event of record r, and returns its
+// stream entry's field values, as addScript takes them: the values of id,
+// source, type, subject, time and data, then dataschema and extensions as
+// name/value pairs. An event whose payload does not decode is poison.
+func (w *Writer) fields(r *kgo.Record, ev *spatev1.Event) ([]any, error) {
 	data, err := w.reg.JSON(ev.Type, ev.Datacontenttype, ev.Data)
 	switch {
 	case errors.Is(err, schemas.ErrUnknownType):
-		return nil, nil, consumers.Poison(r, "unknown-type", err)
+		return nil, consumers.Poison(r, "unknown-type", err)
 	case err != nil:
-		return nil, nil, consumers.Poison(r, "payload", err)
+		return nil, consumers.Poison(r, "payload", err)
 	}
 	t := r.Timestamp
 	if ev.Time != nil {
@@ -413,5 +423,5 @@ func (w *Writer) entry(r *kgo.Record) (*spatev1.Event, []any, error) {
 	for k, v := range ev.Extensions {
 		values = append(values, k, v)
 	}
-	return ev, values, nil
+	return values, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/schemas"
@@ -71,6 +72,28 @@ routes:
 	}
 	wantIDs(t, ids(t, rdb, prefix+"tenant:acme:orders"), 0, 4, 1)
 	wantIDs(t, ids(t, rdb, prefix+"{o-1}:shop.order.placed.v1"), 2, 3, 1)
+}
+
+// A record of a type that no route takes is passed over unread: neither its
+// payload nor its type need make sense to this writer.
+func TestRecordNoRouteTakesIsNotRead(t *testing.T) {
+	t.Parallel()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["shop.order.placed.v1"]
+    stream: "PREFIX:placed"
+`)
+	recs := records(t, 0, 4) // placed, cancelled, placed, cancelled
+	recs[1].Value = []byte{0xff}
+	for i, h := range recs[3].Headers {
+		if h.Key == cekafka.HeaderType {
+			recs[3].Headers[i].Value = []byte("shop.order.vanished.v1")
+		}
+	}
+	if err := w.Apply(context.Background(), batch(recs)); err != nil {
+		t.Fatalf("Apply = %v, want the records no route takes passed over", err)
+	}
+	wantIDs(t, ids(t, rdb, prefix+"placed"), 0, 4, 2)
 }
 
 func TestHostileKeyPartsNeverLeaveTheTemplate(t *testing.T) {
