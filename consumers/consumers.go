@@ -634,7 +634,7 @@ func (g *Group) apply(ctx context.Context, b Batch) error {
 	start := time.Now()
 	err := g.retry(ctx, fmt.Sprintf("apply %s/%d", b.Topic, b.Partition), func() error {
 		err := g.h.Apply(ctx, b)
-		if err != nil && !errors.Is(err, ErrPoison) {
+		if err != nil && !errors.Is(err, ErrPoison) && ctx.Err() == nil { // not given up
 			g.metrics.retries.Inc()
 		}
 		return err

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -352,7 +353,8 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 		}
 		return nil
 	}
-	runGroup(t, brokers, "t", sink)
+	reg := prometheus.NewPedanticRegistry()
+	runGroupWith(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, MaxBackoff: 200 * time.Millisecond, Metrics: reg}, sink)
 	spatetest.Eventually(t, 30*time.Second, func() string {
 		if n := sink.count(); n < 500 {
 			return fmt.Sprintf("applied %d of 500", n)
@@ -363,6 +365,60 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	if failures != 5 {
 		t.Fatalf("failed %d times, want 5", failures)
 	}
+	if n := retries(t, reg); n != 5 {
+		t.Fatalf("spate_consumer_retries_total = %v, want 5", n)
+	}
+}
+
+// retries returns spate_consumer_retries_total from reg.
+func retries(t *testing.T, reg prometheus.Gatherer) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "spate_consumer_retries_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("no spate_consumer_retries_total")
+	return 0
+}
+
+// A batch given up because the group stopped (or its partition was
+// revoked) failed with the context's error: that is no retry. The batch
+// never finishes, so the group gives it up after DrainTimeout.
+func TestRetriesLeaveOutBatchesGivenUp(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "t")
+	produce(t, brokers, "t", 0, 10)
+	started := make(chan struct{})
+	var once sync.Once
+	sink := &heldSink{memSink: newMemSink(), held: make(chan struct{})} // never released
+	reg := prometheus.NewPedanticRegistry()
+	stop := runGroupWith(t, brokers, consumers.Config{Group: "g", Topics: []string{"t"}, DrainTimeout: 100 * time.Millisecond, Metrics: reg},
+		startedSink{sink, func() { once.Do(func() { close(started) }) }})
+	<-started
+	stop()
+	if n := retries(t, reg); n != 0 {
+		t.Fatalf("spate_consumer_retries_total = %v after a batch given up, want 0", n)
+	}
+}
+
+// startedSink calls started as each batch starts, then applies it with h.
+type startedSink struct {
+	h       consumers.Handler
+	started func()
+}
+
+func (s startedSink) Offsets(ctx context.Context, topic string, ps []int32) (map[int32]int64, error) {
+	return s.h.Offsets(ctx, topic, ps)
+}
+
+func (s startedSink) Apply(ctx context.Context, b consumers.Batch) error {
+	s.started()
+	return s.h.Apply(ctx, b)
 }
 
 // TestStalledWhileAStepKeepsFailing: while the sink keeps failing, the

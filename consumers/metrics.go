@@ -20,7 +20,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, group string) *metrics {
 	l := prometheus.Labels{"group": group}
 	records := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "spate_consumer_records_total", Help: "Records applied to the sink.", ConstLabels: l,
+		Name: "spate_consumer_records_total", Help: "Records of the batches the sink applied, those it had applied before (redelivered after a rebalance or restart, and skipped) included.", ConstLabels: l,
 	}, []string{"topic", "partition"})
 	batches := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "spate_consumer_batches_total", Help: "Batches applied to the sink.", ConstLabels: l,
@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer, group string) *metrics {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
 	})
 	retries := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "spate_consumer_retries_total", Help: "Failed batch applications that were retried.", ConstLabels: l,
+		Name: "spate_consumer_retries_total", Help: "Failed batch applications that were retried (not those given up because the partition was revoked or the group stopped).", ConstLabels: l,
 	})
 	dlq := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "spate_consumer_dead_letters_total", Help: "Records written to the dead-letter topic.", ConstLabels: l,
