@@ -112,7 +112,8 @@ func Builtin() *Registry {
 // protoc --include_imports --descriptor_set_out write it: users' own types,
 // without rebuilding Spate. The set must hold every file its files import;
 // files Spate compiles in (spate/v1/event.proto, the shop example) are taken
-// from Spate.
+// from Spate. A set whose copy of a compiled-in file of event types differs
+// (an edited shop.proto) is refused, rather than silently not used.
 func Load(set []byte) (*Registry, error) {
 	var fds descriptorpb.FileDescriptorSet
 	if err := proto.Unmarshal(set, &fds); err != nil {
@@ -124,12 +125,40 @@ func Load(set []byte) (*Registry, error) {
 	}
 	all := []protoreflect.FileDescriptor{shopv1.File_shop_v1_shop_proto}
 	files.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
-		if _, err := protoregistry.GlobalFiles.FindFileByPath(fd.Path()); err != nil { // not compiled in
+		compiled, ferr := protoregistry.GlobalFiles.FindFileByPath(fd.Path())
+		switch {
+		case ferr != nil: // not compiled in
 			all = append(all, fd)
+		case declaresTypes(compiled.Messages()) && !sameFile(compiled, fd):
+			err = fmt.Errorf("schemas: the set's %s differs from the one Spate compiles in, whose event types Spate uses: give your changed copy a path and package of its own", fd.Path())
+			return false
 		}
 		return true
 	})
+	if err != nil {
+		return nil, err
+	}
 	return New(all...)
+}
+
+// declaresTypes reports whether any of mds, or of the messages they nest,
+// claims an event type.
+func declaresTypes(mds protoreflect.MessageDescriptors) bool {
+	for i := range mds.Len() {
+		md := mds.Get(i)
+		if proto.GetExtension(md.Options(), spatev1.E_EventType) != "" || declaresTypes(md.Messages()) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameFile reports whether a and b declare the same, their source code
+// info (comments, positions) left out.
+func sameFile(a, b protoreflect.FileDescriptor) bool {
+	pa, pb := protodesc.ToFileDescriptorProto(a), protodesc.ToFileDescriptorProto(b)
+	pa.SourceCodeInfo, pb.SourceCodeInfo = nil, nil
+	return proto.Equal(pa, pb)
 }
 
 // New builds a registry from the messages of files that carry the

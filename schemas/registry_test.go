@@ -743,3 +743,38 @@ func BenchmarkCanonical(b *testing.B) {
 		})
 	}
 }
+
+// A set whose copy of a compiled-in file of event types was changed is
+// refused: Spate would use its own, and the change would pass unnoticed.
+// An unchanged copy, source code info aside, loads.
+func TestLoadRefusesAChangedCompiledInFile(t *testing.T) {
+	load := func(shop *descriptorpb.FileDescriptorProto) error {
+		set := &descriptorpb.FileDescriptorSet{}
+		for _, f := range []protoreflect.FileDescriptor{
+			descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
+			durationpb.File_google_protobuf_duration_proto, fieldmaskpb.File_google_protobuf_field_mask_proto,
+			validate.File_buf_validate_validate_proto, spatev1.File_spate_v1_event_proto,
+		} {
+			set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
+		}
+		set.File = append(set.File, shop)
+		b, err := proto.Marshal(set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = schemas.Load(b)
+		return err
+	}
+	same := protodesc.ToFileDescriptorProto(shopv1.File_shop_v1_shop_proto)
+	same.SourceCodeInfo = &descriptorpb.SourceCodeInfo{Location: []*descriptorpb.SourceCodeInfo_Location{{Path: []int32{4, 0}, Span: []int32{1, 0, 5}}}}
+	if err := load(same); err != nil {
+		t.Errorf("Load of an unchanged shop/v1/shop.proto: %v", err)
+	}
+	changed := protodesc.ToFileDescriptorProto(shopv1.File_shop_v1_shop_proto)
+	changed.MessageType[0].Field = append(changed.MessageType[0].Field, &descriptorpb.FieldDescriptorProto{
+		Name: proto.String("note"), JsonName: proto.String("note"), Number: proto.Int32(99),
+		Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()})
+	if err := load(changed); err == nil || !strings.Contains(err.Error(), "shop/v1/shop.proto differs") {
+		t.Errorf("Load of a changed shop/v1/shop.proto: error %v, want one naming the file", err)
+	}
+}
