@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -295,6 +297,7 @@ func bannerStreams(fan *fanout.Writer) ([]string, string) {
 var bannerEvent = &spatev1.Event{Id: "order-1001-placed", Source: "/shop/checkout", Type: "shop.order.placed.v1", Subject: "order-1001"}
 
 func printBanner(w io.Writer, b bannerInfo) {
+	b.postgres, b.redis = redacted(b.postgres), redacted(b.redis)
 	who, auth := "no --keys: anyone may publish", ""
 	if b.keys != "" {
 		who = "producers present a key of " + b.keys
@@ -320,6 +323,24 @@ Ctrl-C stops everything and removes the throwaway data.
 `, b.took.Seconds(), b.edge, who, b.admin, b.kafka, b.kafkaNote, b.topic, b.postgres, b.postgresNote, b.redis, b.redisNote,
 		b.edge, auth, arrival(b))
 }
+
+// redacted returns a Postgres or Redis connection string with its password,
+// if any, shown as xxxxx: a banner may end up in a shared terminal or log.
+func redacted(conn string) string {
+	if u, err := url.Parse(conn); err == nil && u.Scheme != "" && u.Host != "" {
+		q := u.Query()
+		if q.Has("password") {
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
+		return u.Redacted()
+	}
+	return dsnPassword.ReplaceAllString(conn, "${1}xxxxx") // key=value form
+}
+
+// dsnPassword matches the password of a key=value connection string,
+// quoted or not.
+var dsnPassword = regexp.MustCompile(`(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
 
 // arrival tells where to see an event arrive.
 func arrival(b bannerInfo) string {

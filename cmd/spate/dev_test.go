@@ -105,3 +105,20 @@ func TestDevStoppedWhileStartingIsNoError(t *testing.T) {
 		t.Fatalf("spate dev interrupted while starting: %v\n%s\nwant a clean stop", err, stderr)
 	}
 }
+
+// The banner shows external servers without their passwords, in URL and
+// key=value form alike.
+func TestBannerHidesPasswords(t *testing.T) {
+	for _, tc := range []struct{ postgres, redis, want string }{
+		{"postgres://app:s3cret@db:5432/app", "redis://:s3cret@cache:6379/0", "postgres://app:xxxxx@db:5432/app"},
+		{"postgres://app@db/app?password=s3cret&sslmode=require", "redis://default:s3cret@cache:6379/0", "password=xxxxx"},
+		{"host=db user=app password='s3 cret' dbname=app", "rediss://u:s3cret@cache:6380", "password=xxxxx dbname=app"},
+		{"host=db password=s3cret", "redis://cache:6379/0", "host=db password=xxxxx"},
+	} {
+		var b strings.Builder
+		printBanner(&b, bannerInfo{edge: "127.0.0.1:8080", postgres: tc.postgres, redis: tc.redis, streams: []string{"s"}})
+		if strings.Contains(b.String(), "s3") || !strings.Contains(b.String(), tc.want) {
+			t.Errorf("banner of %s and %s: want %q and no password:\n%s", tc.postgres, tc.redis, tc.want, b.String())
+		}
+	}
+}
