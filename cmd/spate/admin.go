@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -117,6 +118,10 @@ func listenEdgeAdmin(edgeAddr, adminAddr string) (edge, admin net.Listener, err 
 		return nil, nil, err
 	}
 	if admin, err = listen("admin-addr", adminAddr); err != nil {
+		_, edgePort, _ := net.SplitHostPort(edge.Addr().String())
+		if _, port, serr := net.SplitHostPort(adminAddr); serr == nil && port == edgePort && errors.Is(err, syscall.EADDRINUSE) {
+			err = fmt.Errorf("--admin-addr %s and --edge-addr %s share port %s: give the admin server a port of its own", adminAddr, edgeAddr, port)
+		}
 		edge.Close()
 		return nil, nil, err
 	}

@@ -76,6 +76,12 @@ func TestDevChecksFilesAndPortsFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := free.Addr().String() // for both servers: free, then taken by the edge
+	free.Close()
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -84,6 +90,7 @@ func TestDevChecksFilesAndPortsFirst(t *testing.T) {
 		{[]string{"--schemas", "/nonexistent/file", "--edge-addr", "127.0.0.1:0"}, "/nonexistent/file"},
 		{[]string{"--config", "/nonexistent/file", "--edge-addr", "127.0.0.1:0"}, "/nonexistent/file"},
 		{[]string{"--edge-addr", busy.Addr().String()}, "address already in use"},
+		{[]string{"--edge-addr", same, "--admin-addr", same}, "give the admin server a port of its own"},
 	} {
 		_, stderr, err := runSpate(t.Context(), append([]string{"dev", "--kafka-port", "0", "--admin-addr", "127.0.0.1:0"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
