@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -133,6 +134,13 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 		return err
 	}
 
+	if f.redisURL != "" {
+		// The roles wait for a Redis that is down, logging retries; at a
+		// terminal, one given by mistake is better told at once.
+		if err := pingRedis(ctx, f.redisURL); err != nil {
+			return fmt.Errorf("--redis-url %s: %w", redacted(f.redisURL), err)
+		}
+	}
 	pgURL, pgNote := f.postgresURL, "external"
 	if f.edgeOnly {
 		pgURL, pgNote = "-", "not started: --edge-only"
@@ -322,6 +330,19 @@ Send an event:
 Ctrl-C stops everything and removes the throwaway data.
 `, b.took.Seconds(), b.edge, who, b.admin, b.kafka, b.kafkaNote, b.topic, b.postgres, b.postgresNote, b.redis, b.redisNote,
 		b.edge, auth, arrival(b))
+}
+
+// pingRedis checks that the Redis at url answers within 5 s.
+func pingRedis(ctx context.Context, url string) error {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return rdb.Ping(ctx).Err()
 }
 
 // redacted returns a Postgres or Redis connection string with its password,

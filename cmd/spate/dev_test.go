@@ -91,6 +91,7 @@ func TestDevChecksFilesAndPortsFirst(t *testing.T) {
 		{[]string{"--config", "/nonexistent/file", "--edge-addr", "127.0.0.1:0"}, "/nonexistent/file"},
 		{[]string{"--edge-addr", busy.Addr().String()}, "address already in use"},
 		{[]string{"--edge-addr", same, "--admin-addr", same}, "give the admin server a port of its own"},
+		{[]string{"--edge-addr", "127.0.0.1:0", "--redis-url", "redis://:s3cret@127.0.0.1:1/0"}, "--redis-url redis://:xxxxx@127.0.0.1:1/0: dial tcp 127.0.0.1:1"},
 	} {
 		_, stderr, err := runSpate(t.Context(), append([]string{"dev", "--kafka-port", "0", "--admin-addr", "127.0.0.1:0"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
