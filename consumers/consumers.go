@@ -115,6 +115,11 @@ const (
 	HeaderDLQPartition = "spate_dlq_partition"
 	HeaderDLQOffset    = "spate_dlq_offset"
 	HeaderDLQTime      = "spate_dlq_time"
+	// HeaderDLQTimestamp is the original record's timestamp (RFC 3339):
+	// an event without a time of its own takes it, and a re-drive must
+	// give it the same one. The dead letter's own timestamp is when it was
+	// written, so that the dead-letter topic can be read from a time.
+	HeaderDLQTimestamp = "spate_dlq_timestamp"
 )
 
 // DLQTopic returns the dead-letter topic of topic.
@@ -658,6 +663,7 @@ func (g *Group) deadLetter(ctx context.Context, pe *PoisonError) error {
 		kgo.RecordHeader{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
 		kgo.RecordHeader{Key: HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
 		kgo.RecordHeader{Key: HeaderDLQTime, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
+		kgo.RecordHeader{Key: HeaderDLQTimestamp, Value: []byte(r.Timestamp.UTC().Format(time.RFC3339Nano))},
 	)
 	dl := &kgo.Record{Topic: DLQTopic(r.Topic), Key: r.Key, Value: r.Value, Headers: hs}
 	g.log.Warn("dead-lettering", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "class", pe.Class, "err", pe.Err)

@@ -77,6 +77,13 @@ func (s *memSink) count() int {
 // produce writes n records with values "0".."n-1" spread over partitions.
 func produce(t *testing.T, brokers []string, topic string, from, n int) {
 	t.Helper()
+	produceAt(t, brokers, topic, from, n, time.Time{})
+}
+
+// produceAt is produce with the records' timestamp; zero: the time they
+// are produced.
+func produceAt(t *testing.T, brokers []string, topic string, from, n int, at time.Time) {
+	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic))
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +92,7 @@ func produce(t *testing.T, brokers []string, topic string, from, n int) {
 	recs := make([]*kgo.Record, n)
 	for i := range recs {
 		v := strconv.Itoa(from + i)
-		recs[i] = &kgo.Record{Key: []byte("k" + strconv.Itoa((from+i)%7)), Value: []byte(v)}
+		recs[i] = &kgo.Record{Key: []byte("k" + strconv.Itoa((from+i)%7)), Value: []byte(v), Timestamp: at}
 	}
 	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
 		t.Fatal(err)
@@ -539,7 +546,11 @@ func TestStoredOffsetPastTheEnd(t *testing.T) {
 func TestPoisonGoesToDeadLetterTopic(t *testing.T) {
 	t.Parallel()
 	brokers := spatetest.Kafka(t, 1, "t", consumers.DLQTopic("t"))
-	produce(t, brokers, "t", 0, 300)
+	// Written long ago: the dead letter keeps its record's timestamp, which
+	// stands for the event's time when the event has none of its own, for
+	// a re-drive.
+	long := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	produceAt(t, brokers, "t", 0, 300, long)
 	sink := newMemSink()
 	sink.fail = func(b consumers.Batch) error {
 		for _, r := range b.Records {
@@ -600,6 +611,16 @@ func TestPoisonGoesToDeadLetterTopic(t *testing.T) {
 	}
 	if string(recs[0].Value) != "123" {
 		t.Errorf("dead letter value %q, want the original %q", recs[0].Value, "123")
+	}
+	d, err := consumers.ParseDeadLetter(recs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := d.Original(); !o.Timestamp.Equal(long) {
+		t.Errorf("the dead letter's original record has timestamp %s, want %s", o.Timestamp.UTC(), long)
+	}
+	if !recs[0].Timestamp.After(long) {
+		t.Errorf("dead letter timestamp %s, want when it was written", recs[0].Timestamp.UTC())
 	}
 }
 

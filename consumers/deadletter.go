@@ -49,7 +49,7 @@ type DeadLetter struct {
 // dlqHeaders are the headers a Group adds to a dead letter.
 var dlqHeaders = []string{
 	HeaderDLQGroup, HeaderDLQSink, HeaderDLQClass, HeaderDLQReason,
-	HeaderDLQTopic, HeaderDLQPartition, HeaderDLQOffset, HeaderDLQTime,
+	HeaderDLQTopic, HeaderDLQPartition, HeaderDLQOffset, HeaderDLQTime, HeaderDLQTimestamp,
 }
 
 // ParseDeadLetter reads the dead-letter headers of r, a record of a
@@ -94,11 +94,20 @@ func ParseDeadLetter(r *kgo.Record) (*DeadLetter, error) {
 }
 
 // Original returns the record as it was in its original topic: the same
-// key, value and headers without the dead-letter ones, at the original
-// topic, partition and offset. Its timestamp is the dead letter's: Kafka
-// does not keep the original one.
+// key, value, headers without the dead-letter ones, and timestamp, at the
+// original topic, partition and offset. A dead letter written before
+// spate_dlq_timestamp was added gives its own timestamp.
 func (d *DeadLetter) Original() *kgo.Record {
 	r := d.Record
+	ts := r.Timestamp
+	for _, kv := range slices.Backward(r.Headers) {
+		if kv.Key == HeaderDLQTimestamp {
+			if t, err := time.Parse(time.RFC3339Nano, string(kv.Value)); err == nil {
+				ts = t
+			}
+			break
+		}
+	}
 	// The group appended its headers after the record's own: drop the last
 	// occurrence of each.
 	drop := make([]bool, len(r.Headers))
@@ -118,7 +127,7 @@ func (d *DeadLetter) Original() *kgo.Record {
 	}
 	return &kgo.Record{
 		Topic: d.Topic, Partition: d.Partition, Offset: d.Offset,
-		Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp,
+		Key: r.Key, Value: r.Value, Headers: hs, Timestamp: ts,
 	}
 }
 
