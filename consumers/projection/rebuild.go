@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -196,9 +197,12 @@ func NewRebuild(pool *pgxpool.Pool, reg *schemas.Registry, cfg RebuildConfig, op
 	r := &Rebuild{pool: pool, reg: reg, cfg: cfg, opts: opts, log: log}
 	byName := named(cfg.Projections)
 	r.names = slices.Sorted(maps.Keys(byName))
-	suffix := strings.Join(r.names, "_")
-	if len("spate_retired_")+len(suffix) > 63 || strings.ToLower(suffix) != suffix {
-		sum := sha256.Sum256([]byte(suffix))
+	// One projection's schemas bear its name where that makes a short
+	// lower-case identifier; any other set's, a hash of its names, so that
+	// two sets never share one ({"a_b"} and {"a", "b"}).
+	suffix := r.names[0]
+	if len(r.names) > 1 || len("spate_retired_")+len(suffix) > 63 || !plainName.MatchString(suffix) {
+		sum := sha256.Sum256([]byte(strings.Join(r.names, "\x00")))
 		suffix = hex.EncodeToString(sum[:8])
 	}
 	r.shadow, r.retired = "spate_rebuild_"+suffix, "spate_retired_"+suffix
@@ -211,6 +215,10 @@ func NewRebuild(pool *pgxpool.Pool, reg *schemas.Registry, cfg RebuildConfig, op
 	r.def = hex.EncodeToString(sum[:8])
 	return r, nil
 }
+
+// plainName matches a projection name that can name its rebuild's schemas
+// as it is.
+var plainName = regexp.MustCompile(`^[a-z0-9_]+$`)
 
 // Schema returns the schema of the shadow tables.
 func (r *Rebuild) Schema() string { return r.shadow }

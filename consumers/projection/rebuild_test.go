@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -825,4 +826,47 @@ func TestSwapGapWithAnEventABuiltinRejects(t *testing.T) {
 		t.Errorf("rebuild = %+v, want 1 skipped", res)
 	}
 	wantRows(t, pool, `SELECT count(*) FROM event_log`, "9")
+}
+
+// Rebuilds of different sets of projections never share their schemas:
+// names joined would make {a_b} and {a, b} one.
+func TestRebuildSchemasAreTheSetsOwn(t *testing.T) {
+	projs, err := projection.Load("spate.yaml", []byte(`
+projections:
+  - name: a_b
+    batch:
+      - {type: shop.order.placed.v1, sql: "SELECT :id FROM batch"}
+  - name: a
+    batch:
+      - {type: shop.order.placed.v1, sql: "SELECT :id FROM batch"}
+  - name: b
+    batch:
+      - {type: shop.order.placed.v1, sql: "SELECT :id FROM batch"}
+  - name: Mixed-Case
+    batch:
+      - {type: shop.order.placed.v1, sql: "SELECT :id FROM batch"}
+`), schemas.Builtin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := func(ps ...projection.Projection) string {
+		rb, err := projection.NewRebuild(nil, schemas.Builtin(), projection.RebuildConfig{Projections: ps})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rb.Schema()
+	}
+	ab, aAndB, mixed := schema(projs[0]), schema(projs[1], projs[2]), schema(projs[3])
+	if ab != "spate_rebuild_a_b" {
+		t.Errorf("schema of a_b: %s, want spate_rebuild_a_b", ab)
+	}
+	if aAndB == ab || !regexp.MustCompile(`^spate_rebuild_[0-9a-f]{16}$`).MatchString(aAndB) {
+		t.Errorf("schema of a and b: %s, want one of their own (a hash), not a_b's %s", aAndB, ab)
+	}
+	if again := schema(projs[2], projs[1]); again != aAndB {
+		t.Errorf("schema of b and a: %s, want a and b's %s", again, aAndB)
+	}
+	if !regexp.MustCompile(`^spate_rebuild_[0-9a-f]{16}$`).MatchString(mixed) {
+		t.Errorf("schema of Mixed-Case: %s, want a hash", mixed)
+	}
 }
