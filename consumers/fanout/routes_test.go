@@ -323,6 +323,46 @@ routes:
 	}
 }
 
+// TestTrimOverlappingRoutesKeepWhatEachWould: a stream that several routes
+// write keeps what each of them would keep, whichever route's pass trims
+// it: the longest retention, and none over any.
+func TestTrimOverlappingRoutesKeepWhatEachWould(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	w, rdb, prefix := newRouted(t, `
+routes:
+  - types: ["shop.order.placed.v1"]
+    stream: "PREFIX:ten"
+    maxlen: 10
+  - types: ["shop.order.*"]
+    stream: "PREFIX:t:{ext.tenant}"
+    maxlen: 100
+  - types: ["shop.order.cancelled.v1"]
+    stream: "PREFIX:t:{ext.tenant}"
+    maxlen: 20
+  - types: ["shop.order.*"]
+    stream: "PREFIX:ten"
+  - types: ["shop.order.*"]
+    stream: "PREFIX:type:{type}"
+    maxlen: 30
+`)
+	if err := w.Apply(ctx, batch(records(t, 0, 1000))); err != nil { // tenant acme
+		t.Fatal(err)
+	}
+	if err := w.TrimOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]int64{
+		"ten":                       1500, // 500 placed and 1000 orders: the fourth route keeps it whole
+		"t:acme":                    100,  // the second's 100 over the third's 20
+		"type:shop.order.placed.v1": 30,   // its route's own
+	} {
+		if n := rdb.XLen(ctx, prefix+key).Val(); n != want {
+			t.Errorf("%s: %d entries left, want %d", key, n, want)
+		}
+	}
+}
+
 // TestTrimReportsLagAndPending checks the gauges a trim pass sets for each
 // group on a stream.
 func TestTrimReportsLagAndPending(t *testing.T) {

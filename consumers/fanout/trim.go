@@ -13,7 +13,8 @@ import (
 // pass scans the streams a route can write, and trims each to its MaxLen
 // and MaxAge, but never past the oldest entry that a consumer group on the
 // stream still needs (unread, or read and pending) unless the route is
-// Lossy (and no route that is not lossy can write the stream). It also
+// Lossy (and no route that is not lossy can write the stream). A stream
+// that several routes can write keeps what each of them would keep. It also
 // refreshes the groups' lag and pending metrics. Errors are logged and the
 // next pass tries again.
 func (w *Writer) Trim(ctx context.Context, interval time.Duration) error {
@@ -40,6 +41,7 @@ func (w *Writer) Trim(ctx context.Context, interval time.Duration) error {
 func (w *Writer) TrimOnce(ctx context.Context) error {
 	var errs []error
 	seen := map[groupSeries]bool{}
+	trimmed := map[string]bool{} // a stream several routes write is trimmed once
 	for i := range w.routes {
 		rt := &w.routes[i]
 		if rt.MaxLen == 0 && rt.MaxAge == 0 {
@@ -58,9 +60,10 @@ func (w *Writer) TrimOnce(ctx context.Context) error {
 		iter := w.rdb.ScanType(ctx, 0, rt.pattern(), 1000, "stream").Iterator()
 		for iter.Next(ctx) {
 			key := iter.Val()
-			if !rt.builds(key, w.knownType) {
-				continue // matches the pattern, but no event of this route can go there
+			if trimmed[key] || !rt.builds(key, w.knownType) {
+				continue // done, or matches the pattern but no event of this route can go there
 			}
+			trimmed[key] = true
 			if err := w.trimStream(ctx, rt, key, seen); err != nil {
 				errs = append(errs, fmt.Errorf("trim %s: %w", key, err))
 			}
@@ -105,18 +108,21 @@ const trimLimit = 1000
 // trimStream trims one stream of rt, and adds the series of its groups to
 // seen.
 func (w *Writer) trimStream(ctx context.Context, rt *Route, key string, seen map[groupSeries]bool) error {
-	lossy := rt.Lossy
+	// Where other routes can write the stream too, it keeps what each
+	// would keep: their longest retention in each measure (none beats
+	// any), and lossy only if they all are.
+	maxLen, age, lossy := rt.MaxLen, rt.MaxAge, rt.Lossy
 	for i := range w.routes {
-		if o := &w.routes[i]; !o.Lossy && o.builds(key, w.knownType) {
-			lossy = false // another route that keeps what groups need writes here too
+		if o := &w.routes[i]; o != rt && o.builds(key, w.knownType) {
+			maxLen, age, lossy = longer(maxLen, o.MaxLen), longer(age, o.MaxAge), lossy && o.Lossy
 		}
 	}
-	maxAge := rt.MaxAge.Milliseconds()
-	if rt.MaxAge > 0 {
+	maxAge := age.Milliseconds()
+	if age > 0 {
 		maxAge = max(maxAge, 1)
 	}
 	for {
-		res, err := trimScript.Run(ctx, w.rdb, []string{key}, rt.MaxLen, maxAge, lossy, trimLimit).Slice()
+		res, err := trimScript.Run(ctx, w.rdb, []string{key}, maxLen, maxAge, lossy, trimLimit).Slice()
 		if err != nil {
 			return err
 		}
@@ -144,6 +150,14 @@ func (w *Writer) trimStream(ctx context.Context, rt *Route, key string, seen map
 			return nil
 		}
 	}
+}
+
+// longer returns the longer of two retentions, where 0 is no limit.
+func longer[T int64 | time.Duration](a, b T) T {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return max(a, b)
 }
 
 // trimScript trims a stream, atomically, to its retention, but unless the
