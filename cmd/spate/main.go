@@ -29,13 +29,22 @@ func main() {
 func mainWith(args []string, run func(context.Context, []string) error) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Started with SIGINT ignored (a background job of a shell without job
+	// control), its default action would ignore the second one too.
+	ignored := signal.Ignored(os.Interrupt) || signal.Ignored(syscall.SIGTERM)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		s := <-sigs
-		signal.Stop(sigs)
+		if !ignored {
+			signal.Stop(sigs) // a second gets the default action: the end, by the signal
+		}
 		fmt.Fprintf(os.Stderr, "spate: %v: stopping; again to stop at once\n", s)
 		cancel()
+		if ignored {
+			s = <-sigs
+			os.Exit(128 + int(s.(syscall.Signal)))
+		}
 	}()
 	if err := run(ctx, args); err != nil {
 		fmt.Fprintln(os.Stderr, "spate:", err)

@@ -32,10 +32,26 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 		}))
 	}
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSecondSignalStopsAtOnce$")
-	cmd.Env = append(os.Environ(), stuckEnv+"=1")
+	for _, ignored := range []bool{false, true} {
+		// Ignored: started with SIGINT ignored, as a shell without job
+		// control starts a background job; the default action of the
+		// second SIGINT would then be to ignore it too.
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSecondSignalStopsAtOnce$")
+		if ignored {
+			cmd = exec.Command("sh", "-c", `trap '' INT; exec "$0" "$@"`, os.Args[0], "-test.run=^TestSecondSignalStopsAtOnce$")
+		}
+		cmd.Env = append(os.Environ(), stuckEnv+"=1")
+		stopTwice(t, cmd, ignored)
+	}
+}
+
+// stopTwice starts cmd, a stuck command, and checks that a second SIGINT
+// ends it: by the signal, or with exit status 130 when it started with
+// SIGINT ignored.
+func stopTwice(t *testing.T, cmd *exec.Cmd, ignored bool) {
+	t.Helper()
+	timeout := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() }) // a child that does not stop
+	defer timeout.Stop()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -62,8 +78,13 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 	}
 	err = cmd.Wait()
 	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGINT {
-		t.Fatalf("after the second SIGINT: %v, want the child ended by SIGINT (a context timeout would kill it instead)", err)
+	switch {
+	case !errors.As(err, &exit):
+		t.Fatalf("after the second SIGINT: %v, want the child ended", err)
+	case ignored && exit.ExitCode() != 130:
+		t.Fatalf("after the second SIGINT to a child that ignored SIGINT at start: %v, want exit status 130", err)
+	case !ignored && exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGINT:
+		t.Fatalf("after the second SIGINT: %v, want the child ended by SIGINT (the timeout would kill it instead)", err)
 	}
 }
 
