@@ -42,6 +42,7 @@ type devFlags struct {
 	config      string
 	keys        string
 	edgeOnly    bool
+	given       func(name string) bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -75,14 +76,15 @@ removes the throwaway data.`,
 	fs.Lookup("kafka-brokers").Usage = "Kafka seed brokers, comma-separated host:port (default: an embedded broker)"
 	fs.StringVar(&f.edgeAddr, "edge-addr", "127.0.0.1:8080", "address of the ingestion edge")
 	fs.IntVar(&f.kafkaPort, "kafka-port", 9092, "port of the embedded broker on 127.0.0.1 (0: any free port)")
-	fs.IntVar(&f.partitions, "partitions", 4, "partitions of the topics the embedded broker creates")
-	fs.DurationVar(&f.retention, "kafka-retention", 6*time.Hour, "how long the embedded broker keeps records (it also keeps at most 256 MiB a partition)")
+	fs.IntVar(&f.partitions, "partitions", 4, "partitions of the topics spate dev creates on the embedded broker (on --kafka-brokers: the cluster's default unless given)")
+	fs.DurationVar(&f.retention, "kafka-retention", 6*time.Hour, "how long the embedded broker keeps records, at most 256 MiB a partition (topics spate dev creates on --kafka-brokers: the cluster's default unless given)")
 	fs.StringVar(&f.postgresURL, "postgres-url", "", "PostgreSQL URL (default: a throwaway server)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (default: a throwaway redis-server)")
 	f.streams.register(fs)
 	fs.BoolVar(&f.edgeOnly, "edge-only", false, "run the edge alone (no projector, fan-out or Postgres), e.g. to measure it with spate bench edge")
 	fs.StringVar(&f.keys, "keys", "", "file of API keys producers must present (reloaded on SIGHUP); none: anyone may publish")
 	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections and routes (default: the shop example, schemas/shop/v1/spate.yaml)")
+	f.given = fs.Changed
 	annotateEnv(fs)
 	return cmd
 }
@@ -130,7 +132,19 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 		defer c.Close()
 		brokers, kafkaNote = c.ListenAddrs(), "embedded"
 	}
-	if err := createTopics(ctx, brokers, f.topic, f.partitions, f.retention); err != nil {
+	topics := topicSpec{partitions: int32(f.partitions), replicas: 1, retention: f.retention, maxBytes: 256 << 20}
+	if kafkaNote == "external" {
+		// A real cluster's topics take its defaults, the dev sizes only
+		// where given.
+		topics = topicSpec{partitions: -1, replicas: -1}
+		if f.given("partitions") {
+			topics.partitions = int32(f.partitions)
+		}
+		if f.given("kafka-retention") {
+			topics.retention = f.retention
+		}
+	}
+	if err := createTopics(ctx, brokers, f.topic, topics); err != nil {
 		return err
 	}
 
@@ -245,21 +259,35 @@ func awaitStarted(ctx context.Context, groups ...*consumers.Group) error {
 	return nil
 }
 
-// createTopics creates the events topic and its dead-letter topic with
-// retention, unless they exist.
-func createTopics(ctx context.Context, brokers []string, topic string, partitions int, retention time.Duration) error {
+// topicSpec is how createTopics makes a topic: partitions and replicas
+// (-1: the cluster's default), retention and maxBytes a partition (0: the
+// cluster's default).
+type topicSpec struct {
+	partitions int32
+	replicas   int16
+	retention  time.Duration
+	maxBytes   int64
+}
+
+// createTopics creates the events topic and its dead-letter topic as spec
+// says, unless they exist.
+func createTopics(ctx context.Context, brokers []string, topic string, spec topicSpec) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		return fmt.Errorf("kafka admin client: %w", err)
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	ms := strconv.FormatInt(retention.Milliseconds(), 10)
-	bytes := strconv.Itoa(256 << 20)
-	cfg := map[string]*string{"retention.ms": &ms, "retention.bytes": &bytes}
+	cfg := map[string]*string{}
+	if spec.retention > 0 {
+		cfg["retention.ms"] = kadm.StringPtr(strconv.FormatInt(spec.retention.Milliseconds(), 10))
+	}
+	if spec.maxBytes > 0 {
+		cfg["retention.bytes"] = kadm.StringPtr(strconv.FormatInt(spec.maxBytes, 10))
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resps, err := adm.CreateTopics(ctx, int32(partitions), 1, cfg, topic, consumers.DLQTopic(topic))
+	resps, err := adm.CreateTopics(ctx, spec.partitions, spec.replicas, cfg, topic, consumers.DLQTopic(topic))
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}

@@ -2,12 +2,20 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/schemas"
+	"github.com/spate-io/spate/spatetest"
 )
 
 // The banner says who may publish, and with --keys its curl presents one.
@@ -128,5 +136,80 @@ func TestBannerHidesPasswords(t *testing.T) {
 		if strings.Contains(b.String(), "s3") || !strings.Contains(b.String(), tc.want) {
 			t.Errorf("banner of %s and %s: want %q and no password:\n%s", tc.postgres, tc.redis, tc.want, b.String())
 		}
+	}
+}
+
+// On a cluster of its users' (--kafka-brokers), spate dev creates the
+// topics it lacks with the cluster's defaults: the sizes of the embedded
+// broker (4 partitions, one replica, 6 h and 256 MiB of retention) only
+// where given.
+func TestDevTopicsOnAnExternalClusterTakeItsDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		retention string // "": not set on the topic
+	}{
+		{"defaults", nil, ""},
+		{"given", []string{"--partitions", "3", "--kafka-retention", "1h"}, "3600000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(7))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := runSpate(ctx, append([]string{"dev", "--edge-only", "--kafka-brokers", strings.Join(c.ListenAddrs(), ","),
+					"--redis-url", spatetest.Redis(t), "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--topic", "orders"}, tc.args...)...)
+				done <- err
+			}()
+			cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.MetadataMinAge(10*time.Millisecond)) // not a cached answer from before the topics
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			adm := kadm.NewClient(cl)
+			var details kadm.TopicDetails
+			spatetest.Eventually(t, 30*time.Second, func() string {
+				if details, err = adm.ListTopics(t.Context(), "orders", "orders.dlq"); err != nil {
+					return err.Error()
+				}
+				if len(details.TopicsSet()) != 2 {
+					return fmt.Sprintf("topics %v, want orders and orders.dlq", details.Names())
+				}
+				return ""
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("spate dev: %v", err)
+			}
+			want := 7
+			if tc.args != nil {
+				want = 3
+			}
+			for _, d := range details {
+				if len(d.Partitions) != want {
+					t.Errorf("%s: %d partitions, want %d", d.Topic, len(d.Partitions), want)
+				}
+			}
+			cfgs, err := adm.DescribeTopicConfigs(t.Context(), "orders", "orders.dlq")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, rc := range cfgs {
+				for _, cv := range rc.Configs {
+					if cv.Source != kmsg.ConfigSourceDynamicTopicConfig {
+						continue
+					}
+					switch {
+					case cv.Key == "retention.ms" && cv.MaybeValue() == tc.retention:
+					default:
+						t.Errorf("%s: %s=%s set on the topic, want only retention.ms=%q", rc.Name, cv.Key, cv.MaybeValue(), tc.retention)
+					}
+				}
+			}
+		})
 	}
 }
