@@ -121,3 +121,23 @@ func TestKeysNewEntryLoads(t *testing.T) {
 		}
 	}
 }
+
+// Where a replay or a tail starts is taken from the command line alone:
+// SPATE_FROM, left in the shell for one of them, is not where a rebuild
+// starts. Each command here then fails on what comes after: an unreachable
+// server, or a missing flag.
+func TestFromIsNotTakenFromTheEnvironment(t *testing.T) {
+	t.Setenv("SPATE_FROM", "bogus-position")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"replay", "projection", "event_log", "--postgres-url", "postgres://127.0.0.1:1/none", "--kafka-brokers", "127.0.0.1:1"},
+		{"replay", "stream", "--to-topic", "copy", "--kafka-brokers", "127.0.0.1:1"},
+		{"tail", "s", "--redis-url", "redis://127.0.0.1:1/0"},
+	} {
+		_, _, err := runSpate(ctx, args...)
+		if err == nil || strings.Contains(err.Error(), "bogus-position") {
+			t.Errorf("spate %s with SPATE_FROM set: %v, want an error that is not about SPATE_FROM", strings.Join(args, " "), err)
+		}
+	}
+}

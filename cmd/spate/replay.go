@@ -43,7 +43,8 @@ history in Kafka, without stopping the live projector and without readers of
 the live tables ever seeing a half-built table:
 
  1. It creates the projections' tables afresh in a schema of their own,
-    spate_rebuild_<names>, and applies the history to them from --from on.
+    spate_rebuild_<name> (several projections: a hash of their names), and
+    applies the history to them from --from on.
  2. It catches up with the live projector (--group), never going past it.
  3. In one transaction it holds the live projector's offsets still, applies
     the last few events, and swaps the new tables in for the live ones,
@@ -202,7 +203,7 @@ Their statements must name tables without a schema.`,
 	fs.BoolVar(&partial, "partial-history", false, "rebuild from the oldest event Kafka keeps where its retention deleted older ones (the rebuilt tables lack them)")
 	fs.BoolVar(&rejected, "skip-rejected", false, "swap in even if the projections rejected events the live projector applied (the rebuilt tables lack them; not for re-driven events)")
 	fs.BoolVar(&retrySkipped, "retry-skipped", false, "try the rejected events the live tables hold again once caught up, after the later events of their partitions (a foreign key to a row another partition writes)")
-	cmdLineOnly(fs, "partial-history", "skip-rejected", "retry-skipped")
+	cmdLineOnly(fs, "from", "partial-history", "skip-rejected", "retry-skipped")
 	return cmd
 }
 

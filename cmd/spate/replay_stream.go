@@ -118,6 +118,7 @@ terminal, otherwise a log line every few seconds; a summary goes to stdout.`,
 	fs.StringVar(&f.schemas, "schemas", "", "a FileDescriptorSet with event types besides the compiled-in ones, to write their payloads as JSON")
 	fs.IntVar(&f.chunk, "chunk", 1000, "records read per step: each step is one Kafka transaction, or at most a few Redis script calls")
 	annotateEnv(fs)
+	cmdLineOnly(fs, "from", "to", "to-stream", "to-topic", "type", "subject")
 	return cmd
 }
 

@@ -72,12 +72,13 @@ const cmdLineOnlyKey = "spate_cmd_line_only"
 // cmdLineOnly marks flags that choose what a command acts on: they are
 // taken from the command line only, so that nothing left in a shell's
 // environment (SPATE_FORCE, SPATE_ALL, SPATE_GROUP set for another command)
-// chooses for the operator. Their usage says so.
+// chooses for the operator (SPATE_FROM left for spate tail must not start a
+// rebuild at ten minutes ago). Their usage says so.
 func cmdLineOnly(fs *pflag.FlagSet, names ...string) {
 	for _, name := range names {
 		f := fs.Lookup(name)
 		f.Annotations = map[string][]string{cmdLineOnlyKey: {"true"}}
-		f.Usage += " (not taken from " + envName(name) + ")"
+		f.Usage = strings.TrimSuffix(f.Usage, " ["+envName(name)+"]") + " (not taken from " + envName(name) + ")" // annotateEnv's, if it ran first
 	}
 }
 

@@ -119,7 +119,7 @@ spate dev prints the URL of its Redis server; pass it with --redis-url.`,
 	// SPATE_GROUP names the Kafka group of spate project and fanout: tail
 	// joins a group only when told on the command line.
 	fs.StringVar(&group, "group", "", "consumer group to read as, acknowledging what is printed (default: read without a group)")
-	cmdLineOnly(fs, "group")
+	cmdLineOnly(fs, "group", "from")
 	return cmd
 }
 
