@@ -355,7 +355,7 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 		return nil, nil, err
 	}
 	if changed != "" {
-		return nil, nil, fmt.Errorf("%w: the definition of %s recorded in spate_projections (by a rebuild, a dlq redrive or a projector started with another spate.yaml) is not this projector's: restart it with the spate.yaml the tables were built from", ErrDefinitionChanged, changed)
+		return nil, nil, definitionChanged(changed, "restart it")
 	}
 	if b.Next <= stored {
 		return nil, nil, nil // all applied before
@@ -410,6 +410,12 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 		return nil, nil, fmt.Errorf("store offset: %w", err)
 	}
 	return fresh, took, nil
+}
+
+// definitionChanged is ErrDefinitionChanged for the projections changed,
+// which the projector (or the re-drive) cannot apply: what to do, says do.
+func definitionChanged(changed, do string) error {
+	return fmt.Errorf("%w: the definition of %s recorded in spate_projections (by a rebuild, a dlq redrive or a projector started with another spate.yaml) is not this projector's: %s with the spate.yaml the tables were built from", ErrDefinitionChanged, changed, do)
 }
 
 // findFailing applies evs with apply in a savepoint. On a failure on data

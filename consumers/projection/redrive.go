@@ -146,6 +146,18 @@ func (p *Projector) Redrive(ctx context.Context, dl *kgo.Record) (applied bool, 
 		if err := p.checkNoted(ctx, tx, d); err != nil {
 			return err
 		}
+		// The tables must still be those of this projector's definitions:
+		// a rebuild may have swapped in others since it started. Read after
+		// the offset's lock, as the rebuilds below.
+		if len(p.defNames) > 0 {
+			var changed string
+			if err := tx.QueryRow(ctx, checkDefinitionsSQL, p.defNames, p.defSums).Scan(&changed); err != nil {
+				return fmt.Errorf("check definitions: %w", err)
+			}
+			if changed != "" {
+				return definitionChanged(changed, "re-drive")
+			}
+		}
 		// A rebuild that applied the event swapped in tables that hold it.
 		// Read after the offset's lock: a swap holds the offset rows, so
 		// one that committed meanwhile is seen here.

@@ -932,3 +932,24 @@ projections:
 		})
 	}
 }
+
+// A re-drive checks, in its transaction, that the tables are still built
+// from its definitions: one whose projection a rebuild changed since it
+// started (its spate.yaml is out of date) applies nothing.
+func TestRedriveRefusesAChangedDefinition(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p, pool := newProjector(t)
+	if err := p.Apply(ctx, consumers.Batch{Topic: "events", Partition: 0, Next: 1}); err != nil { // the group moved past it
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE spate_projections SET checksum = 'rebuilt-since' WHERE projection = 'event_log'`); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := p.Redrive(ctx, asDeadLetter(records(t, 0, 1)[0], projection.DefaultGroup, "data-exception"))
+	if ok || !errors.Is(err, projection.ErrDefinitionChanged) {
+		t.Fatalf("Redrive = %v, %v; want ErrDefinitionChanged", ok, err)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "0")
+	wantRows(t, pool, `SELECT count(*) FROM spate_redrives`, "0")
+}
