@@ -204,13 +204,36 @@ func Redis(t testing.TB) string {
 // the test ends.
 func RedisClient(t testing.TB) *goredis.Client {
 	t.Helper()
-	opts, err := goredis.ParseURL(Redis(t))
+	return RedisClientOf(t, Redis(t))
+}
+
+// RedisClientOf returns a client of the Redis server at url, closed when
+// the test ends.
+func RedisClientOf(t testing.TB, url string) *goredis.Client {
+	t.Helper()
+	opts, err := goredis.ParseURL(url)
 	if err != nil {
-		t.Fatalf("spatetest.RedisClient: %v", err)
+		t.Fatalf("spatetest.RedisClientOf: %v", err)
 	}
 	c := goredis.NewClient(opts)
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// OwnRedis starts a redis-server of the test's own, for a test that
+// changes its configuration or stops it, and stops it when the test ends.
+func OwnRedis(t testing.TB, cfg throwaway.RedisConfig) *throwaway.Redis {
+	t.Helper()
+	srv, err := throwaway.StartRedis(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("spatetest.OwnRedis: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return srv
 }
 
 // KeyPrefix returns a Redis key prefix unique to this call, such as

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/spate-io/spate/spatetest"
 	"github.com/spate-io/spate/throwaway"
@@ -84,21 +83,8 @@ func TestRolesRefuseATopicKafkaLacks(t *testing.T) {
 // could evict the offsets hash, and events would be added twice.
 func TestFanoutRefusesARedisThatEvictsAnyKey(t *testing.T) {
 	ctx := context.Background()
-	srv, err := throwaway.StartRedis(ctx, throwaway.RedisConfig{}) // its own: the test changes its configuration
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	opts, err := redis.ParseURL(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
+	srv := spatetest.OwnRedis(t, throwaway.RedisConfig{}) // its own: the test changes its configuration
+	rdb := spatetest.RedisClientOf(t, srv.URL())
 	if err := rdb.ConfigSet(ctx, "maxmemory", "512mb").Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,10 +5,9 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/schemas"
+	"github.com/spate-io/spate/spatetest"
 	"github.com/spate-io/spate/throwaway"
 )
 
@@ -17,21 +16,7 @@ import (
 func TestPingRefusesARedisThatEvictsAnyKey(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	srv, err := throwaway.StartRedis(ctx, throwaway.RedisConfig{}) // its own: the test changes its configuration
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	opts, err := redis.ParseURL(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
+	rdb := spatetest.RedisClientOf(t, spatetest.OwnRedis(t, throwaway.RedisConfig{}).URL()) // its own: the test changes its configuration
 	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{})
 	if err != nil {
 		t.Fatal(err)

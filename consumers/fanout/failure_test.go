@@ -525,15 +525,7 @@ func consumeThroughFault(t *testing.T, srv *throwaway.Redis, opts *redis.Options
 
 func TestRedisKilledAndRestartedWithAOF(t *testing.T) {
 	t.Parallel()
-	srv, err := throwaway.StartRedis(context.Background(), throwaway.RedisConfig{AppendOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	srv := spatetest.OwnRedis(t, throwaway.RedisConfig{AppendOnly: true})
 	opts, err := redis.ParseURL(srv.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -559,15 +551,7 @@ func TestRedisKilledAndRestartedWithAOF(t *testing.T) {
 
 func TestRedisPausedFiveSeconds(t *testing.T) {
 	t.Parallel()
-	srv, err := throwaway.StartRedis(context.Background(), throwaway.RedisConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	srv := spatetest.OwnRedis(t, throwaway.RedisConfig{})
 	opts, err := redis.ParseURL(srv.URL())
 	if err != nil {
 		t.Fatal(err)

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -52,15 +52,30 @@ func checked(o int64, status int32, n int64) *kgo.Record {
 	return r
 }
 
-// statement returns the YAML of a projection's statement for
-// checks.checked.v1, in form "on" or "batch": an INSERT ... VALUES (...),
-// which the batch form selects from the relation batch.
-func statement(form, insert string) string {
-	if form == "on" {
-		return "    on:\n      checks.checked.v1:\n        - " + insert + "\n"
+// checkedProjector returns a projector of one projection of
+// checks.checked.v1, named table, which creates table with columns (id
+// text PRIMARY KEY and column) and inserts each event's :id and :data.field
+// into it, in form "on" or "batch".
+func checkedProjector(t *testing.T, pool *pgxpool.Pool, reg *schemas.Registry, form, table, column, field string) *projection.Projector {
+	t.Helper()
+	stmt := fmt.Sprintf("    on:\n      checks.checked.v1:\n        - INSERT INTO %s VALUES (:id, :data.%s)\n", table, field)
+	if form == "batch" {
+		stmt = fmt.Sprintf("    batch:\n      - type: checks.checked.v1\n        sql: INSERT INTO %s SELECT :id, :data.%s FROM batch\n", table, field)
 	}
-	into, values, _ := strings.Cut(insert, " VALUES ")
-	return "    batch:\n      - type: checks.checked.v1\n        sql: " + into + " SELECT " + strings.Trim(values, "()") + " FROM batch\n"
+	projs, err := projection.Load("spate.yaml", fmt.Appendf(nil, `
+projections:
+  - name: %s
+    migrations:
+      - CREATE TABLE %s (id text PRIMARY KEY, %s)
+%s`, table, table, column, stmt), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := projection.New(pool, reg, projection.Config{Group: table, Projections: projs})
+	if err := p.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // An enum number the schema does not name (a producer's newer schema, say)
@@ -73,20 +88,7 @@ func TestUnknownEnumNumberBindsAsText(t *testing.T) {
 	for _, form := range []string{"on", "batch"} {
 		t.Run(form, func(t *testing.T) {
 			table := "status_" + form
-			stmt := fmt.Sprintf("INSERT INTO %s VALUES (:id, :data.status)", table)
-			projs, err := projection.Load("spate.yaml", fmt.Appendf(nil, `
-projections:
-  - name: %s
-    migrations:
-      - CREATE TABLE %s (id text PRIMARY KEY, status text NOT NULL)
-%s`, table, table, statement(form, stmt)), reg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := projection.New(pool, reg, projection.Config{Group: "enum-" + form, Projections: projs})
-			if err := p.Migrate(ctx); err != nil {
-				t.Fatal(err)
-			}
+			p := checkedProjector(t, pool, reg, form, table, "status text NOT NULL", "status")
 			if err := p.Apply(ctx, batch([]*kgo.Record{checked(0, 1, 0), checked(1, 7, 0)})); err != nil {
 				t.Fatalf("Apply = %v, want both events applied", err)
 			}
@@ -113,20 +115,7 @@ func TestValueTheColumnCannotHoldIsPoison(t *testing.T) {
 	for _, form := range []string{"on", "batch"} {
 		t.Run(form, func(t *testing.T) {
 			table := "small_" + form
-			stmt := fmt.Sprintf("INSERT INTO %s VALUES (:id, :data.n)", table)
-			projs, err := projection.Load("spate.yaml", fmt.Appendf(nil, `
-projections:
-  - name: %s
-    migrations:
-      - CREATE TABLE %s (id text PRIMARY KEY, n integer NOT NULL)
-%s`, table, table, statement(form, stmt)), reg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := projection.New(pool, reg, projection.Config{Group: "small-" + form, Projections: projs})
-			if err := p.Migrate(ctx); err != nil {
-				t.Fatal(err)
-			}
+			p := checkedProjector(t, pool, reg, form, table, "n integer NOT NULL", "n")
 			recs := []*kgo.Record{checked(0, 1, 5), checked(1, 1, 1<<40), checked(2, 1, 6)}
 			for try := 1; ; try++ {
 				err := p.Apply(ctx, batch(recs))
