@@ -372,25 +372,9 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	if failures != 5 {
 		t.Fatalf("failed %d times, want 5", failures)
 	}
-	if n := retries(t, reg); n != 5 {
+	if n := spatetest.CounterTotal(t, reg, "spate_consumer_retries_total"); n != 5 {
 		t.Fatalf("spate_consumer_retries_total = %v, want 5", n)
 	}
-}
-
-// retries returns spate_consumer_retries_total from reg.
-func retries(t *testing.T, reg prometheus.Gatherer) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "spate_consumer_retries_total" {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatal("no spate_consumer_retries_total")
-	return 0
 }
 
 // A batch given up because the group stopped (or its partition was
@@ -408,7 +392,7 @@ func TestRetriesLeaveOutBatchesGivenUp(t *testing.T) {
 		startedSink{sink, func() { once.Do(func() { close(started) }) }})
 	<-started
 	stop()
-	if n := retries(t, reg); n != 0 {
+	if n := spatetest.CounterTotal(t, reg, "spate_consumer_retries_total"); n != 0 {
 		t.Fatalf("spate_consumer_retries_total = %v after a batch given up, want 0", n)
 	}
 }

@@ -453,27 +453,6 @@ func TestFanoutKilledMidBatch(t *testing.T) {
 	checkExactlyOnce(t, w, rdb, prefix, evs, rs)
 }
 
-// retries returns how many batch applications failed and were retried,
-// from the group's metrics in reg.
-func retries(t *testing.T, reg *prometheus.Registry) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "spate_consumer_retries_total" {
-			var n float64
-			for _, m := range mf.GetMetric() {
-				n += m.GetCounter().GetValue()
-			}
-			return n
-		}
-	}
-	t.Fatal("no spate_consumer_retries_total in the group's metrics")
-	return 0
-}
-
 // consumeThroughFault runs a writer on a client of srv with opts, and its
 // group, while it publishes the events in two halves. Once a quarter of
 // them are stored it calls start, publishes the second half, so that the
@@ -518,7 +497,7 @@ func consumeThroughFault(t *testing.T, srv *throwaway.Redis, opts *redis.Options
 		t.Fatal(err)
 	}
 	checkExactlyOnce(t, cw, check, prefix, evs, rs)
-	if n := retries(t, reg); n < 1 {
+	if n := spatetest.CounterTotal(t, reg, "spate_consumer_retries_total"); n < 1 {
 		t.Errorf("%v batch applications retried, want at least one: the fault proved nothing", n)
 	}
 }
@@ -538,7 +517,7 @@ func TestRedisKilledAndRestartedWithAOF(t *testing.T) {
 		// Keep it down until the group failed at least once: go-redis
 		// reconnects on its own, and a quick restart could hide the kill.
 		spatetest.Eventually(t, failureTimeout, func() string {
-			if n := retries(t, reg); n < 1 {
+			if n := spatetest.CounterTotal(t, reg, "spate_consumer_retries_total"); n < 1 {
 				return "no batch application failed while Redis was down"
 			}
 			return ""
