@@ -106,7 +106,8 @@ func TestUnknownEnumNumberBindsAsText(t *testing.T) {
 // A value the driver cannot encode for its column (an int64 beyond an
 // integer column's range) fails on every try, like a data exception from
 // Postgres: the event is poison after PoisonAfter tries, not retried for
-// ever.
+// ever. (In the batch form the parameter is a bigint array, which pgx
+// encodes; Postgres refuses the value, as it did before.)
 func TestValueTheColumnCannotHoldIsPoison(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -373,7 +373,9 @@ func (p *Projector) applyIn(ctx context.Context, tx pgx.Tx, b consumers.Batch, e
 			start := time.Now()
 			apply := pr.Apply
 			if find {
-				apply = func(ctx context.Context, tx pgx.Tx, evs []*Event) error { return findFailing(ctx, tx, pr.Apply, evs) }
+				apply = func(ctx context.Context, tx pgx.Tx, evs []*Event) error {
+					return findFailing(checkEncoding(ctx), tx, pr.Apply, evs)
+				}
 			}
 			if err := apply(ctx, tx, fresh); err != nil {
 				return nil, nil, p.classify(pr, err)
@@ -421,11 +423,13 @@ func definitionChanged(changed, do string) error {
 // findFailing applies evs with apply in a savepoint. On a failure on data
 // (see deterministic) that names no event, it applies the halves of evs in
 // savepoints of their own, down to the one event at fault, which it reports
-// as an EventError. Only the failing path pays for this. Its applies check
-// their parameters before sending them (see checkEncoding).
+// as an EventError. Only the failing path pays for this. A failure to
+// encode a parameter (see encodeFailure) lost the connection, unless ctx
+// had the applies check their parameters first (checkEncoding): it is
+// returned as is, for the projector to find the event in a new
+// transaction with applies that do.
 func findFailing(ctx context.Context, tx pgx.Tx, apply func(context.Context, pgx.Tx, []*Event) error, evs []*Event) error {
 	careful := ctx.Value(checkEncodingKey{}) != nil
-	ctx = checkEncoding(ctx)
 	sp, err := tx.Begin(ctx) // a savepoint
 	if err != nil {
 		return err
@@ -435,9 +439,7 @@ func findFailing(ctx context.Context, tx pgx.Tx, apply func(context.Context, pgx
 		return sp.Commit(ctx)
 	}
 	if encodeFailure(err) && !careful {
-		// pgx closed the connection, and with it tx: the projector finds
-		// the event in a new transaction, with applies that check first.
-		return err
+		return err // pgx closed the connection, and with it tx
 	}
 	if rerr := sp.Rollback(ctx); rerr != nil {
 		return rerr
@@ -558,8 +560,9 @@ type checkEncodingKey struct{}
 // checkEncoding returns ctx marked so that the applies given it call
 // encodable before they send a pipeline: slower, but a parameter that
 // cannot be encoded is then found without losing the connection. The
-// projector applies so only after such a failure (findFailing), and a
-// rebuild so retries skipped events one at a time.
+// projector applies so only when it looks for the event at fault of a
+// failure (findFailing), and a rebuild so retries skipped events one at a
+// time.
 func checkEncoding(ctx context.Context) context.Context {
 	return context.WithValue(ctx, checkEncodingKey{}, true)
 }
@@ -573,7 +576,9 @@ func encodable(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (int, error) {
 	}
 	var eqb pgx.ExtendedQueryBuilder
 	for i, q := range b.QueuedQueries {
-		sd, err := tx.Conn().Prepare(ctx, q.SQL, q.SQL) // as pgx's statement cache would
+		// Described as the unnamed statement: nothing stays prepared on
+		// the connection for later batches to use.
+		sd, err := tx.Conn().PgConn().Prepare(ctx, "", q.SQL, nil)
 		if err != nil {
 			return i, err
 		}
