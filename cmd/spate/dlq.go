@@ -1011,6 +1011,9 @@ func redriveOne(ctx context.Context, p *projection.Projector, d *consumers.DeadL
 		case ctx.Err() != nil:
 			return "", ctx.Err()
 		}
+		if errors.Is(err, projection.ErrDefinitionChanged) {
+			return "", err // every dead letter would fail the same way
+		}
 		var pe *consumers.PoisonError
 		var missing *projection.MissingProjectionError
 		if errors.As(err, &pe) || errors.As(err, &missing) || errors.Is(err, projection.ErrNotPassed) || errors.Is(err, projection.ErrAppliedByGroup) || attempt == redriveAttempts {
