@@ -198,9 +198,11 @@ func (e *env) newFanout(ctx context.Context, url string, cfg fanout.Config) (*fa
 	cfg.Logger, cfg.Metrics = e.log.With("role", "fanout"), e.metrics
 	w, err := fanout.New(rdb, e.reg, cfg)
 	if err == nil {
-		if err = w.Ping(ctx); !errors.Is(err, fanout.ErrEvicts) {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err = w.Ping(pctx); !errors.Is(err, fanout.ErrEvicts) {
 			err = nil
 		}
+		cancel()
 	}
 	if err != nil {
 		rdb.Close()

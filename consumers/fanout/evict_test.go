@@ -3,7 +3,10 @@ package fanout_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/schemas"
@@ -41,5 +44,31 @@ func TestPingRefusesARedisThatEvictsAnyKey(t *testing.T) {
 		if err := w.Ping(ctx); errors.Is(err, fanout.ErrEvicts) != tc.evicts || !tc.evicts && err != nil {
 			t.Errorf("maxmemory %s, maxmemory-policy %s: Ping = %v, want ErrEvicts %v", tc.maxmemory, tc.policy, err, tc.evicts)
 		}
+	}
+}
+
+// A user whose ACL denies INFO still gets an answer from Ping: Redis is up;
+// its eviction policy is then not checked.
+func TestPingWithoutINFO(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	admin := spatetest.RedisClient(t)
+	user := "t" + strings.TrimSuffix(spatetest.KeyPrefix(t), ":")
+	if err := admin.Do(ctx, "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-info").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", user) })
+	opts := admin.Options()
+	rdb := redis.NewClient(&redis.Options{Addr: opts.Addr, DB: opts.DB, Username: user, Password: "pw"})
+	defer rdb.Close()
+	if err := rdb.Info(ctx, "memory").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
+		t.Fatalf("INFO as %s: %v, want NOPERM", user, err)
+	}
+	w, err := fanout.New(rdb, schemas.Builtin(), fanout.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Ping(ctx); err != nil {
+		t.Fatalf("Ping as a user denied INFO: %v, want nil", err)
 	}
 }
