@@ -325,7 +325,7 @@ routes:
 
 // TestTrimOverlappingRoutesKeepWhatEachWould: a stream that several routes
 // write keeps what each of them would keep, whichever route's pass trims
-// it: the longest retention, and none over any.
+// it: an entry goes only if every route would delete it.
 func TestTrimOverlappingRoutesKeepWhatEachWould(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -345,7 +345,24 @@ routes:
   - types: ["shop.order.*"]
     stream: "PREFIX:type:{type}"
     maxlen: 30
+  - types: ["shop.order.*"]
+    stream: "PREFIX:both"
+    maxlen: 40
+  - types: ["shop.order.placed.v1"]
+    stream: "PREFIX:both"
+    maxage: 500000h
+  - types: ["shop.order.*"]
+    stream: "PREFIX:young"
+    maxlen: 50
+  - types: ["shop.order.placed.v1"]
+    stream: "PREFIX:young"
+    maxage: 1h
 `)
+	for i := 1; i <= 10; i++ { // older than an hour, and than the last 50
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: prefix + "young", ID: fmt.Sprint("1-", i), Values: []any{"id", "old"}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := w.Apply(ctx, batch(records(t, 0, 1000))); err != nil { // tenant acme
 		t.Fatal(err)
 	}
@@ -356,6 +373,8 @@ routes:
 		"ten":                       1500, // 500 placed and 1000 orders: the fourth route keeps it whole
 		"t:acme":                    100,  // the second's 100 over the third's 20
 		"type:shop.order.placed.v1": 30,   // its route's own
+		"both":                      1500, // the last 40, or younger than 500000h: all
+		"young":                     1500, // the last 50, or younger than 1h: the 1500 new ones
 	} {
 		if n := rdb.XLen(ctx, prefix+key).Val(); n != want {
 			t.Errorf("%s: %d entries left, want %d", key, n, want)

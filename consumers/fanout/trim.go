@@ -14,7 +14,8 @@ import (
 // and MaxAge, but never past the oldest entry that a consumer group on the
 // stream still needs (unread, or read and pending) unless the route is
 // Lossy (and no route that is not lossy can write the stream). A stream
-// that several routes can write keeps what each of them would keep. It also
+// that several routes can write loses only the entries that every one of
+// them would delete. It also
 // refreshes the groups' lag and pending metrics. Errors are logged and the
 // next pass tries again.
 func (w *Writer) Trim(ctx context.Context, interval time.Duration) error {
@@ -108,21 +109,23 @@ const trimLimit = 1000
 // trimStream trims one stream of rt, and adds the series of its groups to
 // seen.
 func (w *Writer) trimStream(ctx context.Context, rt *Route, key string, seen map[groupSeries]bool) error {
-	// Where other routes can write the stream too, it keeps what each
-	// would keep: their longest retention in each measure (none beats
-	// any), and lossy only if they all are.
-	maxLen, age, lossy := rt.MaxLen, rt.MaxAge, rt.Lossy
+	// Where other routes can write the stream too, it keeps what each of
+	// them would keep, and is lossy only if they all are.
+	lossy := rt.Lossy
+	var retentions []any // maxlen and maxage of each
 	for i := range w.routes {
-		if o := &w.routes[i]; o != rt && o.builds(key, w.knownType) {
-			maxLen, age, lossy = longer(maxLen, o.MaxLen), longer(age, o.MaxAge), lossy && o.Lossy
+		if o := &w.routes[i]; o == rt || o.builds(key, w.knownType) {
+			maxAge := o.MaxAge.Milliseconds()
+			if o.MaxAge > 0 {
+				maxAge = max(maxAge, 1)
+			}
+			retentions = append(retentions, o.MaxLen, maxAge)
+			lossy = lossy && o.Lossy
 		}
 	}
-	maxAge := age.Milliseconds()
-	if age > 0 {
-		maxAge = max(maxAge, 1)
-	}
+	args := append([]any{lossy, trimLimit}, retentions...)
 	for {
-		res, err := trimScript.Run(ctx, w.rdb, []string{key}, maxLen, maxAge, lossy, trimLimit).Slice()
+		res, err := trimScript.Run(ctx, w.rdb, []string{key}, args...).Slice()
 		if err != nil {
 			return err
 		}
@@ -152,14 +155,6 @@ func (w *Writer) trimStream(ctx context.Context, rt *Route, key string, seen map
 	}
 }
 
-// longer returns the longer of two retentions, where 0 is no limit.
-func longer[T int64 | time.Duration](a, b T) T {
-	if a == 0 || b == 0 {
-		return 0
-	}
-	return max(a, b)
-}
-
 // trimScript trims a stream, atomically, to its retention, but unless the
 // stream is lossy never past the oldest entry that a consumer group on it
 // still needs: the first after the last one delivered to the group, or the
@@ -167,13 +162,15 @@ func longer[T int64 | time.Duration](a, b T) T {
 // group can be created, moved back or read from between the check and the
 // trim.
 //
-// KEYS[1] is the stream. ARGV: maxlen (0: none), maxage in milliseconds of
-// Redis's clock (0: none), lossy (1 or 0), and the most entries to delete.
-// It returns the entries deleted, 1 if it stopped at that limit (0 if not),
-// and each group's name, lag (-1: unknown) and pending count.
+// KEYS[1] is the stream. ARGV: lossy (1 or 0), the most entries to delete,
+// then the retention of each route that can write the stream: maxlen (0:
+// none) and maxage in milliseconds of Redis's clock (0: none). An entry
+// goes only if every route would delete it. It returns the entries
+// deleted, 1 if it stopped at that limit (0 if not), and each group's
+// name, lag (-1: unknown) and pending count.
 var trimScript = redis.NewScript(`
 local key = KEYS[1]
-local maxlen, maxage, lossy, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+local lossy, limit = ARGV[1] == '1', tonumber(ARGV[2])
 if redis.call('EXISTS', key) == 0 then
 	return {0, 0, {}}
 end
@@ -207,27 +204,46 @@ local function after(id) -- the smallest id after id
 	return ms .. '-' .. incr(seq)
 end
 
--- cut: entries below it go. more: the limit stopped it short.
-local cut, more = nil, false
+-- The cut of one route's retention: entries below it go (nil: none).
+-- more: the limit stopped it short.
 local len = redis.call('XLEN', key)
-if maxlen > 0 and len > maxlen then
-	local n = math.min(len - maxlen, limit)
-	local e = redis.call('XRANGE', key, '-', '+', 'COUNT', n + 1)
-	cut, more = e[#e][1], len - maxlen > limit
-end
-if maxage > 0 then
-	local t = redis.call('TIME')
-	local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - maxage
-	if ms > 0 then
-		local agecut = string.format('%.0f', ms) .. '-0'
-		if cut == nil or less(cut, agecut) then
-			local e = redis.call('XRANGE', key, '-', '(' .. agecut, 'COUNT', limit + 1)
-			if #e > limit then
-				cut, more = e[#e][1], true
-			elseif #e > 0 then
-				cut, more = agecut, false
+local function routeCut(maxlen, maxage)
+	local cut, more = nil, false
+	if maxlen > 0 and len > maxlen then
+		local n = math.min(len - maxlen, limit)
+		local e = redis.call('XRANGE', key, '-', '+', 'COUNT', n + 1)
+		cut, more = e[#e][1], len - maxlen > limit
+	end
+	if maxage > 0 then
+		local t = redis.call('TIME')
+		local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - maxage
+		if ms > 0 then
+			local agecut = string.format('%.0f', ms) .. '-0'
+			if cut == nil or less(cut, agecut) then
+				local e = redis.call('XRANGE', key, '-', '(' .. agecut, 'COUNT', limit + 1)
+				if #e > limit then
+					cut, more = e[#e][1], true
+				elseif #e > 0 then
+					cut, more = agecut, false
+				end
 			end
 		end
+	end
+	return cut, more
+end
+
+-- The stream keeps what any route keeps: the lowest cut of them all.
+local cut, more = nil, false
+for i = 3, #ARGV, 2 do
+	local c, m = routeCut(tonumber(ARGV[i]), tonumber(ARGV[i + 1]))
+	if c == nil then
+		cut, more = nil, false
+		break
+	end
+	if cut == nil or less(c, cut) then
+		cut, more = c, m
+	elseif not less(cut, c) then -- the same cut
+		more = more and m
 	end
 end
 
