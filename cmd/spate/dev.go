@@ -306,6 +306,7 @@ func stopLogged(log *slog.Logger, what string, stop func() error) {
 }
 
 type bannerInfo struct {
+	hidden                  bool // a password in postgres or redis is shown as xxxxx
 	edge, admin             string
 	kafka, kafkaNote, topic string
 	postgres, postgresNote  string
@@ -333,7 +334,9 @@ func bannerStreams(fan *fanout.Writer) ([]string, string) {
 var bannerEvent = &spatev1.Event{Id: "order-1001-placed", Source: "/shop/checkout", Type: "shop.order.placed.v1", Subject: "order-1001"}
 
 func printBanner(w io.Writer, b bannerInfo) {
-	b.postgres, b.redis = redacted(b.postgres), redacted(b.redis)
+	pg, rs := redacted(b.postgres), redacted(b.redis)
+	b.hidden = pg != b.postgres || rs != b.redis
+	b.postgres, b.redis = pg, rs
 	who, auth := "no --keys: anyone may publish", ""
 	if b.keys != "" {
 		who = "producers present a key of " + b.keys
@@ -376,7 +379,7 @@ func pingRedis(ctx context.Context, url string) error {
 // redacted returns a Postgres or Redis connection string with its password,
 // if any, shown as xxxxx: a banner may end up in a shared terminal or log.
 func redacted(conn string) string {
-	if u, err := url.Parse(conn); err == nil && u.Scheme != "" && u.Host != "" {
+	if u, err := url.Parse(conn); err == nil && u.Scheme != "" { // a Unix socket's has no host
 		q := u.Query()
 		if q.Has("password") {
 			q.Set("password", "xxxxx")
@@ -405,6 +408,9 @@ func arrival(b bannerInfo) string {
 	}
 	if b.noStreams != "" {
 		fmt.Fprintf(&streams, "  # %s\n", b.noStreams)
+	}
+	if b.hidden {
+		streams.WriteString("  # a password is shown as xxxxx: put yours in its place\n")
 	}
 	return fmt.Sprintf(`See it arrive:
 

@@ -130,11 +130,12 @@ func TestBannerHidesPasswords(t *testing.T) {
 		{"postgres://app@db/app?password=s3cret&sslmode=require", "redis://default:s3cret@cache:6379/0", "password=xxxxx"},
 		{"host=db user=app password='s3 cret' dbname=app", "rediss://u:s3cret@cache:6380", "password=xxxxx dbname=app"},
 		{"host=db password=s3cret", "redis://cache:6379/0", "host=db password=xxxxx"},
+		{"postgres://app:s3cret@/app?host=/var/run/postgresql", "unix://u:s3cret@/tmp/redis.sock", "postgres://app:xxxxx@/app?host="},
 	} {
 		var b strings.Builder
 		printBanner(&b, bannerInfo{edge: "127.0.0.1:8080", postgres: tc.postgres, redis: tc.redis, streams: []string{"s"}})
-		if strings.Contains(b.String(), "s3") || !strings.Contains(b.String(), tc.want) {
-			t.Errorf("banner of %s and %s: want %q and no password:\n%s", tc.postgres, tc.redis, tc.want, b.String())
+		if strings.Contains(b.String(), "s3") || !strings.Contains(b.String(), tc.want) || !strings.Contains(b.String(), "put yours in its place") {
+			t.Errorf("banner of %s and %s: want %q, no password, and a word on xxxxx:\n%s", tc.postgres, tc.redis, tc.want, b.String())
 		}
 	}
 }
