@@ -51,8 +51,9 @@ the live tables ever seeing a half-built table:
     together with their migrations and definitions. Readers of a live table
     wait for the swap (at most a moment) and then read the new table.
 
-The replaced tables are kept in the schema spate_retired_<names> until the
-next rebuild of the same projections (DROP SCHEMA ... CASCADE frees them).
+The replaced tables are kept in the schema spate_retired_<name> (named as the
+rebuild's) until the next rebuild of the same projections (DROP SCHEMA ...
+CASCADE frees them).
 
 Ctrl-C leaves the live tables as they were; run the same command again to
 resume where it stopped. With changed definitions it starts over.

@@ -136,7 +136,10 @@ type Rebuild struct {
 	names   []string
 	shadow  string // schema of the shadow tables
 	retired string // schema the previous tables move to
-	def     string // checksum of the rebuilt definitions
+	// legacy are the schemas a release before the hash of several names
+	// gave these projections, where they differ: warned of, not used.
+	legacy []string
+	def    string // checksum of the rebuilt definitions
 }
 
 // RebuildResult says what a rebuild did.
@@ -206,6 +209,9 @@ func NewRebuild(pool *pgxpool.Pool, reg *schemas.Registry, cfg RebuildConfig, op
 		suffix = hex.EncodeToString(sum[:8])
 	}
 	r.shadow, r.retired = "spate_rebuild_"+suffix, "spate_retired_"+suffix
+	if old := strings.Join(r.names, "_"); old != suffix && len("spate_retired_")+len(old) <= 63 && strings.ToLower(old) == old {
+		r.legacy = []string{"spate_rebuild_" + old, "spate_retired_" + old}
+	}
 	defs := definitions(cfg.Projections)
 	var d strings.Builder
 	for _, n := range r.names {
@@ -241,6 +247,16 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 	}
 	defer lock.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
 
+	if len(r.legacy) > 0 {
+		var left []string
+		if err := lock.QueryRow(ctx, `SELECT coalesce(array_agg(nspname ORDER BY nspname), '{}') FROM pg_namespace WHERE nspname = ANY ($1)`, r.legacy).Scan(&left); err != nil {
+			return nil, fmt.Errorf("rebuild: %w", err)
+		}
+		for _, schema := range left {
+			r.log.Warn("an earlier release's rebuild of these projections left this schema, which this one neither resumes nor replaces: drop it once you no longer need it",
+				"schema", schema, "now", r.shadow+", "+r.retired)
+		}
+	}
 	res, err := r.attempt(ctx)
 	if errors.Is(err, errStartOver) {
 		r.log.Warn("Kafka's retention deleted events the interrupted rebuild had not applied yet: starting over from what Kafka keeps", "schema", r.shadow)

@@ -1,6 +1,7 @@
 package projection_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -869,4 +870,42 @@ projections:
 	if !regexp.MustCompile(`^spate_rebuild_[0-9a-f]{16}$`).MatchString(mixed) {
 		t.Errorf("schema of Mixed-Case: %s, want a hash", mixed)
 	}
+}
+
+// A rebuild warns of the schema an earlier release's rebuild of the same
+// projections left under the old name, which it neither resumes nor
+// replaces.
+func TestRebuildWarnsOfAnEarlierReleasesSchema(t *testing.T) {
+	t.Parallel()
+	brokers, _, pool, live := caughtUp(t, 200)
+	live.stop(t)
+	if _, err := pool.Exec(context.Background(), `CREATE SCHEMA spate_rebuild_orders_payments`); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if _, err := newRebuild(t, pool, brokers, shopv1.ExampleConfig, log, nil, "orders", "payments").Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "schema=spate_rebuild_orders_payments") {
+		t.Fatalf("the rebuild's log does not name the schema left under the old name:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
