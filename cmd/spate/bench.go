@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -132,10 +136,10 @@ type benchResult struct {
 func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 	ctx, cancel := context.WithTimeout(parent, o.duration)
 	defer cancel()
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		MaxIdleConnsPerHost: o.connections, MaxConnsPerHost: o.connections,
-	}}
-	defer hc.CloseIdleConnections()
+	target, err := url.Parse(o.url)
+	if err != nil {
+		return nil, err
+	}
 	nonce := time.Now().UnixNano()
 
 	// Open loop: a scheduler hands out send times; closed loop: none.
@@ -171,10 +175,12 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range o.connections {
-		tmpl, err := newBenchTemplate(o, fmt.Sprintf("bench-%d-%d-", nonce, w))
+		tmpl, err := newBenchTemplate(o, target, fmt.Sprintf("bench-%d-%d-", nonce, w))
 		if err != nil {
 			return nil, err
 		}
+		conn := &benchConn{target: target, parent: parent}
+		defer conn.close()
 		wg.Go(func() {
 			var lat []time.Duration
 			statuses, errs := map[int]int{}, map[string]int{}
@@ -189,27 +195,16 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 				} else if ctx.Err() != nil {
 					break
 				}
-				req, err := http.NewRequestWithContext(parent, http.MethodPost, strings.TrimSuffix(o.url, "/")+"/v1/events", bytes.NewReader(tmpl.body(seq)))
-				if err != nil {
-					errs[err.Error()]++
-					continue
-				}
-				req.Header.Set("Content-Type", tmpl.contentType)
-				if o.key != "" {
-					req.Header.Set("Authorization", "Bearer "+o.key)
-				}
-				resp, err := hc.Do(req)
+				status, err := conn.do(tmpl.request(seq))
 				if err != nil && parent.Err() != nil {
 					break // interrupted with this request in flight
 				}
 				if err != nil {
-					errs[strings.TrimPrefix(err.Error(), "Post ")]++
+					errs[benchErr(err)]++
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
 				lat = append(lat, time.Since(sent))
-				statuses[resp.StatusCode]++
+				statuses[status]++
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -235,31 +230,38 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 	return res, nil
 }
 
-// benchTemplate makes the requests of one connection: a body made once,
-// whose event ids are rewritten for each request. Encoding a request anew
-// each time took over a quarter of a 2-core machine from the edge it
-// measured, at 100-event protobuf batches.
+// benchTemplate makes the requests of one connection: a request, head and
+// body, made once, whose event ids are rewritten for each request. Encoding
+// a request anew each time took over a quarter of a 2-core machine from
+// the edge it measured, at 100-event protobuf batches.
 type benchTemplate struct {
-	contentType string
-	tmpl        []byte
-	slots       []int // where each copy of the request's counter starts
+	req   []byte
+	slots []int // where each copy of the request's counter starts
 }
 
 // benchSeqDigits is the width of the counter in the events' ids: ids keep
-// their length, so a protobuf body's length prefixes stay true.
+// their length, so the body's length, and a protobuf body's length
+// prefixes, stay true.
 const benchSeqDigits = 12
 
-// newBenchTemplate returns the template of requests whose ids start with
-// prefix.
-func newBenchTemplate(o benchOpts, prefix string) (*benchTemplate, error) {
+// newBenchTemplate returns the template of requests to target whose ids
+// start with prefix.
+func newBenchTemplate(o benchOpts, target *url.URL, prefix string) (*benchTemplate, error) {
 	mark := prefix + strings.Repeat("0", benchSeqDigits)
 	ct, body, err := benchBody(o, mark)
 	if err != nil {
 		return nil, err
 	}
-	t := &benchTemplate{contentType: ct, tmpl: body}
-	for at := 0; ; {
-		i := bytes.Index(body[at:], []byte(mark))
+	var head bytes.Buffer
+	fmt.Fprintf(&head, "POST %s/v1/events HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n",
+		strings.TrimSuffix(target.EscapedPath(), "/"), target.Host, ct, len(body))
+	if o.key != "" {
+		fmt.Fprintf(&head, "Authorization: Bearer %s\r\n", o.key)
+	}
+	head.WriteString("\r\n")
+	t := &benchTemplate{req: append(head.Bytes(), body...)}
+	for at := head.Len(); ; {
+		i := bytes.Index(t.req[at:], []byte(mark))
 		if i < 0 {
 			break
 		}
@@ -269,14 +271,96 @@ func newBenchTemplate(o benchOpts, prefix string) (*benchTemplate, error) {
 	return t, nil
 }
 
-// body returns a new request body, its ids holding the counter seq.
-func (t *benchTemplate) body(seq int) []byte {
-	b := slices.Clone(t.tmpl) // the transport may still read the last one
-	digits := fmt.Appendf(nil, "%0*d", benchSeqDigits, seq)
-	for _, at := range t.slots {
-		copy(b[at:], digits)
+// request returns the request whose ids hold the counter seq, in place of
+// the last one: a connection sends one request at a time.
+func (t *benchTemplate) request(seq int) []byte {
+	var digits [benchSeqDigits]byte
+	for i, n := benchSeqDigits-1, seq; i >= 0; i, n = i-1, n/10 {
+		digits[i] = byte('0' + n%10)
 	}
-	return b
+	for _, at := range t.slots {
+		copy(t.req[at:], digits[:])
+	}
+	return t.req
+}
+
+// benchConn is one connection of the load: HTTP/1.1, one request at a
+// time, opened again after an error. net/http's client spent over half a
+// core of a 2-core machine at 6,000 requests a second (a reader and a
+// writer goroutine a connection, and the hand-offs between them); this
+// spends about a third of that, which the edge under test gets instead.
+type benchConn struct {
+	target *url.URL
+	parent context.Context // its end (Ctrl-C) cuts a request short
+	c      net.Conn
+	br     *bufio.Reader
+	stop   func() bool
+}
+
+// do sends req and returns the answer's status, once its body is read.
+func (b *benchConn) do(req []byte) (int, error) {
+	if b.c == nil {
+		if err := b.dial(); err != nil {
+			return 0, err
+		}
+	}
+	b.c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := b.c.Write(req); err != nil {
+		b.close()
+		return 0, err
+	}
+	resp, err := http.ReadResponse(b.br, nil)
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if err != nil || resp.Close {
+		b.close()
+	}
+	if err != nil {
+		return 0, err
+	}
+	return resp.StatusCode, nil
+}
+
+func (b *benchConn) dial() error {
+	addr := b.target.Host
+	if b.target.Port() == "" {
+		addr = net.JoinHostPort(b.target.Hostname(), map[string]string{"http": "80", "https": "443"}[b.target.Scheme])
+	}
+	var d net.Dialer
+	c, err := d.DialContext(b.parent, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	if b.target.Scheme == "https" {
+		tc := tls.Client(c, &tls.Config{ServerName: b.target.Hostname(), NextProtos: []string{"http/1.1"}})
+		if err := tc.HandshakeContext(b.parent); err != nil {
+			c.Close()
+			return err
+		}
+		c = tc
+	}
+	b.c, b.br = c, bufio.NewReader(c)
+	b.stop = context.AfterFunc(b.parent, func() { c.SetDeadline(time.Unix(1, 0)) })
+	return nil
+}
+
+func (b *benchConn) close() {
+	if b.c != nil {
+		b.stop()
+		b.c.Close()
+		b.c = nil
+	}
+}
+
+// benchErr names a failed request's error for the report, without the
+// addresses that would make each connection's its own.
+func benchErr(err error) string {
+	if oe, ok := errors.AsType[*net.OpError](err); ok {
+		return oe.Op + ": " + oe.Err.Error()
+	}
+	return err.Error()
 }
 
 // benchBody returns a request of o.batch shop events.
