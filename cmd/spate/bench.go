@@ -45,7 +45,8 @@ every answer that was not 202.
 Closed loop (the default): --connections requests in flight, each sent when
 the previous answer arrived. Open loop (--rate N): N requests a second on a
 fixed schedule, whatever the answers; latency counts from each request's
-scheduled time, so queueing behind a slow edge is measured, not hidden.
+scheduled time, so queueing behind a slow edge is measured, not hidden, and
+requests due but not sent by the end are reported as overdue.
 Each event has a new id, so a dedupe store on the edge does not fold them.
 
 With --admin-url, it also reports the CPU time the edge's process took an
@@ -125,6 +126,7 @@ type benchResult struct {
 	latencies    []time.Duration // of answered requests
 	statuses     map[int]int
 	errors       map[string]int // transport errors
+	overdue      int            // open loop: requests due before the end, not sent by then
 	selfCPU      time.Duration  // this process's CPU time during the run
 	edgeCPU      time.Duration  // the edge's, with --admin-url
 	edgeCPUKnown bool
@@ -184,12 +186,17 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 		wg.Go(func() {
 			var lat []time.Duration
 			statuses, errs := map[int]int{}, map[string]int{}
+			overdue := 0
 			for seq := 0; ; seq++ {
 				sent := time.Now()
 				if schedule != nil {
-					t, ok := <-schedule
+					t, ok, late := due(ctx, schedule)
 					if !ok {
 						break
+					}
+					if late {
+						overdue++
+						continue
 					}
 					sent = t
 				} else if ctx.Err() != nil {
@@ -209,6 +216,7 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			res.latencies = append(res.latencies, lat...)
+			res.overdue += overdue
 			for k, v := range statuses {
 				res.statuses[k] += v
 			}
@@ -228,6 +236,15 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 		return nil, fmt.Errorf("no request was answered: %v", res.errors)
 	}
 	return res, nil
+}
+
+// due takes the time the next request of an open loop is due from
+// schedule. ok is false once the schedule is closed; late is true for a
+// time taken after the run ended (ctx): a request not sent by the end is
+// counted, not sent after it.
+func due(ctx context.Context, schedule <-chan time.Time) (t time.Time, ok, late bool) {
+	t, ok = <-schedule
+	return t, ok, ok && ctx.Err() != nil
 }
 
 // benchTemplate makes the requests of one connection: a request, head and
@@ -423,6 +440,9 @@ func (r *benchResult) print(w io.Writer, o benchOpts) {
 		other = []string{"none"}
 	}
 	fmt.Fprintf(w, "not 202   %s\n", strings.Join(other, ", "))
+	if r.overdue > 0 {
+		fmt.Fprintf(w, "overdue   %d requests were due before the end but not sent: the edge fell behind the rate\n", r.overdue)
+	}
 	cores := func(d time.Duration) float64 { return d.Seconds() / r.elapsed.Seconds() }
 	if r.edgeCPUKnown && ok > 0 {
 		fmt.Fprintf(w, "edge cpu  %.1f µs an event, %.1f µs a request, %.2f cores (its whole process: spate dev's holds the broker too)\n",

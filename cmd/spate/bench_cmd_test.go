@@ -238,3 +238,32 @@ func TestBenchEdgeRefusesABadURL(t *testing.T) {
 		wantRefused(t, append([]string{"bench", "edge", "--duration", "1h"}, args...), "want an http:// or https:// URL")
 	}
 }
+
+// An open loop sends nothing after its end: send times handed out before
+// it but taken after it are counted as overdue, and the report says so.
+func TestOpenLoopSendsNothingAfterTheEnd(t *testing.T) {
+	schedule := make(chan time.Time, 2)
+	at := time.Now()
+	schedule <- at
+	ctx, cancel := context.WithCancel(context.Background())
+	if got, ok, late := due(ctx, schedule); !ok || late || !got.Equal(at) {
+		t.Fatalf("due during the run = %v, %v, %v; want %v, due, not late", got, ok, late, at)
+	}
+	schedule <- at
+	schedule <- at
+	close(schedule)
+	cancel() // the run ends with two send times handed out
+	for range 2 {
+		if _, ok, late := due(ctx, schedule); !ok || !late {
+			t.Fatalf("due after the end = %v, %v; want a late one", ok, late)
+		}
+	}
+	if _, ok, _ := due(ctx, schedule); ok {
+		t.Fatal("due after the schedule closed: ok, want not")
+	}
+	var out bytes.Buffer
+	(&benchResult{elapsed: time.Second, statuses: map[int]int{http.StatusAccepted: 1}, overdue: 2}).print(&out, benchOpts{rate: 10, batch: 1, format: "json"})
+	if !strings.Contains(out.String(), "overdue   2 requests") {
+		t.Fatalf("report lacks the overdue requests:\n%s", out.String())
+	}
+}
