@@ -61,6 +61,9 @@ machine. The report always gives the cores spate bench itself used.`,
 			if o.connections < 1 || o.batch < 1 || o.duration <= 0 || o.rate < 0 {
 				return fmt.Errorf("--connections and --batch must be at least 1, --duration positive, --rate not negative")
 			}
+			if strings.ContainsAny(o.key, "\r\n") {
+				return fmt.Errorf("--key: a line break cannot be part of a key")
+			}
 			if o.format != "json" && o.format != "protobuf" {
 				return fmt.Errorf("--format %q: want json or protobuf", o.format)
 			}
@@ -176,11 +179,13 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 	}
 	start := time.Now()
 	var wg sync.WaitGroup
-	for w := range o.connections {
-		tmpl, err := newBenchTemplate(o, target, fmt.Sprintf("bench-%d-%d-", nonce, w))
-		if err != nil {
+	tmpls := make([]*benchTemplate, o.connections) // all made before any connection starts
+	for w := range tmpls {
+		if tmpls[w], err = newBenchTemplate(o, target, fmt.Sprintf("bench-%d-%d-", nonce, w)); err != nil {
 			return nil, err
 		}
+	}
+	for _, tmpl := range tmpls {
 		conn := &benchConn{target: target, parent: parent}
 		defer conn.close()
 		wg.Go(func() {
@@ -316,12 +321,30 @@ type benchConn struct {
 
 // do sends req and returns the answer's status, once its body is read.
 func (b *benchConn) do(req []byte) (int, error) {
+	reused := b.c != nil
+	status, err := b.try(req)
+	if err != nil && reused && b.parent.Err() == nil && closedWhileIdle(err) {
+		// The server closed the connection while it was idle (its idle
+		// timeout, a proxy's keep-alive): send again on a new one. The
+		// ids are the same, so a dedupe store folds a request that did
+		// arrive.
+		status, err = b.try(req)
+	}
+	return status, err
+}
+
+// try sends req once, on the open connection or a new one.
+func (b *benchConn) try(req []byte) (int, error) {
 	if b.c == nil {
 		if err := b.dial(); err != nil {
 			return 0, err
 		}
 	}
 	b.c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := b.parent.Err(); err != nil { // Ctrl-C just now: its deadline was overridden
+		b.close()
+		return 0, err
+	}
 	if _, err := b.c.Write(req); err != nil {
 		b.close()
 		return 0, err
@@ -340,17 +363,25 @@ func (b *benchConn) do(req []byte) (int, error) {
 	return resp.StatusCode, nil
 }
 
+// closedWhileIdle reports whether err is how a request on a connection the
+// server had closed fails: no answer at all.
+func closedWhileIdle(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 func (b *benchConn) dial() error {
 	addr := b.target.Host
 	if b.target.Port() == "" {
 		addr = net.JoinHostPort(b.target.Hostname(), map[string]string{"http": "80", "https": "443"}[b.target.Scheme])
 	}
-	var d net.Dialer
+	d := net.Dialer{Timeout: 30 * time.Second}
 	c, err := d.DialContext(b.parent, "tcp", addr)
 	if err != nil {
 		return err
 	}
 	if b.target.Scheme == "https" {
+		c.SetDeadline(time.Now().Add(30 * time.Second)) // for the handshake
 		tc := tls.Client(c, &tls.Config{ServerName: b.target.Hostname(), NextProtos: []string{"http/1.1"}})
 		if err := tc.HandshakeContext(b.parent); err != nil {
 			c.Close()

@@ -267,3 +267,23 @@ func TestOpenLoopSendsNothingAfterTheEnd(t *testing.T) {
 		t.Fatalf("report lacks the overdue requests:\n%s", out.String())
 	}
 }
+
+// A connection the server closed while it was idle (its idle timeout)
+// is opened again for the next request, which is not lost as an error.
+func TestBenchEdgeReopensAConnectionClosedWhileIdle(t *testing.T) {
+	var served atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	srv.Config.IdleTimeout = 20 * time.Millisecond // far under the 250 ms each connection idles
+	srv.Start()
+	defer srv.Close()
+	res, err := runBench(context.Background(), benchOpts{url: srv.URL, connections: 2, duration: time.Second, rate: 8, batch: 1, format: "json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.errors) > 0 || res.statuses[http.StatusAccepted] < 4 {
+		t.Fatalf("errors %v, statuses %v (%d served); want every request answered 202, at least 4", res.errors, res.statuses, served.Load())
+	}
+}
