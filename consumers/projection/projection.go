@@ -575,12 +575,17 @@ func encodable(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (int, error) {
 		return -1, nil
 	}
 	var eqb pgx.ExtendedQueryBuilder
+	described := map[string]*pgconn.StatementDescription{} // a round trip a statement, not a query
 	for i, q := range b.QueuedQueries {
-		// Described as the unnamed statement: nothing stays prepared on
-		// the connection for later batches to use.
-		sd, err := tx.Conn().PgConn().Prepare(ctx, "", q.SQL, nil)
-		if err != nil {
-			return i, err
+		sd := described[q.SQL]
+		if sd == nil {
+			// Described as the unnamed statement: nothing stays prepared
+			// on the connection for later batches to use.
+			var err error
+			if sd, err = tx.Conn().PgConn().Prepare(ctx, "", q.SQL, nil); err != nil {
+				return i, err
+			}
+			described[q.SQL] = sd
 		}
 		if err := eqb.Build(tx.Conn().TypeMap(), sd, q.Arguments); err != nil {
 			return i, &unencodableError{err}

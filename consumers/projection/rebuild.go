@@ -138,8 +138,11 @@ type Rebuild struct {
 	retired string // schema the previous tables move to
 	// legacy are the schemas a release before the hash of several names
 	// gave these projections, where they differ: warned of, not used.
-	legacy []string
-	def    string // checksum of the rebuilt definitions
+	// They are also the schemas of a projection named legacyName, if one
+	// is recorded: then they are not warned of.
+	legacy     []string
+	legacyName string
+	def        string // checksum of the rebuilt definitions
 }
 
 // RebuildResult says what a rebuild did.
@@ -210,7 +213,7 @@ func NewRebuild(pool *pgxpool.Pool, reg *schemas.Registry, cfg RebuildConfig, op
 	}
 	r.shadow, r.retired = "spate_rebuild_"+suffix, "spate_retired_"+suffix
 	if old := strings.Join(r.names, "_"); old != suffix && len("spate_retired_")+len(old) <= 63 && strings.ToLower(old) == old {
-		r.legacy = []string{"spate_rebuild_" + old, "spate_retired_" + old}
+		r.legacy, r.legacyName = []string{"spate_rebuild_" + old, "spate_retired_" + old}, old
 	}
 	defs := definitions(cfg.Projections)
 	var d strings.Builder
@@ -249,8 +252,19 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 
 	if len(r.legacy) > 0 {
 		var left []string
-		if err := lock.QueryRow(ctx, `SELECT coalesce(array_agg(nspname ORDER BY nspname), '{}') FROM pg_namespace WHERE nspname = ANY ($1)`, r.legacy).Scan(&left); err != nil {
+		var recorded bool // a projection of legacyName, whose schemas these are
+		err := lock.QueryRow(ctx, `SELECT coalesce(array_agg(nspname ORDER BY nspname), '{}'), to_regclass('spate_projections') IS NOT NULL
+			FROM pg_namespace WHERE nspname = ANY ($1)`, r.legacy).Scan(&left, &recorded)
+		if err == nil && recorded && len(left) > 0 {
+			err = lock.QueryRow(ctx, `SELECT EXISTS (SELECT FROM spate_projections WHERE projection = $1)`, r.legacyName).Scan(&recorded)
+		} else {
+			recorded = false
+		}
+		if err != nil {
 			return nil, fmt.Errorf("rebuild: %w", err)
+		}
+		if recorded {
+			left = nil
 		}
 		for _, schema := range left {
 			r.log.Warn("an earlier release's rebuild of these projections left this schema, which this one neither resumes nor replaces: drop it once you no longer need it",

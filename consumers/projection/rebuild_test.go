@@ -874,7 +874,7 @@ projections:
 
 // A rebuild warns of the schema an earlier release's rebuild of the same
 // projections left under the old name, which it neither resumes nor
-// replaces.
+// replaces; not of the schema of a projection that bears that name.
 func TestRebuildWarnsOfAnEarlierReleasesSchema(t *testing.T) {
 	t.Parallel()
 	brokers, _, pool, live := caughtUp(t, 200)
@@ -889,6 +889,20 @@ func TestRebuildWarnsOfAnEarlierReleasesSchema(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "schema=spate_rebuild_orders_payments") {
 		t.Fatalf("the rebuild's log does not name the schema left under the old name:\n%s", logs.String())
+	}
+
+	// Unless a projection of that name is recorded: the schema is then
+	// its own rebuild's.
+	if _, err := pool.Exec(context.Background(), `INSERT INTO spate_projections (projection, checksum) VALUES ('orders_payments', 'x')`); err != nil {
+		t.Fatal(err)
+	}
+	var again syncBuffer
+	log = slog.New(slog.NewTextHandler(&again, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if _, err := newRebuild(t, pool, brokers, shopv1.ExampleConfig, log, nil, "orders", "payments").Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(again.String(), "spate_rebuild_orders_payments") {
+		t.Fatalf("the rebuild warned of the schema of projection orders_payments:\n%s", again.String())
 	}
 }
 
