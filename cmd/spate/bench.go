@@ -186,9 +186,9 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 		}
 	}
 	for _, tmpl := range tmpls {
-		conn := &benchConn{target: target, parent: parent}
-		defer conn.close()
 		wg.Go(func() {
+			conn := &benchConn{target: target, parent: parent}
+			defer conn.close()
 			var lat []time.Duration
 			statuses, errs := map[int]int{}, map[string]int{}
 			overdue := 0

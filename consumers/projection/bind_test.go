@@ -81,26 +81,19 @@ projections:
 // An enum number the schema does not name (a producer's newer schema, say)
 // binds as its number, as text: the event is applied, not retried.
 func TestUnknownEnumNumberBindsAsText(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
-	pool := newPool(t, spatetest.Postgres(t))
-	reg := checkedRegistry(t)
-	for _, form := range []string{"on", "batch"} {
-		t.Run(form, func(t *testing.T) {
-			table := "status_" + form
-			p := checkedProjector(t, pool, reg, form, table, "status text NOT NULL", "status")
-			if err := p.Apply(ctx, batch([]*kgo.Record{checked(0, 1, 0), checked(1, 7, 0)})); err != nil {
-				t.Fatalf("Apply = %v, want both events applied", err)
-			}
-			var got string
-			if err := pool.QueryRow(ctx, fmt.Sprintf("SELECT string_agg(id || '=' || status, ',' ORDER BY id) FROM %s", table)).Scan(&got); err != nil {
-				t.Fatal(err)
-			}
-			if want := "e-0=STATUS_OK,e-1=7"; got != want {
-				t.Fatalf("%s holds %s, want %s", table, got, want)
-			}
-		})
-	}
+	inEachForm(t, "status", "status text NOT NULL", "status", func(t *testing.T, pool *pgxpool.Pool, p *projection.Projector, table string) {
+		if err := p.Apply(ctx, batch([]*kgo.Record{checked(0, 1, 0), checked(1, 7, 0)})); err != nil {
+			t.Fatalf("Apply = %v, want both events applied", err)
+		}
+		var got string
+		if err := pool.QueryRow(ctx, fmt.Sprintf("SELECT string_agg(id || '=' || status, ',' ORDER BY id) FROM %s", table)).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if want := "e-0=STATUS_OK,e-1=7"; got != want {
+			t.Fatalf("%s holds %s, want %s", table, got, want)
+		}
+	})
 }
 
 // A value the driver cannot encode for its column (an int64 beyond an
@@ -109,29 +102,36 @@ func TestUnknownEnumNumberBindsAsText(t *testing.T) {
 // ever. (In the batch form the parameter is a bigint array, which pgx
 // encodes; Postgres refuses the value, as it did before.)
 func TestValueTheColumnCannotHoldIsPoison(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
+	inEachForm(t, "small", "n integer NOT NULL", "n", func(t *testing.T, _ *pgxpool.Pool, p *projection.Projector, table string) {
+		recs := []*kgo.Record{checked(0, 1, 5), checked(1, 1, 1<<40), checked(2, 1, 6)}
+		for try := 1; ; try++ {
+			err := p.Apply(ctx, batch(recs))
+			var pe *consumers.PoisonError
+			if errors.As(err, &pe) {
+				if pe.Record != recs[1] || pe.Sink != table || pe.Class != "data-exception" || try != 3 {
+					t.Fatalf("try %d: PoisonError for offset %d, sink %q, class %q; want offset 1, sink %s, data-exception, at try 3",
+						try, pe.Record.Offset, pe.Sink, pe.Class, table)
+				}
+				break
+			}
+			if err == nil || try == 3 {
+				t.Fatalf("try %d: Apply = %v, want an error, and a PoisonError at try 3", try, err)
+			}
+		}
+	})
+}
+
+// inEachForm runs test, in parallel, with a projector of checkedProjector
+// in each form, "on" and "batch", on a table named name_<form>.
+func inEachForm(t *testing.T, name, column, field string, test func(t *testing.T, pool *pgxpool.Pool, p *projection.Projector, table string)) {
+	t.Parallel()
 	pool := newPool(t, spatetest.Postgres(t))
 	reg := checkedRegistry(t)
 	for _, form := range []string{"on", "batch"} {
 		t.Run(form, func(t *testing.T) {
-			table := "small_" + form
-			p := checkedProjector(t, pool, reg, form, table, "n integer NOT NULL", "n")
-			recs := []*kgo.Record{checked(0, 1, 5), checked(1, 1, 1<<40), checked(2, 1, 6)}
-			for try := 1; ; try++ {
-				err := p.Apply(ctx, batch(recs))
-				var pe *consumers.PoisonError
-				if errors.As(err, &pe) {
-					if pe.Record != recs[1] || pe.Sink != table || pe.Class != "data-exception" || try != 3 {
-						t.Fatalf("try %d: PoisonError for offset %d, sink %q, class %q; want offset 1, sink %s, data-exception, at try 3",
-							try, pe.Record.Offset, pe.Sink, pe.Class, table)
-					}
-					break
-				}
-				if err == nil || try == 3 {
-					t.Fatalf("try %d: Apply = %v, want an error, and a PoisonError at try 3", try, err)
-				}
-			}
+			table := name + "_" + form
+			test(t, pool, checkedProjector(t, pool, reg, form, table, column, field), table)
 		})
 	}
 }

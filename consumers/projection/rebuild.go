@@ -136,13 +136,11 @@ type Rebuild struct {
 	names   []string
 	shadow  string // schema of the shadow tables
 	retired string // schema the previous tables move to
-	// legacy are the schemas a release before the hash of several names
-	// gave these projections, where they differ: warned of, not used.
-	// They are also the schemas of a projection named legacyName, if one
-	// is recorded: then they are not warned of.
-	legacy     []string
-	legacyName string
-	def        string // checksum of the rebuilt definitions
+	// legacy names the schemas a release before the hash of several names
+	// gave these projections (spate_rebuild_<legacy>, spate_retired_<legacy>),
+	// where they differ: see warnOfLegacy.
+	legacy string
+	def    string // checksum of the rebuilt definitions
 }
 
 // RebuildResult says what a rebuild did.
@@ -213,7 +211,7 @@ func NewRebuild(pool *pgxpool.Pool, reg *schemas.Registry, cfg RebuildConfig, op
 	}
 	r.shadow, r.retired = "spate_rebuild_"+suffix, "spate_retired_"+suffix
 	if old := strings.Join(r.names, "_"); old != suffix && len("spate_retired_")+len(old) <= 63 && strings.ToLower(old) == old {
-		r.legacy, r.legacyName = []string{"spate_rebuild_" + old, "spate_retired_" + old}, old
+		r.legacy = old
 	}
 	defs := definitions(cfg.Projections)
 	var d strings.Builder
@@ -228,6 +226,37 @@ func NewRebuild(pool *pgxpool.Pool, reg *schemas.Registry, cfg RebuildConfig, op
 // plainName matches a projection name that can name its rebuild's schemas
 // as it is.
 var plainName = regexp.MustCompile(`^[a-z0-9_]+$`)
+
+// warnOfLegacy logs the schemas an earlier release's rebuild of these
+// projections left under r.legacy, which this one neither resumes nor
+// replaces; unless a projection of that name is recorded, whose own
+// rebuild's schemas they are.
+func (r *Rebuild) warnOfLegacy(ctx context.Context, conn *pgxpool.Conn) error {
+	if r.legacy == "" {
+		return nil
+	}
+	var left []string
+	var projections bool // spate_projections exists
+	err := conn.QueryRow(ctx, `SELECT coalesce(array_agg(nspname ORDER BY nspname), '{}'), to_regclass('spate_projections') IS NOT NULL
+		FROM pg_namespace WHERE nspname = ANY ($1)`, []string{"spate_rebuild_" + r.legacy, "spate_retired_" + r.legacy}).Scan(&left, &projections)
+	if err != nil {
+		return err
+	}
+	if len(left) > 0 && projections {
+		var recorded bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM spate_projections WHERE projection = $1)`, r.legacy).Scan(&recorded); err != nil {
+			return err
+		}
+		if recorded {
+			return nil
+		}
+	}
+	for _, schema := range left {
+		r.log.Warn("an earlier release's rebuild of these projections left this schema, which this one neither resumes nor replaces: drop it once you no longer need it",
+			"schema", schema, "now", r.shadow+", "+r.retired)
+	}
+	return nil
+}
 
 // Schema returns the schema of the shadow tables.
 func (r *Rebuild) Schema() string { return r.shadow }
@@ -250,26 +279,8 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 	}
 	defer lock.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
 
-	if len(r.legacy) > 0 {
-		var left []string
-		var recorded bool // a projection of legacyName, whose schemas these are
-		err := lock.QueryRow(ctx, `SELECT coalesce(array_agg(nspname ORDER BY nspname), '{}'), to_regclass('spate_projections') IS NOT NULL
-			FROM pg_namespace WHERE nspname = ANY ($1)`, r.legacy).Scan(&left, &recorded)
-		if err == nil && recorded && len(left) > 0 {
-			err = lock.QueryRow(ctx, `SELECT EXISTS (SELECT FROM spate_projections WHERE projection = $1)`, r.legacyName).Scan(&recorded)
-		} else {
-			recorded = false
-		}
-		if err != nil {
-			return nil, fmt.Errorf("rebuild: %w", err)
-		}
-		if recorded {
-			left = nil
-		}
-		for _, schema := range left {
-			r.log.Warn("an earlier release's rebuild of these projections left this schema, which this one neither resumes nor replaces: drop it once you no longer need it",
-				"schema", schema, "now", r.shadow+", "+r.retired)
-		}
+	if err := r.warnOfLegacy(ctx, lock); err != nil {
+		return nil, fmt.Errorf("rebuild: %w", err)
 	}
 	res, err := r.attempt(ctx)
 	if errors.Is(err, errStartOver) {
