@@ -838,43 +838,19 @@ repair them.`,
 				}
 			}
 
-			var lines []dlqLine // for people: printed at the end, after the progress bar
-			counts := map[string]int{}
 			prog := startProgress(cmd.ErrOrStderr(), e.log, map[bool]string{true: "checking", false: "re-driving"}[dryRun], int64(len(chosen)))
-			for _, d := range chosen {
-				l := newDLQLine(d)
-				l.Result, err = redriveOne(ctx, p, d, dryRun, &l)
-				if err != nil {
-					prog.finish()
-					return err
-				}
-				counts[l.Result]++
-				prog.add(1)
-				if jsonOut {
-					if err := writeJSONLine(out, l); err != nil {
-						prog.finish()
-						return err
-					}
-				} else {
-					lines = append(lines, l)
-				}
+			one := func(ctx context.Context, d *consumers.DeadLetter, l *dlqLine) (string, error) {
+				return redriveOne(ctx, p, d, dryRun, l)
 			}
-			prog.finish()
-			if !jsonOut {
-				if err := printRedriveLines(out, lines); err != nil {
-					return err
-				}
-			}
-			summary := fmt.Sprintf("%d dead letters: %d re-driven, %d already re-driven, %d failed",
-				len(chosen), counts["redriven"], counts["already-redriven"], counts["failed"])
-			if dryRun {
-				summary = fmt.Sprintf("dry run, nothing changed: %d dead letters: %d would be re-driven, %d already re-driven",
-					len(chosen), counts["would-redrive"], counts["already-redriven"])
-			}
+			counts, err := redriveEach(ctx, chosen, one, out, jsonOut, prog)
+			summary := redriveSummary(counts, len(chosen), dryRun, err != nil)
 			if jsonOut {
 				e.log.Info(summary)
 			} else {
 				fmt.Fprintln(out, summary)
+			}
+			if err != nil {
+				return err
 			}
 			if n := counts["failed"]; n > 0 {
 				return fmt.Errorf("%d of %d dead letters could not be re-driven, and nothing of them was committed: fix the cause and run again (what was re-driven will not be again)", n, len(chosen))
@@ -1046,6 +1022,54 @@ func logStartOf(cl *kgo.Client) func(context.Context, string, int32) (int64, err
 		}
 		return o.Offset, o.Err
 	}
+}
+
+// redriveEach re-drives the dead letters chosen in order, through one, and
+// writes each result to out: as a line of NDJSON at once, or for people in
+// a table once done. It returns how many got each result. It stops at the
+// first error (ctx ended, or a failure every dead letter would share), and
+// writes the results it had first: what was re-driven before is committed.
+func redriveEach(ctx context.Context, chosen []*consumers.DeadLetter, one func(context.Context, *consumers.DeadLetter, *dlqLine) (string, error),
+	out io.Writer, jsonOut bool, prog *progress) (map[string]int, error) {
+	var lines []dlqLine // for people: printed at the end, after the progress bar
+	counts := map[string]int{}
+	var err error
+	for _, d := range chosen {
+		l := newDLQLine(d)
+		if l.Result, err = one(ctx, d, &l); err != nil {
+			break
+		}
+		counts[l.Result]++
+		prog.add(1)
+		if jsonOut {
+			if err = writeJSONLine(out, l); err != nil {
+				break
+			}
+		} else {
+			lines = append(lines, l)
+		}
+	}
+	prog.finish()
+	if !jsonOut {
+		err = cmp.Or(err, printRedriveLines(out, lines))
+	}
+	return counts, err
+}
+
+// redriveSummary sums up counts, the results of re-driving the dead letters
+// of a selection of chosen, all of them unless stopped.
+func redriveSummary(counts map[string]int, chosen int, dryRun, stopped bool) string {
+	done := counts["redriven"] + counts["already-redriven"] + counts["failed"] + counts["would-redrive"]
+	of := fmt.Sprintf("%d dead letters", chosen)
+	if stopped {
+		of = fmt.Sprintf("stopped after %d of %d dead letters", done, chosen)
+	}
+	if dryRun {
+		return fmt.Sprintf("dry run, nothing changed: %s: %d would be re-driven, %d already re-driven",
+			of, counts["would-redrive"], counts["already-redriven"])
+	}
+	return fmt.Sprintf("%s: %d re-driven, %d already re-driven, %d failed",
+		of, counts["redriven"], counts["already-redriven"], counts["failed"])
 }
 
 // printRedriveLines prints redrive results for people, one a line.

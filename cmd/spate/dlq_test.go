@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
 	"github.com/spate-io/spate/producers"
@@ -629,6 +632,45 @@ func TestShortReason(t *testing.T) {
 	} {
 		if got := shortReason(tc.in); got != tc.want {
 			t.Errorf("shortReason(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestRedriveStopPrintsWhatWasDone: a re-drive that stops part way (at a
+// changed definition, say) still prints the results before the stop, whose
+// re-drives are committed, and a summary saying it stopped.
+func TestRedriveStopPrintsWhatWasDone(t *testing.T) {
+	t.Parallel()
+	var chosen []*consumers.DeadLetter
+	for i := range 3 {
+		chosen = append(chosen, &consumers.DeadLetter{Record: &kgo.Record{Topic: "spate.events.dlq", Offset: int64(i)},
+			Group: projection.DefaultGroup, EventID: fmt.Sprint("e", i), EventType: "t", Topic: "spate.events", Offset: int64(10 + i)})
+	}
+	results := []string{"redriven", "already-redriven"}
+	one := func(_ context.Context, d *consumers.DeadLetter, _ *dlqLine) (string, error) {
+		if int(d.Record.Offset) < len(results) {
+			return results[d.Record.Offset], nil
+		}
+		return "", projection.ErrDefinitionChanged
+	}
+	for _, jsonOut := range []bool{false, true} {
+		var out strings.Builder
+		prog := startProgress(io.Discard, slog.New(slog.DiscardHandler), "re-driving", int64(len(chosen)))
+		counts, err := redriveEach(context.Background(), chosen, one, &out, jsonOut, prog)
+		if !errors.Is(err, projection.ErrDefinitionChanged) {
+			t.Errorf("json %t: redriveEach: %v, want ErrDefinitionChanged", jsonOut, err)
+		}
+		for _, want := range []string{"redriven", "already-redriven", `e0`, `e1`} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("json %t: redriveEach wrote\n%s\nlacking %q", jsonOut, out.String(), want)
+			}
+		}
+		if strings.Contains(out.String(), "e2") {
+			t.Errorf("json %t: redriveEach wrote\n%s\nwith e2, which it did not re-drive", jsonOut, out.String())
+		}
+		const want = "stopped after 2 of 3 dead letters: 1 re-driven, 1 already re-driven, 0 failed"
+		if got := redriveSummary(counts, len(chosen), false, err != nil); got != want {
+			t.Errorf("json %t: summary %q, want %q", jsonOut, got, want)
 		}
 	}
 }
