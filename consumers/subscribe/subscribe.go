@@ -313,7 +313,14 @@ func (s *Subscriber) read(ctx, hctx context.Context, block time.Duration) error 
 		return fmt.Errorf("read %v: %w", s.cfg.Streams, err)
 	}
 	var acks []string
-	for _, st := range res {
+	// An error ends the read (Redis failing, or a stop outlasting
+	// DrainTimeout): what it did not hand to the handler is given back.
+	giveBackStreams := func(from int) {
+		for _, st := range res[from:] {
+			s.giveBack(st.Stream, st.Messages, nil)
+		}
+	}
+	for si, st := range res {
 		acks = acks[:0]
 		for i, x := range st.Messages {
 			if ctx.Err() != nil {
@@ -324,6 +331,8 @@ func (s *Subscriber) read(ctx, hctx context.Context, block time.Duration) error 
 			}
 			ok, err := s.handle(hctx, Message{Stream: st.Stream, ID: x.ID, Values: x.Values, Deliveries: 1})
 			if err != nil {
+				s.giveBack(st.Stream, st.Messages[i+1:], nil)
+				giveBackStreams(si + 1)
 				return errors.Join(err, s.ack(hctx, st.Stream, acks)) // what was handled is done
 			}
 			if ok {
@@ -331,6 +340,7 @@ func (s *Subscriber) read(ctx, hctx context.Context, block time.Duration) error 
 			}
 		}
 		if err := s.ack(hctx, st.Stream, acks); err != nil {
+			giveBackStreams(si + 1)
 			return err
 		}
 	}
@@ -356,7 +366,7 @@ func (s *Subscriber) claim(ctx, hctx context.Context) error {
 			if len(deleted) > 0 {
 				// Redis removed them from the pending list already; the
 				// XACK makes sure.
-				if err := s.rdb.XAck(ctx, stream, s.cfg.Group, deleted...).Err(); err != nil {
+				if err := s.rdb.XAck(hctx, stream, s.cfg.Group, deleted...).Err(); err != nil {
 					return fmt.Errorf("drop deleted entries of %s: %w", stream, err)
 				}
 				s.m.deleted.WithLabelValues(s.cfg.Group, stream).Add(float64(len(deleted)))
@@ -364,7 +374,7 @@ func (s *Subscriber) claim(ctx, hctx context.Context) error {
 			}
 			if len(msgs) > 0 {
 				s.m.claimed.WithLabelValues(s.cfg.Group, stream).Add(float64(len(msgs)))
-				n, err := s.deliveries(ctx, stream, msgs)
+				n, err := s.deliveries(hctx, stream, msgs)
 				if err != nil {
 					return err
 				}
@@ -384,6 +394,7 @@ func (s *Subscriber) claim(ctx, hctx context.Context) error {
 						ok, err = s.handle(hctx, m)
 					}
 					if err != nil {
+						s.giveBack(stream, msgs[i+1:], n[i+1:])
 						return errors.Join(err, s.ack(hctx, stream, acks)) // what was handled is done
 					}
 					if ok {

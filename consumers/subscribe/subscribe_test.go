@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -320,6 +321,124 @@ func TestStopMidBatchDoesNotSpendDeliveries(t *testing.T) {
 	}
 	if n := rec.missing(ids[1:]); n != 0 {
 		t.Errorf("%d of the 2 entries a left unhandled never reached b's handler", n)
+	}
+}
+
+// deliveryCount returns the delivery count of the pending entry id of
+// group g.
+func deliveryCount(t *testing.T, rdb *redis.Client, stream, id string) int64 {
+	t.Helper()
+	p, err := rdb.XPendingExt(t.Context(), &redis.XPendingExtArgs{Stream: stream, Group: "g", Start: id, End: id, Count: 1}).Result()
+	if err != nil || len(p) != 1 {
+		t.Fatalf("xpending %s %s: %v, %v", stream, id, p, err)
+	}
+	return p[0].RetryCount
+}
+
+// stopAfterClaim is a go-redis hook that calls stop once an XAUTOCLAIM
+// has returned entries: the stop arrives while the claim's reply is on its
+// way.
+type stopAfterClaim struct {
+	stop  context.CancelFunc
+	fired atomic.Bool
+}
+
+func (h *stopAfterClaim) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *stopAfterClaim) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *stopAfterClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if c, ok := cmd.(*redis.XAutoClaimWithDeletedCmd); ok {
+			if msgs, _, _ := c.Val(); len(msgs) > 0 && h.fired.CompareAndSwap(false, true) {
+				h.stop()
+			}
+		}
+		return err
+	}
+}
+
+// A member stopped just after it claimed entries gives them back with the
+// counts they had: the claim was no delivery to a handler.
+func TestStopDuringAClaimDoesNotSpendDeliveries(t *testing.T) {
+	t.Parallel()
+	url := spatetest.Redis(t)
+	rdb := connect(t, url)
+	stream := spatetest.KeyPrefix(t) + "orders"
+	ids := publish(t, rdb, stream, 0, 1)
+	readWithoutAck(t, rdb, stream, "g", "crashed", 1)
+	// Idle for an hour, delivered once.
+	if err := rdb.Do(t.Context(), "XCLAIM", stream, "g", "crashed", 0, ids[0], "IDLE", time.Hour.Milliseconds(), "JUSTID").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	hooked := connect(t, url)
+	hooked.AddHook(&stopAfterClaim{stop: stop})
+	var handled atomic.Int64
+	a, err := subscribe.New(hooked, subscribe.Config{Group: "g", Streams: []string{stream}, Consumer: "a", ClaimIdle: time.Minute},
+		func(context.Context, subscribe.Message) error { handled.Add(1); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if handled.Load() != 0 {
+		t.Fatal("the handler saw the entry: the stop came after the claim was handled")
+	}
+	if n := deliveryCount(t, rdb, stream, ids[0]); n != 1 {
+		t.Errorf("after a stop just after a claim: delivery count %d, want 1", n)
+	}
+}
+
+// A handler that outlives DrainTimeout makes the dead-lettering or the
+// XACK after it fail; the entries of the read it did not reach, in its
+// stream and in the others, are still given back uncounted.
+func TestDrainTimeoutGivesBackTheRestOfTheRead(t *testing.T) {
+	t.Parallel()
+	rdb := connect(t, spatetest.Redis(t))
+	for _, tc := range []struct {
+		name string
+		err  error // the handler's, once its context ended
+	}{
+		{"dead-letter fails", errors.New("gave up")}, // MaxDeliveries 1: dead-lettered
+		{"ack fails", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := spatetest.KeyPrefix(t)
+			s1, s2 := p+"{x}a", p+"{x}b"
+			ids1, ids2 := publish(t, rdb, s1, 0, 2), publish(t, rdb, s2, 0, 1)
+			got := make(chan struct{})
+			var calls atomic.Int64
+			a, err := subscribe.New(rdb, subscribe.Config{
+				Group: "g", Streams: []string{s1, s2}, Consumer: "a", MaxDeliveries: 1, DrainTimeout: time.Nanosecond,
+			}, func(ctx context.Context, m subscribe.Message) error {
+				if calls.Add(1) == 1 {
+					close(got)
+				}
+				<-ctx.Done()
+				return tc.err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, stop := context.WithCancel(t.Context())
+			wait := start(t, ctx, a)
+			<-got
+			stop()
+			wait()
+			if n := calls.Load(); n != 1 {
+				t.Fatalf("handler called %d times, want once", n)
+			}
+			for _, e := range []struct{ stream, id string }{{s1, ids1[1]}, {s2, ids2[0]}} {
+				if n := deliveryCount(t, rdb, e.stream, e.id); n != 0 {
+					t.Errorf("entry %s of %s, which no handler saw: delivery count %d, want 0", e.id, e.stream, n)
+				}
+			}
+		})
 	}
 }
 
