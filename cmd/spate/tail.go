@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
@@ -47,7 +48,8 @@ as compact JSON, then any field that is not a CloudEvents attribute (an
 extension, say) as name=value; source, datacontenttype and dataschema are
 left out, and --json shows them. Otherwise, or with
 --json, each entry is a JSON object on a line of its own (NDJSON) with the
-entry's stream ID (stream_id) and all its fields, data embedded as JSON;
+entry's stream ID (stream_id) and all its fields (one named stream_id as
+_stream_id), data embedded as JSON;
 --json=false forces lines for people.
 
 Without --group, tail only reads (XREAD): it changes nothing in Redis. With
@@ -319,7 +321,7 @@ func tailJSON(id string, fields map[string]string, rest []string) []byte {
 	add("stream_id", str(id))
 	for _, k := range slices.Concat(tailFields, rest) {
 		if v, ok := fields[k]; ok {
-			add(k, str(v))
+			add(tailJSONName(k, fields), str(v))
 		}
 	}
 	if v, ok := fields["data"]; ok {
@@ -379,10 +381,24 @@ func tailData(fields map[string]string) []byte {
 		return nil
 	}
 	var b bytes.Buffer
-	if err := json.Compact(&b, []byte(data)); err != nil {
-		return nil
+	if err := json.Compact(&b, []byte(data)); err != nil || !utf8.Valid(b.Bytes()) {
+		return nil // a string then: NDJSON is UTF-8
 	}
 	return b.Bytes()
+}
+
+// tailJSONName is the name of field k in an NDJSON line: k, but for a
+// field named stream_id, which the entry's ID has, whose name gets '_' in
+// front until it is no field's.
+func tailJSONName(k string, fields map[string]string) string {
+	if k != "stream_id" {
+		return k
+	}
+	for k = "_" + k; ; k = "_" + k {
+		if _, ok := fields[k]; !ok {
+			return k
+		}
+	}
 }
 
 // tailQuote quotes v if it is empty or holds spaces, quotes, '=' or

@@ -157,6 +157,29 @@ func TestTailJSON(t *testing.T) {
 	}
 }
 
+// An NDJSON line holds each name once and is valid UTF-8, whatever the
+// entry's fields are.
+func TestTailJSONLineIsValidForAnyEntry(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		values map[string]any
+		want   string
+	}{
+		{map[string]any{"stream_id": "forged", "_stream_id": "also"},
+			`{"stream_id":"1-0","_stream_id":"also","__stream_id":"forged"}`},
+		{map[string]any{"datacontenttype": "application/json", "data": "{\"a\": \"\xff\"}"},
+			`{"stream_id":"1-0","datacontenttype":"application/json","data":"{\"a\": \"\ufffd\"}"}`},
+	} {
+		line := tailPrinter{json: true}.format("1-0", tc.values)
+		if got := strings.TrimSuffix(string(line), "\n"); got != tc.want {
+			t.Errorf("entry %q: line\n%s\nwant\n%s", tc.values, got, tc.want)
+		}
+		if !json.Valid(line) {
+			t.Errorf("entry %q: line %q is not JSON", tc.values, line)
+		}
+	}
+}
+
 func TestTailReadable(t *testing.T) {
 	t.Parallel()
 	rdb, url := tailClient(t)
