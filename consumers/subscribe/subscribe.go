@@ -48,6 +48,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,7 +99,8 @@ type Config struct {
 	// Streams to read. They are created (empty) if missing.
 	Streams []string
 	// Consumer names this member in the group; members must have distinct
-	// names. Zero: <hostname>-<pid>.
+	// names. Zero: <hostname>-<pid>-<n>, n counting the subscribers of the
+	// process that took the default.
 	Consumer string
 	// StartID is where a group that does not exist yet starts in each
 	// stream: "0" (the whole stream), "$" (new entries only) or an entry ID.
@@ -132,12 +134,16 @@ type Config struct {
 
 // Subscriber is a member of a consumer group. Create it with New.
 type Subscriber struct {
-	rdb redis.UniversalClient
-	cfg Config
-	h   Handler
-	log *slog.Logger
-	m   *metrics
+	rdb     redis.UniversalClient
+	cfg     Config
+	h       Handler
+	log     *slog.Logger
+	m       *metrics
+	running atomic.Bool // two Runs would be one member twice over
 }
+
+// defaultNames counts the subscribers given a default Consumer name.
+var defaultNames atomic.Int64
 
 // idPattern matches a stream entry ID, complete or not.
 var idPattern = regexp.MustCompile(`^[0-9]+(-[0-9]+)?$`)
@@ -170,7 +176,7 @@ func New(rdb redis.UniversalClient, cfg Config, h Handler) (*Subscriber, error) 
 		if err != nil {
 			host = "subscriber"
 		}
-		cfg.Consumer = host + "-" + strconv.Itoa(os.Getpid())
+		cfg.Consumer = host + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(defaultNames.Add(1), 10)
 	}
 	if cfg.Count == 0 {
 		cfg.Count = 100
@@ -214,8 +220,12 @@ var errConfig = errors.New("unusable configuration")
 // the handler in flight finish (up to DrainTimeout), acknowledges it if it
 // succeeded, leaves the group if it holds no pending entries, and returns
 // nil. It returns an error only for a configuration that cannot work, such
-// as a stream key holding another type.
+// as a stream key holding another type, and when s runs already.
 func (s *Subscriber) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("subscribe: member %s of group %s is running already: give each Run a Subscriber of its own", s.cfg.Consumer, s.cfg.Group)
+	}
+	defer s.running.Store(false)
 	// Handlers and acknowledgements run on their own context, so that a stop
 	// lets the message in flight finish.
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))

@@ -324,6 +324,45 @@ func TestStopMidBatchDoesNotSpendDeliveries(t *testing.T) {
 	}
 }
 
+// Subscribers of one process left to name themselves are distinct
+// members: each holds what it read. One Subscriber runs once at a time.
+func TestDefaultNamesAreDistinctMembers(t *testing.T) {
+	t.Parallel()
+	rdb := connect(t, spatetest.Redis(t))
+	stream := spatetest.KeyPrefix(t) + "orders"
+	publish(t, rdb, stream, 0, 2)
+	release := make(chan struct{})
+	var subs []*subscribe.Subscriber
+	for range 2 {
+		got := make(chan struct{})
+		s, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{stream}, Count: 1},
+			func(ctx context.Context, m subscribe.Message) error {
+				close(got)
+				<-release
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start(t, t.Context(), s)
+		<-got // it holds an entry
+		subs = append(subs, s)
+	}
+	defer close(release)
+	cs, err := rdb.XInfoConsumers(t.Context(), stream, "g").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 2 || cs[0].Pending != 1 || cs[1].Pending != 1 {
+		t.Errorf("members %+v, want two holding an entry each", cs)
+	}
+	ended, end := context.WithCancel(t.Context())
+	end() // a Run that is not refused returns at once
+	if err := subs[0].Run(ended); err == nil || !strings.Contains(err.Error(), "running already") {
+		t.Errorf("a second Run of a running subscriber: %v, want an error", err)
+	}
+}
+
 // deliveryCount returns the delivery count of the pending entry id of
 // group g.
 func deliveryCount(t *testing.T, rdb *redis.Client, stream, id string) int64 {
