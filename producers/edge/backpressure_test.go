@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -357,4 +358,56 @@ func roundTrip(t *testing.T, r *http.Request) (*http.Response, []byte) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp, body
+}
+
+// A client that hangs up while its events are published fails nothing:
+// its events are written, the edge stays ready, and the events of other
+// requests buffered behind them on the partition are written too (franz-go
+// fails all of a partition's buffered records when the first one's context
+// ends).
+func TestClientHangingUpFailsNothing(t *testing.T) {
+	t.Parallel()
+	c, unstall := stalledBroker(t, 1)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	srv, _ := serveEdge(t, cl, edge.Config{PublishTimeout: time.Minute})
+	serve := func(ctx context.Context, id string) *httptest.ResponseRecorder {
+		req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/v1/events", strings.NewReader(orderJSON(id, "s")))
+		req.Header.Set("Content-Type", "application/cloudevents+json")
+		w := httptest.NewRecorder()
+		srv.Handler().ServeHTTP(w, req)
+		return w
+	}
+	buffered := func(n int64) {
+		spatetest.Eventually(t, 10*time.Second, func() string {
+			if got := cl.BufferedProduceRecords(); got != n {
+				return fmt.Sprintf("%d records buffered, want %d", got, n)
+			}
+			return ""
+		})
+	}
+	var wg sync.WaitGroup
+	var first, other *httptest.ResponseRecorder
+	wg.Go(func() { first = serve(t.Context(), "first") }) // its produce request stalls
+	buffered(1)
+	gone, hangUp := context.WithCancel(t.Context())
+	wg.Go(func() { serve(gone, "gone") })
+	buffered(2)
+	wg.Go(func() { other = serve(t.Context(), "other") })
+	buffered(3)
+	hangUp()
+	unstall()
+	wg.Wait()
+	if first.Code != http.StatusAccepted || other.Code != http.StatusAccepted {
+		t.Errorf("first: %d %s; other: %d %s; want 202 for both: only another client hung up", first.Code, first.Body, other.Code, other.Body)
+	}
+	if err := srv.Ready(t.Context()); err != nil {
+		t.Errorf("Ready after a client hung up, with Kafka answering: %v", err)
+	}
+	if n := cl.BufferedProduceRecords(); n != 0 {
+		t.Errorf("%d records still buffered, want all 3 written", n)
+	}
 }

@@ -50,7 +50,10 @@ type Config struct {
 	// MaxEvents caps the events of one request. Zero: 1000.
 	MaxEvents int
 	// PublishTimeout bounds the wait for Kafka's acknowledgement; past it the
-	// request gets 503 with Retry-After. Zero: 10 s.
+	// request gets 503 with Retry-After. Zero: 10 s. A request's events are
+	// published for this long whatever becomes of the request: a client
+	// that hangs up still gets its events written, and its retry gets
+	// their receipts from the dedupe store.
 	PublishTimeout time.Duration
 	// Logger receives request failures. Zero: no logging.
 	Logger *slog.Logger

@@ -302,7 +302,11 @@ func (s *Server) publishFresh(ctx context.Context, key *apiKey, evs []*spatev1.E
 		name = key.name
 		headers = append(headers, kgo.RecordHeader{Key: HeaderPrincipal, Value: []byte(key.name)})
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+	// The records' context is not the request's: franz-go fails every
+	// record buffered for a partition when the first one's context ends,
+	// so a client hanging up, or its own short deadline, would fail other
+	// requests' events. Every publish gets the same PublishTimeout instead.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PublishTimeout)
 	defer cancel()
 	// The events stay in flight until Kafka settles each, even past a
 	// timeout: what the client still holds counts against the caps.
