@@ -267,13 +267,15 @@ func (k *apiKey) admit(n int, now time.Time) (wait time.Duration, ok bool) {
 	if k.limiter == nil {
 		return 0, true
 	}
-	r := k.limiter.ReserveN(now, n)
-	if !r.OK() {
+	if n > k.limiter.Burst() {
 		return 0, false // more than the burst (reloaded since it was checked)
 	}
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return d, false
+	// AllowN takes nothing when it refuses. A reservation cancelled
+	// instead would not give back all it took while later ones are out:
+	// concurrent refusals would drain the bucket.
+	if k.limiter.AllowN(now, n) {
+		return 0, true
 	}
-	return 0, true
+	missing := float64(n) - k.limiter.TokensAt(now)
+	return time.Duration(missing / float64(k.limiter.Limit()) * float64(time.Second)), false
 }

@@ -4,7 +4,10 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestWildcard checks wildcard against a regular expression of the same
@@ -48,5 +51,37 @@ func TestWildcard(t *testing.T) {
 	long := strings.Repeat("a", 5000)
 	for _, pattern := range []string{strings.Repeat("*a", 30) + "*b", strings.Repeat("a*", 30) + "b"} {
 		check(pattern, long)
+	}
+}
+
+// TestRefusedRequestsSpendNoTokens: requests refused 429 together leave
+// the bucket as they found it, and say how long to wait for their events.
+func TestRefusedRequestsSpendNoTokens(t *testing.T) {
+	ks, err := LoadKeys("keys.yaml", []byte("keys:\n  - name: k\n    sha256: "+HashKey("x")+"\n    rate: 1\n    burst: 10\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, now := ks.keys[0], time.Now()
+	if _, ok := k.admit(10, now); !ok {
+		t.Fatal("a burst's worth of events refused")
+	}
+	var wg sync.WaitGroup
+	var wrong atomic.Int64
+	for range 8 {
+		wg.Go(func() {
+			for range 10000 {
+				wait, ok := k.admit(5, now)
+				if ok || wait != 5*time.Second {
+					wrong.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := wrong.Load(); n != 0 {
+		t.Errorf("%d requests over the rate admitted, or not told to wait 5 s", n)
+	}
+	if tokens := k.limiter.TokensAt(now); tokens != 0 {
+		t.Errorf("%g tokens after refusals alone, want 0 as before them", tokens)
 	}
 }
