@@ -334,6 +334,11 @@ func TestValidate(t *testing.T) {
 			wantErrs: []FieldError{{Field: "id"}, {Field: "source"}, {Field: "subject"}},
 		},
 		{
+			name:     "C1 control characters (U+0080 to U+009F) in id, source and subject",
+			ev:       &spatev1.Event{Id: "e-\u0085", Source: "/shop\u0080", Type: "shop.order.placed.v1", Subject: "o-1\u009b2J", Data: orderPB},
+			wantErrs: []FieldError{{Field: "id"}, {Field: "source"}, {Field: "subject"}},
+		},
+		{
 			name:     "dot segments in source",
 			ev:       &spatev1.Event{Id: "e-1", Source: "/shop/../billing/x", Type: "shop.order.placed.v1", Data: orderPB},
 			wantErrs: []FieldError{{Field: "source"}},

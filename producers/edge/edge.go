@@ -409,9 +409,10 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	return errs
 }
 
-// hasControl reports whether s holds an ASCII control character.
+// hasControl reports whether s holds a control character (U+0000 to
+// U+001F, U+007F to U+009F), which CloudEvents forbids in attributes.
 func hasControl(s string) bool {
-	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r >= 0x7f && r <= 0x9f })
 }
 
 // hasDotSegment reports whether the path of a URI reference (what comes
