@@ -16,13 +16,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/spate-io/spate/producers"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 )
 
 // Dedupe remembers in Redis, for a window, the events an edge published, by
-// source and id (the CloudEvents identity) and the key that published them:
-// an event sent again within the window by the same key gets its first
-// receipt back and is not published a second time.
+// source and id (the CloudEvents identity), the key that published them and
+// the topic: an event sent again within the window by the same key to an
+// edge of the same topic gets its first receipt back and is not published a
+// second time. Edges of several topics can share one Dedupe.
 //
 // An event's id is claimed before it is published: its key gets the
 // claiming request's token and the event's place in the request. Once
@@ -220,15 +222,23 @@ func (d *Dedupe) receiptsKey(token string) string {
 	return d.prefix + "dedupe-receipts:" + token
 }
 
-// key is where the event's claim, then receipt, is kept: by the principal
-// that published it (the API key or certificate; "" without
-// authentication) and the event's source and id. A key cannot read another
-// key's receipts, nor keep its events out, by sending the same source and
-// id; each principal's retries still fold.
-func (d *Dedupe) key(principal string, ev *spatev1.Event) string {
+// scope is whose events' ids fold together: those an edge publishes to
+// topic, by principal (the API key or certificate; "" without
+// authentication). A key cannot read another key's receipts, nor keep its
+// events out, by sending the same source and id; and an edge does not
+// take an event another edge wrote to another topic for its own.
+type scope struct{ topic, principal string }
+
+// key is where the event's claim, then receipt, is kept: by its scope and
+// the event's source and id. The default topic's keys are as they were
+// before the topic was part of them.
+func (d *Dedupe) key(by scope, ev *spatev1.Event) string {
 	id := ev.Source + "\x00" + ev.Id
-	if principal != "" {
-		id = strconv.Itoa(len(principal)) + ":" + principal + "\x00" + id
+	if by.principal != "" {
+		id = strconv.Itoa(len(by.principal)) + ":" + by.principal + "\x00" + id
+	}
+	if by.topic != producers.DefaultTopic { // a topic's name holds neither space nor NUL
+		id = "topic " + by.topic + "\x00" + id
 	}
 	h := sha256.Sum256([]byte(id))
 	return d.prefix + "dedupe:" + hex.EncodeToString(h[:16])
@@ -290,10 +300,10 @@ return 0
 // receipt of an earlier publish, and whether any is being published by
 // another request; then it claims none. When ctx ends first, what it
 // claimed is given back.
-func (d *Dedupe) claim(ctx context.Context, principal string, evs []*spatev1.Event) (token string, prior []*spatev1.Receipt, busy bool, err error) {
+func (d *Dedupe) claim(ctx context.Context, by scope, evs []*spatev1.Event) (token string, prior []*spatev1.Receipt, busy bool, err error) {
 	j := &claimJob{keys: make([]string, len(evs)), token: fmt.Sprintf("%016x", rand.Uint64()), done: make(chan struct{})}
 	for i, ev := range evs {
-		j.keys[i] = d.key(principal, ev)
+		j.keys[i] = d.key(by, ev)
 	}
 	d.claims.add(j)
 	select {
@@ -388,7 +398,7 @@ func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []st
 // If that fails, it returns the error and tries again in the background,
 // backing off up to settleRetryMax, for as long as the window lasts:
 // without their receipts, the claims would answer every retry 409.
-func (d *Dedupe) settle(principal, token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
+func (d *Dedupe) settle(by scope, token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
 	j := settleJob{token: token}
 	written := make([]*spatev1.Receipt, len(evs))
 	for i, ev := range evs {
@@ -398,7 +408,7 @@ func (d *Dedupe) settle(principal, token string, evs []*spatev1.Event, prior, rs
 		case rs != nil && rs[i] != nil:
 			written[i] = rs[i]
 		default:
-			j.dels, j.delsClaimsOf = append(j.dels, d.key(principal, ev)), append(j.delsClaimsOf, claimValue(token, i))
+			j.dels, j.delsClaimsOf = append(j.dels, d.key(by, ev)), append(j.delsClaimsOf, claimValue(token, i))
 		}
 	}
 	j.receipts = formatReceipts(written)

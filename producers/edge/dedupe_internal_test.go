@@ -2,6 +2,8 @@ package edge
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/spate-io/spate/producers"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/spatetest"
 )
@@ -25,21 +28,21 @@ func TestReleaseLeavesAnothersClaim(t *testing.T) {
 	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
 	ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
 
-	first, _, busy, err := d.claim(ctx, "k", ev)
+	first, _, busy, err := d.claim(ctx, testScope, ev)
 	if err != nil || busy {
 		t.Fatalf("first claim: busy %v, %v", busy, err)
 	}
-	if err := rdb.Del(ctx, d.key("k", ev[0])).Err(); err != nil { // as if the window ended
+	if err := rdb.Del(ctx, d.key(testScope, ev[0])).Err(); err != nil { // as if the window ended
 		t.Fatal(err)
 	}
-	if _, _, busy, err := d.claim(ctx, "k", ev); err != nil || busy {
+	if _, _, busy, err := d.claim(ctx, testScope, ev); err != nil || busy {
 		t.Fatalf("second claim, after the first expired: busy %v, %v", busy, err)
 	}
 	// The first request's publish failed at last: it gives its claim back.
-	if err := d.settle("k", first, ev, make([]*spatev1.Receipt, 1), nil); err != nil {
+	if err := d.settle(testScope, first, ev, make([]*spatev1.Receipt, 1), nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, busy, err := d.claim(ctx, "k", ev); err != nil || !busy {
+	if _, _, busy, err := d.claim(ctx, testScope, ev); err != nil || !busy {
 		t.Fatalf("third claim while the second is in flight: busy %v, %v; want busy", busy, err)
 	}
 }
@@ -53,13 +56,13 @@ func TestUnreadableReceiptGivesBackTheRequestsClaims(t *testing.T) {
 	rdb := spatetest.RedisClient(t)
 	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
 	fresh, garbled := &spatev1.Event{Id: "e1", Source: "s"}, &spatev1.Event{Id: "e2", Source: "s"}
-	if err := rdb.Set(ctx, d.key("k", garbled), "not a receipt", time.Hour).Err(); err != nil {
+	if err := rdb.Set(ctx, d.key(testScope, garbled), "not a receipt", time.Hour).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := d.claim(ctx, "k", []*spatev1.Event{fresh, garbled}); err == nil {
+	if _, _, _, err := d.claim(ctx, testScope, []*spatev1.Event{fresh, garbled}); err == nil {
 		t.Fatal("claim over an unreadable receipt: no error, want one")
 	}
-	if _, _, busy, err := d.claim(ctx, "k", []*spatev1.Event{fresh}); err != nil || busy {
+	if _, _, busy, err := d.claim(ctx, testScope, []*spatev1.Event{fresh}); err != nil || busy {
 		t.Fatalf("claim of e1 alone afterwards: busy %v, %v; want it free", busy, err)
 	}
 }
@@ -95,16 +98,16 @@ func TestSettleTriesAgain(t *testing.T) {
 	rdb.AddHook(&failFirstReceipts{})
 	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
 	ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
-	token, _, busy, err := d.claim(ctx, "k", ev)
+	token, _, busy, err := d.claim(ctx, testScope, ev)
 	if err != nil || busy {
 		t.Fatalf("claim: busy %v, %v", busy, err)
 	}
 	written := []*spatev1.Receipt{{Id: "e1", Topic: "events", Partition: 2, Offset: 7}}
-	if err := d.settle("k", token, ev, make([]*spatev1.Receipt, 1), written); err == nil {
+	if err := d.settle(testScope, token, ev, make([]*spatev1.Receipt, 1), written); err == nil {
 		t.Fatal("settle: no error, want the injected one")
 	}
 	spatetest.Eventually(t, 10*time.Second, func() string {
-		_, prior, busy, err := d.claim(ctx, "k", ev)
+		_, prior, busy, err := d.claim(ctx, testScope, ev)
 		switch {
 		case err != nil:
 			return err.Error()
@@ -115,4 +118,24 @@ func TestSettleTriesAgain(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// testScope is the scope of the events of these tests.
+var testScope = scope{producers.DefaultTopic, "k"}
+
+// TestDefaultTopicKeysAreUnchanged: the keys of the default topic's events
+// are those earlier releases used, so that retries across an upgrade are
+// still recognised.
+func TestDefaultTopicKeysAreUnchanged(t *testing.T) {
+	d := NewDedupe(nil, time.Hour, "")
+	ev := &spatev1.Event{Source: "/shop", Id: "e1"}
+	for principal, id := range map[string]string{"": "/shop\x00e1", "checkout": "8:checkout\x00/shop\x00e1"} {
+		h := sha256.Sum256([]byte(id))
+		if got, want := d.key(scope{producers.DefaultTopic, principal}, ev), "spate:dedupe:"+hex.EncodeToString(h[:16]); got != want {
+			t.Errorf("key of principal %q: %s, want %s as before", principal, got, want)
+		}
+		if d.key(scope{"orders", principal}, ev) == d.key(scope{producers.DefaultTopic, principal}, ev) {
+			t.Errorf("principal %q: topic orders has the default topic's key", principal)
+		}
+	}
 }

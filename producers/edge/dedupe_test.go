@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
 	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+	"github.com/spate-io/spate/schemas"
 	"github.com/spate-io/spate/spatetest"
 )
 
@@ -90,6 +92,46 @@ keys:
 	}
 	if hw := f.highWatermark(t); hw != 2 {
 		t.Fatalf("high watermark %d, want 2 records", hw)
+	}
+}
+
+// TestDedupeIsPerTopic: edges of two topics share a dedupe store. The same
+// event sent to both is written to both topics, and each edge answers a
+// retry with its own topic's receipt.
+func TestDedupeIsPerTopic(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "orders-a", "orders-b")
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	dd := newDedupe(t)
+	post := func(topic string) string {
+		srv := edge.New(cl, schemas.Builtin(), edge.Config{Topic: topic, Dedupe: dd})
+		req := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(orderJSON("e1", "s")))
+		req.Header.Set("Content-Type", "application/cloudevents+json")
+		w := httptest.NewRecorder()
+		srv.Handler().ServeHTTP(w, req)
+		var rs struct{ Receipts []struct{ Topic string } }
+		if err := json.Unmarshal(w.Body.Bytes(), &rs); w.Code != http.StatusAccepted || err != nil || len(rs.Receipts) != 1 {
+			t.Fatalf("edge of %s: %d %s", topic, w.Code, w.Body)
+		}
+		return rs.Receipts[0].Topic
+	}
+	for _, topic := range []string{"orders-a", "orders-b", "orders-a", "orders-b"} {
+		if got := post(topic); got != topic {
+			t.Errorf("edge of %s answered with a receipt of %s", topic, got)
+		}
+	}
+	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), "orders-a", "orders-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range []string{"orders-a", "orders-b"} {
+		if o, _ := ends.Lookup(topic, 0); o.Offset != 1 {
+			t.Errorf("%s holds %d records, want 1", topic, o.Offset)
+		}
 	}
 }
 

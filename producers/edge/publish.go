@@ -215,7 +215,7 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	if d := s.cfg.Dedupe; d != nil {
 		var busy bool
 		var err error
-		if token, prior, busy, err = d.claim(ctx, key.principal(), evs); err != nil {
+		if token, prior, busy, err = d.claim(ctx, scope{s.cfg.Topic, key.principal()}, evs); err != nil {
 			s.log.WarnContext(ctx, "dedupe", "err", err)
 			return refuse(&refusal{status: http.StatusServiceUnavailable, kind: "dedupe-unavailable", title: "Dedupe store unavailable",
 				detail: "the store that keeps retries from being published twice does not answer; nothing was published", retryAfter: time.Second}, "failed")
@@ -239,7 +239,7 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 		if s.cfg.Dedupe != nil {
 			// Record what Kafka settled, whenever that is: a claim whose
 			// record may still be written must not be released early.
-			if err := s.cfg.Dedupe.settle(key.principal(), token, evs, prior, spread(rs, prior)); err != nil {
+			if err := s.cfg.Dedupe.settle(scope{s.cfg.Topic, key.principal()}, token, evs, prior, spread(rs, prior)); err != nil {
 				s.log.Warn("dedupe", "err", err)
 			}
 		}
