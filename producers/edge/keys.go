@@ -97,6 +97,10 @@ func LoadKeys(file string, data []byte) (*Keys, error) {
 			return nil, bad("sha256 must be 64 hex digits, the SHA-256 of the key")
 		case kc.ClientCert != "" && slices.ContainsFunc(ks.keys, func(o *apiKey) bool { return o.cert == kc.ClientCert }):
 			return nil, bad("client_cert %q is another key's too", kc.ClientCert)
+		case len(h) == sha256.Size && slices.ContainsFunc(ks.keys, func(o *apiKey) bool { return o.hashed && string(o.hash[:]) == string(h) }):
+			return nil, bad("sha256 is another key's too: one key is one principal")
+		case kc.Types != nil && len(kc.Types) == 0, kc.Sources != nil && len(kc.Sources) == 0:
+			return nil, bad("types and sources may not be empty lists: leave one out to allow every type or source")
 		case kc.Rate < 0 || kc.Burst < 0:
 			return nil, bad("rate and burst must not be negative")
 		}

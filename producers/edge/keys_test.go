@@ -300,6 +300,9 @@ func TestLoadKeysErrors(t *testing.T) {
 		{"keys:\n  - name: a\n    sha256: " + h + "\n    secret: x\n", "keys.yaml:4: unknown key \"secret\""},
 		{"keys:\n  - name: a\n    types: [\"*\"]\n", "keys.yaml:2: key a: give sha256 (the hash of an API key), client_cert (the name of a client certificate), or both"},
 		{"keys:\n  - name: a\n    client_cert: x\n  - name: b\n    client_cert: x\n", "keys.yaml:4: key b: client_cert \"x\" is another key's too"},
+		{"keys:\n  - name: a\n    sha256: " + h + "\n  - name: b\n    sha256: sha256:" + h + "\n", "keys.yaml:4: key b: sha256 is another key's too"},
+		{"keys:\n  - name: a\n    sha256: " + h + "\n    types: []\n", "keys.yaml:2: key a: types and sources may not be empty lists"},
+		{"keys:\n  - name: a\n    sha256: " + h + "\n    sources: []\n", "keys.yaml:2: key a: types and sources may not be empty lists"},
 	} {
 		if _, err := edge.LoadKeys("keys.yaml", []byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("LoadKeys(%q) = %v, want an error containing %q", tc.yaml, err, tc.want)
