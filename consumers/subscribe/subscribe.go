@@ -220,7 +220,8 @@ var errConfig = errors.New("unusable configuration")
 // the handler in flight finish (up to DrainTimeout), acknowledges it if it
 // succeeded, leaves the group if it holds no pending entries, and returns
 // nil. It returns an error only for a configuration that cannot work, such
-// as a stream key holding another type, and when s runs already.
+// as a stream key holding another type or streams in different slots of a
+// Redis Cluster, and when s runs already.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return fmt.Errorf("subscribe: member %s of group %s is running already: give each Run a Subscriber of its own", s.cfg.Consumer, s.cfg.Group)
@@ -265,6 +266,8 @@ func (s *Subscriber) Run(ctx context.Context) error {
 			// A stream key that holds another type, from the start or
 			// since: the claim and the acks meet it too, not only reads.
 			return err
+		case redis.HasErrorPrefix(err, "CROSSSLOT"):
+			return fmt.Errorf("%w: on Redis Cluster the streams of one subscriber must share a hash slot: give their keys one hash tag, such as {orders}:eu and {orders}:us: %w", errConfig, err)
 		case ctx.Err() != nil:
 		default:
 			if redis.HasErrorPrefix(err, "NOGROUP") {

@@ -859,6 +859,50 @@ func TestRunFailsOnAKeyThatIsNotAStream(t *testing.T) {
 
 // A stream key that becomes another type while Run runs ends Run too:
 // the claim of idle entries meets it first, and retrying cannot cure it.
+// crossSlot answers every XREADGROUP as Redis Cluster does when its
+// streams are in different hash slots.
+type crossSlot struct{}
+
+func (crossSlot) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (crossSlot) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (crossSlot) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() != "xreadgroup" {
+			return next(ctx, cmd)
+		}
+		cmd.SetErr(crossSlotErr{})
+		return cmd.Err()
+	}
+}
+
+type crossSlotErr struct{}
+
+func (crossSlotErr) Error() string { return "CROSSSLOT Keys in request don't hash to the same slot" }
+func (crossSlotErr) RedisError()   {}
+
+// Streams that Redis Cluster cannot read together stop Run with a hint,
+// rather than a retry for ever.
+func TestRunFailsOnStreamsInDifferentSlots(t *testing.T) {
+	t.Parallel()
+	rdb := connect(t, spatetest.Redis(t))
+	rdb.AddHook(crossSlot{})
+	p := spatetest.KeyPrefix(t)
+	s, err := subscribe.New(rdb, subscribe.Config{Group: "g", Streams: []string{p + "eu", p + "us"}},
+		func(context.Context, subscribe.Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), waitFor) // a Run that retries ends then, without error
+	defer cancel()
+	if err := s.Run(ctx); err == nil || !strings.Contains(err.Error(), "share a hash slot") {
+		t.Errorf("Run: %v, want an error saying the streams must share a hash slot", err)
+	}
+}
+
 func TestRunFailsOnAStreamThatBecomesAnotherType(t *testing.T) {
 	t.Parallel()
 	rdb := connect(t, spatetest.Redis(t))
