@@ -94,7 +94,8 @@ type groupSeries struct {
 }
 
 // New returns a writer adding to rdb and decoding with reg. It fails on a
-// route whose template does not parse.
+// route whose template does not parse, and on Redis Cluster on a stream
+// outside the offsets key's hash slot.
 func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer, error) {
 	if cfg.Group == "" {
 		cfg.Group = DefaultGroup
@@ -125,10 +126,39 @@ func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	w := &Writer{rdb: rdb, reg: reg, cfg: cfg, log: log, routes: routes}
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		if err := w.sameSlot(); err != nil {
+			return nil, err
+		}
+	}
 	if len(cfg.Routes) == 0 {
 		log.Info("a stream per event type", "streams", cfg.Prefix+"<type>", "maxlen", rt.MaxLen, "maxage", rt.MaxAge, "lossy", rt.Lossy)
 	}
-	return &Writer{rdb: rdb, reg: reg, cfg: cfg, log: log, routes: routes, metrics: newMetrics(cfg.Metrics)}, nil
+	w.metrics = newMetrics(cfg.Metrics)
+	return w, nil
+}
+
+// sameSlot checks that the offsets key and every stream the routes can
+// build have one hash tag, so that on Redis Cluster a script can write
+// them together.
+func (w *Writer) sameSlot() error {
+	const fix = "on Redis Cluster the offsets key and the streams must share a hash slot: give the stream prefix and the route templates one hash tag, such as {spate}: (written {{spate}}: in a template)"
+	key := w.offsetsKey()
+	tag, ok := (&Route{parts: []keyPart{{literal: key}}}).hashTag()
+	if !ok {
+		return fmt.Errorf("fanout: offsets key %s has no hash tag; %s", key, fix)
+	}
+	for i, rt := range w.routes {
+		if t, ok := rt.hashTag(); !ok || t != tag {
+			what := fmt.Sprintf("route %d (%s)", i+1, rt.Stream)
+			if len(w.cfg.Routes) == 0 {
+				what = "the streams " + w.cfg.Prefix + "<type>"
+			}
+			return fmt.Errorf("fanout: %s: not in the slot of the offsets key's hash tag {%s}; %s", what, tag, fix)
+		}
+	}
+	return nil
 }
 
 // Stream returns the stream key of an event type when no routes are given.

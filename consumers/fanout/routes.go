@@ -17,7 +17,7 @@ import (
 // each event: Stream is a template whose {placeholders} are envelope
 // attributes, {type} {subject} {source} {id}, or extensions, {ext.NAME};
 // {{ and }} are literal braces, for Redis Cluster hash tags
-// ("orders:{{{ext.tenant}}}" is "orders:{acme}").
+// ("{{spate}}:orders:{ext.tenant}" is "{spate}:orders:acme").
 //
 // Every value put into a key must be 1 to 128 characters of letters,
 // digits and . _ - /: no separator (:), brace, glob character, space or
@@ -111,6 +111,34 @@ func (r *Route) compile() error {
 		}
 	}
 	return nil
+}
+
+// hashTag returns the Redis Cluster hash tag of the keys the route builds,
+// what lies between their first { and the } after it, when it is the same
+// for every event (a placeholder puts no brace into a key). ok is false
+// when the keys have no tag, and when a placeholder is part of it.
+func (r *Route) hashTag() (tag string, ok bool) {
+	open := false
+	var b strings.Builder
+	for _, p := range r.parts {
+		if p.attr != "" {
+			if open {
+				return "", false
+			}
+			continue
+		}
+		for i := range len(p.literal) {
+			switch c := p.literal[i]; {
+			case !open && c == '{':
+				open = true
+			case open && c == '}':
+				return b.String(), b.Len() > 0 // {}: the whole key is hashed
+			case open:
+				b.WriteByte(c)
+			}
+		}
+	}
+	return "", false
 }
 
 var extName = regexp.MustCompile(`^[a-z0-9]{1,20}$`)

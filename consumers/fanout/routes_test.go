@@ -150,6 +150,39 @@ func TestLoadRoutesErrors(t *testing.T) {
 	}
 }
 
+// On Redis Cluster a writer takes only streams in the offsets key's slot:
+// its script writes them together.
+func TestClusterStreamsShareTheOffsetsSlot(t *testing.T) {
+	t.Parallel()
+	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}}) // never dialled
+	defer cluster.Close()
+	route := func(stream string) []fanout.Route { return []fanout.Route{{Types: []string{"*"}, Stream: stream}} }
+	for _, tc := range []struct {
+		prefix string
+		routes []fanout.Route
+		want   string // "": taken
+	}{
+		{"{spate}:", nil, ""},
+		{"{spate}:", route("{{spate}}:orders:{ext.tenant}"), ""},
+		{"{spate}:", route("x{{spate}}:{type}:{{other}}"), ""},
+		{"spate:", nil, "offsets key spate:offsets:spate-fanout has no hash tag"},
+		{"{}spate:", nil, "offsets key {}spate:offsets:spate-fanout has no hash tag"},
+		{"{spate}:", route("payments:{{{ext.tenant}}}"), "route 1 (payments:{{{ext.tenant}}}): not in the slot"},
+		{"{spate}:", route("{{sp{ext.tenant}ate}}:x"), "route 1"},
+		{"{spate}:", route("{{other}}:x"), "route 1"},
+		{"{spate}:", route("orders:{type}"), "route 1"},
+	} {
+		_, err := fanout.New(cluster, schemas.Builtin(), fanout.Config{Prefix: tc.prefix, Routes: tc.routes})
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("prefix %q, routes %v: %v, want %q", tc.prefix, tc.routes, err, tc.want)
+		}
+	}
+	// A single Redis has one slot for all.
+	if _, err := fanout.New(spatetest.RedisClient(t), schemas.Builtin(), fanout.Config{Routes: route("orders:{type}")}); err != nil {
+		t.Errorf("a single Redis: %v", err)
+	}
+}
+
 func TestTrimKeepsWhatGroupsStillNeed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
