@@ -66,12 +66,7 @@ func TestStalledBrokerShedsLoadWithBoundedMemory(t *testing.T) {
 	// What tests before this one freed but the runtime still holds (the
 	// hostile-input tests allocate hundreds of MiB) must not count.
 	debug.FreeOSMemory()
-	c, unstall := stalledBroker(t, 3)
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl, unstall := stalledProducer(t, 3)
 	srv, base := serveEdge(t, cl, edge.Config{PublishTimeout: publishTimeout, MaxInflightEvents: 500})
 	url := base + "/v1/events"
 
@@ -141,6 +136,19 @@ func TestStalledBrokerShedsLoadWithBoundedMemory(t *testing.T) {
 	})
 }
 
+// stalledProducer returns a producing client of a stalledBroker, closed at
+// cleanup.
+func stalledProducer(t *testing.T, partitions int32) (cl *kgo.Client, unstall func()) {
+	t.Helper()
+	c, unstall := stalledBroker(t, partitions)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl, unstall
+}
+
 // stalledBroker starts a broker whose produce requests wait until unstall
 // is called (at the latest, when the test ends): the client sees a slow
 // broker, which answers everything else.
@@ -176,12 +184,7 @@ func stalledBroker(t *testing.T, partitions int32) (c *kfake.Cluster, unstall fu
 // against a stalled broker, the edge soon sheds load as overloaded instead
 // of piling up more large events.
 func TestTimedOutEventsKeepTheirBytesCounted(t *testing.T) {
-	c, _ := stalledBroker(t, 1)
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl, _ := stalledProducer(t, 1)
 	_, base := serveEdge(t, cl, edge.Config{PublishTimeout: 500 * time.Millisecond, MaxInflightBytes: 1 << 20})
 	big := func(id string) string { // an event of about 300 KB
 		return fmt.Sprintf(`{"specversion":"1.0","id":%q,"source":"/test","type":"shop.order.placed.v1","subject":"s",`+
@@ -367,12 +370,7 @@ func roundTrip(t *testing.T, r *http.Request) (*http.Response, []byte) {
 // ends).
 func TestClientHangingUpFailsNothing(t *testing.T) {
 	t.Parallel()
-	c, unstall := stalledBroker(t, 1)
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl, unstall := stalledProducer(t, 1)
 	srv, _ := serveEdge(t, cl, edge.Config{PublishTimeout: time.Minute})
 	serve := func(ctx context.Context, id string) *httptest.ResponseRecorder {
 		req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/v1/events", strings.NewReader(orderJSON(id, "s")))

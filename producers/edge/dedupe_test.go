@@ -203,12 +203,7 @@ func TestEventTwiceInOneRequestIsRefused(t *testing.T) {
 // as code 0, which gRPC reads as OK.
 func TestConflictOverConnectAndGRPC(t *testing.T) {
 	t.Parallel()
-	c, _ := stalledBroker(t, 1)
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
+	cl, _ := stalledProducer(t, 1)
 	_, url := serveEdge(t, cl, edge.Config{Dedupe: newDedupe(t), PublishTimeout: 100 * time.Millisecond})
 	// The broker never answers: the claim on held stays, in flight.
 	first := spatev1connect.NewIngestServiceClient(http.DefaultClient, url)
@@ -341,12 +336,7 @@ func TestConcurrentCopiesArePublishedOnce(t *testing.T) {
 
 func TestTimedOutPublishKeepsItsClaim(t *testing.T) {
 	t.Parallel()
-	c, unstall := stalledBroker(t, 1)
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl, unstall := stalledProducer(t, 1)
 	// Long enough for the record to reach the (stalled) broker even on a
 	// loaded machine: one that times out before it was sent is known not to
 	// be written, and its claim is given back.

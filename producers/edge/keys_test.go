@@ -12,9 +12,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
 	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
 )
@@ -226,12 +224,7 @@ keys:
 		return ks
 	}
 	stalled := func(t *testing.T, cfg edge.Config) *fixture {
-		c, _ := stalledBroker(t, 1)
-		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(cl.Close)
+		cl, _ := stalledProducer(t, 1)
 		cfg.PublishTimeout = 100 * time.Millisecond
 		_, url := serveEdge(t, cl, cfg)
 		return &fixture{url: url}
