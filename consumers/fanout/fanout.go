@@ -253,7 +253,9 @@ func (w *Writer) Offsets(ctx context.Context, topic string, partitions []int32) 
 }
 
 // addScript adds the entries at or above the stored offset and stores the
-// next offset, atomically. It returns how many entries it added. Before any
+// next offset, atomically: unless it is below the stored one, and even if
+// it is 0 (a group starting at the end of an empty partition stores where
+// it starts). It returns how many entries it added. Before any
 // write it checks that each key it would add to is a stream or nothing: if
 // not, it writes nothing and fails with notStreamErr and the entry's place
 // (Redis keeps the writes a script made before an error, so a failure
@@ -267,7 +269,8 @@ func (w *Writer) Offsets(ctx context.Context, topic string, partitions []int32) 
 // fields and values. The names are in the script, not in every call: a call
 // passes half the arguments, and Redis copies each into the script's ARGV.
 var addScript = redis.NewScript(`
-local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local stored = tonumber(raw or '0')
 local a = 3
 local checked = {}
 for k = 2, #KEYS do
@@ -294,7 +297,7 @@ for k = 2, #KEYS do
 	a = a + 8 + n
 end
 local nxt = tonumber(ARGV[2])
-if nxt > stored then
+if nxt > stored or not raw then
 	redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 return added
