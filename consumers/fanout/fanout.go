@@ -112,7 +112,7 @@ func New(rdb redis.UniversalClient, reg *schemas.Registry, cfg Config) (*Writer,
 		return nil, errors.New("fanout: the default retention is for the streams of no routes: give each route its own")
 	case len(routes) == 0:
 		escaped := strings.NewReplacer("{", "{{", "}", "}}").Replace(cfg.Prefix)
-		routes = []Route{{Types: []string{"*"}, Stream: escaped + "{type}", MaxLen: rt.MaxLen, MaxAge: rt.MaxAge, Lossy: rt.Lossy}}
+		routes = []Route{{Types: []string{"*"}, Stream: escaped + "{type}", MaxLen: rt.MaxLen, MaxAge: rt.MaxAge, Lossy: rt.Lossy, all: true}}
 	}
 	for i := range routes {
 		if err := routes[i].compile(); err != nil {

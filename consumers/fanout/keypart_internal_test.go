@@ -27,3 +27,17 @@ func TestValidKeyPart(t *testing.T) {
 		}
 	}
 }
+
+// Without routes every event type has its stream, one with a / too (which
+// path.Match's * does not take).
+func TestDefaultRouteTakesEveryType(t *testing.T) {
+	w, err := New(nil, nil, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{"shop.order.placed.v1", "acme/billing.invoice.v1"} {
+		if !w.routes[0].matches(typ) {
+			t.Errorf("the default route does not take %s", typ)
+		}
+	}
+}

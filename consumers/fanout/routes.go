@@ -38,6 +38,7 @@ type Route struct {
 
 	parts []keyPart
 	line  int
+	all   bool // takes every type, / included (path.Match's * does not)
 }
 
 // keyPart is a literal, or a placeholder when attr is set.
@@ -145,7 +146,7 @@ var extName = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
 
 // matches reports whether the route takes events of typ.
 func (r *Route) matches(typ string) bool {
-	return slices.ContainsFunc(r.Types, func(g string) bool {
+	return r.all || slices.ContainsFunc(r.Types, func(g string) bool {
 		ok, _ := path.Match(g, typ)
 		return ok
 	})
