@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -282,6 +283,9 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 	if err := r.warnOfLegacy(ctx, lock); err != nil {
 		return nil, fmt.Errorf("rebuild: %w", err)
 	}
+	if err := r.checkLiveGroup(ctx, lock); err != nil {
+		return nil, err
+	}
 	res, err := r.attempt(ctx)
 	if errors.Is(err, errStartOver) {
 		r.log.Warn("Kafka's retention deleted events the interrupted rebuild had not applied yet: starting over from what Kafka keeps", "schema", r.shadow)
@@ -291,6 +295,31 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 		res, err = r.attempt(ctx)
 	}
 	return res, err
+}
+
+// ErrNoLiveOffsets is the error of a rebuild for a group that stored no
+// offset of the topic in the database.
+var ErrNoLiveOffsets = errors.New("the live projector group stored no offsets of the topic")
+
+// checkLiveGroup refuses a rebuild for a group that stored no offset of the
+// topic: with a wrong group or topic there is nothing to catch up with,
+// and the swap would put empty tables live while the projector goes on
+// from its own offsets. A projector that has not run yet has nothing to
+// rebuild either.
+func (r *Rebuild) checkLiveGroup(ctx context.Context, q *pgxpool.Conn) error {
+	var stored bool
+	err := q.QueryRow(ctx, `SELECT EXISTS (SELECT FROM spate_offsets WHERE consumer_group = $1 AND topic = $2)`, r.cfg.Group, r.cfg.Topic).Scan(&stored)
+	var pge *pgconn.PgError
+	switch {
+	case errors.As(err, &pge) && pge.Code == "42P01": // undefined_table: no projector ever ran here
+	case err != nil:
+		return fmt.Errorf("rebuild: live offsets: %w", err)
+	}
+	if !stored {
+		return fmt.Errorf("rebuild %s: %w: group %s, topic %s; check the group and topic of the projector that fills these tables (a rebuild catches up with its offsets), or start that projector first",
+			strings.Join(r.names, ", "), ErrNoLiveOffsets, r.cfg.Group, r.cfg.Topic)
+	}
+	return nil
 }
 
 // errStartOver makes Run drop the shadow schema and start afresh.

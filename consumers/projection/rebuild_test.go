@@ -729,11 +729,15 @@ projections:
 }
 
 // configuredRebuild returns a rebuild of the projections of config, which
-// a projector has migrated, over an empty topic events, and the pool.
+// a projector has migrated, over an empty topic events whose end it
+// stored, and the pool.
 func configuredRebuild(t *testing.T, config string) (*projection.Rebuild, *pgxpool.Pool) {
 	t.Helper()
 	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
 	_, pool := newConfigured(t, []byte(config))
+	if _, err := projection.SetOffsets(t.Context(), pool, projection.DefaultGroup, "events", map[int32]int64{0: 0}); err != nil {
+		t.Fatal(err)
+	}
 	projs, err := projection.Load("spate.yaml", []byte(config), schemas.Builtin())
 	if err != nil {
 		t.Fatal(err)
@@ -743,6 +747,34 @@ func configuredRebuild(t *testing.T, config string) (*projection.Rebuild, *pgxpo
 		t.Fatal(err)
 	}
 	return rb, pool
+}
+
+// TestRebuildRefusesAGroupWithoutOffsets: a rebuild for a group that
+// stored no offset of the topic (a wrong group or topic) would have
+// nothing to catch up with and swap empty tables in: it is refused, and
+// the live table keeps its rows.
+func TestRebuildRefusesAGroupWithoutOffsets(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte("projections:\n  - name: event_log\n    builtin: event_log\n"))
+	recs := records(t, 0, 5)
+	produceManually(t, brokers, recs...)
+	if err := p.Apply(ctx, batch(recs)); err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []projection.RebuildConfig{{Group: "spate-fanout", Topic: "events"}, {Topic: "evnets"}} {
+		cfg.Projections = []projection.Projection{projection.EventLog()}
+		rb, err := projection.NewRebuild(pool, schemas.Builtin(), cfg, kgo.SeedBrokers(brokers...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rb.Run(ctx); !errors.Is(err, projection.ErrNoLiveOffsets) {
+			t.Errorf("rebuild for group %q, topic %q: %v, want ErrNoLiveOffsets", cfg.Group, cfg.Topic, err)
+		}
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "5")
+	wantRows(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'spate_rebuild%'`, "0")
 }
 
 // TestRebuildTakesTablesWithTheirOwnSequences: what tables own (a serial
