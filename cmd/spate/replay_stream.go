@@ -118,7 +118,7 @@ terminal, otherwise a log line every few seconds; a summary goes to stdout.`,
 	fs.StringVar(&f.schemas, "schemas", "", "a FileDescriptorSet with event types besides the compiled-in ones, to write their payloads as JSON")
 	fs.IntVar(&f.chunk, "chunk", 1000, "records read per step: each step is one Kafka transaction, or at most a few Redis script calls")
 	annotateEnv(fs)
-	cmdLineOnly(fs, "from", "to", "to-stream", "to-topic", "type", "subject")
+	cmdLineOnly(fs, "from", "to", "to-stream", "to-topic", "create-topic", "type", "subject")
 	return cmd
 }
 
@@ -140,7 +140,7 @@ func (f *replayFlags) job(topic string, now time.Time) (*replayJob, error) {
 	case f.toStream == "" && f.toTopic == "":
 		return nil, errors.New("give the target: --to-stream KEY (a Redis stream) or --to-topic TOPIC (a Kafka topic)")
 	case f.toStream != "" && f.toTopic != "":
-		return nil, fmt.Errorf("both --to-stream %q and --to-topic %q are set (on the command line or as SPATE_TO_STREAM and SPATE_TO_TOPIC); give one", f.toStream, f.toTopic)
+		return nil, fmt.Errorf("both --to-stream %q and --to-topic %q are given; give one", f.toStream, f.toTopic)
 	case f.toTopic != "" && f.toTopic == topic:
 		return nil, fmt.Errorf("--to-topic %q is --topic, the topic being read; copy into another topic", f.toTopic)
 	case f.toTopic != "" && strings.HasSuffix(f.toTopic, ".dlq"):

@@ -549,7 +549,7 @@ func TestReplayStreamHelpHasAnExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Examples:", "spate replay stream --from", "--to-stream", "--to-topic", "[SPATE_REDIS_URL]", "(not taken from SPATE_TO_TOPIC)"} {
+	for _, want := range []string{"Examples:", "spate replay stream --from", "--to-stream", "--to-topic", "[SPATE_REDIS_URL]", "(not taken from SPATE_TO_TOPIC)", "(not taken from SPATE_CREATE_TOPIC)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("--help lacks %q:\n%s", want, out)
 		}

@@ -33,9 +33,10 @@ Every setting can also be given through the environment: --kafka-brokers is
 SPATE_KAFKA_BROKERS, --postgres-url is SPATE_POSTGRES_URL, and so on. A flag
 given on the command line wins over the environment. Flags that choose what a
 command acts on (spate dlq's selections, spate offsets reset --to, --force
-and --reapply, spate tail --group, spate replay projection --partial-history,
---skip-rejected and --retry-skipped, and the load of spate bench edge) are
-taken from the command line only; each says so in its help.`,
+and --reapply, spate tail --group and --from, spate replay projection --from,
+--partial-history, --skip-rejected and --retry-skipped, spate replay stream's
+range, filters and target, and the load of spate bench edge) are taken from
+the command line only; each says so in its help.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
