@@ -482,6 +482,7 @@ type rebuildRun struct {
 	logStart map[int32]int64 // where each partition's history started in Kafka when the run started
 
 	pending map[int32][]*kgo.Record // fetched, not applied yet, in offset order
+	fetched map[int32]int64         // the offset after the last record fetched, a transaction's marker included
 	paused  map[int32]bool
 	limit   *rate.Limiter
 
@@ -612,6 +613,9 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	own := []kgo.Opt{
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.Topic: offs}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// A transaction's marker takes an offset: a live offset past one
+		// that ends a partition is reached only by seeing it.
+		kgo.KeepControlRecords(),
 		// Retention deleting events not fetched yet must fail the run,
 		// not skip them.
 		kgo.ConsumeResetOffset(kgo.NoResetOffset()),
@@ -619,7 +623,7 @@ func (r *rebuildRun) start(ctx context.Context) error {
 	if r.cl, err = kgo.NewClient(append(own, r.opts...)...); err != nil {
 		return fmt.Errorf("rebuild: kafka client: %w", err)
 	}
-	r.pending, r.paused = map[int32][]*kgo.Record{}, map[int32]bool{}
+	r.pending, r.fetched, r.paused = map[int32][]*kgo.Record{}, maps.Clone(r.applied), map[int32]bool{}
 	r.limit = rate.NewLimiter(rate.Inf, 0)
 	if r.cfg.Rate > 0 {
 		r.limit = rate.NewLimiter(rate.Limit(r.cfg.Rate), r.cfg.BatchSize)
@@ -731,7 +735,16 @@ func (r *rebuildRun) fetch(ctx context.Context, live map[int32]int64) error {
 	if gone != nil {
 		return gone
 	}
-	fs.EachRecord(func(rec *kgo.Record) { r.pending[rec.Partition] = append(r.pending[rec.Partition], rec) })
+	fs.EachRecord(func(rec *kgo.Record) {
+		r.fetched[rec.Partition] = rec.Offset + 1
+		if rec.Attrs.IsControl() {
+			if _, ok := r.pending[rec.Partition]; !ok {
+				r.pending[rec.Partition] = nil // applyPending looks at it
+			}
+			return
+		}
+		r.pending[rec.Partition] = append(r.pending[rec.Partition], rec)
+	})
 	var pause, resume []int32
 	for p, recs := range r.pending {
 		full := len(recs) >= 4*r.cfg.BatchSize
@@ -766,16 +779,12 @@ func (r *rebuildRun) applyPending(ctx context.Context, live map[int32]int64) err
 			n++
 		}
 		// The offset may move past the records applied only as far as
-		// what was fetched shows: to the next record fetched, at most t.
-		// Records beyond those fetched may still lie below t.
-		var next int64
-		switch {
-		case n < len(recs):
+		// what was fetched shows: to the next record fetched, or past
+		// the last (a marker, maybe), at most t. Records beyond those
+		// fetched may still lie below t.
+		next := min(r.fetched[p], t)
+		if n < len(recs) {
 			next = min(recs[n].Offset, t)
-		case n > 0:
-			next = recs[n-1].Offset + 1
-		default:
-			continue
 		}
 		if n == 0 && applied >= next {
 			continue
@@ -1323,9 +1332,9 @@ func (r *rebuildRun) applyGap(ctx context.Context, tx pgx.Tx, lo map[int32]int64
 		for n < len(recs) && recs[n].Offset < t {
 			n++
 		}
-		// Every record below t must be here: one at or past t was fetched,
-		// or the last one the live projector applied, t-1.
-		if n == len(recs) && (n == 0 || recs[n-1].Offset != t-1) {
+		// Every record below t must be here: one at or past t was
+		// fetched, or all up to t (the last a marker, maybe).
+		if n == len(recs) && r.fetched[p] < t {
 			return 0, errNotCaughtUp
 		}
 		evs := make([]*Event, 0, n)

@@ -777,6 +777,53 @@ func TestRebuildRefusesAGroupWithoutOffsets(t *testing.T) {
 	wantRows(t, pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'spate_rebuild%'`, "0")
 }
 
+// TestRebuildReachesALiveOffsetPastATransactionMarker: events written in a
+// transaction (spate replay stream --to-topic) end their partition with
+// the transaction's marker, and a live offset set to the end (spate
+// offsets reset --to latest) lies past it. The rebuild gets there all the
+// same, and swaps.
+func TestRebuildReachesALiveOffsetPastATransactionMarker(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a rebuild that never gets there ends then
+	defer cancel()
+	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
+	p, pool := newConfigured(t, []byte("projections:\n  - name: event_log\n    builtin: event_log\n"))
+	tx, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.TransactionalID(t.Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	recs := records(t, 0, 5)
+	if err := tx.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(ctx, batch(recs)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := projection.SetOffsets(ctx, pool, projection.DefaultGroup, "events", map[int32]int64{0: 6}); err != nil { // past the marker at 5
+		t.Fatal(err)
+	}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), projection.RebuildConfig{Projections: []projection.Projection{projection.EventLog()}, Topic: "events"},
+		kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rb.Run(ctx)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if res.Offsets[0] != 6 || res.Applied != 5 {
+		t.Errorf("swapped in at %v with %d events applied, want at 6 with 5", res.Offsets, res.Applied)
+	}
+	wantRows(t, pool, `SELECT count(*) FROM event_log`, "5")
+}
+
 // TestRebuildTakesTablesWithTheirOwnSequences: what tables own (a serial
 // column's sequence, an identity's, an index) moves with them, and does
 // not stop a rebuild.
