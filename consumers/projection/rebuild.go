@@ -41,7 +41,8 @@ type RebuildConfig struct {
 	// offsets and swaps in at exactly them. Zero: DefaultGroup.
 	Group string
 	// From is where a new rebuild starts in each partition. Zero: at each
-	// partition's start. A rebuild that resumes continues where it stopped.
+	// partition's start. A rebuild that resumes continues where it stopped,
+	// unless it started later than From asks: then it starts over.
 	From map[int32]int64
 	// PartialHistory lets a rebuild start at the oldest event Kafka keeps
 	// where retention deleted events it would have applied (from offset 0
@@ -287,8 +288,9 @@ func (r *Rebuild) Run(ctx context.Context) (*RebuildResult, error) {
 		return nil, err
 	}
 	res, err := r.attempt(ctx)
-	if errors.Is(err, errStartOver) {
-		r.log.Warn("Kafka's retention deleted events the interrupted rebuild had not applied yet: starting over from what Kafka keeps", "schema", r.shadow)
+	var over startOver
+	if errors.As(err, &over) {
+		r.log.Warn(over.why+": starting over", "schema", r.shadow)
 		if err := r.dropShadow(ctx); err != nil {
 			return nil, err
 		}
@@ -322,8 +324,10 @@ func (r *Rebuild) checkLiveGroup(ctx context.Context, q *pgxpool.Conn) error {
 	return nil
 }
 
-// errStartOver makes Run drop the shadow schema and start afresh.
-var errStartOver = errors.New("start over")
+// startOver makes Run drop the shadow schema and start afresh, saying why.
+type startOver struct{ why string }
+
+func (s startOver) Error() string { return "start over: " + s.why }
 
 // attempt prepares or resumes the shadow tables, catches up and swaps.
 func (r *Rebuild) attempt(ctx context.Context) (*RebuildResult, error) {
@@ -538,6 +542,36 @@ func (r *rebuildRun) noteSkipped(ctx context.Context, tx pgx.Tx, b consumers.Bat
 	return nil
 }
 
+// checkResumedFrom has an interrupted rebuild start over when it started
+// later in a partition than this one asks (From, or the log's start): its
+// tables lack history asked for. One that started earlier is resumed.
+// stored holds the shadow's offsets, of the partitions it resumes.
+func (r *rebuildRun) checkResumedFrom(ctx context.Context, stored map[int32]int64) error {
+	if len(stored) == 0 {
+		return nil
+	}
+	rows, err := r.pool.Query(ctx, `SELECT partition, from_offset FROM `+pgx.Identifier{r.shadow}.Sanitize()+`.spate_rebuild_partitions`)
+	if err != nil {
+		return fmt.Errorf("rebuild: where the interrupted rebuild started: %w", err)
+	}
+	var p int32
+	var from int64
+	var later []string
+	_, err = pgx.ForEachRow(rows, []any{&p, &from}, func() error {
+		if _, ok := stored[p]; ok && max(r.cfg.From[p], r.logStart[p]) < from {
+			later = append(later, fmt.Sprintf("partition %d at %d, not %d", p, from, max(r.cfg.From[p], r.logStart[p])))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild: where the interrupted rebuild started: %w", err)
+	}
+	if len(later) > 0 {
+		return startOver{"the interrupted rebuild started later than this one asks (" + strings.Join(later, ", ") + ")"}
+	}
+	return nil
+}
+
 // start loads the shadow's offsets (storing the start offsets of a new
 // rebuild) and starts fetching from them.
 func (r *rebuildRun) start(ctx context.Context) error {
@@ -581,6 +615,9 @@ func (r *rebuildRun) start(ctx context.Context) error {
 			gone = append(gone, g)
 		}
 	}
+	if err := r.checkResumedFrom(ctx, stored); err != nil {
+		return err
+	}
 	if len(gone) > 0 && !r.cfg.PartialHistory {
 		return fmt.Errorf("rebuild: %w: in %s, %s; the rebuilt tables would lack the events its retention deleted", ErrHistoryGone, r.cfg.Topic, strings.Join(gone, ", "))
 	}
@@ -593,7 +630,7 @@ func (r *rebuildRun) start(ctx context.Context) error {
 			// PartialHistory: the shadow tables hold events up to o, but
 			// not those between o and next. Starting over leaves out all
 			// of those Kafka no longer has.
-			return errStartOver
+			return startOver{"Kafka's retention deleted events the interrupted rebuild had not applied yet"}
 		case !ok:
 			_, err := r.pool.Exec(ctx, `INSERT INTO `+shadow+`.spate_rebuild_partitions (partition, from_offset) VALUES ($1, $2)
 				ON CONFLICT (partition) DO UPDATE SET from_offset = excluded.from_offset, skipped = '{}'`, p, next)

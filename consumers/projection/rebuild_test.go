@@ -562,6 +562,38 @@ func TestRebuildOfHistoryKafkaNoLongerHas(t *testing.T) {
 	wantRows(t, pool, `SELECT min("offset"), count(*) FROM event_log`, "4|6")
 }
 
+// TestRebuildFromFurtherBackStartsOver: a rebuild from offset 5 is
+// interrupted; run again from the start, it does not resume tables that
+// lack events 0 to 4, but starts over.
+func TestRebuildFromFurtherBackStartsOver(t *testing.T) {
+	t.Parallel()
+	brokers := spatetest.Kafka(t, 1, "events")
+	live, pool := newProjector(t)
+	p0 := produceTo(t, brokers, 0, records(t, 0, 10))
+	if err := live.Apply(t.Context(), consumers.Batch{Topic: "events", Partition: 0, Records: p0, Next: 10}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, interrupt := context.WithCancel(t.Context())
+	cfg := projection.RebuildConfig{Projections: []projection.Projection{projection.EventLog()}, Topic: "events", From: map[int32]int64{0: 5},
+		Progress: func(done, total int64) { interrupt() }}
+	rb, err := projection.NewRebuild(pool, schemas.Builtin(), cfg, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rb.Run(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted rebuild: %v, want context.Canceled", err)
+	}
+	cfg.From, cfg.Progress = nil, nil
+	if rb, err = projection.NewRebuild(pool, schemas.Builtin(), cfg, kgo.SeedBrokers(brokers...)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := rb.Run(t.Context())
+	if err != nil || res.Resumed || res.Applied != 10 {
+		t.Fatalf("rebuild from the start = %+v, %v; want a fresh run of 10 events", res, err)
+	}
+	wantRows(t, pool, `SELECT min("offset"), count(*) FROM event_log`, "0|10")
+}
+
 // TestRebuildWithTheLiveOffsetBelowKafkasHistory: the live projector had
 // not applied the events retention deleted, and the partition is idle, so
 // its offset stays below Kafka's log start: it would move only with new
