@@ -154,7 +154,7 @@ again from Kafka's history.
 	annotateEnv(fs)
 	// What to do is said on the command line, never left in the environment.
 	fs.StringVar(&to, "to", "", "where to move the group: earliest, latest, a time (RFC 3339), a duration ago (-24h) or an offset (required)")
-	fs.BoolVar(&force, "force", false, "reset even while the group has live members, who must then restart")
+	fs.BoolVar(&force, "force", false, "reset even while the group has live members, who must then restart, or in a store that holds none of the group's offsets while Kafka knows it")
 	fs.BoolVar(&reapply, "reapply", false, "move a projector group back, so that it applies events again: only when its tables do not hold them")
 	cmdLineOnly(fs, "to", "force", "reapply")
 	return cmd
@@ -588,6 +588,17 @@ func (o *offsetsSession) reset(ctx context.Context, pos position, dryRun, force,
 				return nil, errors.New(why)
 			}
 			fmt.Fprintf(stderr, "warning: %s\n", why)
+		}
+	}
+	if len(s.stored) == 0 && s.state != "Dead" && o.store.name != "kafka" {
+		// Kafka knows a group whose store holds nothing: its offsets
+		// are most likely in another store.
+		why := fmt.Sprintf("group %s has no offsets in %s for %s, but Kafka knows it (%s): its offsets are likely kept elsewhere (the fan-out's in Redis, --redis-url; a projector's in Postgres, --postgres-url)", o.group, o.store.name, o.topic, s.state)
+		switch {
+		case dryRun:
+			fmt.Fprintf(stderr, "warning: %s; a reset would be refused without --force\n", why)
+		case !force:
+			return nil, fmt.Errorf("%s; pass --force to store them in %s all the same", why, o.store.name)
 		}
 	}
 	if dryRun {

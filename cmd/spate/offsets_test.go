@@ -350,6 +350,42 @@ func TestOffsetsResetRefusedWithLiveMember(t *testing.T) {
 	}
 }
 
+// TestOffsetsResetRefusesTheWrongStore: the fan-out's group, which keeps
+// its offsets in Redis and commits them to Kafka, reset with
+// --postgres-url by mistake: Postgres holds nothing of it, Kafka knows it,
+// so the reset is refused (--force stores them all the same).
+func TestOffsetsResetRefusesTheWrongStore(t *testing.T) {
+	t.Parallel()
+	const group = "spate-fanout"
+	brokers, cl, adm := offsetsKafka(t, 1)
+	offsetsProduce(t, cl, map[int32][]time.Time{0: {time.Now(), time.Now()}})
+	var commits kadm.Offsets
+	commits.Add(kadm.Offset{Topic: offsetsTopic, Partition: 0, At: 2})
+	if err := adm.CommitAllOffsets(t.Context(), group, commits); err != nil {
+		t.Fatal(err)
+	}
+	st := offsetsStores(group)["postgres"](t, adm)
+	args := append([]string{"offsets", "reset", "--kafka-brokers", strings.Join(brokers, ","), "--group", group, "--to", "earliest"}, st.flags...)
+	if _, _, err := offsetsRun(t, args...); err == nil || !strings.Contains(err.Error(), "but Kafka knows it") || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("reset in a store that holds nothing of a group Kafka knows: %v, want a refusal offering --force", err)
+	}
+	if _, stderr, err := offsetsRun(t, append(args, "--dry-run")...); err != nil || !strings.Contains(stderr, "would be refused") {
+		t.Errorf("its dry run: %v, stderr %q; want a warning", err, stderr)
+	}
+	if got := st.read(t); len(got) != 0 {
+		t.Errorf("postgres after the refusal: %v, want nothing", got)
+	}
+	if got := offsetsCommitted(t, adm, group); !cmp.Equal(got, map[int32]int64{0: 2}) {
+		t.Errorf("Kafka after the refusal: %v, want the commit unchanged", got)
+	}
+	if _, stderr, err := offsetsRun(t, append(args, "--force")...); err != nil {
+		t.Fatalf("forced: %v\n%s", err, stderr)
+	}
+	if got := st.read(t); !cmp.Equal(got, map[int32]int64{0: 0}) {
+		t.Errorf("postgres after the forced reset: %v, want partition 0 at 0", got)
+	}
+}
+
 // TestOffsetsShowLag: show gives each partition's stored and committed
 // offset, log start and end and lag, the group's state and members, as
 // JSON and as a table.
