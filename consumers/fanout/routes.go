@@ -22,7 +22,9 @@ import (
 // Every value put into a key must be 1 to 128 characters of letters,
 // digits and . _ - /: no separator (:), brace, glob character, space or
 // newline can reach a key, so no event can write into another tenant's
-// streams. An event whose value breaks the rule is dead-lettered.
+// streams. An event whose value breaks the rule is dead-lettered. Two
+// placeholders need such a separator between them (':'), or two events'
+// values could make one key.
 type Route struct {
 	// Types are path.Match globs of the event types routed ("shop.order.*").
 	Types []string
@@ -54,13 +56,16 @@ func validKeyPart(v string) bool {
 		return false
 	}
 	for i := range len(v) {
-		switch c := v[i]; {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-', c == '/':
-		default:
+		if !keyPartByte(v[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// keyPartByte reports whether c may be in a value put into a stream key.
+func keyPartByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/'
 }
 
 // compile parses the template.
@@ -105,6 +110,16 @@ func (r *Route) compile() error {
 	}
 	if len(r.parts) == 0 {
 		return fmt.Errorf("stream is empty")
+	}
+	// Two values must be told apart in a key: {ext.tenant}.{subject} gives
+	// tenant acme.x with subject y and tenant acme with subject x.y the
+	// same stream.
+	for i := 1; i < len(r.parts); i++ {
+		prev := r.parts[i-1]
+		if r.parts[i].attr == "" || prev.attr == "" && (i == 1 || strings.ContainsFunc(prev.literal, func(c rune) bool { return c > 0x7f || !keyPartByte(byte(c)) })) {
+			continue
+		}
+		return fmt.Errorf("stream %q: {%s} needs a separator before it that no value holds, such as ':' (values are letters, digits and . _ - /), or keys of different events could be the same", r.Stream, r.parts[i].attr)
 	}
 	for _, g := range r.Types {
 		if _, err := path.Match(g, ""); err != nil {

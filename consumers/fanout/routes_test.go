@@ -139,6 +139,9 @@ func TestLoadRoutesErrors(t *testing.T) {
 		{"routes:\n  - types: [x]\n    stream: s\n    maxage: soon\n", "maxage \"soon\""},
 		{"routes:\n  - types: [x]\n    stream: s\n    ttl: 1h\n", "spate.yaml:4: route: unknown key \"ttl\""},
 		{"routes:\n  - types: [\"[\"]\n    stream: s\n", "bad pattern"},
+		{"routes:\n  - types: [x]\n    stream: \"t:{ext.tenant}.{subject}\"\n", "stream \"t:{ext.tenant}.{subject}\": {subject} needs a separator before it"},
+		{"routes:\n  - types: [x]\n    stream: \"t:{ext.tenant}{subject}\"\n", "{subject} needs a separator"},
+		{"routes:\n  - types: [x]\n    stream: \"{type}-v2/{id}\"\n", "{id} needs a separator"},
 	} {
 		_, err := fanout.LoadRoutes("spate.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
