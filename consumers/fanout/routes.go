@@ -63,6 +63,17 @@ func validKeyPart(v string) bool {
 	return true
 }
 
+// holdsSeparator reports whether s holds a byte no value put into a stream
+// key holds.
+func holdsSeparator(s string) bool {
+	for i := range len(s) {
+		if !keyPartByte(s[i]) {
+			return true
+		}
+	}
+	return false
+}
+
 // keyPartByte reports whether c may be in a value put into a stream key.
 func keyPartByte(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/'
@@ -115,8 +126,12 @@ func (r *Route) compile() error {
 	// tenant acme.x with subject y and tenant acme with subject x.y the
 	// same stream.
 	for i := 1; i < len(r.parts); i++ {
-		prev := r.parts[i-1]
-		if r.parts[i].attr == "" || prev.attr == "" && (i == 1 || strings.ContainsFunc(prev.literal, func(c rune) bool { return c > 0x7f || !keyPartByte(byte(c)) })) {
+		if r.parts[i].attr == "" {
+			continue
+		}
+		// Before a placeholder: the template's prefix, or a separator
+		// after another placeholder.
+		if prev := r.parts[i-1]; prev.attr == "" && (i == 1 || holdsSeparator(prev.literal)) {
 			continue
 		}
 		return fmt.Errorf("stream %q: {%s} needs a separator before it that no value holds, such as ':' (values are letters, digits and . _ - /), or keys of different events could be the same", r.Stream, r.parts[i].attr)

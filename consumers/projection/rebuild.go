@@ -558,8 +558,9 @@ func (r *rebuildRun) checkResumedFrom(ctx context.Context, stored map[int32]int6
 	var from int64
 	var later []string
 	_, err = pgx.ForEachRow(rows, []any{&p, &from}, func() error {
-		if _, ok := stored[p]; ok && max(r.cfg.From[p], r.logStart[p]) < from {
-			later = append(later, fmt.Sprintf("partition %d at %d, not %d", p, from, max(r.cfg.From[p], r.logStart[p])))
+		_, resumed := stored[p]
+		if want := max(r.cfg.From[p], r.logStart[p]); resumed && want < from {
+			later = append(later, fmt.Sprintf("partition %d at %d, not %d", p, from, want))
 		}
 		return nil
 	})

@@ -789,7 +789,7 @@ func TestRebuildRefusesAGroupWithoutOffsets(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
-	p, pool := newConfigured(t, []byte("projections:\n  - name: event_log\n    builtin: event_log\n"))
+	p, pool := newProjector(t)
 	recs := records(t, 0, 5)
 	produceManually(t, brokers, recs...)
 	if err := p.Apply(ctx, batch(recs)); err != nil {
@@ -819,7 +819,7 @@ func TestRebuildReachesALiveOffsetPastATransactionMarker(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a rebuild that never gets there ends then
 	defer cancel()
 	brokers := spatetest.Kafka(t, 1, "events", consumers.DLQTopic("events"))
-	p, pool := newConfigured(t, []byte("projections:\n  - name: event_log\n    builtin: event_log\n"))
+	p, pool := newProjector(t)
 	tx, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.TransactionalID(t.Name()))
 	if err != nil {
 		t.Fatal(err)
