@@ -62,6 +62,9 @@ type Registry struct {
 	// wire holds the plan of each event type whose protobuf payloads JSON
 	// writes straight from the wire format (see newWirePlan).
 	wire map[string]*wirePlan
+	// jsonIn holds the plan of each event type whose JSON payloads are
+	// read straight into the wire format (see newJSONPlan).
+	jsonIn map[string]*jsonPlan
 	// validator is built on first use: only Decode, the edge's, checks
 	// constraints, and a sink need not pay for it, nor fail on a rule.
 	validator func() (protovalidate.Validator, error)
@@ -165,7 +168,7 @@ func sameFile(a, b protoreflect.FileDescriptor) bool {
 // spate.v1.event_type option. Compiled-in messages use their generated Go
 // types; others are dynamic. Two messages claiming one type is an error.
 func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
-	r := &Registry{types: make(map[string]protoreflect.MessageType), wire: make(map[string]*wirePlan)}
+	r := &Registry{types: make(map[string]protoreflect.MessageType), wire: make(map[string]*wirePlan), jsonIn: make(map[string]*jsonPlan)}
 	for _, fd := range files {
 		if err := r.addMessages(fd.Messages()); err != nil {
 			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
@@ -174,6 +177,9 @@ func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 	for typ, mt := range r.types {
 		if p := newWirePlan(mt.Descriptor()); p != nil {
 			r.wire[typ] = p
+		}
+		if p := newJSONPlan(mt.Descriptor()); p != nil {
+			r.jsonIn[typ] = p
 		}
 	}
 	r.validator = sync.OnceValues(func() (protovalidate.Validator, error) {
@@ -232,8 +238,9 @@ func (r *Registry) Message(eventType string) (protoreflect.MessageType, error) {
 }
 
 // Decode decodes a payload of the given content type as the event type's
-// message, strictly, as the edge must: JSON is read with protojson and may
-// not hold unknown or duplicate fields; protobuf may not hold fields the
+// message, strictly, as the edge must: JSON is read as protojson reads it
+// (the plain payload by a faster reader, see jsonwire.go) and may not hold
+// unknown or duplicate fields; protobuf may not hold fields the
 // schema does not know either. An empty content type means protobuf. A
 // payload that breaks the schema's constraints is refused with a
 // *ViolationsError.
@@ -328,6 +335,16 @@ func (r *Registry) decode(eventType, contentType string, data []byte, strict boo
 	case err != nil:
 		return nil, err
 	case kind == ContentTypeJSON:
+		if p := r.jsonIn[eventType]; p != nil {
+			// What the short way reads holds no unknown field: strict or
+			// not, protojson would read the same.
+			if b, ok := appendJSONWire(make([]byte, 0, len(data)), data, p); ok {
+				if err := unmarshalProto(proto.UnmarshalOptions{}, b, m); err == nil {
+					return m, nil
+				}
+				m = mt.New().Interface()
+			}
+		}
 		if err := (protojson.UnmarshalOptions{DiscardUnknown: !strict}).Unmarshal(data, m); err != nil {
 			return nil, cleanErr(err)
 		}
