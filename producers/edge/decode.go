@@ -97,6 +97,20 @@ var eventReaders = sync.Pool{New: func() any {
 	return r
 }}
 
+// eventReaderOf returns a reader of in from the pool; done puts it back.
+func eventReaderOf(in []byte) *eventReader {
+	r := eventReaders.Get().(*eventReader)
+	r.in = *bytes.NewBuffer(in)
+	r.dec.Reset(&r.in)
+	return r
+}
+
+func (r *eventReader) done() {
+	r.in = bytes.Buffer{} // the pool must not keep the input
+	r.dec.Reset(&r.in)
+	eventReaders.Put(r)
+}
+
 // readJSONEvent reads raw, one JSON value, as json.Unmarshal into a
 // *jsonEvent would, strictly alike (duplicate names and invalid UTF-8 are
 // refused): nil for null, an error for anything but an object. It stops
@@ -104,14 +118,8 @@ var eventReaders = sync.Pool{New: func() any {
 // read the rest: an event that has too many and is malformed too is refused
 // for the first.
 func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
-	r := eventReaders.Get().(*eventReader)
-	r.in = *bytes.NewBuffer(raw)
-	r.dec.Reset(&r.in)
-	defer func() {
-		r.in = bytes.Buffer{} // the pool must not keep raw
-		r.dec.Reset(&r.in)
-		eventReaders.Put(r)
-	}()
+	r := eventReaderOf(raw)
+	defer r.done()
 
 	switch tok, err := r.dec.ReadToken(); {
 	case err == io.EOF:
@@ -123,6 +131,46 @@ func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
 	case tok.Kind() != '{':
 		return nil, errors.New("not an object")
 	}
+	je, err := r.object(raw)
+	if err != nil {
+		return nil, err
+	}
+	return je, r.end()
+}
+
+// readJSONBatch reads body, a JSON array of at most max event objects, as
+// readJSONEvent reads each, in one pass. It reports false for anything else
+// (an element that is not an event object, too many, malformed JSON...):
+// splitArray and readJSONEvent then tell what is wrong.
+func readJSONBatch(body []byte, max int) ([]*jsonEvent, bool) {
+	r := eventReaderOf(body)
+	defer r.done()
+	if tok, err := r.dec.ReadToken(); err != nil || tok.Kind() != '[' {
+		return nil, false
+	}
+	var jes []*jsonEvent
+	for r.dec.PeekKind() != ']' {
+		if len(jes) == max {
+			return nil, false
+		}
+		if tok, err := r.dec.ReadToken(); err != nil || tok.Kind() != '{' {
+			return nil, false
+		}
+		je, err := r.object(body)
+		if err != nil {
+			return nil, false
+		}
+		jes = append(jes, je)
+	}
+	if _, err := r.dec.ReadToken(); err != nil { // ']'
+		return nil, false
+	}
+	return jes, r.end() == nil
+}
+
+// object reads the members of an event object whose '{' was read, up to
+// its '}', from the decoder's input raw: the attributes' values alias raw.
+func (r *eventReader) object(raw []byte) (*jsonEvent, error) {
 	je := &jsonEvent{}
 	for r.dec.PeekKind() != '}' {
 		name, err := r.dec.ReadToken()
@@ -170,7 +218,7 @@ func readJSONEvent(raw jsontext.Value) (*jsonEvent, error) {
 	if _, err := r.dec.ReadToken(); err != nil { // '}'
 		return nil, err
 	}
-	return je, r.end()
+	return je, nil
 }
 
 // errTrailingData says that the input holds more than one JSON value.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -622,4 +623,89 @@ func TestProtobufShape(t *testing.T) {
 	if err != nil || sh != (requestShape{events: 3, extensions: 2}) {
 		t.Errorf("protobufShape = %+v, %v; want 3 events, at most 2 extensions", sh, err)
 	}
+}
+
+// checkJSONBatch fails t unless readJSONBatch, the one pass over a batch,
+// reads body into the events that splitArray and readJSONEvent read one by
+// one, or gives up where those find something wrong. It reports whether the
+// one pass read it.
+func checkJSONBatch(t testing.TB, body []byte, max int) bool {
+	t.Helper()
+	jes, ok := readJSONBatch(body, max)
+	var want []*jsonEvent
+	raws, err := splitArray(body, max)
+	for _, raw := range raws {
+		if err != nil {
+			break
+		}
+		var je *jsonEvent
+		if je, err = readJSONEvent(raw); je == nil && err == nil {
+			err = errors.New("null")
+		}
+		want = append(want, je)
+	}
+	switch {
+	case ok && err != nil:
+		t.Fatalf("readJSONBatch read %s, where one by one: %v", body, err)
+	case !ok && err == nil:
+		t.Fatalf("readJSONBatch gave up on %s, which reads one by one", body)
+	case ok && !cmp.Equal(jes, want, cmpopts.EquateEmpty()):
+		t.Fatalf("readJSONBatch read %s:\n got  %+v\n want %+v", body, jes, want)
+	}
+	return ok
+}
+
+var jsonBatchCases = []struct {
+	name string
+	body string
+	read bool
+}{
+	{"two events", `[{"specversion":"1.0","id":"e-1","source":"/s","type":"t","data":{"a":[1,{"b":"é"}]},"tenant":"acme"},` +
+		` {"id":"e-2","data_base64":"AAE=","n":1,"b":true,"x":null}]`, true},
+	{"none", ` [ ] `, true},
+	{"a name twice in an event", `[{"id":"e-1"},{"id":"e-2","id":"e-3"}]`, false},
+	{"a name twice in data", `[{"id":"e-1","data":{"a":1,"a":2}}]`, false},
+	{"a name in two events", `[{"id":"e-1"},{"id":"e-2"}]`, true},
+	{"null", `[null]`, false},
+	{"not an object", `[{"id":"e-1"},1]`, false},
+	{"too many", `[{},{},{},{}]`, false},
+	{"as many as taken", `[{},{},{}]`, true},
+	{"trailing data", `[{}] {}`, false},
+	{"not an array", `{"id":"e-1"}`, false},
+	{"malformed", `[{"id":"e-1"},`, false},
+	{"invalid UTF-8", "[{\"id\":\"\xff\"}]", false},
+	{"too many extensions", `[{` + extensionsPastTheCap() + `}]`, false},
+}
+
+// extensionsPastTheCap is one extension attribute more than MaxExtensions.
+func extensionsPastTheCap() string {
+	var b strings.Builder
+	for i := range MaxExtensions + 1 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"x%d":1`, i)
+	}
+	return b.String()
+}
+
+func TestReadJSONBatch(t *testing.T) {
+	for _, c := range jsonBatchCases {
+		t.Run(c.name, func(t *testing.T) {
+			if read := checkJSONBatch(t, []byte(c.body), 3); read != c.read {
+				t.Errorf("read = %v, want %v", read, c.read)
+			}
+		})
+	}
+}
+
+// FuzzJSONBatch checks the one pass over a batch against reading its
+// events one by one.
+func FuzzJSONBatch(f *testing.F) {
+	for _, c := range jsonBatchCases {
+		f.Add([]byte(c.body))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		checkJSONBatch(t, body, 3)
+	})
 }

@@ -86,6 +86,15 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		ev, e := eventFromJSON(0, je, err)
 		evs, errs = []*spatev1.Event{ev}, e
 	case contentTypeBatch:
+		if jes, ok := readJSONBatch(body, s.cfg.MaxEvents); ok {
+			evs = make([]*spatev1.Event, len(jes))
+			for i, je := range jes {
+				ev, e := eventFromJSON(i, je, nil)
+				evs[i], errs = ev, append(errs, e...)
+			}
+			break
+		}
+		// Something is wrong: the events are read one by one, to tell what.
 		raws, err := splitArray(body, s.cfg.MaxEvents)
 		if errors.Is(err, errTooManyEvents) {
 			writeProblem(w, http.StatusBadRequest, "invalid-events", "Invalid events",
