@@ -86,3 +86,4 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseDeadLetter$$' -fuzztime=$(FUZZTIME) ./consumers/
 	$(GO) test -run='^$$' -fuzz='^FuzzEvent$$' -fuzztime=$(FUZZTIME) ./cekafka/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeJSONEvent$$' -fuzztime=$(FUZZTIME) ./producers/edge/
+	$(GO) test -run='^$$' -fuzz='^FuzzJSONBatch$$' -fuzztime=$(FUZZTIME) ./producers/edge/
