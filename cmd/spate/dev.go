@@ -56,8 +56,9 @@ Unless told otherwise it brings its own services: an in-process Kafka-protocol
 broker (franz-go's kfake; records kept in memory with time and size retention),
 and a throwaway PostgreSQL and redis-server started from the binaries installed
 on this machine. Set --kafka-brokers, --postgres-url or --redis-url (or their
-SPATE_* variables) to use real ones instead. Ctrl-C stops everything and
-removes the throwaway data.`,
+SPATE_* variables) to use real ones instead. Ctrl-C, or closing the
+terminal, stops everything and removes the throwaway data; a SIGHUP sent
+while the terminal is open reloads --keys.`,
 		Example: `  spate dev
   SPATE_POSTGRES_URL=postgres://localhost/spate spate dev --edge-addr 127.0.0.1:8081`,
 		Args: cobra.NoArgs,
@@ -190,7 +191,7 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 	}
 	defer e.closeEdge(srv) // before the dedupe store's client closes
 	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}
-	tasks := []func(context.Context) error{func(ctx context.Context) error { return reloadOnHangup(ctx, log, f.keys, srv, nil) }}
+	tasks := []func(context.Context) error{reloadOnHangup(log, f.keys, srv, nil, terminalWatch())}
 	var groups []*consumers.Group
 	var sampleStreams []string
 	var noStreams string
@@ -244,6 +245,9 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 	})
 	err = g.Wait()
 	log.Info("stopped; removing throwaway data")
+	if errors.Is(err, errTerminalClosed) {
+		return nil // a stop, as at Ctrl-C
+	}
 	return err
 }
 

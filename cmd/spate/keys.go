@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -65,36 +66,78 @@ func loadKeys(file string) (*edge.Keys, error) {
 	return edge.LoadKeys(file, data)
 }
 
-// reloadOnHangup reloads, on every SIGHUP until ctx ends, the keys file
-// into srv and the TLS files, when there are any. What does not load stays
-// as it was.
-func reloadOnHangup(ctx context.Context, log *slog.Logger, keysFile string, srv *edge.Server, tlsFiles *edge.TLSFiles) error {
+// reloadOnHangup catches SIGHUP from now on, and returns the task that
+// reloads, on every SIGHUP until its ctx ends, the keys file into srv and
+// the TLS files, when there are any. What does not load stays as it was.
+// When terminalGone is not nil and reports true at a SIGHUP, the SIGHUP was
+// the terminal closing: the task returns errTerminalClosed instead.
+//
+// It catches SIGHUP before the task runs, so that one sent as soon as the
+// server answers is a reload too, not the end of the process.
+func reloadOnHangup(log *slog.Logger, keysFile string, srv *edge.Server, tlsFiles *edge.TLSFiles, terminalGone func() bool) func(context.Context) error {
 	hup := make(chan os.Signal, 1) // always caught: a SIGHUP never stops the edge
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-hup:
-		}
-		if keysFile == "" && tlsFiles == nil {
-			log.Info("SIGHUP: no keys file or TLS files to reload")
-		}
-		if keysFile != "" {
-			if ks, err := loadKeys(keysFile); err != nil {
-				log.Error("reload keys; keeping the ones loaded before", "file", keysFile, "err", err)
-			} else {
-				srv.SetKeys(ks)
-				log.Info("keys reloaded", "file", keysFile)
+	return func(ctx context.Context) error {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-hup:
 			}
-		}
-		if tlsFiles != nil {
-			if err := tlsFiles.Reload(); err != nil {
-				log.Error("reload TLS files; keeping the ones loaded before", "err", err)
-			} else {
-				log.Info("TLS files reloaded")
+			if terminalGone != nil && terminalGone() {
+				log.Info("SIGHUP: the terminal closed; stopping")
+				return errTerminalClosed
 			}
+			reload(log, keysFile, srv, tlsFiles)
 		}
 	}
+}
+
+// reload reloads the keys file into srv and the TLS files, when there are
+// any, logging what it did. What does not load stays as it was.
+func reload(log *slog.Logger, keysFile string, srv *edge.Server, tlsFiles *edge.TLSFiles) {
+	if keysFile == "" && tlsFiles == nil {
+		log.Info("SIGHUP: no keys file or TLS files to reload")
+	}
+	if keysFile != "" {
+		if ks, err := loadKeys(keysFile); err != nil {
+			log.Error("reload keys; keeping the ones loaded before", "file", keysFile, "err", err)
+		} else {
+			srv.SetKeys(ks)
+			log.Info("keys reloaded", "file", keysFile)
+		}
+	}
+	if tlsFiles != nil {
+		if err := tlsFiles.Reload(); err != nil {
+			log.Error("reload TLS files; keeping the ones loaded before", "err", err)
+		} else {
+			log.Info("TLS files reloaded")
+		}
+	}
+}
+
+// errTerminalClosed is reloadOnHangup's error when the terminal it ran at
+// closed.
+var errTerminalClosed = errors.New("the terminal closed")
+
+// terminalWatch returns a func reporting whether the process's controlling
+// terminal is gone, as it is once the terminal closed, which sends SIGHUP:
+// spate dev, which reloads keys on SIGHUP too, must stop then, as at
+// Ctrl-C, and not hold its ports and throwaway servers past its terminal.
+// It returns nil for a process without a terminal, where a SIGHUP is always
+// a reload asked for.
+func terminalWatch() func() bool {
+	tty := func() bool {
+		f, err := os.Open("/dev/tty")
+		if err != nil {
+			return false
+		}
+		f.Close()
+		return true
+	}
+	if !tty() {
+		return nil
+	}
+	return func() bool { return !tty() }
 }

@@ -108,13 +108,14 @@ func newEdgeCmd() *cobra.Command {
 			}
 			e.log.Info("edge listening", "addr", ln.Addr().String(), "admin", aln.Addr().String(), "topic", e.topic,
 				"tls", tlsCfg != nil, "mtls", tlsClientCA != "")
+			reloads := reloadOnHangup(e.log, keysFile, srv, tlsFiles, nil)
 			ctx := cmd.Context()
 			g, ctx := errgroup.WithContext(ctx)
 			g.Go(func() error { return srv.Serve(ctx, ln) })
 			g.Go(func() error {
 				return serveHTTP(ctx, aln, adminHandler(e.metrics, []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}), e.log)
 			})
-			g.Go(func() error { return reloadOnHangup(ctx, e.log, keysFile, srv, tlsFiles) })
+			g.Go(func() error { return reloads(ctx) })
 			return g.Wait()
 		},
 	}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/spate-io/spate/spatetest"
+)
+
+// devAtTerminalEnv makes the test binary, run again by
+// TestDevStopsWhenItsTerminalCloses, run spate dev with the arguments it
+// holds, split at spaces.
+const devAtTerminalEnv = "SPATE_TEST_DEV_AT_TERMINAL"
+
+// TestDevStopsWhenItsTerminalCloses: spate dev at a terminal reloads its
+// keys on a SIGHUP sent to it, and keeps running; when the terminal closes
+// (which sends SIGHUP too), it stops, as at Ctrl-C, instead of holding its
+// ports and throwaway servers with nobody to stop it.
+func TestDevStopsWhenItsTerminalCloses(t *testing.T) {
+	if args := os.Getenv(devAtTerminalEnv); args != "" {
+		os.Exit(mainWith(strings.Fields(args), run))
+	}
+	t.Parallel()
+	master, slave := openPTY(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDevStopsWhenItsTerminalCloses$")
+	cmd.Env = append(os.Environ(), devAtTerminalEnv+"=dev --edge-only --kafka-port 0 --edge-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --redis-url "+spatetest.Redis(t))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true} // the terminal is its own
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	timeout := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() }) // a child that does not stop
+	defer timeout.Stop()
+	out := terminalOutput(master)
+	await := func(what string) {
+		t.Helper()
+		if !out.await(what) {
+			t.Fatalf("spate dev did not say %q; it said:\n%s", what, out.String())
+		}
+	}
+	await("Ctrl-C stops everything")
+	for range 2 { // a SIGHUP sent to it is a reload, and leaves it running for the next
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		await("SIGHUP: no keys file")
+		out.forget()
+	}
+	master.Close() // the terminal closes
+	err := cmd.Wait()
+	if err != nil {
+		t.Fatalf("spate dev after its terminal closed: %v, want it stopped cleanly (a kill at the timeout would show)", err)
+	}
+}
+
+// openPTY opens a pseudo-terminal: its master side, and its slave side for
+// a child.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Close() })
+	// Not by master.Fd(), which would make reads block and Close wait for them.
+	rc, err := master.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var ioctlErr error
+	if err := rc.Control(func(fd uintptr) {
+		if ioctlErr = unix.IoctlSetPointerInt(int(fd), unix.TIOCSPTLCK, 0); ioctlErr == nil { // unlock the slave side
+			n, ioctlErr = unix.IoctlGetInt(int(fd), unix.TIOCGPTN)
+		}
+	}); err != nil || ioctlErr != nil {
+		t.Fatal(err, ioctlErr)
+	}
+	slave, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slave.Close() })
+	return master, slave
+}
+
+// ptyOutput is what a child wrote to its terminal, as read so far.
+type ptyOutput struct {
+	chunks chan []byte // closed at the end of the output
+	got    strings.Builder
+}
+
+// terminalOutput reads what is written to the terminal of master.
+func terminalOutput(master *os.File) *ptyOutput {
+	o := &ptyOutput{chunks: make(chan []byte)}
+	go func() {
+		defer close(o.chunks)
+		for {
+			b := make([]byte, 4096)
+			n, err := master.Read(b)
+			if n > 0 {
+				o.chunks <- b[:n]
+			}
+			if err != nil {
+				return // EIO once the child is gone, or closed
+			}
+		}
+	}()
+	return o
+}
+
+// await reads until the output holds s, and reports whether it came
+// before the output ended.
+func (o *ptyOutput) await(s string) bool {
+	for !strings.Contains(o.got.String(), s) {
+		b, ok := <-o.chunks
+		if !ok {
+			return false
+		}
+		o.got.Write(b)
+	}
+	return true
+}
+
+// forget drops what was read so far.
+func (o *ptyOutput) forget() { o.got.Reset() }
+
+func (o *ptyOutput) String() string { return o.got.String() }
