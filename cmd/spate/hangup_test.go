@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -134,3 +136,38 @@ func (o *ptyOutput) await(s string) bool {
 func (o *ptyOutput) forget() { o.got.Reset() }
 
 func (o *ptyOutput) String() string { return o.got.String() }
+
+// TestHangupBeforeTheTaskRunsIsAReload: a SIGHUP that comes once the
+// reload is set up but before its task runs (as soon as the servers
+// answer) is a reload, not the end of the process, which is SIGHUP's
+// default action.
+func TestHangupBeforeTheTaskRunsIsAReload(t *testing.T) {
+	logged := make(chan string, 8)
+	task := reloadOnHangup(slog.New(messages(logged)), "", nil, nil, nil)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- task(ctx) }()
+	select {
+	case msg := <-logged:
+		if !strings.Contains(msg, "no keys file") {
+			t.Errorf("logged %q, want the reload's line", msg)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("no reload after the SIGHUP")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("the reload task ended with %v, want nil", err)
+	}
+}
+
+// messages is a slog handler sending each message to a channel.
+type messages chan<- string
+
+func (m messages) Enabled(context.Context, slog.Level) bool      { return true }
+func (m messages) Handle(_ context.Context, r slog.Record) error { m <- r.Message; return nil }
+func (m messages) WithAttrs([]slog.Attr) slog.Handler            { return m }
+func (m messages) WithGroup(string) slog.Handler                 { return m }
