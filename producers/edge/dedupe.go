@@ -37,14 +37,14 @@ import (
 // never write it twice.
 //
 // The claims of concurrent requests go to Redis together, in one pipeline
-// (SET NX GET: Redis 7.0 or later), and so do their receipts: under load one
-// round trip serves many requests.
+// (SET NX GET: Redis 7.0 or later), and so do the receipts of those that
+// finished, in the same one: under load one round trip serves many
+// requests, at both ends.
 type Dedupe struct {
-	rdb     redis.UniversalClient
-	window  time.Duration
-	prefix  string
-	claims  batcher[*claimJob]
-	settles batcher[*settleJob]
+	rdb    redis.UniversalClient
+	window time.Duration
+	prefix string
+	jobs   batcher[dedupeJob]
 }
 
 // NewDedupe returns a store in rdb remembering events for window, under
@@ -54,15 +54,13 @@ func NewDedupe(rdb redis.UniversalClient, window time.Duration, prefix string) *
 		prefix = "spate:"
 	}
 	d := &Dedupe{rdb: rdb, window: window, prefix: prefix}
-	d.claims = batcher[*claimJob]{run: d.runClaims, max: dedupeFlushes, limit: dedupeBatchKeys,
-		size: func(j *claimJob) int { return len(j.keys) }}
-	d.settles = batcher[*settleJob]{run: d.runSettles, max: dedupeFlushes, limit: dedupeBatchKeys,
-		size: func(j *settleJob) int { return 1 + len(j.dels) }}
+	d.jobs = batcher[dedupeJob]{run: d.run, max: dedupeFlushes, limit: dedupeBatchKeys,
+		size: func(j dedupeJob) int { return j.size() }}
 	return d
 }
 
 const (
-	// dedupeFlushes is how many round trips of each kind may be in flight.
+	// dedupeFlushes is how many round trips may be in flight.
 	dedupeFlushes = 4
 	// dedupeBatchKeys caps the keys of one round trip, so that the
 	// requests sharing it wait for a short one only.
@@ -117,15 +115,42 @@ func (b *batcher[J]) flush() {
 	}
 }
 
+// dedupeJob is one request's claims, or its receipts, to be run with
+// those of others.
+type dedupeJob interface {
+	size() int // keys it writes, for dedupeBatchKeys
+	// queue adds its commands to p.
+	queue(ctx context.Context, d *Dedupe, p redis.Pipeliner)
+	// ran reads what its commands got (a pipeline that failed as a whole
+	// failed each): a claim adds what it gives back to giveBack, settled
+	// receipts the claims they release to dels.
+	ran(giveBack, dels *releases)
+	// done ends the job, err being the releases' error.
+	done(err error)
+}
+
+// releases are claims to delete: keys, each with the claim value it must
+// still hold.
+type releases struct {
+	keys   []string
+	claims []any
+}
+
+func (r *releases) add(keys []string, claims ...any) {
+	r.keys, r.claims = append(r.keys, keys...), append(r.claims, claims...)
+}
+
 // claimJob is one request's claim under its token: vals gets what
 // claimKeys returns for its keys.
 type claimJob struct {
-	keys  []string
-	token string
-	vals  []string
-	err   error
-	done  chan struct{}
-	state atomic.Int32 // claimWaiting, claimAnswered or claimAbandoned
+	keys   []string
+	token  string
+	vals   []string
+	err    error
+	ch     chan struct{}
+	state  atomic.Int32 // claimWaiting, claimAnswered or claimAbandoned
+	tokens []any
+	cmds   []*redis.StatusCmd
 }
 
 const (
@@ -142,70 +167,79 @@ type settleJob struct {
 	dels         []string
 	delsClaimsOf []any
 	err          error
-	done         chan struct{}
+	ch           chan struct{}
+	cmd          *redis.StatusCmd
 }
 
-// runClaims claims the keys of every job in one pipeline, each key under a
-// token of its own: if go-redis retries the pipeline after a lost reply,
-// the keys it claimed the first time hold its own tokens, and two claims of
-// one key, in one request or in two, still differ. A batch runs
-// under go-redis's own timeouts, whoever gave up: what it claimed for a
-// request that gave up, or for all when it failed, it gives back.
-func (d *Dedupe) runClaims(jobs []*claimJob) {
-	ctx := context.Background()
-	var keys []string
-	var tokens []any
-	for _, j := range jobs {
-		keys = append(keys, j.keys...)
-		for k := range j.keys {
-			tokens = append(tokens, claimValue(j.token, k))
-		}
-	}
-	vals, err := d.claimKeys(ctx, keys, tokens)
-	var giveBack []string
-	var giveBackTokens []any
-	at := 0 // of the first key of j in keys
-	for _, j := range jobs {
-		if j.err = err; err == nil {
-			j.vals = vals[at : at+len(j.keys)]
-		}
-		abandoned := !j.state.CompareAndSwap(claimWaiting, claimAnswered)
-		for k, key := range j.keys {
-			if err != nil || abandoned && j.vals[k] == "" {
-				giveBack, giveBackTokens = append(giveBack, key), append(giveBackTokens, tokens[at+k])
-			}
-		}
-		at += len(j.keys)
-		close(j.done)
-	}
-	d.release(ctx, giveBack, giveBackTokens) // best effort: what stays expires with the window
-}
-
-// runSettles writes the receipts of every job in one pipeline, and then
-// releases their claims in another (after a publish failed: rare).
-// A release deletes only a claim that is still the job's own: a retry after
-// a lost reply, or a release after the claim expired and another request
-// claimed the id, leaves the other's claim alone.
-func (d *Dedupe) runSettles(jobs []*settleJob) {
+// run runs the commands of every job in one pipeline: claims, each key
+// under a token of its own, and receipts. If go-redis retries the pipeline
+// after a lost reply, the keys it claimed the first time hold its own
+// tokens, and two claims of one key, in one request or in two, still
+// differ. A batch runs under go-redis's own timeouts, whoever gave up.
+// Then, in another pipeline, it gives back the claims that a request gave
+// up on, or all of them when the first failed, and releases those of
+// events a publish did not write (rare).
+func (d *Dedupe) run(jobs []dedupeJob) {
 	ctx := context.Background()
 	p := d.rdb.Pipeline()
-	var dels []string
-	var claims []any
 	for _, j := range jobs {
-		if j.receipts != "" {
-			p.Set(ctx, d.receiptsKey(j.token), j.receipts, d.window)
+		j.queue(ctx, d, p)
+	}
+	p.Exec(ctx) // each command tells its own error, redis.Nil for a claim's key that was free
+	var giveBack, dels releases
+	for _, j := range jobs {
+		j.ran(&giveBack, &dels)
+	}
+	d.release(ctx, giveBack.keys, giveBack.claims) // best effort: what stays expires with the window
+	err := d.release(ctx, dels.keys, dels.claims)
+	for _, j := range jobs {
+		j.done(err)
+	}
+}
+
+func (j *claimJob) size() int { return len(j.keys) }
+
+func (j *claimJob) queue(ctx context.Context, d *Dedupe, p redis.Pipeliner) {
+	j.tokens = make([]any, len(j.keys))
+	j.cmds = make([]*redis.StatusCmd, len(j.keys))
+	for k, key := range j.keys {
+		j.tokens[k] = claimValue(j.token, k)
+		j.cmds[k] = p.SetArgs(ctx, key, j.tokens[k], redis.SetArgs{Mode: "NX", Get: true, TTL: d.window})
+	}
+}
+
+// ran answers the request at once: the give-backs that follow are not its.
+func (j *claimJob) ran(giveBack, _ *releases) {
+	j.vals, j.err = claimed(j.cmds, j.tokens)
+	abandoned := !j.state.CompareAndSwap(claimWaiting, claimAnswered)
+	for k, key := range j.keys {
+		if j.err != nil || abandoned && j.vals[k] == "" {
+			giveBack.add([]string{key}, j.tokens[k])
 		}
-		dels, claims = append(dels, j.dels...), append(claims, j.delsClaimsOf...)
 	}
-	var err error
-	if p.Len() > 0 {
-		_, err = p.Exec(ctx)
+	close(j.ch)
+}
+
+func (j *claimJob) done(error) {}
+
+func (j *settleJob) size() int { return 1 + len(j.dels) }
+
+func (j *settleJob) queue(ctx context.Context, d *Dedupe, p redis.Pipeliner) {
+	if j.receipts != "" {
+		j.cmd = p.Set(ctx, d.receiptsKey(j.token), j.receipts, d.window)
 	}
-	err = cmp.Or(err, d.release(ctx, dels, claims))
-	for _, j := range jobs {
-		j.err = err
-		close(j.done)
+}
+
+func (j *settleJob) ran(_, dels *releases) {
+	if j.cmd != nil {
+		j.err = j.cmd.Err()
 	}
+	dels.add(j.dels, j.delsClaimsOf...)
+}
+
+func (j *settleJob) done(err error) {
+	j.err = cmp.Or(j.err, err)
+	close(j.ch)
 }
 
 // A claim's value is pending + ":" + the request's token + ":" + the
@@ -244,20 +278,11 @@ func (d *Dedupe) key(by scope, ev *spatev1.Event) string {
 	return d.prefix + "dedupe:" + hex.EncodeToString(h[:16])
 }
 
-// claimKeys claims each key keys[i] that is free, or already holds its
-// claimant's token tokens[i], for the window, in one pipeline of SET NX GET
-// (Redis 7.0 or later). It returns, per key, "" for a claim, or what the
-// key holds: another's claim ("pending:<token>") or a receipt.
-func (d *Dedupe) claimKeys(ctx context.Context, keys []string, tokens []any) ([]string, error) {
-	p := d.rdb.Pipeline()
-	cmds := make([]*redis.StatusCmd, len(keys))
-	for i, k := range keys {
-		cmds[i] = p.SetArgs(ctx, k, tokens[i], redis.SetArgs{Mode: "NX", Get: true, TTL: d.window})
-	}
-	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, err
-	}
-	vals := make([]string, len(keys))
+// claimed returns, for each SET NX GET of cmds, which claimed its key for
+// tokens[i] if it was free (or already held tokens[i]), "" for a claim, or
+// what the key holds: another's claim ("pending:<token>") or a receipt.
+func claimed(cmds []*redis.StatusCmd, tokens []any) ([]string, error) {
+	vals := make([]string, len(cmds))
 	for i, c := range cmds {
 		switch v, err := c.Result(); {
 		case errors.Is(err, redis.Nil): // it was free: claimed now
@@ -301,18 +326,18 @@ return 0
 // another request; then it claims none. When ctx ends first, what it
 // claimed is given back.
 func (d *Dedupe) claim(ctx context.Context, by scope, evs []*spatev1.Event) (token string, prior []*spatev1.Receipt, busy bool, err error) {
-	j := &claimJob{keys: make([]string, len(evs)), token: fmt.Sprintf("%016x", rand.Uint64()), done: make(chan struct{})}
+	j := &claimJob{keys: make([]string, len(evs)), token: fmt.Sprintf("%016x", rand.Uint64()), ch: make(chan struct{})}
 	for i, ev := range evs {
 		j.keys[i] = d.key(by, ev)
 	}
-	d.claims.add(j)
+	d.jobs.add(j)
 	select {
-	case <-j.done:
+	case <-j.ch:
 	case <-ctx.Done():
 		if j.state.CompareAndSwap(claimWaiting, claimAbandoned) {
 			return "", nil, false, fmt.Errorf("dedupe claim: %w", ctx.Err())
 		}
-		<-j.done // answered just now
+		<-j.ch // answered just now
 	}
 	if j.err != nil {
 		return "", nil, false, fmt.Errorf("dedupe claim: %w", j.err)
@@ -417,9 +442,9 @@ func (d *Dedupe) settle(by scope, token string, evs []*spatev1.Event, prior, rs 
 	}
 	try := func() error {
 		job := j
-		job.done = make(chan struct{})
-		d.settles.add(&job)
-		<-job.done
+		job.ch = make(chan struct{})
+		d.jobs.add(&job)
+		<-job.ch
 		return job.err
 	}
 	err := try()
