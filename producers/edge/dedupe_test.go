@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -447,5 +449,40 @@ func TestClaimRetriedAfterLostReply(t *testing.T) {
 	}
 	if hw := f.highWatermark(t); hw != 1 {
 		t.Fatalf("high watermark %d, want 1 record", hw)
+	}
+}
+
+// TestDedupeStoreDownPublishesNothing: with its dedupe store not answering,
+// the edge answers 503 dedupe-unavailable with Retry-After and writes
+// nothing to Kafka, single events and batches alike.
+func TestDedupeStoreDownPublishesNothing(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := ln.Addr().String()
+	ln.Close() // nothing listens there: every command fails
+	rdb := redis.NewClient(&redis.Options{Addr: down, MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	f := start(t, edge.Config{Dedupe: edge.NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))})
+	const one, batch = "application/cloudevents+json", "application/cloudevents-batch+json"
+	for _, req := range []struct{ ct, body string }{
+		{one, orderJSON("e1", "s")},
+		{batch, "[" + orderJSON("e2", "s") + "," + orderJSON("e3", "s") + "]"},
+	} {
+		resp, err := f.httpClient().Post(f.url+"/v1/events", req.ct, strings.NewReader(req.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(b), "dedupe-unavailable") {
+			t.Fatalf("%s with the dedupe store down: %d %s (Retry-After %q), want 503 dedupe-unavailable with Retry-After",
+				req.ct, resp.StatusCode, b, resp.Header.Get("Retry-After"))
+		}
+	}
+	if hw := f.highWatermark(t); hw != 0 {
+		t.Fatalf("high watermark %d with the dedupe store down, want nothing written", hw)
 	}
 }
