@@ -211,7 +211,11 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 		return nil, &refusal{status: http.StatusUnsupportedMediaType, kind: "unsupported-encoding", title: "Unsupported content encoding",
 			detail: fmt.Sprintf("Content-Encoding %q is not taken; use gzip or none", enc)}
 	}
-	body, err := io.ReadAll(&chargedReader{in, c, errOverCap})
+	var sizeHint int64 // the body's length, when known: read into one buffer of that size
+	if enc == "" || enc == "identity" {
+		sizeHint = min(r.ContentLength, limit)
+	}
+	body, err := readAll(&chargedReader{in, c, errOverCap}, sizeHint)
 	switch mbe := (*http.MaxBytesError)(nil); {
 	case errors.Is(err, errOverCap):
 		return nil, overloaded("request bytes")
@@ -223,6 +227,19 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 		return nil, tooLarge("decompressed body")
 	}
 	return body, nil
+}
+
+// readAll is io.ReadAll, reading into a buffer of size bytes and a little
+// more when size is above zero: a body of known length is read without the
+// buffers that growing as it comes would take (about as many bytes again).
+func readAll(r io.Reader, size int64) ([]byte, error) {
+	if size <= 0 {
+		return io.ReadAll(r)
+	}
+	var b bytes.Buffer
+	b.Grow(int(size) + bytes.MinRead) // room for the read that finds the end
+	_, err := b.ReadFrom(r)
+	return b.Bytes(), err
 }
 
 // charge counts the bytes of a request body against the in-flight cap:
