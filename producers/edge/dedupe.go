@@ -45,6 +45,8 @@ type Dedupe struct {
 	window time.Duration
 	prefix string
 	jobs   batcher[dedupeJob]
+	// retrying counts the settles trying again in the background.
+	retrying sync.WaitGroup
 }
 
 // NewDedupe returns a store in rdb remembering events for window, under
@@ -421,8 +423,9 @@ func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []st
 // a second time. Only the events claimed by this request (prior nil) are
 // touched.
 // If that fails, it returns the error and tries again in the background,
-// backing off up to settleRetryMax, for as long as the window lasts:
-// without their receipts, the claims would answer every retry 409.
+// backing off up to settleRetryMax, for as long as the window lasts or
+// until the store's Redis client is closed: without their receipts, the
+// claims would answer every retry 409.
 func (d *Dedupe) settle(by scope, token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt) error {
 	j := settleJob{token: token}
 	written := make([]*spatev1.Receipt, len(evs))
@@ -451,11 +454,15 @@ func (d *Dedupe) settle(by scope, token string, evs []*spatev1.Event, prior, rs 
 	if err == nil {
 		return nil
 	}
+	d.retrying.Add(1)
 	go func() {
+		defer d.retrying.Done()
 		until := time.Now().Add(d.window)
 		for wait := 100 * time.Millisecond; time.Now().Before(until); wait = min(2*wait, settleRetryMax) {
 			time.Sleep(wait)
-			if try() == nil {
+			// Once the store's client is closed (the edge closed), no
+			// try can succeed: the claims stay for the window.
+			if err := try(); err == nil || errors.Is(err, redis.ErrClosed) {
 				return
 			}
 		}

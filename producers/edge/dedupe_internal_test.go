@@ -120,6 +120,36 @@ func TestSettleTriesAgain(t *testing.T) {
 	})
 }
 
+// TestSettleRetriesEndWithTheClient: a settle trying again in the
+// background stops once the store's Redis client is closed, as it is after
+// the edge closed, rather than trying, in vain, for the rest of the window.
+func TestSettleRetriesEndWithTheClient(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := spatetest.RedisClientOf(t, spatetest.Redis(t))
+	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
+	ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
+	token, _, busy, err := d.claim(ctx, testScope, ev)
+	if err != nil || busy {
+		t.Fatalf("claim: busy %v, %v", busy, err)
+	}
+	rdb.Close() // the settle's first try fails, and so would every other
+	written := []*spatev1.Receipt{{Id: "e1", Topic: "events", Partition: 2, Offset: 7}}
+	if err := d.settle(testScope, token, ev, make([]*spatev1.Receipt, 1), written); err == nil {
+		t.Fatal("settle: no error, want one")
+	}
+	ended := make(chan struct{})
+	go func() {
+		d.retrying.Wait()
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(time.Minute):
+		t.Fatal("the settle still tries again a minute after its client closed")
+	}
+}
+
 // testScope is the scope of the events of these tests.
 var testScope = scope{producers.DefaultTopic, "k"}
 
