@@ -46,6 +46,7 @@ type receiptJSON struct {
 func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	key, err := s.authenticate(r.Context(), r.Header) // before reading what may be a large body
 	if err != nil {
+		s.discardBody(r)
 		writeRefusal(w, err)
 		return
 	}
@@ -53,6 +54,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	switch ct {
 	case contentTypeEvent, contentTypeBatch, contentTypeProtobuf, "application/protobuf":
 	default:
+		s.discardBody(r)
 		writeProblem(w, http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type",
 			fmt.Sprintf("Content-Type %q is not taken; use %s, %s or %s", ct, contentTypeEvent, contentTypeBatch, contentTypeProtobuf), nil)
 		return

@@ -335,3 +335,40 @@ keys:
 		}
 	}
 }
+
+// TestRefusalsReadTheBody: a request refused before its body is read (401,
+// 415) has the body read and dropped, up to the body cap, before the
+// answer, as other refusals do: the connection stays open for the client's
+// next request, and a client still sending does not meet a reset instead
+// of the answer. net/http alone reads at most 256 KiB of it.
+func TestRefusalsReadTheBody(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{Keys: keysFile(t, true)})
+	body := strings.Repeat("x", 600<<10)
+	for _, tc := range []struct {
+		name, key, ct string
+		want          int
+	}{
+		{"no key", "", "application/cloudevents+json", http.StatusUnauthorized},
+		{"a wrong key", "spk_nobody_0123456789", "application/cloudevents+json", http.StatusUnauthorized},
+		{"an unsupported media type", checkoutKey, "text/plain", http.StatusUnsupportedMediaType},
+	} {
+		req, err := http.NewRequest(http.MethodPost, f.url+"/v1/events", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", tc.ct)
+		if tc.key != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.key)
+		}
+		resp, err := f.httpClient().Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want || resp.Close {
+			t.Errorf("%s: %d, closing the connection %v; want %d on a connection kept open", tc.name, resp.StatusCode, resp.Close, tc.want)
+		}
+	}
+}
