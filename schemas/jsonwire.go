@@ -2,6 +2,7 @@ package schemas
 
 import (
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -57,13 +58,16 @@ func buildJSONPlan(md protoreflect.MessageDescriptor, built map[protoreflect.Mes
 	if p, ok := built[md]; ok {
 		return p
 	}
-	if md.ParentFile().Syntax() != protoreflect.Proto3 || md.ParentFile().Package() == "google.protobuf" ||
+	byName, ok := fieldsByName(md)
+	if !ok || md.ParentFile().Syntax() != protoreflect.Proto3 || md.ParentFile().Package() == "google.protobuf" ||
 		md.ExtensionRanges().Len() > 0 || md.IsMapEntry() {
 		built[md] = nil
 		return nil
 	}
+	// Decided: a message that refers back to this one gets this plan, which
+	// cannot turn out unusable once handed out.
 	fds := md.Fields()
-	p := &jsonPlan{fields: make([]jsonField, fds.Len()), byName: make(map[string]int, 2*fds.Len())}
+	p := &jsonPlan{fields: make([]jsonField, fds.Len()), byName: byName}
 	built[md] = p
 	for i := range fds.Len() {
 		fd := fds.Get(i)
@@ -88,18 +92,29 @@ func buildJSONPlan(md protoreflect.MessageDescriptor, built map[protoreflect.Mes
 			}
 		}
 		p.fields[i] = f
-		// protojson looks a name up as a JSON name first, then as a .proto
-		// name: the first field to claim a name keeps it, as ByJSONName
-		// does; a message whose names two fields claim takes the long way.
-		for _, name := range []string{fd.JSONName(), string(fd.Name())} {
-			if j, ok := p.byName[name]; ok && j != i {
-				built[md] = nil
-				return nil
-			}
-			p.byName[name] = i
-		}
 	}
 	return p
+}
+
+// fieldsByName returns the index of md's fields by the names protojson finds
+// them by, JSON name and .proto name, or false when protojson would not
+// find each field by each of its names alone:
+//   - two fields claim one name (protodesc takes descriptors that protoc
+//     refuses for it): protojson looks a name up as a JSON name first;
+//   - a JSON name in brackets, which protojson takes for an extension's.
+func fieldsByName(md protoreflect.MessageDescriptor) (map[string]int, bool) {
+	fds := md.Fields()
+	byName := make(map[string]int, 2*fds.Len())
+	for i := range fds.Len() {
+		fd := fds.Get(i)
+		for _, name := range []string{fd.JSONName(), string(fd.Name())} {
+			if j, ok := byName[name]; ok && j != i || strings.HasPrefix(name, "[") && strings.HasSuffix(name, "]") {
+				return nil, false
+			}
+			byName[name] = i
+		}
+	}
+	return byName, true
 }
 
 // appendJSONWire appends to b the wire format of the JSON object data as a

@@ -6,7 +6,9 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
@@ -160,4 +162,67 @@ func FuzzJSONWire(f *testing.F) {
 		checkJSONWire(t, data, all)
 		checkJSONWire(t, data, placed)
 	})
+}
+
+// TestJSONWireNamesAsProtojsonFindsThem: names that protodesc takes but
+// protojson does not find each field by (a JSON name two fields claim, one
+// in brackets) send the message the long way, and so does every message
+// that reaches one; the messages that refer back to it keep to protojson's
+// reading too.
+func TestJSONWireNamesAsProtojsonFindsThem(t *testing.T) {
+	field := func(name string, n int32, msgType, jsonName string) *descriptorpb.FieldDescriptorProto {
+		f := &descriptorpb.FieldDescriptorProto{Name: proto.String(name), Number: proto.Int32(n),
+			Type: descriptorpb.FieldDescriptorProto_TYPE_INT32.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()}
+		if msgType != "" {
+			f.Type, f.TypeName = descriptorpb.FieldDescriptorProto_TYPE_MESSAGE.Enum(), proto.String(msgType)
+		}
+		if jsonName != "" {
+			f.JsonName = proto.String(jsonName)
+		}
+		return f
+	}
+	message := func(name string, fields ...*descriptorpb.FieldDescriptorProto) *descriptorpb.DescriptorProto {
+		return &descriptorpb.DescriptorProto{Name: proto.String(name), Field: fields}
+	}
+	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{Name: proto.String("names.proto"), Package: proto.String("names"),
+		Syntax: proto.String("proto3"), MessageType: []*descriptorpb.DescriptorProto{
+			// T reaches A, whose names clash, through B, which refers back to A.
+			message("T", field("a", 1, ".names.A", ""), field("b", 2, ".names.B", "")),
+			message("A", field("b", 1, ".names.B", ""), field("foo", 2, "", "bar"), field("baz", 3, "", "foo")),
+			message("B", field("a", 1, ".names.A", ""), field("n", 2, "", "")),
+			message("Bracket", field("x", 1, "", "[x]")),
+		}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := fd.Messages()
+	for _, name := range []protoreflect.Name{"A", "Bracket"} {
+		if newJSONPlan(msgs.ByName(name)) != nil {
+			t.Errorf("%s has a JSON plan, want none: protojson does not find its fields by each of their names", name)
+		}
+	}
+	cases := map[protoreflect.Name][]string{
+		"T":       {`{"b":{"a":{"foo":5}}}`, `{"b":{"n":1},"a":{"bar":2}}`},
+		"B":       {`{"a":{"foo":5}}`, `{"n":1}`},
+		"Bracket": {`{"[x]":1}`, `{"x":1}`},
+	}
+	for name, datas := range cases {
+		md := msgs.ByName(name)
+		for _, data := range datas {
+			p := newJSONPlan(md)
+			if p == nil {
+				continue // the long way: protojson's own
+			}
+			if b, ok := appendJSONWire(nil, []byte(data), p); ok {
+				got, want := dynamicpb.NewMessage(md), dynamicpb.NewMessage(md)
+				err := proto.Unmarshal(b, got)
+				if perr := protojson.Unmarshal([]byte(data), want); err != nil || perr != nil || !proto.Equal(got, want) {
+					t.Errorf("%s %s: the JSON path read %v (%v), protojson %v (%v)", name, data, got, err, want, perr)
+				}
+			}
+		}
+	}
+	if !checkJSONWire(t, []byte(`{"n":1}`), msgs.ByName("B")) {
+		t.Error("B's own plain fields took the long way")
+	}
 }
