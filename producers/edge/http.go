@@ -213,11 +213,9 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 		return nil, &refusal{status: http.StatusUnsupportedMediaType, kind: "unsupported-encoding", title: "Unsupported content encoding",
 			detail: fmt.Sprintf("Content-Encoding %q is not taken; use gzip or none", enc)}
 	}
-	var sizeHint int64 // the body's length, when known: read into one buffer of that size
-	if enc == "" || enc == "identity" {
-		sizeHint = min(r.ContentLength, limit)
-	}
-	body, err := readAll(&chargedReader{in, c, errOverCap}, sizeHint)
+	// A body charged for its whole length before it came (chargeBody) is
+	// read into one buffer of that length; others as they come, charged.
+	body, err := readAll(&chargedReader{in, c, errOverCap}, c.charged)
 	switch mbe := (*http.MaxBytesError)(nil); {
 	case errors.Is(err, errOverCap):
 		return nil, overloaded("request bytes")
