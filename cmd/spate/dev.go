@@ -57,8 +57,8 @@ broker (franz-go's kfake; records kept in memory with time and size retention),
 and a throwaway PostgreSQL and redis-server started from the binaries installed
 on this machine. Set --kafka-brokers, --postgres-url or --redis-url (or their
 SPATE_* variables) to use real ones instead. Ctrl-C, or closing the
-terminal, stops everything and removes the throwaway data; a SIGHUP sent
-while the terminal is open reloads --keys.`,
+terminal (unless started with nohup), stops everything and removes the
+throwaway data; a SIGHUP sent while the terminal is open reloads --keys.`,
 		Example: `  spate dev
   SPATE_POSTGRES_URL=postgres://localhost/spate spate dev --edge-addr 127.0.0.1:8081`,
 		Args: cobra.NoArgs,
@@ -96,6 +96,9 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 		return err
 	}
 	started := time.Now()
+	terminalGone := terminalWatch() // before SIGHUP is caught
+	hup, stopHangups := catchHangups()
+	defer stopHangups()
 	// The files first: a mistake in one is told before anything starts.
 	reg, err := loadRegistry(f.schemas)
 	if err != nil {
@@ -191,7 +194,7 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 	}
 	defer e.closeEdge(srv) // before the dedupe store's client closes
 	checks := []check{{"kafka", cl.Ping}, {"edge", srv.Ready}}
-	tasks := []func(context.Context) error{reloadOnHangup(log, f.keys, srv, nil, terminalWatch())}
+	tasks := []func(context.Context) error{reloadOnHangup(hup, log, f.keys, srv, nil, terminalGone)}
 	var groups []*consumers.Group
 	var sampleStreams []string
 	var noStreams string

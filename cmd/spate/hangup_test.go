@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -24,42 +25,59 @@ const devAtTerminalEnv = "SPATE_TEST_DEV_AT_TERMINAL"
 // TestDevStopsWhenItsTerminalCloses: spate dev at a terminal reloads its
 // keys on a SIGHUP sent to it, and keeps running; when the terminal closes
 // (which sends SIGHUP too), it stops, as at Ctrl-C, instead of holding its
-// ports and throwaway servers with nobody to stop it.
+// ports and throwaway servers with nobody to stop it. Started with SIGHUP
+// ignored (nohup), it outlives its terminal, and reloads.
 func TestDevStopsWhenItsTerminalCloses(t *testing.T) {
 	if args := os.Getenv(devAtTerminalEnv); args != "" {
 		os.Exit(mainWith(strings.Fields(args), run))
 	}
 	t.Parallel()
-	master, slave := openPTY(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDevStopsWhenItsTerminalCloses$")
-	cmd.Env = append(os.Environ(), devAtTerminalEnv+"=dev --edge-only --kafka-port 0 --edge-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --redis-url "+spatetest.Redis(t))
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true} // the terminal is its own
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	slave.Close()
-	timeout := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() }) // a child that does not stop
-	defer timeout.Stop()
-	out := terminalOutput(master)
-	await := func(what string) {
-		t.Helper()
-		if !out.await(what) {
-			t.Fatalf("spate dev did not say %q; it said:\n%s", what, out.String())
+	for _, nohup := range []bool{false, true} {
+		master, slave := openPTY(t)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestDevStopsWhenItsTerminalCloses$")
+		if nohup {
+			cmd = exec.Command("sh", "-c", `trap '' HUP; exec "$0" "$@"`, os.Args[0], "-test.run=^TestDevStopsWhenItsTerminalCloses$")
 		}
-	}
-	await("Ctrl-C stops everything")
-	for range 2 { // a SIGHUP sent to it is a reload, and leaves it running for the next
-		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		cmd.Env = append(os.Environ(), devAtTerminalEnv+"=dev --edge-only --kafka-port 0 --edge-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --redis-url "+spatetest.Redis(t))
+		cmd.Stdin, cmd.Stdout = slave, slave
+		stderr, err := cmd.StderrPipe() // the log, readable after the terminal closed
+		if err != nil {
 			t.Fatal(err)
 		}
-		await("SIGHUP: no keys file")
-		out.forget()
-	}
-	master.Close() // the terminal closes
-	err := cmd.Wait()
-	if err != nil {
-		t.Fatalf("spate dev after its terminal closed: %v, want it stopped cleanly (a kill at the timeout would show)", err)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true} // the terminal is its own
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		slave.Close()
+		timeout := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() }) // a child that does not stop
+		defer timeout.Stop()
+		out, log := outputOf(master), outputOf(stderr)
+		await := func(o *output, what string) {
+			t.Helper()
+			if !o.await(what) {
+				t.Fatalf("nohup %v: spate dev did not say %q; it said:\n%s", nohup, what, o.String())
+			}
+		}
+		await(out, "Ctrl-C stops everything")
+		for range 2 { // a SIGHUP sent to it is a reload, and leaves it running for the next
+			if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			await(log, "SIGHUP: no keys file")
+			log.forget()
+		}
+		master.Close() // the terminal closes
+		if nohup {
+			await(log, "SIGHUP: no keys file")
+			if err := cmd.Process.Signal(os.Interrupt); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			await(log, "the terminal closed; stopping")
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("nohup %v: spate dev after its terminal closed: %v, want it stopped cleanly (a kill at the timeout would show)", nohup, err)
+		}
 	}
 }
 
@@ -94,25 +112,25 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	return master, slave
 }
 
-// ptyOutput is what a child wrote to its terminal, as read so far.
-type ptyOutput struct {
+// output is what a child wrote to a terminal or pipe, as read so far.
+type output struct {
 	chunks chan []byte // closed at the end of the output
 	got    strings.Builder
 }
 
-// terminalOutput reads what is written to the terminal of master.
-func terminalOutput(master *os.File) *ptyOutput {
-	o := &ptyOutput{chunks: make(chan []byte)}
+// outputOf reads what is written to r.
+func outputOf(r io.Reader) *output {
+	o := &output{chunks: make(chan []byte)}
 	go func() {
 		defer close(o.chunks)
 		for {
 			b := make([]byte, 4096)
-			n, err := master.Read(b)
+			n, err := r.Read(b)
 			if n > 0 {
 				o.chunks <- b[:n]
 			}
 			if err != nil {
-				return // EIO once the child is gone, or closed
+				return // EOF, or EIO from a terminal once the child is gone, or closed
 			}
 		}
 	}()
@@ -121,7 +139,7 @@ func terminalOutput(master *os.File) *ptyOutput {
 
 // await reads until the output holds s, and reports whether it came
 // before the output ended.
-func (o *ptyOutput) await(s string) bool {
+func (o *output) await(s string) bool {
 	for !strings.Contains(o.got.String(), s) {
 		b, ok := <-o.chunks
 		if !ok {
@@ -133,9 +151,9 @@ func (o *ptyOutput) await(s string) bool {
 }
 
 // forget drops what was read so far.
-func (o *ptyOutput) forget() { o.got.Reset() }
+func (o *output) forget() { o.got.Reset() }
 
-func (o *ptyOutput) String() string { return o.got.String() }
+func (o *output) String() string { return o.got.String() }
 
 // TestHangupBeforeTheTaskRunsIsAReload: a SIGHUP that comes once the
 // reload is set up but before its task runs (as soon as the servers
@@ -143,7 +161,9 @@ func (o *ptyOutput) String() string { return o.got.String() }
 // default action.
 func TestHangupBeforeTheTaskRunsIsAReload(t *testing.T) {
 	logged := make(chan string, 8)
-	task := reloadOnHangup(slog.New(messages(logged)), "", nil, nil, nil)
+	hup, stop := catchHangups()
+	defer stop()
+	task := reloadOnHangup(hup, slog.New(messages(logged)), "", nil, nil, nil)
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}

@@ -66,19 +66,23 @@ func loadKeys(file string) (*edge.Keys, error) {
 	return edge.LoadKeys(file, data)
 }
 
-// reloadOnHangup catches SIGHUP from now on, and returns the task that
-// reloads, on every SIGHUP until its ctx ends, the keys file into srv and
-// the TLS files, when there are any. What does not load stays as it was.
-// When terminalGone is not nil and reports true at a SIGHUP, the SIGHUP was
-// the terminal closing: the task returns errTerminalClosed instead.
-//
-// It catches SIGHUP before the task runs, so that one sent as soon as the
-// server answers is a reload too, not the end of the process.
-func reloadOnHangup(log *slog.Logger, keysFile string, srv *edge.Server, tlsFiles *edge.TLSFiles, terminalGone func() bool) func(context.Context) error {
-	hup := make(chan os.Signal, 1) // always caught: a SIGHUP never stops the edge
-	signal.Notify(hup, syscall.SIGHUP)
+// catchHangups catches SIGHUP from now on, until stop, for
+// reloadOnHangup: a command calls it before it starts anything, so that a
+// SIGHUP while it starts is not the end of the process (SIGHUP's default
+// action), which would leave what it started behind.
+func catchHangups() (hup <-chan os.Signal, stop func()) {
+	c := make(chan os.Signal, 1) // always caught: a SIGHUP never stops the edge
+	signal.Notify(c, syscall.SIGHUP)
+	return c, func() { signal.Stop(c) }
+}
+
+// reloadOnHangup returns the task that reloads, on every SIGHUP of hup
+// (catchHangups) until its ctx ends, the keys file into srv and the TLS
+// files, when there are any. What does not load stays as it was. When
+// terminalGone is not nil and reports true at a SIGHUP, the SIGHUP was the
+// terminal closing: the task returns errTerminalClosed instead.
+func reloadOnHangup(hup <-chan os.Signal, log *slog.Logger, keysFile string, srv *edge.Server, tlsFiles *edge.TLSFiles, terminalGone func() bool) func(context.Context) error {
 	return func(ctx context.Context) error {
-		defer signal.Stop(hup)
 		for {
 			select {
 			case <-ctx.Done():
@@ -125,9 +129,13 @@ var errTerminalClosed = errors.New("the terminal closed")
 // terminal is gone, as it is once the terminal closed, which sends SIGHUP:
 // spate dev, which reloads keys on SIGHUP too, must stop then, as at
 // Ctrl-C, and not hold its ports and throwaway servers past its terminal.
-// It returns nil for a process without a terminal, where a SIGHUP is always
-// a reload asked for.
+// It returns nil for a process without a terminal, or started with SIGHUP
+// ignored (nohup: to outlive the terminal), where a SIGHUP is always a
+// reload asked for. Call it before catchHangups, which stops ignoring it.
 func terminalWatch() func() bool {
+	if signal.Ignored(syscall.SIGHUP) {
+		return nil
+	}
 	tty := func() bool {
 		f, err := os.Open("/dev/tty")
 		if err != nil {

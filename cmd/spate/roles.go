@@ -72,6 +72,8 @@ func newEdgeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			hup, stopHangups := catchHangups()
+			defer stopHangups()
 			keys, err := loadKeys(keysFile)
 			if err != nil {
 				return err
@@ -108,7 +110,7 @@ func newEdgeCmd() *cobra.Command {
 			}
 			e.log.Info("edge listening", "addr", ln.Addr().String(), "admin", aln.Addr().String(), "topic", e.topic,
 				"tls", tlsCfg != nil, "mtls", tlsClientCA != "")
-			reloads := reloadOnHangup(e.log, keysFile, srv, tlsFiles, nil)
+			reloads := reloadOnHangup(hup, e.log, keysFile, srv, tlsFiles, nil)
 			ctx := cmd.Context()
 			g, ctx := errgroup.WithContext(ctx)
 			g.Go(func() error { return srv.Serve(ctx, ln) })
