@@ -143,7 +143,7 @@ func (r *releases) add(keys []string, claims ...any) {
 }
 
 // claimJob is one request's claim under its token: vals gets what
-// claimKeys returns for its keys.
+// claimed returns for its keys.
 type claimJob struct {
 	keys   []string
 	token  string
@@ -178,9 +178,9 @@ type settleJob struct {
 // after a lost reply, the keys it claimed the first time hold its own
 // tokens, and two claims of one key, in one request or in two, still
 // differ. A batch runs under go-redis's own timeouts, whoever gave up.
-// Then, in another pipeline, it gives back the claims that a request gave
-// up on, or all of them when the first failed, and releases those of
-// events a publish did not write (rare).
+// Then, in another pipeline, it gives back the claims of a request that
+// gave up, or all of a request's when its claims failed, and releases
+// those of events a publish did not write (both rare).
 func (d *Dedupe) run(jobs []dedupeJob) {
 	ctx := context.Background()
 	p := d.rdb.Pipeline()
@@ -222,7 +222,7 @@ func (j *claimJob) ran(giveBack, _ *releases) {
 	close(j.ch)
 }
 
-func (j *claimJob) done(error) {}
+func (j *claimJob) done(error) {} // answered in ran
 
 func (j *settleJob) size() int { return 1 + len(j.dels) }
 
