@@ -173,18 +173,27 @@ func readJSONBatch(body []byte, max int) ([]*jsonEvent, bool) {
 func (r *eventReader) object(raw []byte) (*jsonEvent, error) {
 	je := &jsonEvent{}
 	for r.dec.PeekKind() != '}' {
-		name, err := r.dec.ReadToken()
-		if err != nil {
-			return nil, err
-		}
-		k := name.String()
-		v, err := r.dec.ReadValue()
+		// The name read as a value, as it is written: its bytes, unquoted
+		// only when it holds an escape, cost no string for an attribute.
+		name, err := r.dec.ReadValue()
 		if err != nil {
 			return nil, err
 		}
 		end := int(r.dec.InputOffset())
+		name = raw[end-len(name) : end : end] // the decoder's own bytes do not outlast its next read
+		k := name[1 : len(name)-1]
+		if bytes.IndexByte(k, '\\') >= 0 {
+			if k, err = jsontext.AppendUnquote(nil, name); err != nil {
+				return nil, err
+			}
+		}
+		v, err := r.dec.ReadValue()
+		if err != nil {
+			return nil, err
+		}
+		end = int(r.dec.InputOffset())
 		v = raw[end-len(v) : end : end]
-		switch k {
+		switch string(k) {
 		case attrSpecVersion:
 			je.SpecVersion = v
 		case attrID:
@@ -212,7 +221,7 @@ func (r *eventReader) object(raw []byte) (*jsonEvent, error) {
 			if len(je.Extensions) == MaxExtensions {
 				return nil, errTooManyExtensions
 			}
-			je.Extensions[k] = v
+			je.Extensions[string(k)] = v
 		}
 	}
 	if _, err := r.dec.ReadToken(); err != nil { // '}'
