@@ -269,15 +269,19 @@ type scope struct{ topic, principal string }
 // the event's source and id. The default topic's keys are as they were
 // before the topic was part of them.
 func (d *Dedupe) key(by scope, ev *spatev1.Event) string {
-	id := ev.Source + "\x00" + ev.Id
-	if by.principal != "" {
-		id = strconv.Itoa(len(by.principal)) + ":" + by.principal + "\x00" + id
-	}
+	var buf [256]byte // hashed, in this order: what was concatenated, in one buffer
+	id := buf[:0]
 	if by.topic != producers.DefaultTopic { // a topic's name holds neither space nor NUL
-		id = "topic " + by.topic + "\x00" + id
+		id = append(append(append(id, "topic "...), by.topic...), 0)
 	}
-	h := sha256.Sum256([]byte(id))
-	return d.prefix + "dedupe:" + hex.EncodeToString(h[:16])
+	if by.principal != "" {
+		id = append(append(append(strconv.AppendInt(id, int64(len(by.principal)), 10), ':'), by.principal...), 0)
+	}
+	id = append(append(append(id, ev.Source...), 0), ev.Id...)
+	h := sha256.Sum256(id)
+	k := make([]byte, 0, len(d.prefix)+len("dedupe:")+32)
+	k = hex.AppendEncode(append(append(k, d.prefix...), "dedupe:"...), h[:16])
+	return string(k)
 }
 
 // claimed returns, for each SET NX GET of cmds, which claimed its key for

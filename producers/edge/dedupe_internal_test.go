@@ -154,8 +154,9 @@ func TestSettleRetriesEndWithTheClient(t *testing.T) {
 var testScope = scope{producers.DefaultTopic, "k"}
 
 // TestDefaultTopicKeysAreUnchanged: the keys of the default topic's events
-// are those earlier releases used, so that retries across an upgrade are
-// still recognised.
+// are those earlier releases used, and another topic's those of the release
+// that keyed ids by topic, so that retries across an upgrade are still
+// recognised.
 func TestDefaultTopicKeysAreUnchanged(t *testing.T) {
 	d := NewDedupe(nil, time.Hour, "")
 	ev := &spatev1.Event{Source: "/shop", Id: "e1"}
@@ -164,8 +165,9 @@ func TestDefaultTopicKeysAreUnchanged(t *testing.T) {
 		if got, want := d.key(scope{producers.DefaultTopic, principal}, ev), "spate:dedupe:"+hex.EncodeToString(h[:16]); got != want {
 			t.Errorf("key of principal %q: %s, want %s as before", principal, got, want)
 		}
-		if d.key(scope{"orders", principal}, ev) == d.key(scope{producers.DefaultTopic, principal}, ev) {
-			t.Errorf("principal %q: topic orders has the default topic's key", principal)
+		h = sha256.Sum256([]byte("topic orders\x00" + id))
+		if got, want := d.key(scope{"orders", principal}, ev), "spate:dedupe:"+hex.EncodeToString(h[:16]); got != want {
+			t.Errorf("key of principal %q on topic orders: %s, want %s as before", principal, got, want)
 		}
 	}
 }
