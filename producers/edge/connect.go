@@ -38,7 +38,7 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key, err := s.authenticate(r.Context(), r.Header)
 		if err != nil {
-			s.discardBody(r)
+			s.discardUnread(r)
 			errw.Write(w, r, connectError(err))
 			return
 		}

@@ -46,7 +46,7 @@ type receiptJSON struct {
 func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	key, err := s.authenticate(r.Context(), r.Header) // before reading what may be a large body
 	if err != nil {
-		s.discardBody(r)
+		s.discardUnread(r)
 		writeRefusal(w, err)
 		return
 	}
@@ -54,7 +54,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	switch ct {
 	case contentTypeEvent, contentTypeBatch, contentTypeProtobuf, "application/protobuf":
 	default:
-		s.discardBody(r)
+		s.discardUnread(r)
 		writeProblem(w, http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type",
 			fmt.Sprintf("Content-Type %q is not taken; use %s, %s or %s", ct, contentTypeEvent, contentTypeBatch, contentTypeProtobuf), nil)
 		return
@@ -185,6 +185,16 @@ func splitArray(body []byte, max int) ([]jsontext.Value, error) {
 // and the client, still sending, would see a broken pipe instead.
 func (s *Server) discardBody(r *http.Request) {
 	io.Copy(io.Discard, io.LimitReader(r.Body, s.cfg.MaxBodyBytes))
+}
+
+// discardUnread is discardBody for a request refused before its body was
+// read, except one that waits for 100 Continue before sending it: reading
+// would ask it for the body. Not asked, it gets the answer at once, and
+// the connection closes after it.
+func (s *Server) discardUnread(r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		s.discardBody(r)
+	}
 }
 
 // readBody reads a request body of at most limit bytes, decompressing a

@@ -1,11 +1,13 @@
 package edge_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -340,20 +342,23 @@ keys:
 // 415) has the body read and dropped, up to the body cap, before the
 // answer, as other refusals do: the connection stays open for the client's
 // next request, and a client still sending does not meet a reset instead
-// of the answer. net/http alone reads at most 256 KiB of it.
+// of the answer. net/http alone reads at most 256 KiB of it. A client that
+// waits for 100 Continue before sending the body is not asked for it: it
+// gets the answer at once.
 func TestRefusalsReadTheBody(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{Keys: keysFile(t, true)})
 	body := strings.Repeat("x", 600<<10)
 	for _, tc := range []struct {
-		name, key, ct string
-		want          int
+		name, path, key, ct string
+		want                int
 	}{
-		{"no key", "", "application/cloudevents+json", http.StatusUnauthorized},
-		{"a wrong key", "spk_nobody_0123456789", "application/cloudevents+json", http.StatusUnauthorized},
-		{"an unsupported media type", checkoutKey, "text/plain", http.StatusUnsupportedMediaType},
+		{"no key", "/v1/events", "", "application/cloudevents+json", http.StatusUnauthorized},
+		{"a wrong key", "/v1/events", "spk_nobody_0123456789", "application/cloudevents+json", http.StatusUnauthorized},
+		{"an unsupported media type", "/v1/events", checkoutKey, "text/plain", http.StatusUnsupportedMediaType},
+		{"no key, over Connect", spatev1connect.IngestServicePublishProcedure, "", "application/proto", http.StatusUnauthorized},
 	} {
-		req, err := http.NewRequest(http.MethodPost, f.url+"/v1/events", strings.NewReader(body))
+		req, err := http.NewRequest(http.MethodPost, f.url+tc.path, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -369,6 +374,24 @@ func TestRefusalsReadTheBody(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tc.want || resp.Close {
 			t.Errorf("%s: %d, closing the connection %v; want %d on a connection kept open", tc.name, resp.StatusCode, resp.Close, tc.want)
+		}
+
+		c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		head := "POST " + tc.path + " HTTP/1.1\r\nHost: edge\r\nContent-Type: " + tc.ct + "\r\nContent-Length: 3000000\r\nExpect: 100-continue\r\n"
+		if tc.key != "" {
+			head += "Authorization: Bearer " + tc.key + "\r\n"
+		}
+		if _, err := io.WriteString(c, head+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(time.Minute)) // the answer comes at once; a body asked for never comes
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if want := fmt.Sprintf("HTTP/1.1 %d ", tc.want); !strings.HasPrefix(line, want) {
+			t.Errorf("%s, waiting for 100 Continue: the first line is %q (%v), want %s at once", tc.name, line, err, want)
 		}
 	}
 }
