@@ -138,8 +138,8 @@ type releases struct {
 	claims []any
 }
 
-func (r *releases) add(keys []string, claims ...any) {
-	r.keys, r.claims = append(r.keys, keys...), append(r.claims, claims...)
+func (r *releases) add(key string, claim any) {
+	r.keys, r.claims = append(r.keys, key), append(r.claims, claim)
 }
 
 // claimJob is one request's claim under its token: vals gets what
@@ -216,7 +216,7 @@ func (j *claimJob) ran(giveBack, _ *releases) {
 	abandoned := !j.state.CompareAndSwap(claimWaiting, claimAnswered)
 	for k, key := range j.keys {
 		if j.err != nil || abandoned && j.vals[k] == "" {
-			giveBack.add([]string{key}, j.tokens[k])
+			giveBack.add(key, j.tokens[k])
 		}
 	}
 	close(j.ch)
@@ -236,7 +236,9 @@ func (j *settleJob) ran(_, dels *releases) {
 	if j.cmd != nil {
 		j.err = j.cmd.Err()
 	}
-	dels.add(j.dels, j.delsClaimsOf...)
+	for i, key := range j.dels {
+		dels.add(key, j.delsClaimsOf[i])
+	}
 }
 
 func (j *settleJob) done(err error) {
