@@ -44,7 +44,10 @@ type Dedupe struct {
 	rdb    redis.UniversalClient
 	window time.Duration
 	prefix string
-	jobs   batcher[dedupeJob]
+	// ttl is the window as SET's expiry option and its value, as go-redis
+	// words it.
+	ttl  [2]any
+	jobs batcher[dedupeJob]
 	// retrying counts the settles trying again in the background.
 	retrying sync.WaitGroup
 }
@@ -55,7 +58,10 @@ func NewDedupe(rdb redis.UniversalClient, window time.Duration, prefix string) *
 	if prefix == "" {
 		prefix = "spate:"
 	}
-	d := &Dedupe{rdb: rdb, window: window, prefix: prefix}
+	d := &Dedupe{rdb: rdb, window: window, prefix: prefix, ttl: [2]any{"ex", int64(window / time.Second)}}
+	if window < time.Second || window%time.Second != 0 {
+		d.ttl = [2]any{"px", window.Milliseconds()}
+	}
 	d.jobs = batcher[dedupeJob]{run: d.run, max: dedupeFlushes, limit: dedupeBatchKeys,
 		size: func(j dedupeJob) int { return j.size() }}
 	return d
@@ -201,12 +207,18 @@ func (d *Dedupe) run(jobs []dedupeJob) {
 
 func (j *claimJob) size() int { return len(j.keys) }
 
+// queue adds a SET NX GET of each key. The commands' arguments share one
+// slice, and the claim values one string: a claim costs few allocations,
+// which at many events a request tell.
 func (j *claimJob) queue(ctx context.Context, d *Dedupe, p redis.Pipeliner) {
-	j.tokens = make([]any, len(j.keys))
+	j.tokens = claimValues(j.token, len(j.keys))
 	j.cmds = make([]*redis.StatusCmd, len(j.keys))
+	args := make([]any, 0, 7*len(j.keys))
 	for k, key := range j.keys {
-		j.tokens[k] = claimValue(j.token, k)
-		j.cmds[k] = p.SetArgs(ctx, key, j.tokens[k], redis.SetArgs{Mode: "NX", Get: true, TTL: d.window})
+		at := len(args)
+		args = append(args, "set", key, j.tokens[k], d.ttl[0], d.ttl[1], "nx", "get")
+		j.cmds[k] = redis.NewStatusCmd(ctx, args[at:len(args):len(args)]...)
+		p.Process(ctx, j.cmds[k])
 	}
 }
 
@@ -255,6 +267,26 @@ func claimValue(token string, place int) string {
 	return pending + ":" + token + ":" + strconv.Itoa(place)
 }
 
+// claimValues returns claimValue(token, k) for k from 0 to n-1, as
+// substrings of one string.
+func claimValues(token string, n int) []any {
+	var b strings.Builder
+	b.Grow(n * (len(pending) + len(token) + 2 + len(strconv.Itoa(n))))
+	var num [20]byte
+	for k := range n {
+		b.WriteString(pending + ":")
+		b.WriteString(token)
+		b.WriteByte(':')
+		b.Write(strconv.AppendInt(num[:0], int64(k), 10))
+	}
+	all, vals := b.String(), make([]any, n)
+	for k, at := 0, 0; k < n; k++ {
+		end := at + len(pending) + len(token) + 2 + len(strconv.AppendInt(num[:0], int64(k), 10))
+		vals[k], at = all[at:end], end
+	}
+	return vals
+}
+
 // receiptsKey holds the receipts of the request with token.
 func (d *Dedupe) receiptsKey(token string) string {
 	return d.prefix + "dedupe-receipts:" + token
@@ -281,7 +313,7 @@ func (d *Dedupe) key(by scope, ev *spatev1.Event) string {
 	}
 	id = append(append(append(id, ev.Source...), 0), ev.Id...)
 	h := sha256.Sum256(id)
-	k := make([]byte, 0, len(d.prefix)+len("dedupe:")+32)
+	k := buf[:0] // id is hashed: its buffer is free again
 	k = hex.AppendEncode(append(append(k, d.prefix...), "dedupe:"...), h[:16])
 	return string(k)
 }
@@ -484,27 +516,26 @@ const settleRetryMax = 10 * time.Second
 const receiptSep = "\n"
 
 // formatReceipts renders the receipts of a request by place, "" for an
-// event without one; "" when none has one.
+// event without one; "" when none has one. A receipt is its topic, its
+// partition and its offset, NUL between them.
 func formatReceipts(rs []*spatev1.Receipt) string {
-	var b strings.Builder
+	var b []byte
 	some := false
 	for i, r := range rs {
 		if i > 0 {
-			b.WriteString(receiptSep)
+			b = append(b, receiptSep...)
 		}
 		if r != nil {
-			b.WriteString(formatReceipt(r))
+			b = append(append(b, r.Topic...), 0)
+			b = append(strconv.AppendInt(b, int64(r.Partition), 10), 0)
+			b = strconv.AppendInt(b, r.Offset, 10)
 			some = true
 		}
 	}
 	if !some {
 		return ""
 	}
-	return b.String()
-}
-
-func formatReceipt(r *spatev1.Receipt) string {
-	return r.Topic + "\x00" + strconv.Itoa(int(r.Partition)) + "\x00" + strconv.FormatInt(r.Offset, 10)
+	return string(b)
 }
 
 func parseReceipt(id, v string) (*spatev1.Receipt, error) {

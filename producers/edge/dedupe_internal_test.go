@@ -171,3 +171,47 @@ func TestDefaultTopicKeysAreUnchanged(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimValues checks that the claim values built together are each
+// claimValue's: a claim another request finds names its token and place.
+func TestClaimValues(t *testing.T) {
+	for _, n := range []int{0, 1, 9, 10, 11, 100, 1001} {
+		vals := claimValues("0123456789abcdef", n)
+		if len(vals) != n {
+			t.Fatalf("n %d: %d values", n, len(vals))
+		}
+		for k, v := range vals {
+			if want := claimValue("0123456789abcdef", k); v != want {
+				t.Fatalf("n %d: value %d is %q, want %q", n, k, v, want)
+			}
+		}
+	}
+}
+
+// TestClaimsExpireWithTheWindow: a claim, and the receipts that settle it,
+// are kept for the window, whether it is whole seconds or not.
+func TestClaimsExpireWithTheWindow(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := spatetest.RedisClient(t)
+	for _, window := range []time.Duration{90 * time.Second, 2500 * time.Millisecond} {
+		d := NewDedupe(rdb, window, spatetest.KeyPrefix(t)+window.String()+":")
+		ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
+		token, _, _, err := d.claim(ctx, testScope, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.settle(testScope, token, ev, make([]*spatev1.Receipt, 1), []*spatev1.Receipt{{Id: "e1", Topic: "t", Offset: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{d.key(testScope, ev[0]), d.receiptsKey(token)} {
+			ttl, err := rdb.PTTL(ctx, key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ttl > window || ttl < window-250*time.Millisecond {
+				t.Errorf("window %v: %s expires in %v", window, key, ttl)
+			}
+		}
+	}
+}
