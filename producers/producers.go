@@ -119,9 +119,11 @@ func PublishTracked(ctx context.Context, cl *kgo.Client, topic string, evs []*sp
 // receipts returns the receipt of each event whose record was written.
 func receipts(evs []*spatev1.Event, recs []*kgo.Record, errs []error) []*spatev1.Receipt {
 	rs := make([]*spatev1.Receipt, len(recs))
+	all := make([]spatev1.Receipt, len(recs)) // one allocation for all
 	for i, r := range recs {
 		if errs[i] == nil {
-			rs[i] = &spatev1.Receipt{Id: evs[i].Id, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+			rs[i] = &all[i]
+			rs[i].Id, rs[i].Topic, rs[i].Partition, rs[i].Offset = evs[i].Id, r.Topic, r.Partition, r.Offset
 		}
 	}
 	return rs

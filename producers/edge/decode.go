@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -254,25 +255,17 @@ func eventFromJSON(i int, je *jsonEvent, err error) (*spatev1.Event, []FieldErro
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, FieldError{Index: i, Field: field, Detail: fmt.Sprintf(format, args...)})
 	}
-	str := func(name string, v jsontext.Value) string {
-		if v == nil {
-			return ""
+	var attrs [6]string
+	for i, v := range attrStrings(je, attrs[:]) {
+		if v != nil {
+			if s, ok := unquote(v); !ok {
+				bad(stringAttrs[i], "must be a string")
+			} else {
+				attrs[i] = s
+			}
 		}
-		s, ok := unquote(v)
-		if !ok {
-			bad(name, "must be a string")
-		}
-		return s
 	}
-
-	ev := &spatev1.Event{
-		Id:              str(attrID, je.ID),
-		Source:          str(attrSource, je.Source),
-		Type:            str(attrType, je.Type),
-		Subject:         str(attrSubject, je.Subject),
-		Datacontenttype: str(attrDataContentType, je.DataContentType),
-		Dataschema:      str(attrDataSchema, je.DataSchema),
-	}
+	ev := &spatev1.Event{Id: attrs[0], Source: attrs[1], Type: attrs[2], Subject: attrs[3], Datacontenttype: attrs[4], Dataschema: attrs[5]}
 	switch sv := je.SpecVersion; {
 	case sv == nil:
 		bad(attrSpecVersion, `is required and must be "1.0"`)
@@ -332,6 +325,36 @@ func eventFromJSON(i int, je *jsonEvent, err error) (*spatev1.Event, []FieldErro
 	return ev, errs
 }
 
+// stringAttrs are the attributes whose values are strings, in the order
+// attrStrings takes them.
+var stringAttrs = [6]string{attrID, attrSource, attrType, attrSubject, attrDataContentType, attrDataSchema}
+
+// attrStrings sets into vals the values of je's stringAttrs that are plain
+// strings, as most are: substrings of one string, one allocation for all.
+// It returns the others (not null), to be read one by one.
+func attrStrings(je *jsonEvent, vals []string) [6]jsontext.Value {
+	rest := [6]jsontext.Value{je.ID, je.Source, je.Type, je.Subject, je.DataContentType, je.DataSchema}
+	var b strings.Builder
+	n := 0
+	for _, v := range rest {
+		n += len(v)
+	}
+	b.Grow(n)
+	var ends [6]int
+	for i, v := range rest {
+		if s, ok := plainBytes(v); ok {
+			b.Write(s)
+			rest[i] = nil
+		}
+		ends[i] = b.Len()
+	}
+	all := b.String()
+	for i, at := 0, 0; i < len(rest); i++ {
+		vals[i], at = all[at:ends[i]], ends[i]
+	}
+	return rest
+}
+
 // unquote unmarshals v, a valid JSON value, into a string, and reports
 // whether it could (null leaves it empty).
 func unquote(v jsontext.Value) (string, bool) {
@@ -346,10 +369,17 @@ func unquote(v jsontext.Value) (string, bool) {
 // string without escapes: its own bytes between the quotes, no decoder
 // needed.
 func plainString(v jsontext.Value) (string, bool) {
+	s, ok := plainBytes(v)
+	return string(s), ok
+}
+
+// plainBytes is plainString without the string: the bytes between the
+// quotes.
+func plainBytes(v jsontext.Value) ([]byte, bool) {
 	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' && bytes.IndexByte(v, '\\') < 0 {
-		return string(v[1 : len(v)-1]), true
+		return v[1 : len(v)-1], true
 	}
-	return "", false
+	return nil, false
 }
 
 // extensionValue returns the string form of an extension attribute: a string,
