@@ -293,11 +293,21 @@ func (r *jsonReader) value(b []byte, f *jsonField, depth int) ([]byte, bool) {
 		if r.next() != '{' {
 			return nil, false
 		}
-		m, ok := r.message(nil, f.msg, depth+1)
+		// Written in place, after a length of one byte, which the
+		// message, once written, moves along for if it needs more.
+		b = append(protowire.AppendTag(b, f.num, protowire.BytesType), 0)
+		at := len(b)
+		b, ok := r.message(b, f.msg, depth+1)
 		if !ok {
 			return nil, false
 		}
-		return protowire.AppendBytes(protowire.AppendTag(b, f.num, protowire.BytesType), m), true
+		n := uint64(len(b) - at)
+		if more := protowire.SizeVarint(n) - 1; more > 0 {
+			b = append(b, make([]byte, more)...)
+			copy(b[at+more:], b[at:len(b)-more])
+		}
+		protowire.AppendVarint(b[at-1:at-1], n)
+		return b, true
 	case protoreflect.BoolKind:
 		v := uint64(0)
 		switch {

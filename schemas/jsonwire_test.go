@@ -61,6 +61,11 @@ var jsonWireCases = []struct {
 	{"enum by a number it does not name", `{"en":12}`, true},
 	{"nested messages", `{"msg":{"msg":{"i32":3,"repMsg":[{"b":true},{}]}},"repMsg":[{"str":"a"}]}`, true},
 	{"a oneof member that is a message", `{"oMsg":{"i32":1}}`, true},
+	// A nested message is written after a length of one byte, moved along
+	// for a longer one.
+	{"a nested message of 127 bytes", `{"msg":{"str":"` + strings.Repeat("x", 125) + `"},"i32":1}`, true},
+	{"a nested message of 128 bytes", `{"msg":{"str":"` + strings.Repeat("x", 126) + `"},"i32":1}`, true},
+	{"a nested message of 3 length bytes", `{"repMsg":[{"str":"a"},{"msg":{"str":"` + strings.Repeat("y", 20000) + `"},"i32":2},{"str":"b"}]}`, true},
 	{"empty arrays", `{"repI32":[],"repMsg":[]}`, true},
 	{"both names of a field", `{"repI32":[1],"rep_i32":[2]}`, false},
 	{"a field twice", `{"i32":1,"i32":2}`, false},
