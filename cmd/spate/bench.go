@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -108,7 +110,12 @@ machine. The report always gives the cores spate bench itself used.`,
 	fs.Float64Var(&o.rate, "rate", 0, "requests a second, on a fixed schedule (open loop); 0: closed loop")
 	fs.IntVar(&o.batch, "batch", 1, "events a request")
 	fs.StringVar(&o.format, "format", "json", "json (CloudEvents JSON) or protobuf (PublishRequest)")
-	cmdLineOnly(fs, "connections", "duration", "rate", "batch", "format")
+	// So are its TLS files: SPATE_TLS_CERT and SPATE_TLS_KEY are spate
+	// edge's own certificate.
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA certificates to trust for an https:// --url, instead of the system's")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM client certificate (chain) to present, for an edge with --tls-client-ca")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	cmdLineOnly(fs, "connections", "duration", "rate", "batch", "format", "tls-ca", "tls-cert", "tls-key")
 	cmd.AddCommand(edgeCmd)
 	return cmd
 }
@@ -122,6 +129,39 @@ type benchOpts struct {
 	format      string
 	key         string
 	adminURL    string
+	// The TLS files, for an https:// url.
+	tlsCA, tlsCert, tlsKey string
+}
+
+// tlsConfig returns the TLS configuration of o's files for a connection to
+// target: the system's roots unless --tls-ca, a client certificate if
+// --tls-cert.
+func (o benchOpts) tlsConfig(target *url.URL) (*tls.Config, error) {
+	cfg := &tls.Config{ServerName: target.Hostname(), NextProtos: []string{"http/1.1"}}
+	switch {
+	case (o.tlsCA != "" || o.tlsCert != "" || o.tlsKey != "") && target.Scheme != "https":
+		return nil, fmt.Errorf("--tls-ca, --tls-cert and --tls-key need an https:// --url")
+	case (o.tlsCert == "") != (o.tlsKey == ""):
+		return nil, fmt.Errorf("--tls-cert and --tls-key go together")
+	}
+	if o.tlsCA != "" {
+		pem, err := os.ReadFile(o.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in it", o.tlsCA)
+		}
+	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert, --tls-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
 
 type benchResult struct {
@@ -142,6 +182,10 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 	ctx, cancel := context.WithTimeout(parent, o.duration)
 	defer cancel()
 	target, err := url.Parse(o.url)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := o.tlsConfig(target)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +231,7 @@ func runBench(parent context.Context, o benchOpts) (*benchResult, error) {
 	}
 	for _, tmpl := range tmpls {
 		wg.Go(func() {
-			conn := &benchConn{target: target, parent: parent}
+			conn := &benchConn{target: target, tls: tlsCfg, parent: parent}
 			defer conn.close()
 			var lat []time.Duration
 			statuses, errs := map[int]int{}, map[string]int{}
@@ -313,6 +357,7 @@ func (t *benchTemplate) request(seq int) []byte {
 // spends about a third of that, which the edge under test gets instead.
 type benchConn struct {
 	target *url.URL
+	tls    *tls.Config     // for https
 	parent context.Context // its end (Ctrl-C) cuts a request short
 	c      net.Conn
 	br     *bufio.Reader
@@ -382,7 +427,7 @@ func (b *benchConn) dial() error {
 	}
 	if b.target.Scheme == "https" {
 		c.SetDeadline(time.Now().Add(30 * time.Second)) // for the handshake
-		tc := tls.Client(c, &tls.Config{ServerName: b.target.Hostname(), NextProtos: []string{"http/1.1"}})
+		tc := tls.Client(c, b.tls)
 		if err := tc.HandshakeContext(b.parent); err != nil {
 			c.Close()
 			return err
