@@ -114,6 +114,9 @@ func newDedupe(url string, window time.Duration) (*edge.Dedupe, *redis.Client, e
 	if url == "" {
 		return nil, nil, nil
 	}
+	if window <= 0 {
+		return nil, nil, fmt.Errorf("--dedupe-window %v: want a positive duration, how long event ids are remembered", window)
+	}
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dedupe redis url: %w", err)

@@ -15,9 +15,10 @@ import (
 	"github.com/spate-io/spate/throwaway"
 )
 
-// spate edge refuses TLS flags that do not go together, and unreadable
-// certificates, before it serves anything.
-func TestEdgeTLSFlags(t *testing.T) {
+// spate edge refuses TLS flags that do not go together, unreadable
+// certificates and a dedupe window that is not positive, before it serves
+// anything.
+func TestEdgeRefusesBadFlags(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	for _, tc := range []struct {
 		args []string
@@ -27,6 +28,7 @@ func TestEdgeTLSFlags(t *testing.T) {
 		{[]string{"--tls-client-ca", "ca.pem"}, "--tls-key and --tls-client-ca need --tls-cert"},
 		{[]string{"--tls-cert", "c.pem"}, "--tls-cert needs --tls-key"},
 		{[]string{"--tls-cert", missing, "--tls-key", missing}, "no such file"},
+		{[]string{"--dedupe-redis-url", "redis://127.0.0.1:1/0", "--dedupe-window", "0s"}, "--dedupe-window 0s: want a positive duration"},
 	} {
 		wantRefused(t, append([]string{"edge", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, tc.args...), tc.want)
 	}

@@ -45,8 +45,8 @@ type Dedupe struct {
 	window time.Duration
 	prefix string
 	// ttl is the window as SET's expiry option and its value, as go-redis
-	// words it.
-	ttl  [2]any
+	// words it: none for a window of 0 or less (no expiry).
+	ttl  []any
 	jobs batcher[dedupeJob]
 	// retrying counts the settles trying again in the background.
 	retrying sync.WaitGroup
@@ -58,9 +58,13 @@ func NewDedupe(rdb redis.UniversalClient, window time.Duration, prefix string) *
 	if prefix == "" {
 		prefix = "spate:"
 	}
-	d := &Dedupe{rdb: rdb, window: window, prefix: prefix, ttl: [2]any{"ex", int64(window / time.Second)}}
-	if window < time.Second || window%time.Second != 0 {
-		d.ttl = [2]any{"px", window.Milliseconds()}
+	d := &Dedupe{rdb: rdb, window: window, prefix: prefix}
+	switch {
+	case window <= 0:
+	case window%time.Second == 0:
+		d.ttl = []any{"ex", int64(window / time.Second)}
+	default:
+		d.ttl = []any{"px", max(1, window.Milliseconds())}
 	}
 	d.jobs = batcher[dedupeJob]{run: d.run, max: dedupeFlushes, limit: dedupeBatchKeys,
 		size: func(j dedupeJob) int { return j.size() }}
@@ -213,10 +217,10 @@ func (j *claimJob) size() int { return len(j.keys) }
 func (j *claimJob) queue(ctx context.Context, d *Dedupe, p redis.Pipeliner) {
 	j.tokens = claimValues(j.token, len(j.keys))
 	j.cmds = make([]*redis.StatusCmd, len(j.keys))
-	args := make([]any, 0, 7*len(j.keys))
+	args := make([]any, 0, (5+len(d.ttl))*len(j.keys))
 	for k, key := range j.keys {
 		at := len(args)
-		args = append(args, "set", key, j.tokens[k], d.ttl[0], d.ttl[1], "nx", "get")
+		args = append(append(append(args, "set", key, j.tokens[k]), d.ttl...), "nx", "get")
 		j.cmds[k] = redis.NewStatusCmd(ctx, args[at:len(args):len(args)]...)
 		p.Process(ctx, j.cmds[k])
 	}

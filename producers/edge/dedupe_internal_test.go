@@ -189,12 +189,13 @@ func TestClaimValues(t *testing.T) {
 }
 
 // TestClaimsExpireWithTheWindow: a claim, and the receipts that settle it,
-// are kept for the window, whether it is whole seconds or not.
+// are kept for the window, whether it is whole seconds or not; as go-redis
+// words it, no window (0) is no expiry, and one under a millisecond is one.
 func TestClaimsExpireWithTheWindow(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := spatetest.RedisClient(t)
-	for _, window := range []time.Duration{90 * time.Second, 2500 * time.Millisecond} {
+	for _, window := range []time.Duration{90 * time.Second, 2500 * time.Millisecond, 0, 500 * time.Microsecond} {
 		d := NewDedupe(rdb, window, spatetest.KeyPrefix(t)+window.String()+":")
 		ev := []*spatev1.Event{{Id: "e1", Source: "s"}}
 		token, _, _, err := d.claim(ctx, testScope, ev)
@@ -203,6 +204,12 @@ func TestClaimsExpireWithTheWindow(t *testing.T) {
 		}
 		if err := d.settle(testScope, token, ev, make([]*spatev1.Receipt, 1), []*spatev1.Receipt{{Id: "e1", Topic: "t", Offset: 1}}); err != nil {
 			t.Fatal(err)
+		}
+		if window < time.Millisecond {
+			if ttl, err := rdb.PTTL(ctx, d.key(testScope, ev[0])).Result(); err != nil || window == 0 && ttl != -1 {
+				t.Errorf("window %v: the claim expires in %v (%v), want never", window, ttl, err)
+			}
+			continue
 		}
 		for _, key := range []string{d.key(testScope, ev[0]), d.receiptsKey(token)} {
 			ttl, err := rdb.PTTL(ctx, key).Result()
