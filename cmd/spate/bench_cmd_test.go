@@ -4,22 +4,15 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +23,7 @@ import (
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
+	"github.com/spate-io/spate/spatetest"
 )
 
 func TestBenchEdgeCountsEveryAnswer(t *testing.T) {
@@ -304,8 +298,12 @@ func TestBenchEdgeReopensAConnectionClosedWhileIdle(t *testing.T) {
 // --tls-cert; without --tls-ca it trusts the system's roots only, and
 // every request fails.
 func TestBenchEdgeOverTLS(t *testing.T) {
-	dir := t.TempDir()
-	clientCert := selfSignedClientCert(t, dir)
+	clientCA := spatetest.NewAuthority(t, "client CA")
+	clientCert := clientCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "bench-client"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	clientKey, err := x509.MarshalPKCS8PrivateKey(clientCert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || r.TLS.PeerCertificates[0].Subject.CommonName != "bench-client" {
 			w.WriteHeader(http.StatusForbidden)
@@ -314,19 +312,17 @@ func TestBenchEdgeOverTLS(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 	}))
 	srv.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: x509.NewCertPool()}
-	srv.TLS.ClientCAs.AddCert(clientCert)
+	srv.TLS.ClientCAs.AddCert(clientCA.Cert)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshakes refused on purpose
 	srv.StartTLS()
 	defer srv.Close()
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := spatetest.WritePEM(t, "ca.pem", "CERTIFICATE", srv.Certificate().Raw)
 	bench := func(extra ...string) (string, error) {
 		out, _, err := runSpate(context.Background(), append([]string{"bench", "edge", "--url", srv.URL, "--duration", "300ms", "--connections", "2"}, extra...)...)
 		return out, err
 	}
-	certFlags := []string{"--tls-cert", filepath.Join(dir, "client.pem"), "--tls-key", filepath.Join(dir, "client-key.pem")}
+	certFlags := []string{"--tls-cert", spatetest.WritePEM(t, "client.pem", "CERTIFICATE", clientCert.Certificate[0]),
+		"--tls-key", spatetest.WritePEM(t, "client-key.pem", "PRIVATE KEY", clientKey)}
 
 	out, err := bench(append([]string{"--tls-ca", ca}, certFlags...)...)
 	if err != nil || !strings.Contains(out, "not 202   none") || strings.Contains(out, "accepted  0 requests") {
@@ -342,47 +338,10 @@ func TestBenchEdgeOverTLS(t *testing.T) {
 	}{
 		{[]string{"--url", "http://127.0.0.1:1", "--tls-ca", ca}, "need an https:// --url"},
 		{[]string{"--url", srv.URL, "--tls-cert", certFlags[1]}, "--tls-cert and --tls-key go together"},
-		{[]string{"--url", srv.URL, "--tls-ca", filepath.Join(dir, "client-key.pem")}, "no PEM certificate"},
+		{[]string{"--url", srv.URL, "--tls-ca", certFlags[3]}, "no PEM certificate"},
 	} {
 		if _, _, err := runSpate(context.Background(), append([]string{"bench", "edge", "--duration", "1s"}, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("spate bench edge %v: %v, want an error saying %q", c.args, err, c.want)
 		}
 	}
-}
-
-// selfSignedClientCert writes client.pem and client-key.pem, a self-signed
-// client certificate for "bench-client", into dir and returns it.
-func selfSignedClientCert(t *testing.T, dir string) *x509.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "bench-client"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		IsCA:         true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string]*pem.Block{"client.pem": {Type: "CERTIFICATE", Bytes: der}, "client-key.pem": {Type: "PRIVATE KEY", Bytes: keyDER}} {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
 }

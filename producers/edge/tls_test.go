@@ -2,16 +2,12 @@ package edge_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -25,70 +21,14 @@ import (
 
 	"github.com/spate-io/spate/producers/edge"
 	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+	"github.com/spate-io/spate/spatetest"
 )
-
-// authority is a test certificate authority.
-type authority struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newAuthority(t *testing.T, name string) *authority {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &authority{cert: cert, key: key}
-}
-
-// issue returns a certificate for tmpl's names, signed by a.
-func (a *authority) issue(t *testing.T, tmpl *x509.Certificate) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// writePEM writes blocks of type typ into a new file and returns its path.
-func writePEM(t *testing.T, name, typ string, ders ...[]byte) string {
-	t.Helper()
-	var b []byte
-	for _, der := range ders {
-		b = append(b, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})...)
-	}
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // clientWith returns an HTTP/2 client that trusts ca and presents cert
 // (none when it is zero).
-func clientWith(ca *authority, cert tls.Certificate) *http.Client {
+func clientWith(ca *spatetest.Authority, cert tls.Certificate) *http.Client {
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	cfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	if cert.Certificate != nil {
 		cfg.Certificates = []tls.Certificate{cert}
@@ -100,23 +40,23 @@ func clientWith(ca *authority, cert tls.Certificate) *http.Client {
 // authorized by the keys file entry that names it, or by an API key.
 func TestMutualTLS(t *testing.T) {
 	t.Parallel()
-	serverCA, clientCA, strangerCA := newAuthority(t, "server CA"), newAuthority(t, "client CA"), newAuthority(t, "stranger CA")
-	server := serverCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "edge"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	serverCA, clientCA, strangerCA := spatetest.NewAuthority(t, "server CA"), spatetest.NewAuthority(t, "client CA"), spatetest.NewAuthority(t, "stranger CA")
+	server := serverCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "edge"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 	serverKey, err := x509.MarshalPKCS8PrivateKey(server.PrivateKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsCfg, err := edge.TLSConfig(writePEM(t, "edge.pem", "CERTIFICATE", server.Certificate[0]),
-		writePEM(t, "edge-key.pem", "PRIVATE KEY", serverKey), writePEM(t, "clients.pem", "CERTIFICATE", clientCA.cert.Raw))
+	tlsCfg, err := edge.TLSConfig(spatetest.WritePEM(t, "edge.pem", "CERTIFICATE", server.Certificate[0]),
+		spatetest.WritePEM(t, "edge-key.pem", "PRIVATE KEY", serverKey), spatetest.WritePEM(t, "clients.pem", "CERTIFICATE", clientCA.Cert.Raw))
 	if err != nil {
 		t.Fatal(err)
 	}
 	spiffe, _ := url.Parse("spiffe://shop/billing")
 	clientAuth := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	billing := clientCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "billing-7f3a"}, URIs: []*url.URL{spiffe}, ExtKeyUsage: clientAuth})
-	stranger := clientCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "stranger"}, ExtKeyUsage: clientAuth})
-	forged := strangerCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "billing-7f3a"}, URIs: []*url.URL{spiffe}, ExtKeyUsage: clientAuth})
+	billing := clientCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "billing-7f3a"}, URIs: []*url.URL{spiffe}, ExtKeyUsage: clientAuth})
+	stranger := clientCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "stranger"}, ExtKeyUsage: clientAuth})
+	forged := strangerCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "billing-7f3a"}, URIs: []*url.URL{spiffe}, ExtKeyUsage: clientAuth})
 
 	ks, err := edge.LoadKeys("keys.yaml", fmt.Appendf(nil, `
 keys:
@@ -170,7 +110,7 @@ keys:
 		{"names of two entries", &x509.Certificate{DNSNames: []string{"warehouse.internal", "depot.internal"}}, 401},
 	} {
 		tc.cert.ExtKeyUsage = clientAuth
-		g := as(clientWith(serverCA, clientCA.issue(t, tc.cert)))
+		g := as(clientWith(serverCA, clientCA.Issue(t, tc.cert)))
 		if code, _, p := g.postAs(t, "", one, paymentJSON("pay-"+tc.name)); code != tc.status {
 			t.Errorf("%s: %d %+v, want %d", tc.name, code, p, tc.status)
 		}
@@ -211,12 +151,12 @@ keys:
 // certificate may publish, and its events carry the certificate's name.
 func TestMutualTLSWithoutKeys(t *testing.T) {
 	t.Parallel()
-	serverCA, clientCA := newAuthority(t, "server CA"), newAuthority(t, "client CA")
-	server := serverCA.issue(t, &x509.Certificate{IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	serverCA, clientCA := spatetest.NewAuthority(t, "server CA"), spatetest.NewAuthority(t, "client CA")
+	server := serverCA.Issue(t, &x509.Certificate{IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 	roots := x509.NewCertPool()
-	roots.AddCert(clientCA.cert)
+	roots.AddCert(clientCA.Cert)
 	f := start(t, edge.Config{TLS: &tls.Config{Certificates: []tls.Certificate{server}, ClientCAs: roots, ClientAuth: tls.RequireAndVerifyClientCert}})
-	f.client = clientWith(serverCA, clientCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "warehouse"},
+	f.client = clientWith(serverCA, clientCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "warehouse"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}))
 	code, body := f.post(t, "application/cloudevents+json", []byte(paymentJSON("pay-1")))
 	if code != 202 {
@@ -239,13 +179,13 @@ func TestMutualTLSWithoutKeys(t *testing.T) {
 }
 
 func TestTLSConfigErrors(t *testing.T) {
-	ca := newAuthority(t, "CA")
-	cert := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "edge"}})
+	ca := spatetest.NewAuthority(t, "CA")
+	cert := ca.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "edge"}})
 	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile := writePEM(t, "c.pem", "CERTIFICATE", cert.Certificate[0]), writePEM(t, "k.pem", "PRIVATE KEY", key)
+	certFile, keyFile := spatetest.WritePEM(t, "c.pem", "CERTIFICATE", cert.Certificate[0]), spatetest.WritePEM(t, "k.pem", "PRIVATE KEY", key)
 	for name, tc := range map[string]struct{ cert, key, ca, want string }{
 		"missing certificate": {filepath.Join(t.TempDir(), "none.pem"), keyFile, "", "no such file"},
 		"key for no cert":     {certFile, certFile, "", "tls:"},
@@ -262,9 +202,9 @@ func TestTLSConfigErrors(t *testing.T) {
 // connections, and keeps them when the files do not load.
 func TestTLSFilesReload(t *testing.T) {
 	t.Parallel()
-	serverCA, oldCA, newCA := newAuthority(t, "server CA"), newAuthority(t, "old client CA"), newAuthority(t, "new client CA")
+	serverCA, oldCA, newCA := spatetest.NewAuthority(t, "server CA"), spatetest.NewAuthority(t, "old client CA"), spatetest.NewAuthority(t, "new client CA")
 	serve := func(name string) (cert, key []byte) {
-		c := serverCA.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: name}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		c := serverCA.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: name}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 		k, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
 		if err != nil {
@@ -273,22 +213,22 @@ func TestTLSFilesReload(t *testing.T) {
 		return c.Certificate[0], k
 	}
 	cert, key := serve("edge-1")
-	certFile, keyFile := writePEM(t, "edge.pem", "CERTIFICATE", cert), writePEM(t, "edge-key.pem", "PRIVATE KEY", key)
-	caFile := writePEM(t, "clients.pem", "CERTIFICATE", oldCA.cert.Raw)
+	certFile, keyFile := spatetest.WritePEM(t, "edge.pem", "CERTIFICATE", cert), spatetest.WritePEM(t, "edge-key.pem", "PRIVATE KEY", key)
+	caFile := spatetest.WritePEM(t, "clients.pem", "CERTIFICATE", oldCA.Cert.Raw)
 	files, err := edge.LoadTLSFiles(certFile, keyFile, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := start(t, edge.Config{TLS: files.Config()})
 	clientAuth := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	fresh := func(ca *authority) *http.Client { // a new connection, so a new handshake, each request
-		c := clientWith(serverCA, ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "producer"}, ExtKeyUsage: clientAuth}))
+	fresh := func(ca *spatetest.Authority) *http.Client { // a new connection, so a new handshake, each request
+		c := clientWith(serverCA, ca.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "producer"}, ExtKeyUsage: clientAuth}))
 		c.Transport.(*http.Transport).DisableKeepAlives = true
 		return c
 	}
 	// served says which server certificate a client with a certificate of
 	// ca gets, or the error of its handshake.
-	served := func(ca *authority) (string, error) {
+	served := func(ca *spatetest.Authority) (string, error) {
 		resp, err := fresh(ca).Get(f.url + "/v1/events")
 		if err != nil {
 			return "", err
@@ -314,7 +254,7 @@ func TestTLSFilesReload(t *testing.T) {
 	}
 	writeFile(certFile, "CERTIFICATE", cert)
 	writeFile(keyFile, "PRIVATE KEY", key)
-	writeFile(caFile, "CERTIFICATE", newCA.cert.Raw)
+	writeFile(caFile, "CERTIFICATE", newCA.Cert.Raw)
 	if name, err := served(oldCA); err != nil || name != "edge-1" {
 		t.Fatalf("rotated files, not reloaded: %q, %v; want edge-1 still", name, err)
 	}
