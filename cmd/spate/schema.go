@@ -63,10 +63,17 @@ func newSchemaCmd() *cobra.Command {
 		Short: "Report the changes from OLD to NEW that break producers or consumers",
 		Long: `spate schema check compares two FileDescriptorSets (buf build -o FILE.binpb) with
 buf's own breaking-change rules (the FILE category): a field removed without
-reserving its number or name, a number or type changed, a message or enum
+reserving its number and name, a number or type changed, a message or enum
 renamed or removed, and the rest buf knows; a buf.yaml in the working
 directory does not change them. It needs buf: on PATH, or in .bin/ as make
-buf installs it. It exits non-zero when NEW breaks OLD.`,
+buf installs it.
+
+Then it checks what only Spate sees: that NEW loads (spate schema list
+--schemas NEW would), that every event type of OLD is still there and names
+the same message, and that no enum value's first name changed (an alias put
+before it): sinks write enum values by that name.
+
+It exits non-zero when NEW breaks OLD.`,
 		Example: `  git show main:schemas.binpb > old.binpb; buf build -o new.binpb
   spate schema check old.binpb new.binpb`,
 		Args: positional(2, 2, "OLD.binpb and NEW.binpb"),
@@ -75,23 +82,36 @@ buf installs it. It exits non-zero when NEW breaks OLD.`,
 			if err != nil {
 				return err
 			}
-			for _, f := range args {
-				if _, err := os.Stat(f); err != nil {
+			var sets [2][]byte
+			for i, f := range args {
+				if sets[i], err = os.ReadFile(f); err != nil {
 					return err
 				}
 			}
 			// Its own configuration: a buf.yaml in the working directory,
-			// which may leave rules out, must not loosen the check.
-			c := exec.CommandContext(cmd.Context(), buf, "breaking", args[1], "--against", args[0],
-				"--config", `{"version":"v2","breaking":{"use":["FILE"]}}`)
+			// which may leave rules out, must not loosen the check. A field
+			// removed with its number and name reserved breaks nothing.
+			c := exec.CommandContext(cmd.Context(), buf, "breaking", args[1], "--against", args[0], "--config",
+				`{"version":"v2","breaking":{"use":["FILE","FIELD_NO_DELETE_UNLESS_NUMBER_RESERVED","FIELD_NO_DELETE_UNLESS_NAME_RESERVED"],"except":["FIELD_NO_DELETE"]}}`)
 			c.Stdout, c.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
+			broken := false
 			if err := c.Run(); err != nil {
 				// buf exits 100 when it found breaking changes, else on
 				// failing to compare at all (an unreadable file, say).
-				if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && ee.ExitCode() == 100 {
-					return fmt.Errorf("%s breaks %s", args[1], args[0])
+				if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 100 {
+					return fmt.Errorf("buf breaking could not compare %s with %s: %w", args[1], args[0], err)
 				}
-				return fmt.Errorf("buf breaking could not compare %s with %s: %w", args[1], args[0], err)
+				broken = true
+			}
+			spateBreaks, err := schemas.Breaks(sets[0], sets[1])
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			for _, b := range spateBreaks {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", args[1], b)
+			}
+			if broken || len(spateBreaks) > 0 {
+				return fmt.Errorf("%s breaks %s", args[1], args[0])
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s is compatible with %s\n", args[1], args[0])
 			return nil

@@ -21,23 +21,40 @@ import (
 // and the files it imports.
 func writeSet(t *testing.T, dir, name string, fields ...string) string {
 	t.Helper()
+	return writeBilling(t, dir, name, func(f *descriptorpb.FileDescriptorProto) {
+		inv := f.MessageType[0]
+		inv.Field = inv.Field[:0]
+		for i, name := range fields {
+			inv.Field = append(inv.Field, stringField(name, int32(i+1)))
+		}
+	})
+}
+
+// writeBilling writes a descriptor set of billing.proto, edited by edit,
+// and the files it imports. Unedited, billing.proto declares the event type
+// billing.invoice.issued.v1, message Invoice, with fields invoice_id (1)
+// and customer_id (2), and an enum Status of STATUS_UNKNOWN (0) and
+// STATUS_OPEN (1).
+func writeBilling(t *testing.T, dir, name string, edit func(*descriptorpb.FileDescriptorProto)) string {
+	t.Helper()
 	opts := &descriptorpb.MessageOptions{}
 	proto.SetExtension(opts, spatev1.E_EventType, "billing.invoice.issued.v1")
-	msg := &descriptorpb.DescriptorProto{Name: proto.String("Invoice"), Options: opts}
-	for i, f := range fields {
-		msg.Field = append(msg.Field, &descriptorpb.FieldDescriptorProto{
-			Name: proto.String(f), Number: proto.Int32(int32(i + 1)), JsonName: proto.String(f),
-			Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(),
-		})
+	file := &descriptorpb.FileDescriptorProto{
+		Name: proto.String("billing/v1/billing.proto"), Package: proto.String("billing.v1"), Syntax: proto.String("proto3"),
+		Dependency: []string{"spate/v1/event.proto"},
+		MessageType: []*descriptorpb.DescriptorProto{{Name: proto.String("Invoice"), Options: opts,
+			Field: []*descriptorpb.FieldDescriptorProto{stringField("invoice_id", 1), stringField("customer_id", 2)}}},
+		EnumType: []*descriptorpb.EnumDescriptorProto{{Name: proto.String("Status"),
+			Value: []*descriptorpb.EnumValueDescriptorProto{{Name: proto.String("STATUS_UNKNOWN"), Number: proto.Int32(0)}, {Name: proto.String("STATUS_OPEN"), Number: proto.Int32(1)}}}},
+	}
+	if edit != nil {
+		edit(file)
 	}
 	set := &descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{
 		protodesc.ToFileDescriptorProto(descriptorpb.File_google_protobuf_descriptor_proto),
 		protodesc.ToFileDescriptorProto(timestamppb.File_google_protobuf_timestamp_proto),
 		protodesc.ToFileDescriptorProto(spatev1.File_spate_v1_event_proto),
-		{
-			Name: proto.String("billing/v1/billing.proto"), Package: proto.String("billing.v1"), Syntax: proto.String("proto3"),
-			Dependency: []string{"spate/v1/event.proto"}, MessageType: []*descriptorpb.DescriptorProto{msg},
-		},
+		file,
 	}}
 	b, err := proto.Marshal(set)
 	if err != nil {
@@ -48,6 +65,11 @@ func writeSet(t *testing.T, dir, name string, fields ...string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+func stringField(name string, number int32) *descriptorpb.FieldDescriptorProto {
+	return &descriptorpb.FieldDescriptorProto{Name: proto.String(name), Number: proto.Int32(number), JsonName: proto.String(name),
+		Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()}
 }
 
 func runCLI(args ...string) (string, error) {
@@ -98,5 +120,65 @@ func TestSchemaListAndCheck(t *testing.T) {
 	}
 	if _, err := runCLI("schema", "list", "--schemas", filepath.Join(dir, "missing.binpb")); err == nil {
 		t.Fatal("schema list of a missing file: no error")
+	}
+}
+
+// TestSchemaCheckRules: a field removed with its number and name reserved
+// breaks nothing; and schema check tells what buf's rules do not see,
+// breaks of Spate's own.
+func TestSchemaCheckRules(t *testing.T) {
+	dir := t.TempDir()
+	old := writeBilling(t, dir, "old.binpb", nil)
+	removeCustomer := func(reserveNumber, reserveName bool) func(*descriptorpb.FileDescriptorProto) {
+		return func(f *descriptorpb.FileDescriptorProto) {
+			inv := f.MessageType[0]
+			inv.Field = inv.Field[:1]
+			if reserveNumber {
+				inv.ReservedRange = []*descriptorpb.DescriptorProto_ReservedRange{{Start: proto.Int32(2), End: proto.Int32(3)}}
+			}
+			if reserveName {
+				inv.ReservedName = []string{"customer_id"}
+			}
+		}
+	}
+	for _, c := range []struct {
+		name string
+		edit func(*descriptorpb.FileDescriptorProto)
+		want string // in the output; "" for compatible
+	}{
+		{"a field removed, its number and name reserved", removeCustomer(true, true), ""},
+		{"a field removed, its number reserved but not its name", removeCustomer(true, false), "customer_id"},
+		{"a field removed, its name reserved but not its number", removeCustomer(false, true), "customer_id"},
+		{"an alias added after a value", func(f *descriptorpb.FileDescriptorProto) {
+			f.EnumType[0].Options = &descriptorpb.EnumOptions{AllowAlias: proto.Bool(true)}
+			f.EnumType[0].Value = append(f.EnumType[0].Value, &descriptorpb.EnumValueDescriptorProto{Name: proto.String("STATUS_OPENED"), Number: proto.Int32(1)})
+		}, ""},
+		{"an alias put before a value", func(f *descriptorpb.FileDescriptorProto) {
+			f.EnumType[0].Options = &descriptorpb.EnumOptions{AllowAlias: proto.Bool(true)}
+			vs := f.EnumType[0].Value
+			f.EnumType[0].Value = []*descriptorpb.EnumValueDescriptorProto{vs[0], {Name: proto.String("STATUS_OPENED"), Number: proto.Int32(1)}, vs[1]}
+		}, "enum billing.v1.Status value 1 is now written STATUS_OPENED, was STATUS_OPEN"},
+		{"the event type renamed", func(f *descriptorpb.FileDescriptorProto) {
+			proto.SetExtension(f.MessageType[0].Options, spatev1.E_EventType, "billing.invoice.sent.v1")
+		}, `event type "billing.invoice.issued.v1" (billing.v1.Invoice) is gone`},
+		{"the event type moved to another message", func(f *descriptorpb.FileDescriptorProto) {
+			f.MessageType[0].Options = nil
+			opts := &descriptorpb.MessageOptions{}
+			proto.SetExtension(opts, spatev1.E_EventType, "billing.invoice.issued.v1")
+			f.MessageType = append(f.MessageType, &descriptorpb.DescriptorProto{Name: proto.String("InvoiceV2"), Options: opts})
+		}, `event type "billing.invoice.issued.v1" is now message billing.v1.InvoiceV2, was billing.v1.Invoice`},
+		{"two messages claiming one type", func(f *descriptorpb.FileDescriptorProto) {
+			f.MessageType = append(f.MessageType, &descriptorpb.DescriptorProto{Name: proto.String("Copy"), Options: f.MessageType[0].Options})
+		}, "Spate cannot load it"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, err := runCLI("schema", "check", old, writeBilling(t, t.TempDir(), "new.binpb", c.edit))
+			switch {
+			case c.want == "" && err != nil:
+				t.Errorf("%v\n%s\nwant compatible", err, out)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), "breaks") || !strings.Contains(out, c.want)):
+				t.Errorf("%v\n%s\nwant a break naming %q", err, out, c.want)
+			}
+		})
 	}
 }
