@@ -236,6 +236,14 @@ func TestEventNotEvent(t *testing.T) {
 		{"an extension with an underscore", with("ce_with_underscore", "a"), "ce_with_underscore"},
 		{"too many extensions", manyExtensions(without(""), cekafka.MaxExtensions+1), "extension attributes"},
 		{"another specversion", with("ce_specversion", "0.3"), "ce_specversion"},
+		// Strings CloudEvents and the sinks cannot take: a database would
+		// refuse the row, and retry it for ever.
+		{"an id of invalid UTF-8", with("ce_id", "a\xffb"), "ce_id"},
+		{"a subject with NUL", with("ce_subject", "o\x00"), "ce_subject"},
+		{"a source with a line break", with("ce_source", "/shop\n"), "ce_source"},
+		{"a type of invalid UTF-8", with("ce_type", "shop.\xc3"), "ce_type"},
+		{"a dataschema with a control character", with("ce_dataschema", "x\x7f"), "ce_dataschema"},
+		{"an extension value of invalid UTF-8", with("ce_tenant", "\xff"), "ce_tenant"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -340,6 +340,17 @@ func TestValidate(t *testing.T) {
 			wantErrs: []FieldError{{Field: "id"}, {Field: "source"}, {Field: "subject"}},
 		},
 		{
+			name: "control characters in dataschema and an extension's value",
+			ev: &spatev1.Event{Id: "e-1", Source: "s", Type: "shop.order.placed.v1", Dataschema: "x\x7f", Data: orderPB,
+				Extensions: map[string]string{"tenant": "a\nb"}},
+			wantErrs: []FieldError{{Field: "dataschema"}, {Field: "tenant"}},
+		},
+		{
+			name:     "invalid UTF-8 in id and subject",
+			ev:       &spatev1.Event{Id: "e-\xff", Source: "s", Type: "shop.order.placed.v1", Subject: "\xc3", Data: orderPB},
+			wantErrs: []FieldError{{Field: "id"}, {Field: "subject"}},
+		},
+		{
 			name:     "dot segments in source",
 			ev:       &spatev1.Event{Id: "e-1", Source: "/shop/../billing/x", Type: "shop.order.placed.v1", Data: orderPB},
 			wantErrs: []FieldError{{Field: "source"}},

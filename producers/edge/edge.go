@@ -21,7 +21,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -340,31 +339,8 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	bad := func(field, detail string) {
 		errs = append(errs, FieldError{Index: i, Field: field, Detail: detail})
 	}
-	switch {
-	case ev.Id == "":
-		bad(attrID, "is required")
-	case hasControl(ev.Id):
-		bad(attrID, "must not hold control characters")
-	}
-	switch {
-	case ev.Source == "":
-		bad(attrSource, "is required")
-	case hasControl(ev.Source):
-		bad(attrSource, "must not hold control characters")
-	case hasDotSegment(ev.Source):
-		bad(attrSource, `must not hold "." or ".." path segments, percent-encoded or not: keys allow sources by pattern, and /shop/../billing is not under /shop`)
-	}
-	if hasControl(ev.Subject) { // CloudEvents strings hold none
-		bad(attrSubject, "must not hold control characters")
-	}
-	if len(ev.Extensions) > MaxExtensions {
-		bad("", errTooManyExtensions.Error())
-	} else {
-		for name := range ev.Extensions {
-			if msg := checkExtensionName(name); msg != "" {
-				bad(name, msg)
-			}
-		}
+	for _, e := range cekafka.CheckAttributes(ev) {
+		bad(e.Attribute, e.Detail)
 	}
 	switch {
 	case ev.Type == "":
@@ -395,11 +371,8 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 			ev.Datacontenttype = schemas.ContentTypeProtobuf
 		}
 	}
-	switch {
-	case ev.Time == nil:
+	if ev.Time == nil {
 		ev.Time = now
-	case ev.Time.CheckValid() != nil:
-		bad(attrTime, "must be a valid timestamp between 0001-01-01 and 9999-12-31 UTC")
 	}
 	if len(errs) == 0 {
 		if n := proto.Size(ev); n > MaxEventBytes {
@@ -409,63 +382,9 @@ func (s *Server) validate(i int, ev *spatev1.Event, now *timestamppb.Timestamp) 
 	return errs
 }
 
-// hasControl reports whether s holds a control character (U+0000 to
-// U+001F, U+007F to U+009F), which CloudEvents forbids in attributes.
-func hasControl(s string) bool {
-	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r >= 0x7f && r <= 0x9f })
-}
-
-// hasDotSegment reports whether the path of a URI reference (what comes
-// before any "?" or "#") has a "." or ".." segment, as written or once
-// percent-decoded: URI libraries read /shop/%2e%2e/billing, and
-// /shop%2f..%2fbilling, as /shop/../billing.
-func hasDotSegment(ref string) bool {
-	if i := strings.IndexAny(ref, "?#"); i >= 0 {
-		ref = ref[:i]
-	}
-	paths := []string{ref}
-	if decoded := percentDecoded(ref); decoded != ref {
-		paths = append(paths, decoded)
-	}
-	for _, p := range paths {
-		for seg := range strings.SplitSeq(p, "/") {
-			if seg == "." || seg == ".." {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// percentDecoded decodes each valid %XX of s, and leaves the rest as it
-// is, as lenient URI decoders do: one stray % must not hide the others.
-func percentDecoded(s string) string {
-	if !strings.Contains(s, "%") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
-			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
-			b.WriteByte(byte(v))
-			i += 2
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-// MaxEventBytes caps an event's encoded size (its payload, attributes and
-// extensions), so that its record fits Kafka's default limits (a producer
-// batch of 1,000,012 bytes, a broker message of 1 MiB) with room for the
-// record's headers. A larger event is refused as invalid: Kafka would refuse
-// it whenever it is sent.
-const MaxEventBytes = 900_000
+// MaxEventBytes caps an event's encoded size (cekafka's cap): a larger
+// event is refused as invalid.
+const MaxEventBytes = cekafka.MaxEventBytes
 
 // MaxExtensions caps an event's extension attributes (cekafka's cap). Each
 // becomes a Kafka header, and a few bytes of input decode to a map entry of
@@ -473,7 +392,7 @@ const MaxEventBytes = 900_000
 const MaxExtensions = cekafka.MaxExtensions
 
 // errTooManyExtensions says that an event has more than MaxExtensions.
-var errTooManyExtensions = fmt.Errorf("an event may hold at most %d extension attributes", MaxExtensions)
+var errTooManyExtensions = cekafka.ErrTooManyExtensions
 
 // outcomeUnknown reports whether a failed publish may have been written
 // all the same: Kafka did not answer in time, or the client gave the

@@ -11,11 +11,12 @@
 package kafkago
 
 import (
-	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spate-io/spate/cekafka"
@@ -39,23 +40,20 @@ func NewWriter(topic string, brokers ...string) *kafka.Writer {
 	}
 }
 
-// Message validates ev against reg and returns it as a kafka-go message:
-// its payload in the canonical protobuf encoding, its time set to now when
-// absent. The topic is the writer's.
+// Message validates ev as the edge does, its attributes (see
+// cekafka.CheckAttributes) and its payload against reg, and returns it as a
+// kafka-go message: its payload in the canonical protobuf encoding, its time
+// set to now when absent. The topic is the writer's.
 func Message(reg *schemas.Registry, ev *spatev1.Event) (kafka.Message, error) {
-	switch {
-	case ev.Id == "":
-		return kafka.Message{}, errors.New("event: id is required")
-	case ev.Source == "":
-		return kafka.Message{}, fmt.Errorf("event %s: source is required", ev.Id)
+	var problems []string
+	for _, e := range cekafka.CheckAttributes(ev) {
+		problems = append(problems, strings.TrimSpace(e.Attribute+" "+e.Detail))
 	}
-	if len(ev.Extensions) > cekafka.MaxExtensions {
-		return kafka.Message{}, fmt.Errorf("event %s: more than %d extension attributes", ev.Id, cekafka.MaxExtensions)
+	if ev.Type == "" {
+		problems = append(problems, "type is required")
 	}
-	for name := range ev.Extensions {
-		if err := cekafka.CheckExtension(name); err != nil {
-			return kafka.Message{}, fmt.Errorf("event %s: extension %q %w", ev.Id, name, err)
-		}
+	if len(problems) > 0 {
+		return kafka.Message{}, fmt.Errorf("event %q: %s", ev.Id, strings.Join(problems, "; "))
 	}
 	data, err := reg.Canonical(ev.Type, ev.Datacontenttype, ev.Data)
 	if err != nil {
@@ -65,6 +63,9 @@ func Message(reg *schemas.Registry, ev *spatev1.Event) (kafka.Message, error) {
 		Datacontenttype: schemas.ContentTypeProtobuf, Dataschema: ev.Dataschema, Data: data, Extensions: ev.Extensions}
 	if canon.Time == nil {
 		canon.Time = timestamppb.Now()
+	}
+	if n := proto.Size(canon); n > cekafka.MaxEventBytes {
+		return kafka.Message{}, fmt.Errorf("event %q: %d bytes encoded; at most %d fit a Kafka record", ev.Id, n, cekafka.MaxEventBytes)
 	}
 	r := cekafka.Record("", canon)
 	m := kafka.Message{Key: r.Key, Value: r.Value, Headers: make([]kafka.Header, len(r.Headers))}

@@ -3,6 +3,8 @@ package kafkago_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,6 +153,19 @@ func TestMessageRefusesWhatTheEdgeRefuses(t *testing.T) {
 		"bad payload":          func(ev *spatev1.Event) { ev.Data = []byte{0xff} },
 		"core name as ext":     func(ev *spatev1.Event) { ev.Extensions = map[string]string{"id": "x"} },
 		"upper-case extension": func(ev *spatev1.Event) { ev.Extensions = map[string]string{"Tenant": "x"} },
+		"no type":              func(ev *spatev1.Event) { ev.Type = "" },
+		"invalid UTF-8 id":     func(ev *spatev1.Event) { ev.Id = "a\xffb" },
+		"NUL in subject":       func(ev *spatev1.Event) { ev.Subject = "o\x00" },
+		"control in extension": func(ev *spatev1.Event) { ev.Extensions = map[string]string{"tenant": "a\nb"} },
+		"dot segment source":   func(ev *spatev1.Event) { ev.Source = "/shop/%2e%2e/billing" },
+		"time past 9999":       func(ev *spatev1.Event) { ev.Time = timestamppb.New(time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)) },
+		"negative nanos":       func(ev *spatev1.Event) { ev.Time = &timestamppb.Timestamp{Seconds: 1, Nanos: -1} },
+		"over MaxEventBytes": func(ev *spatev1.Event) {
+			ev.Extensions = map[string]string{}
+			for i := range 64 {
+				ev.Extensions[fmt.Sprintf("x%d", i)] = strings.Repeat("x", cekafka.MaxEventBytes/64)
+			}
+		},
 	} {
 		ev := event(t, "e", 1, false)
 		mod(ev)
