@@ -92,6 +92,18 @@ func textProblem(s string) string {
 	return ""
 }
 
+// unstorable says what keeps s from being stored as text, if anything:
+// invalid UTF-8, or NUL, which Postgres refuses.
+func unstorable(s string) string {
+	switch {
+	case !utf8.ValidString(s):
+		return "must be valid UTF-8"
+	case strings.IndexByte(s, 0) >= 0:
+		return "must not hold NUL"
+	}
+	return ""
+}
+
 // hasControl reports whether s holds a control character (U+0000 to
 // U+001F, U+007F to U+009F), which CloudEvents forbids in attributes.
 func hasControl(s string) bool {

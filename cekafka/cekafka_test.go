@@ -236,14 +236,15 @@ func TestEventNotEvent(t *testing.T) {
 		{"an extension with an underscore", with("ce_with_underscore", "a"), "ce_with_underscore"},
 		{"too many extensions", manyExtensions(without(""), cekafka.MaxExtensions+1), "extension attributes"},
 		{"another specversion", with("ce_specversion", "0.3"), "ce_specversion"},
-		// Strings CloudEvents and the sinks cannot take: a database would
-		// refuse the row, and retry it for ever.
+		// Strings the sinks cannot store: a database would refuse the row,
+		// and it would be retried for ever.
 		{"an id of invalid UTF-8", with("ce_id", "a\xffb"), "ce_id"},
 		{"a subject with NUL", with("ce_subject", "o\x00"), "ce_subject"},
-		{"a source with a line break", with("ce_source", "/shop\n"), "ce_source"},
+		{"a source with NUL", with("ce_source", "/shop\x00"), "ce_source"},
 		{"a type of invalid UTF-8", with("ce_type", "shop.\xc3"), "ce_type"},
-		{"a dataschema with a control character", with("ce_dataschema", "x\x7f"), "ce_dataschema"},
+		{"a dataschema with NUL", with("ce_dataschema", "x\x00"), "ce_dataschema"},
 		{"an extension value of invalid UTF-8", with("ce_tenant", "\xff"), "ce_tenant"},
+		{"an extension value with NUL", with("ce_tenant", "a\x00"), "ce_tenant"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -333,5 +334,20 @@ func TestEventTakesMaxExtensions(t *testing.T) {
 	got, err := cekafka.Event(r)
 	if err != nil || len(got.Extensions) != cekafka.MaxExtensions {
 		t.Fatalf("Event of %d extensions: %v, %v", cekafka.MaxExtensions, got, err)
+	}
+}
+
+// TestEventTakesControlCharactersWrittenBefore: a record an earlier edge
+// wrote, a line break in an extension's value or the dataschema, still
+// reads as the event it was: only what no sink can store is refused.
+func TestEventTakesControlCharactersWrittenBefore(t *testing.T) {
+	ev := full()
+	ev.Dataschema, ev.Extensions = "x\x7f", map[string]string{"note": "a\nb"}
+	got, err := cekafka.Event(cekafka.Record(topic, ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Dataschema != ev.Dataschema || got.Extensions["note"] != "a\nb" {
+		t.Errorf("Event gave dataschema %q, extensions %q; want them as written", got.Dataschema, got.Extensions)
 	}
 }
