@@ -351,6 +351,150 @@ func TestCompressedBodyCountsDecompressed(t *testing.T) {
 	}
 }
 
+// TestCompressedConnectBodyIsChargedAsItIsRead: a gzip body of 3.5 MiB
+// decompressed, under a cap of 256 KiB, is refused over Connect as over
+// /v1/events, once its decompressed bytes read pass the cap: it costs the
+// edge about the cap, not its whole size decompressed and decoded, which
+// Connect would allocate before any handler saw it. Not parallel: it
+// measures what the process allocates.
+func TestCompressedConnectBodyIsChargedAsItIsRead(t *testing.T) {
+	f := start(t, edge.Config{MaxInflightBytes: 256 << 10})
+	msg, err := proto.Marshal(protobufRequest(t, "g-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const decompressed = 3<<20 + 512<<10
+	msg = protowire.AppendBytes(protowire.AppendTag(msg, 2, protowire.BytesType), make([]byte, decompressed-len(msg)-8))
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	if _, err := zw.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, ct string }{
+		{"/v1/events", "application/x-protobuf"},
+		{spatev1connect.IngestServicePublishProcedure, "application/proto"},
+	} {
+		req, err := http.NewRequest(http.MethodPost, f.url+tc.path, bytes.NewReader(gz.Bytes()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", tc.ct)
+		req.Header.Set("Content-Encoding", "gzip")
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		resp, b := roundTrip(t, req)
+		runtime.ReadMemStats(&after)
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("%s: %d %.200s, want 503", tc.path, resp.StatusCode, b)
+		}
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > decompressed {
+			t.Errorf("%s: %d KiB allocated to refuse a body over the 256 KiB cap, more than the %d KiB it decompresses to", tc.path, alloc>>10, decompressed>>10)
+		}
+	}
+}
+
+// TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead: Connect
+// decompresses a gRPC message compressed on its own before the edge sees
+// it, so such a request is charged what it may decompress to (MaxBodyBytes)
+// before it is read: with two in flight under a cap of twice that, a third
+// is answered at once, Unavailable.
+func TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{MaxBodyBytes: 1 << 20, MaxInflightBytes: 2 << 20})
+	tr := h2cClient().Transport.(*http.Transport)
+	defer tr.CloseIdleConnections()
+	answered := make(chan string, 3)
+	var writers []*io.PipeWriter
+	var wg sync.WaitGroup
+	defer func() {
+		for _, pw := range writers {
+			pw.CloseWithError(io.ErrClosedPipe)
+		}
+		wg.Wait()
+	}()
+	for range 3 {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/grpc")
+		r.Header.Set("Grpc-Encoding", "gzip")
+		r.Header.Set("Te", "trailers")
+		wg.Go(func() {
+			resp, err := tr.RoundTrip(r)
+			if err != nil {
+				return // closed at the end of the test
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			answered <- resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status")
+		})
+		wg.Go(func() { pw.Write([]byte{1, 0, 0, 1, 0}) }) // a compressed message of 256 bytes is coming
+	}
+	select {
+	case status := <-answered:
+		if status != "14" {
+			t.Fatalf("the request past the cap: grpc-status %q, want 14 (Unavailable)", status)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no request answered in 30 s: the compressed requests were not charged before they were read")
+	}
+}
+
+// TestUnreadyWhileShedding: with Kafka slow but not failing (no publish
+// has timed out yet), a request the in-flight events cap cannot take is
+// refused 503 overloaded, though the cap is not full to the event, and the
+// edge reports itself unready, so that a load balancer sends producers
+// elsewhere; once Kafka answers again, it is ready soon after.
+func TestUnreadyWhileShedding(t *testing.T) {
+	t.Parallel()
+	cl, unstall := stalledProducer(t, 1)
+	srv, base := serveEdge(t, cl, edge.Config{PublishTimeout: time.Minute, MaxInflightEvents: 4})
+	post := func(body string) (int, edge.Problem) {
+		resp, err := http.Post(base+"/v1/events", "application/cloudevents-batch+json", strings.NewReader(body))
+		if err != nil {
+			t.Error(err)
+			return 0, edge.Problem{}
+		}
+		defer resp.Body.Close()
+		var p edge.Problem
+		json.NewDecoder(resp.Body).Decode(&p)
+		return resp.StatusCode, p
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer unstall() // first, if the test stops early
+	// Three events stay in flight against the stalled broker.
+	wg.Go(func() { post("[" + orderJSON("a", "s") + "," + orderJSON("b", "s") + "," + orderJSON("c", "s") + "]") })
+	spatetest.Eventually(t, 10*time.Second, func() string {
+		if n := cl.BufferedProduceRecords(); n != 3 {
+			return fmt.Sprintf("%d records buffered, want 3", n)
+		}
+		return ""
+	})
+	code, p := post("[" + orderJSON("d", "s") + "," + orderJSON("e", "s") + "]")
+	if code != http.StatusServiceUnavailable || p.Type != "urn:spate:problem:overloaded" {
+		t.Fatalf("2 events with 1 of 4 in-flight slots free: %d %+v, want 503 overloaded", code, p)
+	}
+	if err := srv.Ready(t.Context()); err == nil {
+		t.Errorf("Ready = nil right after a request was shed as overloaded, want unready")
+	}
+	unstall()
+	wg.Wait()
+	spatetest.Eventually(t, 10*time.Second, func() string {
+		if err := srv.Ready(t.Context()); err != nil {
+			return fmt.Sprintf("Ready = %v with Kafka answering again", err)
+		}
+		return ""
+	})
+}
+
 // roundTrip sends r and returns the answer with its body read.
 func roundTrip(t *testing.T, r *http.Request) (*http.Response, []byte) {
 	t.Helper()

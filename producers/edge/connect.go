@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"connectrpc.com/connect"
 	"github.com/go-json-experiment/json/jsontext"
@@ -52,13 +53,44 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			return
 		}
 		defer c.release()
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{&chargedReader{r.Body, c, connectError(overloaded("request bytes"))}, r.Body} // Connect answers with its code
+		ct := r.Header.Get("Content-Type")
+		grpcOrStream := strings.HasPrefix(ct, "application/grpc") || strings.HasPrefix(ct, "application/connect+")
+		switch {
+		case !grpcOrStream && strings.EqualFold(strings.TrimSpace(r.Header.Get("Content-Encoding")), "gzip"):
+			// A Connect unary body, gzip as a whole: decompressed here as
+			// /v1/events does, its bytes charged as they come, so that a
+			// gzip bomb costs the cap at most; Connect gets it plain.
+			body, err := readBody(w, r, s.cfg.MaxBodyBytes, c)
+			if err != nil {
+				errw.Write(w, r, connectError(err))
+				return
+			}
+			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+			r.Header.Del("Content-Encoding")
+		case grpcOrStream && (compressed(r.Header.Get("Grpc-Encoding")) || compressed(r.Header.Get("Connect-Content-Encoding"))):
+			// Messages compressed one by one, which Connect decompresses
+			// (up to MaxBodyBytes) before anything here sees them: charged
+			// that much before they are read.
+			if !c.atLeast(min(s.cfg.MaxBodyBytes, s.cfg.MaxInflightBytes)) {
+				errw.Write(w, r, connectError(overloaded("request bytes")))
+				return
+			}
+			fallthrough
+		default:
+			r.Body = struct {
+				io.Reader
+				io.Closer
+			}{&chargedReader{r.Body, c, connectError(overloaded("request bytes"))}, r.Body} // Connect answers with its code
+		}
 		ctx := context.WithValue(context.WithValue(r.Context(), keyKey{}, key), chargeKey{}, c)
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// compressed reports whether a message encoding header names compression.
+func compressed(enc string) bool {
+	enc = strings.TrimSpace(enc)
+	return enc != "" && !strings.EqualFold(enc, "identity")
 }
 
 // countingCodec is Connect's codec of name, that refuses a PublishRequest

@@ -160,6 +160,7 @@ type Server struct {
 	inflightEvents, inflightBytes atomic.Int64
 	inflightRecordBytes           atomic.Int64 // the bytes of the events in inflightEvents
 	lastFailure                   atomic.Int64 // unix nanoseconds of the last publish Kafka did not acknowledge
+	lastShed                      atomic.Int64 // unix nanoseconds of the last request turned away at an in-flight cap
 
 	// settling counts the publishes whose outcomes are not yet recorded.
 	// Close waits for it only once no publish can start (closing).
@@ -218,11 +219,15 @@ func (s *Server) SetKeys(ks *Keys) {
 }
 
 // Ready reports whether the edge should get traffic: not while its
-// in-flight caps are full, nor for 10 s after Kafka failed to acknowledge a
+// in-flight caps are full, nor for a second after it turned a request
+// away at one (a cap is seldom full to the byte: a request is refused for
+// what it would add), nor for 10 s after Kafka failed to acknowledge a
 // publish. It is meant for a readiness probe, so that a load balancer sends
 // producers elsewhere while this edge sheds load.
 func (s *Server) Ready(context.Context) error {
 	switch {
+	case time.Since(time.Unix(0, s.lastShed.Load())) < time.Second:
+		return errors.New("a request was turned away at an in-flight cap in the last second: kafka is slow")
 	case s.inflightEvents.Load() >= s.cfg.MaxInflightEvents:
 		return errors.New("in-flight events at their cap: kafka is slow")
 	case s.inflightBytes.Load() >= s.cfg.MaxInflightBytes:
@@ -235,10 +240,12 @@ func (s *Server) Ready(context.Context) error {
 	return nil
 }
 
-// take adds n to an in-flight count unless that would exceed limit.
-func take(c *atomic.Int64, n, limit int64) bool {
+// take adds n to an in-flight count unless that would exceed limit, and
+// notes the time when it would (see Ready).
+func (s *Server) take(c *atomic.Int64, n, limit int64) bool {
 	if c.Add(n) > limit {
 		c.Add(-n)
+		s.lastShed.Store(time.Now().UnixNano())
 		return false
 	}
 	return true

@@ -245,12 +245,17 @@ func TestConnectAndGRPC(t *testing.T) {
 	for name, c := range map[string]spatev1connect.IngestServiceClient{
 		"connect over HTTP/1.1": spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url),
 		"gRPC over h2c":         spatev1connect.NewIngestServiceClient(h2c, f.url, connect.WithGRPC()),
+		// Compressed: a Connect body as a whole, a gRPC one message by
+		// message.
+		"connect, gzip":  spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url, connect.WithSendGzip()),
+		"gRPC, gzip":     spatev1connect.NewIngestServiceClient(h2c, f.url, connect.WithGRPC(), connect.WithSendGzip()),
+		"gRPC-Web, gzip": spatev1connect.NewIngestServiceClient(http.DefaultClient, f.url, connect.WithGRPCWeb(), connect.WithSendGzip()),
 	} {
-		resp, err := c.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "c-1")))
-		if err != nil || len(resp.Msg.Receipts) != 1 || resp.Msg.Receipts[0].Id != "c-1" {
+		resp, err := c.Publish(context.Background(), connect.NewRequest(protobufRequest(t, "c-1-"+name)))
+		if err != nil || len(resp.Msg.Receipts) != 1 || resp.Msg.Receipts[0].Id != "c-1-"+name {
 			t.Errorf("%s: Publish = %v, %v; want one receipt", name, resp, err)
 		}
-		bad := protobufRequest(t, "c-2")
+		bad := protobufRequest(t, "c-2-"+name)
 		bad.Events[0].Type = "shop.nothing.v1"
 		_, err = c.Publish(context.Background(), connect.NewRequest(bad))
 		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "type") {

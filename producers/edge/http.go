@@ -292,7 +292,7 @@ func (c *charge) atLeast(n int64) bool {
 	if n <= c.charged {
 		return true
 	}
-	if !take(&c.s.inflightBytes, n-c.charged, c.s.cfg.MaxInflightBytes) {
+	if !c.s.take(&c.s.inflightBytes, n-c.charged, c.s.cfg.MaxInflightBytes) {
 		return false
 	}
 	c.charged = n

@@ -261,11 +261,11 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	for _, ev := range fresh {
 		size += int64(cachedSize.Size(ev))
 	}
-	if !take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
+	if !s.take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
 		settled(nil)
 		return refuseFresh(overloaded("events"), "overloaded")
 	}
-	if !take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes) {
+	if !s.take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes) {
 		s.inflightEvents.Add(-n)
 		settled(nil)
 		return refuseFresh(overloaded("bytes of events"), "overloaded")
@@ -410,7 +410,8 @@ var connectCodes = map[int]connect.Code{
 
 func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
 	key, _ := ctx.Value(keyKey{}).(*apiKey) // authenticateConnect found it and counted the body's bytes
-	// A compressed body was counted as it came: count it as decoded.
+	// A body Connect decompressed was charged what it may decompress to,
+	// or all of a smaller cap: count it as decoded.
 	if c, ok := ctx.Value(chargeKey{}).(*charge); ok && !c.atLeast(int64(proto.Size(req.Msg))) {
 		return nil, connectError(overloaded("request bytes"))
 	}
