@@ -276,20 +276,7 @@ func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	answered := make(chan int, 3)
-	var writers []*io.PipeWriter
-	var wg sync.WaitGroup
-	defer func() {
-		for _, pw := range writers {
-			pw.CloseWithError(io.ErrClosedPipe)
-		}
-		wg.Wait()
-	}()
-	for range 3 {
-		pr, pw := io.Pipe()
-		writers = append(writers, pw)
+	answers := hangingUploads(t, &http.Transport{}, 3, body[:len(body)-1], func(pr io.Reader) *http.Request { // all but the last byte
 		r, err := http.NewRequest(http.MethodPost, f.url+path, pr)
 		if err != nil {
 			t.Fatal(err)
@@ -298,6 +285,31 @@ func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
 		if known {
 			r.ContentLength = int64(len(body))
 		}
+		return r
+	})
+	if resp := <-answers; resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", resp.StatusCode)
+	}
+}
+
+// hangingUploads sends n requests that newReq makes of a body over tr,
+// each body sending head and then hanging until the test ends, and returns
+// the answers as they come, their bodies read.
+func hangingUploads(t *testing.T, tr *http.Transport, n int, head []byte, newReq func(body io.Reader) *http.Request) <-chan *http.Response {
+	answers := make(chan *http.Response, n)
+	var writers []*io.PipeWriter
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		for _, pw := range writers {
+			pw.CloseWithError(io.ErrClosedPipe)
+		}
+		wg.Wait()
+		tr.CloseIdleConnections()
+	})
+	for range n {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		r := newReq(pr)
 		wg.Go(func() {
 			resp, err := tr.RoundTrip(r)
 			if err != nil {
@@ -305,13 +317,11 @@ func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
 			}
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
-			answered <- resp.StatusCode
+			answers <- resp
 		})
-		wg.Go(func() { pw.Write(body[:len(body)-1]) }) // all but the last byte
+		wg.Go(func() { pw.Write(head) })
 	}
-	if code := <-answered; code != http.StatusServiceUnavailable {
-		t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", code)
-	}
+	return answers
 }
 
 // TestCompressedBodyCountsDecompressed: a gzip body that decompresses to
@@ -320,33 +330,10 @@ func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
 func TestCompressedBodyCountsDecompressed(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{MaxInflightBytes: 1 << 20})
-	msg, err := proto.Marshal(protobufRequest(t, "g-1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Padding the request holds besides its events: field 2, unknown.
-	msg = protowire.AppendBytes(protowire.AppendTag(msg, 2, protowire.BytesType), make([]byte, 2<<20))
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	if _, err := zw.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct{ path, ct string }{
-		{"/v1/events", "application/x-protobuf"},
-		{spatev1connect.IngestServicePublishProcedure, "application/proto"},
-	} {
-		req, err := http.NewRequest(http.MethodPost, f.url+tc.path, bytes.NewReader(gz.Bytes()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", tc.ct)
-		req.Header.Set("Content-Encoding", "gzip")
+	for _, req := range gzipPosts(t, f, gzipPublish(t, 2<<20)) {
 		resp, b := roundTrip(t, req)
 		if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(b, []byte("overloaded")) && !bytes.Contains(b, []byte("unavailable")) {
-			t.Errorf("%s: %d %.200s, want 503: %d bytes gzipped to %d, over a cap of 1 MiB", tc.path, resp.StatusCode, b, len(msg), gz.Len())
+			t.Errorf("%s: %d %.200s, want 503: 2 MiB gzipped, over a cap of 1 MiB", req.URL.Path, resp.StatusCode, b)
 		}
 	}
 }
@@ -359,12 +346,31 @@ func TestCompressedBodyCountsDecompressed(t *testing.T) {
 // measures what the process allocates.
 func TestCompressedConnectBodyIsChargedAsItIsRead(t *testing.T) {
 	f := start(t, edge.Config{MaxInflightBytes: 256 << 10})
+	const decompressed = 3<<20 + 512<<10
+	for _, req := range gzipPosts(t, f, gzipPublish(t, decompressed)) {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		resp, b := roundTrip(t, req)
+		runtime.ReadMemStats(&after)
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("%s: %d %.200s, want 503", req.URL.Path, resp.StatusCode, b)
+		}
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > decompressed {
+			t.Errorf("%s: %d KiB allocated to refuse a body over the 256 KiB cap, more than the %d KiB it decompresses to", req.URL.Path, alloc>>10, decompressed>>10)
+		}
+	}
+}
+
+// gzipPublish returns a PublishRequest of one event, padded to about size
+// bytes (field 2, which the edge does not know), gzipped.
+func gzipPublish(t *testing.T, size int) []byte {
+	t.Helper()
 	msg, err := proto.Marshal(protobufRequest(t, "g-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	const decompressed = 3<<20 + 512<<10
-	msg = protowire.AppendBytes(protowire.AppendTag(msg, 2, protowire.BytesType), make([]byte, decompressed-len(msg)-8))
+	msg = protowire.AppendBytes(protowire.AppendTag(msg, 2, protowire.BytesType), make([]byte, size-len(msg)-8))
 	var gz bytes.Buffer
 	zw := gzip.NewWriter(&gz)
 	if _, err := zw.Write(msg); err != nil {
@@ -373,28 +379,27 @@ func TestCompressedConnectBodyIsChargedAsItIsRead(t *testing.T) {
 	if err := zw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct{ path, ct string }{
+	return gz.Bytes()
+}
+
+// gzipPosts returns a post of the gzip protobuf body to /v1/events, and
+// one to Connect's Publish.
+func gzipPosts(t *testing.T, f *fixture, body []byte) []*http.Request {
+	t.Helper()
+	var reqs []*http.Request
+	for _, to := range []struct{ path, ct string }{
 		{"/v1/events", "application/x-protobuf"},
 		{spatev1connect.IngestServicePublishProcedure, "application/proto"},
 	} {
-		req, err := http.NewRequest(http.MethodPost, f.url+tc.path, bytes.NewReader(gz.Bytes()))
+		req, err := http.NewRequest(http.MethodPost, f.url+to.path, bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Header.Set("Content-Type", tc.ct)
+		req.Header.Set("Content-Type", to.ct)
 		req.Header.Set("Content-Encoding", "gzip")
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		resp, b := roundTrip(t, req)
-		runtime.ReadMemStats(&after)
-		if resp.StatusCode != http.StatusServiceUnavailable {
-			t.Errorf("%s: %d %.200s, want 503", tc.path, resp.StatusCode, b)
-		}
-		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > decompressed {
-			t.Errorf("%s: %d KiB allocated to refuse a body over the 256 KiB cap, more than the %d KiB it decompresses to", tc.path, alloc>>10, decompressed>>10)
-		}
+		reqs = append(reqs, req)
 	}
+	return reqs
 }
 
 // TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead: Connect
@@ -405,20 +410,7 @@ func TestCompressedConnectBodyIsChargedAsItIsRead(t *testing.T) {
 func TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead(t *testing.T) {
 	t.Parallel()
 	f := start(t, edge.Config{MaxBodyBytes: 1 << 20, MaxInflightBytes: 2 << 20})
-	tr := h2cClient().Transport.(*http.Transport)
-	defer tr.CloseIdleConnections()
-	answered := make(chan string, 3)
-	var writers []*io.PipeWriter
-	var wg sync.WaitGroup
-	defer func() {
-		for _, pw := range writers {
-			pw.CloseWithError(io.ErrClosedPipe)
-		}
-		wg.Wait()
-	}()
-	for range 3 {
-		pr, pw := io.Pipe()
-		writers = append(writers, pw)
+	answers := hangingUploads(t, h2cClient().Transport.(*http.Transport), 3, []byte{1, 0, 0, 1, 0}, func(pr io.Reader) *http.Request { // a compressed message of 256 bytes is coming
 		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
 		if err != nil {
 			t.Fatal(err)
@@ -426,20 +418,11 @@ func TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead(t *testing.T) {
 		r.Header.Set("Content-Type", "application/grpc")
 		r.Header.Set("Grpc-Encoding", "gzip")
 		r.Header.Set("Te", "trailers")
-		wg.Go(func() {
-			resp, err := tr.RoundTrip(r)
-			if err != nil {
-				return // closed at the end of the test
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			answered <- resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status")
-		})
-		wg.Go(func() { pw.Write([]byte{1, 0, 0, 1, 0}) }) // a compressed message of 256 bytes is coming
-	}
+		return r
+	})
 	select {
-	case status := <-answered:
-		if status != "14" {
+	case resp := <-answers:
+		if status := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); status != "14" {
 			t.Fatalf("the request past the cap: grpc-status %q, want 14 (Unavailable)", status)
 		}
 	case <-time.After(30 * time.Second):
