@@ -406,28 +406,72 @@ func gzipPosts(t *testing.T, f *fixture, body []byte) []*http.Request {
 // decompresses a gRPC message compressed on its own before the edge sees
 // it, so such a request is charged what it may decompress to (MaxBodyBytes)
 // before it is read: with two in flight under a cap of twice that, a third
-// is answered at once, Unavailable.
+// is answered at once, Unavailable; whatever the case of its Content-Type,
+// which Connect matches in lower case.
 func TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead(t *testing.T) {
 	t.Parallel()
-	f := start(t, edge.Config{MaxBodyBytes: 1 << 20, MaxInflightBytes: 2 << 20})
-	answers := hangingUploads(t, h2cClient().Transport.(*http.Transport), 3, []byte{1, 0, 0, 1, 0}, func(pr io.Reader) *http.Request { // a compressed message of 256 bytes is coming
-		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
+	for _, ct := range []string{"application/grpc", "Application/gRPC+proto"} {
+		t.Run(ct, func(t *testing.T) {
+			t.Parallel()
+			f := start(t, edge.Config{MaxBodyBytes: 1 << 20, MaxInflightBytes: 2 << 20})
+			answers := hangingUploads(t, h2cClient().Transport.(*http.Transport), 3, []byte{1, 0, 0, 1, 0}, func(pr io.Reader) *http.Request { // a compressed message of 256 bytes is coming
+				r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.Header.Set("Content-Type", ct)
+				r.Header.Set("Grpc-Encoding", "gzip")
+				r.Header.Set("Te", "trailers")
+				return r
+			})
+			select {
+			case resp := <-answers:
+				if status := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); status != "14" {
+					t.Fatalf("the request past the cap: grpc-status %q, want 14 (Unavailable)", status)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("no request answered in 30 s: the compressed requests were not charged before they were read")
+			}
+		})
+	}
+}
+
+// TestARequestThatCanNeverFitLeavesTheEdgeReady: on an idle edge, a
+// request larger than an in-flight cap is refused, but the edge stays
+// ready: it says nothing of the load, and one client repeating it must not
+// keep every edge out of its load balancer.
+func TestARequestThatCanNeverFitLeavesTheEdgeReady(t *testing.T) {
+	t.Parallel()
+	t.Run("events", func(t *testing.T) {
+		t.Parallel()
+		f := start(t, edge.Config{MaxInflightEvents: 4})
+		var evs []string
+		for _, id := range []string{"a", "b", "c", "d", "e"} {
+			evs = append(evs, orderJSON(id, "s"))
+		}
+		if code, body := f.post(t, "application/cloudevents-batch+json", []byte("["+strings.Join(evs, ",")+"]")); code != http.StatusServiceUnavailable {
+			t.Fatalf("5 events under a cap of 4: %d %s, want 503", code, body)
+		}
+		if err := f.srv.Ready(t.Context()); err != nil {
+			t.Errorf("Ready = %v, want ready", err)
+		}
+	})
+	t.Run("bytes", func(t *testing.T) {
+		t.Parallel()
+		f := start(t, edge.Config{MaxInflightBytes: 1 << 20}) // bodies of up to 4 MiB
+		req := protobufRequest(t, "big")
+		req.Events[0].Extensions = map[string]string{"pad": strings.Repeat("x", 2<<20)}
+		b, err := proto.Marshal(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.Header.Set("Content-Type", "application/grpc")
-		r.Header.Set("Grpc-Encoding", "gzip")
-		r.Header.Set("Te", "trailers")
-		return r
-	})
-	select {
-	case resp := <-answers:
-		if status := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); status != "14" {
-			t.Fatalf("the request past the cap: grpc-status %q, want 14 (Unavailable)", status)
+		if code, body := f.post(t, "application/x-protobuf", b); code != http.StatusServiceUnavailable {
+			t.Fatalf("a 2 MiB body under a 1 MiB in-flight cap: %d %.100s, want 503", code, body)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("no request answered in 30 s: the compressed requests were not charged before they were read")
-	}
+		if err := f.srv.Ready(t.Context()); err != nil {
+			t.Errorf("Ready = %v, want ready", err)
+		}
+	})
 }
 
 // TestUnreadyWhileShedding: with Kafka slow but not failing (no publish

@@ -53,7 +53,7 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			return
 		}
 		defer c.release()
-		ct := r.Header.Get("Content-Type")
+		ct := strings.ToLower(r.Header.Get("Content-Type")) // as Connect matches it
 		grpcOrStream := strings.HasPrefix(ct, "application/grpc") || strings.HasPrefix(ct, "application/connect+")
 		switch {
 		case !grpcOrStream && strings.EqualFold(strings.TrimSpace(r.Header.Get("Content-Encoding")), "gzip"):
@@ -62,12 +62,14 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			// gzip bomb costs the cap at most; Connect gets it plain.
 			body, err := readBody(w, r, s.cfg.MaxBodyBytes, c)
 			if err != nil {
+				c.release() // what is discarded is not held
+				s.discardBody(r)
 				errw.Write(w, r, connectError(err))
 				return
 			}
 			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 			r.Header.Del("Content-Encoding")
-		case grpcOrStream && (compressed(r.Header.Get("Grpc-Encoding")) || compressed(r.Header.Get("Connect-Content-Encoding"))):
+		case compressed(r.Header.Get("Grpc-Encoding")) || compressed(r.Header.Get("Connect-Content-Encoding")):
 			// Messages compressed one by one, which Connect decompresses
 			// (up to MaxBodyBytes) before anything here sees them: charged
 			// that much before they are read.

@@ -241,11 +241,14 @@ func (s *Server) Ready(context.Context) error {
 }
 
 // take adds n to an in-flight count unless that would exceed limit, and
-// notes the time when it would (see Ready).
+// notes the time when it would only for what is in flight (see Ready): n
+// over the limit alone would never fit, and says nothing of the load.
 func (s *Server) take(c *atomic.Int64, n, limit int64) bool {
 	if c.Add(n) > limit {
 		c.Add(-n)
-		s.lastShed.Store(time.Now().UnixNano())
+		if n <= limit {
+			s.lastShed.Store(time.Now().UnixNano())
+		}
 		return false
 	}
 	return true

@@ -280,10 +280,15 @@ func (s *Server) chargeBody(r *http.Request) (*charge, bool) {
 }
 
 // add counts n more bytes read, charging a step more when they are past
-// what was charged; false when that is over the cap.
+// what was charged (no step past the cap), or failing that just what was
+// read; false when even that is over the cap.
 func (c *charge) add(n int) bool {
 	c.read += int64(n)
-	return c.read <= c.charged || c.atLeast(max(c.read, c.charged+chargeStep))
+	if c.read <= c.charged {
+		return true
+	}
+	step := max(c.read, min(c.charged+chargeStep, c.s.cfg.MaxInflightBytes))
+	return c.atLeast(step) || step > c.read && c.atLeast(c.read)
 }
 
 // atLeast charges more, if need be, so that n bytes in all are charged;

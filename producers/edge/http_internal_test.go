@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"bytes"
+	"compress/gzip"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -8,6 +10,11 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
+	"github.com/spate-io/spate/schemas"
+	"google.golang.org/protobuf/proto"
 )
 
 // readAll reads the whole body whatever the size it is told, in one buffer
@@ -60,5 +67,105 @@ func TestUnchargedBodyIsReadAsItComes(t *testing.T) {
 	}
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
 		t.Errorf("reading a 2-byte body claiming 8 MiB allocated %d bytes, want about what came", grew)
+	}
+}
+
+// TestChunkedBodyUnderTheCap: alone on an idle edge, a body of unknown
+// length under the in-flight cap is read, though a step of chargeStep
+// more would pass the cap; and nothing was turned away.
+func TestChunkedBodyUnderTheCap(t *testing.T) {
+	s := &Server{}
+	s.cfg.MaxBodyBytes, s.cfg.MaxInflightBytes, s.cfg.MaxInflightEvents = 1<<20, 100<<10, 1000
+	r := httptest.NewRequest(http.MethodPost, "/v1/events", io.MultiReader(bytes.NewReader(make([]byte, 70<<10))))
+	r.ContentLength = -1
+	c, _ := s.chargeBody(r)
+	if _, err := readBody(httptest.NewRecorder(), r, s.cfg.MaxBodyBytes, c); err != nil {
+		t.Errorf("a 70 KiB body of unknown length under a 100 KiB cap: %v, want it read", err)
+	}
+	c.release()
+	if err := s.Ready(t.Context()); err != nil {
+		t.Errorf("Ready = %v once the body is answered, want ready: nothing was turned away", err)
+	}
+}
+
+// TestConnectUnaryEncodings: a Connect unary body in each encoding is
+// answered in the right code, gzip ones decompressed by the edge, with a
+// gzip answer when the client takes one, and the body's charge given back.
+// The event's type is unknown: nothing reaches Kafka (there is no client).
+func TestConnectUnaryEncodings(t *testing.T) {
+	s := New(nil, schemas.Builtin(), Config{MaxBodyBytes: 64 << 10, MaxInflightBytes: 1 << 20})
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	gzipped := func(b []byte) []byte {
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		zw.Write(b)
+		zw.Close()
+		return buf.Bytes()
+	}
+	bad, err := proto.Marshal(&spatev1.PublishRequest{Events: []*spatev1.Event{{Id: "x", Source: "/s", Type: "no.such.type.v1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := proto.Marshal(&spatev1.PublishRequest{Events: []*spatev1.Event{{Id: "x", Source: "/s", Type: "no.such.type.v1", Data: make([]byte, 100<<10)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncated := gzipped(bad)
+	truncated = truncated[:len(truncated)-6]
+	for _, c := range []struct {
+		name, ct, enc string
+		body          []byte
+		wantStatus    int
+		wantCode      string
+	}{
+		{"gzip", "application/proto", "gzip", gzipped(bad), 400, "invalid_argument"},
+		{"GZIP upper case", "Application/Proto", "GZIP", gzipped(bad), 400, "invalid_argument"},
+		{"identity", "application/proto", "identity", bad, 400, "invalid_argument"},
+		{"none", "application/proto", "", bad, 400, "invalid_argument"},
+		{"br", "application/proto", "br", bad, 501, "unimplemented"},
+		{"unknown", "application/proto", "x-foo", bad, 501, "unimplemented"},
+		{"not gzip", "application/proto", "gzip", []byte("not gzip at all"), 400, "invalid_argument"},
+		{"truncated gzip", "application/proto", "gzip", truncated, 400, "invalid_argument"},
+		{"decompressed over MaxBodyBytes", "application/proto", "gzip", gzipped(big), 429, "resource_exhausted"},
+		{"JSON, gzip", "application/json", "gzip", gzipped([]byte(`{"events":[{"id":"x","source":"/s","type":"no.such.type.v1"}]}`)), 400, "invalid_argument"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r, err := http.NewRequest(http.MethodPost, srv.URL+spatev1connect.IngestServicePublishProcedure, bytes.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Header.Set("Content-Type", c.ct)
+			if c.enc != "" {
+				r.Header.Set("Content-Encoding", c.enc)
+			}
+			r.Header.Set("Accept-Encoding", "gzip")
+			tr := &http.Transport{DisableCompression: true}
+			defer tr.CloseIdleConnections()
+			resp, err := tr.RoundTrip(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Header.Get("Content-Encoding") == "gzip" {
+				zr, err := gzip.NewReader(bytes.NewReader(body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if body, err = io.ReadAll(zr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if resp.StatusCode != c.wantStatus || !bytes.Contains(body, []byte(`"code":"`+c.wantCode+`"`)) {
+				t.Errorf("%d %s, want %d %s", resp.StatusCode, body, c.wantStatus, c.wantCode)
+			}
+			if n := s.inflightBytes.Load(); n != 0 {
+				t.Errorf("%d in-flight bytes after the answer, want 0", n)
+			}
+		})
 	}
 }
