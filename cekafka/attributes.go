@@ -93,12 +93,12 @@ func textProblem(s string) string {
 }
 
 // unstorable says what keeps s from being stored as text, if anything:
-// invalid UTF-8, or NUL, which Postgres refuses.
-func unstorable(s string) string {
+// invalid UTF-8, or NUL when noNUL, both of which Postgres refuses.
+func unstorable(s string, noNUL bool) string {
 	switch {
 	case !utf8.ValidString(s):
 		return "must be valid UTF-8"
-	case strings.IndexByte(s, 0) >= 0:
+	case noNUL && strings.IndexByte(s, 0) >= 0:
 		return "must not hold NUL"
 	}
 	return ""

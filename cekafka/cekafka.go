@@ -113,12 +113,12 @@ type recordAndHeaders struct {
 // Event returns the event a record carries. The record must have ce_id,
 // ce_source and ce_type headers, its other ce_ headers must be extensions
 // CheckExtension allows, MaxExtensions at most, and its attributes valid
-// UTF-8 without NUL: a record that breaks these rules, which the edge and
-// the producers here do not write, is not taken for an event (one with a
-// ce_data header, say, would give sinks two values of data, and one with a
-// NUL in its id a row no database takes). Other control characters, which
-// the edge refuses now but took before, are let through: history reads as
-// it did.
+// UTF-8, with no NUL in id, source, type or subject: a record that breaks
+// these rules, which the edge and the producers here never wrote, is not
+// taken for an event (one with a ce_data header, say, would give sinks two
+// values of data, and one with a NUL in its id a row no database takes).
+// Control characters the edge refuses now but took before (in extension
+// values and dataschema) are let through: history reads as it did.
 func Event(r *kgo.Record) (*spatev1.Event, error) {
 	ev := &spatev1.Event{Data: r.Value}
 	// The header values become strings that share one allocation.
@@ -183,14 +183,17 @@ func Event(r *kgo.Record) (*spatev1.Event, error) {
 	case ev.Type == "":
 		return nil, fmt.Errorf("%w: no %s header", ErrNotEvent, HeaderType)
 	}
-	for _, a := range [...]struct{ header, value string }{{HeaderID, ev.Id}, {HeaderSource, ev.Source}, {HeaderType, ev.Type},
-		{HeaderSubject, ev.Subject}, {HeaderDataSchema, ev.Dataschema}, {HeaderContentType, ev.Datacontenttype}} {
-		if msg := unstorable(a.value); msg != "" {
+	for _, a := range [...]struct {
+		header, value string
+		noNUL         bool
+	}{{HeaderID, ev.Id, true}, {HeaderSource, ev.Source, true}, {HeaderType, ev.Type, true}, {HeaderSubject, ev.Subject, true},
+		{HeaderDataSchema, ev.Dataschema, false}, {HeaderContentType, ev.Datacontenttype, false}} {
+		if msg := unstorable(a.value, a.noNUL); msg != "" {
 			return nil, fmt.Errorf("%w: header %s %s", ErrNotEvent, a.header, msg)
 		}
 	}
 	for name, v := range ev.Extensions {
-		if msg := unstorable(v); msg != "" {
+		if msg := unstorable(v, false); msg != "" {
 			return nil, fmt.Errorf("%w: header %s %s", ErrNotEvent, prefix+name, msg)
 		}
 	}
