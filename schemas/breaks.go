@@ -1,8 +1,9 @@
 package schemas
 
 import (
-	"cmp"
 	"fmt"
+	"maps"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -17,13 +18,25 @@ import (
 //   - new does not load as a registry (Load refuses it), so no role starts;
 //   - an event type of old is gone from new, or names another message:
 //     its producers' events are refused;
-//   - an enum value's first name changed, an alias now coming before it:
-//     sinks write an enum value by its first name (protojson's), so rows
-//     and entries would name it otherwise from then on.
+//   - a value of an enum that an event type's payload holds got a new first
+//     name, an alias now coming before it: sinks write an enum value by its
+//     first name (protojson's), so rows and entries would name it otherwise
+//     from then on.
 //
-// It returns an error, not a break, when old does not load.
+// old is read as it is, its own copies of files Spate compiles in
+// included: it may be an earlier release's set. It returns an error, not a
+// break, when old does not read.
 func Breaks(old, new []byte) ([]string, error) {
-	oldReg, err := Load(old)
+	oldFiles, err := setFiles(old)
+	if err != nil {
+		return nil, fmt.Errorf("old: %w", err)
+	}
+	var all []protoreflect.FileDescriptor
+	oldFiles.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		all = append(all, fd)
+		return true
+	})
+	oldReg, err := New(all...)
 	if err != nil {
 		return nil, fmt.Errorf("old: %w", err)
 	}
@@ -31,7 +44,12 @@ func Breaks(old, new []byte) ([]string, error) {
 	if err != nil {
 		return []string{fmt.Sprintf("Spate cannot load it: %v", err)}, nil
 	}
+	newFiles, err := setFiles(new)
+	if err != nil { // Load read it: not reached
+		return nil, err
+	}
 	var breaks []string
+	enums := map[protoreflect.FullName]protoreflect.EnumDescriptor{} // those the payloads of old hold
 	for _, t := range oldReg.Types() {
 		was, _ := oldReg.Message(t)
 		switch now, err := newReg.Message(t); {
@@ -40,34 +58,47 @@ func Breaks(old, new []byte) ([]string, error) {
 		case now.Descriptor().FullName() != was.Descriptor().FullName():
 			breaks = append(breaks, fmt.Sprintf("event type %q is now message %s, was %s", t, now.Descriptor().FullName(), was.Descriptor().FullName()))
 		}
+		enumsOf(was.Descriptor(), enums, map[protoreflect.FullName]bool{})
 	}
-	oldFiles, err1 := setFiles(old)
-	newFiles, err2 := setFiles(new)
-	if err1 != nil || err2 != nil { // Load read both: not reached
-		return nil, fmt.Errorf("schemas: %w", cmp.Or(err1, err2))
+	names := slices.Sorted(maps.Keys(enums))
+	for _, name := range names {
+		was := enums[name]
+		d, err := newFiles.FindDescriptorByName(name)
+		now, ok := d.(protoreflect.EnumDescriptor)
+		if err != nil || !ok {
+			continue // gone or renamed: buf's rules tell
+		}
+		for i := range was.Values().Len() {
+			first := was.Values().Get(i)
+			if was.Values().ByNumber(first.Number()) != first {
+				continue // an alias
+			}
+			// A first name gone is a rename, which buf's rules tell of.
+			n := first.Number()
+			if nowFirst := now.Values().ByNumber(n); nowFirst != nil && nowFirst.Name() != first.Name() && keeps(now, n, first.Name()) {
+				breaks = append(breaks, fmt.Sprintf("enum %s value %d is now written %s, was %s: sinks write an enum value by its first name", name, n, nowFirst.Name(), first.Name()))
+			}
+		}
 	}
-	oldFiles.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
-		forEachEnum(fd, func(was protoreflect.EnumDescriptor) {
-			d, err := newFiles.FindDescriptorByName(was.FullName())
-			now, ok := d.(protoreflect.EnumDescriptor)
-			if err != nil || !ok {
-				return // gone or renamed: buf's rules tell
-			}
-			for i := range was.Values().Len() {
-				first := was.Values().Get(i)
-				if was.Values().ByNumber(first.Number()) != first {
-					continue // an alias
-				}
-				// A first name gone is a rename, which buf's rules tell of.
-				n := first.Number()
-				if nowFirst := now.Values().ByNumber(n); nowFirst != nil && nowFirst.Name() != first.Name() && keeps(now, n, first.Name()) {
-					breaks = append(breaks, fmt.Sprintf("enum %s value %d is now written %s, was %s: sinks write an enum value by its first name", was.FullName(), n, nowFirst.Name(), first.Name()))
-				}
-			}
-		})
-		return true
-	})
 	return breaks, nil
+}
+
+// enumsOf adds to enums those the fields of md hold, and those of the
+// messages its fields hold, through seen.
+func enumsOf(md protoreflect.MessageDescriptor, enums map[protoreflect.FullName]protoreflect.EnumDescriptor, seen map[protoreflect.FullName]bool) {
+	if seen[md.FullName()] {
+		return
+	}
+	seen[md.FullName()] = true
+	fds := md.Fields()
+	for i := range fds.Len() {
+		switch fd := fds.Get(i); {
+		case fd.Enum() != nil:
+			enums[fd.Enum().FullName()] = fd.Enum()
+		case fd.Message() != nil:
+			enumsOf(fd.Message(), enums, seen)
+		}
+	}
 }
 
 // setFiles returns the files of a serialized FileDescriptorSet.
@@ -83,22 +114,4 @@ func setFiles(set []byte) (*protoregistry.Files, error) {
 func keeps(ed protoreflect.EnumDescriptor, n protoreflect.EnumNumber, name protoreflect.Name) bool {
 	v := ed.Values().ByName(name)
 	return v != nil && v.Number() == n
-}
-
-// forEachEnum calls f for each enum fd declares, nested ones included.
-func forEachEnum(fd protoreflect.FileDescriptor, f func(protoreflect.EnumDescriptor)) {
-	var msgs func(protoreflect.MessageDescriptors)
-	enums := func(eds protoreflect.EnumDescriptors) {
-		for i := range eds.Len() {
-			f(eds.Get(i))
-		}
-	}
-	msgs = func(mds protoreflect.MessageDescriptors) {
-		for i := range mds.Len() {
-			enums(mds.Get(i).Enums())
-			msgs(mds.Get(i).Messages())
-		}
-	}
-	enums(fd.Enums())
-	msgs(fd.Messages())
 }

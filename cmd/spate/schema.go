@@ -70,8 +70,9 @@ buf installs it.
 
 Then it checks what only Spate sees: that NEW loads (spate schema list
 --schemas NEW would), that every event type of OLD is still there and names
-the same message, and that no enum value's first name changed (an alias put
-before it): sinks write enum values by that name.
+the same message, and that no value of an enum the payloads hold got a new
+first name (an alias put before it): sinks write enum values by that name.
+OLD is read as it is, an earlier copy of shop.proto included.
 
 It exits non-zero when NEW breaks OLD.`,
 		Example: `  git show main:schemas.binpb > old.binpb; buf build -o new.binpb

@@ -5,15 +5,18 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
+	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 )
 
 // writeSet writes a descriptor set of one file, billing.proto, whose
@@ -32,9 +35,9 @@ func writeSet(t *testing.T, dir, name string, fields ...string) string {
 
 // writeBilling writes a descriptor set of billing.proto, edited by edit,
 // and the files it imports. Unedited, billing.proto declares the event type
-// billing.invoice.issued.v1, message Invoice, with fields invoice_id (1)
-// and customer_id (2), and an enum Status of STATUS_UNKNOWN (0) and
-// STATUS_OPEN (1).
+// billing.invoice.issued.v1, message Invoice, with fields invoice_id (1),
+// customer_id (2) and status (3), of the enum Status: STATUS_UNKNOWN (0)
+// and STATUS_OPEN (1).
 func writeBilling(t *testing.T, dir, name string, edit func(*descriptorpb.FileDescriptorProto)) string {
 	t.Helper()
 	opts := &descriptorpb.MessageOptions{}
@@ -43,7 +46,9 @@ func writeBilling(t *testing.T, dir, name string, edit func(*descriptorpb.FileDe
 		Name: proto.String("billing/v1/billing.proto"), Package: proto.String("billing.v1"), Syntax: proto.String("proto3"),
 		Dependency: []string{"spate/v1/event.proto"},
 		MessageType: []*descriptorpb.DescriptorProto{{Name: proto.String("Invoice"), Options: opts,
-			Field: []*descriptorpb.FieldDescriptorProto{stringField("invoice_id", 1), stringField("customer_id", 2)}}},
+			Field: []*descriptorpb.FieldDescriptorProto{stringField("invoice_id", 1), stringField("customer_id", 2), {
+				Name: proto.String("status"), Number: proto.Int32(3), JsonName: proto.String("status"), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(),
+				Type: descriptorpb.FieldDescriptorProto_TYPE_ENUM.Enum(), TypeName: proto.String(".billing.v1.Status")}}}},
 		EnumType: []*descriptorpb.EnumDescriptorProto{{Name: proto.String("Status"),
 			Value: []*descriptorpb.EnumValueDescriptorProto{{Name: proto.String("STATUS_UNKNOWN"), Number: proto.Int32(0)}, {Name: proto.String("STATUS_OPEN"), Number: proto.Int32(1)}}}},
 	}
@@ -132,7 +137,7 @@ func TestSchemaCheckRules(t *testing.T) {
 	removeCustomer := func(reserveNumber, reserveName bool) func(*descriptorpb.FileDescriptorProto) {
 		return func(f *descriptorpb.FileDescriptorProto) {
 			inv := f.MessageType[0]
-			inv.Field = inv.Field[:1]
+			inv.Field = slices.DeleteFunc(inv.Field, func(fd *descriptorpb.FieldDescriptorProto) bool { return fd.GetName() == "customer_id" })
 			if reserveNumber {
 				inv.ReservedRange = []*descriptorpb.DescriptorProto_ReservedRange{{Start: proto.Int32(2), End: proto.Int32(3)}}
 			}
@@ -181,4 +186,73 @@ func TestSchemaCheckRules(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSchemaCheckEnumsNoPayloadHolds: an alias put first in an enum that no
+// event type's payload holds changes nothing a sink writes: compatible.
+func TestSchemaCheckEnumsNoPayloadHolds(t *testing.T) {
+	dir := t.TempDir()
+	withUnused := func(name string, values ...string) string {
+		return writeBilling(t, dir, name, func(f *descriptorpb.FileDescriptorProto) {
+			e := &descriptorpb.EnumDescriptorProto{Name: proto.String("Unused"), Options: &descriptorpb.EnumOptions{AllowAlias: proto.Bool(true)},
+				Value: []*descriptorpb.EnumValueDescriptorProto{{Name: proto.String("UNUSED_UNKNOWN"), Number: proto.Int32(0)}}}
+			for _, v := range values {
+				e.Value = append(e.Value, &descriptorpb.EnumValueDescriptorProto{Name: proto.String(v), Number: proto.Int32(1)})
+			}
+			f.EnumType = append(f.EnumType, e)
+		})
+	}
+	old, new := withUnused("old.binpb", "UNUSED_LOW", "UNUSED_MIN"), withUnused("new.binpb", "UNUSED_MIN", "UNUSED_LOW")
+	if out, err := runCLI("schema", "check", old, new); err != nil {
+		t.Errorf("%v\n%s\nwant compatible: no event type's payload holds billing.v1.Unused", err, out)
+	}
+}
+
+// TestSchemaCheckReadsOldAsItIs: OLD may be an earlier release's set, whose
+// copy of a file Spate compiles in (shop.proto) lacked a field added since:
+// it is compared as it is, not refused for differing.
+func TestSchemaCheckReadsOldAsItIs(t *testing.T) {
+	dir := t.TempDir()
+	old := shopSet(t, filepath.Join(dir, "old.binpb"), func(f *descriptorpb.FileDescriptorProto) {
+		for _, m := range f.MessageType {
+			if m.GetName() == "PaymentCaptured" {
+				m.Field = m.Field[:len(m.Field)-1] // added later
+			}
+		}
+	})
+	if out, err := runCLI("schema", "check", old, shopSet(t, filepath.Join(dir, "new.binpb"), nil)); err != nil || !strings.Contains(out, "compatible") {
+		t.Errorf("a field added to shop.proto: %v\n%s\nwant compatible", err, out)
+	}
+}
+
+// shopSet writes the compiled-in shop.proto, edited by edit, with every
+// file it imports, as a descriptor set at path.
+func shopSet(t *testing.T, path string, edit func(*descriptorpb.FileDescriptorProto)) string {
+	t.Helper()
+	set := &descriptorpb.FileDescriptorSet{}
+	seen := map[string]bool{}
+	var add func(fd protoreflect.FileDescriptor)
+	add = func(fd protoreflect.FileDescriptor) {
+		if seen[fd.Path()] {
+			return
+		}
+		seen[fd.Path()] = true
+		for i := range fd.Imports().Len() {
+			add(fd.Imports().Get(i).FileDescriptor)
+		}
+		fdp := protodesc.ToFileDescriptorProto(fd)
+		if fd.Path() == shopv1.File_shop_v1_shop_proto.Path() && edit != nil {
+			edit(fdp)
+		}
+		set.File = append(set.File, fdp)
+	}
+	add(shopv1.File_shop_v1_shop_proto)
+	b, err := proto.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
