@@ -241,12 +241,17 @@ func (s *Server) Ready(context.Context) error {
 }
 
 // take adds n to an in-flight count unless that would exceed limit, and
-// notes the time when it would only for what is in flight (see Ready): n
-// over the limit alone would never fit, and says nothing of the load.
-func (s *Server) take(c *atomic.Int64, n, limit int64) bool {
+// then notes the time (see Ready) when note: what is in flight turned it
+// away. n over the limit alone, which would never fit, is refused without
+// a note, and without being added even for a moment, which could turn
+// away another that fits.
+func (s *Server) take(c *atomic.Int64, n, limit int64, note bool) bool {
+	if n > limit {
+		return false
+	}
 	if c.Add(n) > limit {
 		c.Add(-n)
-		if n <= limit {
+		if note {
 			s.lastShed.Store(time.Now().UnixNano())
 		}
 		return false

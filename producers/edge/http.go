@@ -288,16 +288,20 @@ func (c *charge) add(n int) bool {
 		return true
 	}
 	step := max(c.read, min(c.charged+chargeStep, c.s.cfg.MaxInflightBytes))
-	return c.atLeast(step) || step > c.read && c.atLeast(c.read)
+	return step > c.read && c.reserve(step, false) || c.atLeast(c.read)
 }
 
 // atLeast charges more, if need be, so that n bytes in all are charged;
 // false, charging nothing more, when that is over the cap.
-func (c *charge) atLeast(n int64) bool {
+func (c *charge) atLeast(n int64) bool { return c.reserve(n, true) }
+
+// reserve is atLeast, noting a refusal for Ready only when note, and never
+// for n over the cap, which would not fit however idle the edge.
+func (c *charge) reserve(n int64, note bool) bool {
 	if n <= c.charged {
 		return true
 	}
-	if !c.s.take(&c.s.inflightBytes, n-c.charged, c.s.cfg.MaxInflightBytes) {
+	if n > c.s.cfg.MaxInflightBytes || !c.s.take(&c.s.inflightBytes, n-c.charged, c.s.cfg.MaxInflightBytes, note) {
 		return false
 	}
 	c.charged = n

@@ -3,11 +3,14 @@ package edge
 import (
 	"bytes"
 	"compress/gzip"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 
@@ -70,21 +73,72 @@ func TestUnchargedBodyIsReadAsItComes(t *testing.T) {
 	}
 }
 
-// TestChunkedBodyUnderTheCap: alone on an idle edge, a body of unknown
-// length under the in-flight cap is read, though a step of chargeStep
-// more would pass the cap; and nothing was turned away.
-func TestChunkedBodyUnderTheCap(t *testing.T) {
-	s := &Server{}
-	s.cfg.MaxBodyBytes, s.cfg.MaxInflightBytes, s.cfg.MaxInflightEvents = 1<<20, 100<<10, 1000
-	r := httptest.NewRequest(http.MethodPost, "/v1/events", io.MultiReader(bytes.NewReader(make([]byte, 70<<10))))
-	r.ContentLength = -1
-	c, _ := s.chargeBody(r)
-	if _, err := readBody(httptest.NewRecorder(), r, s.cfg.MaxBodyBytes, c); err != nil {
-		t.Errorf("a 70 KiB body of unknown length under a 100 KiB cap: %v, want it read", err)
+// TestChunkedBodiesAndTheCap: a body of unknown length is charged in
+// steps as it is read. One under the cap is read though a step more would
+// pass the cap (alone, or beside another body); one that alone is over the
+// cap is refused. Neither turns the edge unready: nothing that fits was
+// turned away.
+func TestChunkedBodiesAndTheCap(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		cap, other, size int64
+		read             bool
+	}{
+		{"alone, under the cap but a step from it", 100 << 10, 0, 70 << 10, true},
+		{"beside another, a step over what is free", 1 << 20, 1<<20 - 40<<10, 32 << 10, true},
+		{"alone, over the cap", 1 << 20, 0, 2 << 20, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := &Server{}
+			s.cfg.MaxBodyBytes, s.cfg.MaxInflightBytes, s.cfg.MaxInflightEvents = 4<<20, c.cap, 1000
+			s.inflightBytes.Store(c.other)
+			r := httptest.NewRequest(http.MethodPost, "/v1/events", io.MultiReader(bytes.NewReader(make([]byte, c.size))))
+			r.ContentLength = -1
+			ch, _ := s.chargeBody(r)
+			_, err := readBody(httptest.NewRecorder(), r, s.cfg.MaxBodyBytes, ch)
+			if ref := (*refusal)(nil); c.read && err != nil || !c.read && (!errors.As(err, &ref) || ref.status != http.StatusServiceUnavailable) {
+				t.Errorf("read: %v, want read %v (else 503)", err, c.read)
+			}
+			ch.release()
+			s.inflightBytes.Add(-c.other)
+			if err := s.Ready(t.Context()); err != nil {
+				t.Errorf("Ready = %v once the body is answered, want ready", err)
+			}
+		})
 	}
-	c.release()
-	if err := s.Ready(t.Context()); err != nil {
-		t.Errorf("Ready = %v once the body is answered, want ready: nothing was turned away", err)
+}
+
+// TestTakeNeverAddsWhatCannotFit: a request that can never fit a cap is
+// refused without being added to the count, even for a moment: a request
+// that fits, beside it, is not turned away.
+func TestTakeNeverAddsWhatCannotFit(t *testing.T) {
+	s := &Server{}
+	var count atomic.Int64
+	const limit = 1 << 20
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.take(&count, 2*limit, limit, true)
+			}
+		}
+	})
+	refused := 0
+	for range 200_000 {
+		if !s.take(&count, 1, limit, true) {
+			refused++
+			continue
+		}
+		count.Add(-1)
+	}
+	close(stop)
+	wg.Wait()
+	if refused > 0 {
+		t.Errorf("%d of 200000 one-byte takes refused beside one that can never fit, want none", refused)
 	}
 }
 

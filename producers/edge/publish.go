@@ -261,11 +261,11 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	for _, ev := range fresh {
 		size += int64(cachedSize.Size(ev))
 	}
-	if !s.take(&s.inflightEvents, n, s.cfg.MaxInflightEvents) {
+	if !s.take(&s.inflightEvents, n, s.cfg.MaxInflightEvents, true) {
 		settled(nil)
 		return refuseFresh(overloaded("events"), "overloaded")
 	}
-	if !s.take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes) {
+	if !s.take(&s.inflightRecordBytes, size, s.cfg.MaxInflightBytes, true) {
 		s.inflightEvents.Add(-n)
 		settled(nil)
 		return refuseFresh(overloaded("bytes of events"), "overloaded")
