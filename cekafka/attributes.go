@@ -83,10 +83,10 @@ func CheckAttributes(ev *spatev1.Event) []AttributeError {
 // textProblem says what keeps s from being a CloudEvents string attribute
 // value, if anything.
 func textProblem(s string) string {
-	switch {
-	case !utf8.ValidString(s):
-		return "must be valid UTF-8"
-	case hasControl(s):
+	if msg := unstorable(s, false); msg != "" {
+		return msg
+	}
+	if hasControl(s) {
 		return "must not hold control characters"
 	}
 	return ""

@@ -50,6 +50,7 @@ func Breaks(old, new []byte) ([]string, error) {
 	}
 	var breaks []string
 	enums := map[protoreflect.FullName]protoreflect.EnumDescriptor{} // those the payloads of old hold
+	seen := map[protoreflect.FullName]bool{}
 	for _, t := range oldReg.Types() {
 		was, _ := oldReg.Message(t)
 		switch now, err := newReg.Message(t); {
@@ -58,29 +59,35 @@ func Breaks(old, new []byte) ([]string, error) {
 		case now.Descriptor().FullName() != was.Descriptor().FullName():
 			breaks = append(breaks, fmt.Sprintf("event type %q is now message %s, was %s", t, now.Descriptor().FullName(), was.Descriptor().FullName()))
 		}
-		enumsOf(was.Descriptor(), enums, map[protoreflect.FullName]bool{})
+		enumsOf(was.Descriptor(), enums, seen)
 	}
-	names := slices.Sorted(maps.Keys(enums))
-	for _, name := range names {
-		was := enums[name]
-		d, err := newFiles.FindDescriptorByName(name)
-		now, ok := d.(protoreflect.EnumDescriptor)
-		if err != nil || !ok {
-			continue // gone or renamed: buf's rules tell
-		}
-		for i := range was.Values().Len() {
-			first := was.Values().Get(i)
-			if was.Values().ByNumber(first.Number()) != first {
-				continue // an alias
-			}
-			// A first name gone is a rename, which buf's rules tell of.
-			n := first.Number()
-			if nowFirst := now.Values().ByNumber(n); nowFirst != nil && nowFirst.Name() != first.Name() && keeps(now, n, first.Name()) {
-				breaks = append(breaks, fmt.Sprintf("enum %s value %d is now written %s, was %s: sinks write an enum value by its first name", name, n, nowFirst.Name(), first.Name()))
+	for _, name := range slices.Sorted(maps.Keys(enums)) {
+		// An enum gone or renamed is buf's rules' to tell of.
+		if d, err := newFiles.FindDescriptorByName(name); err == nil {
+			if now, ok := d.(protoreflect.EnumDescriptor); ok {
+				breaks = append(breaks, newFirstNames(enums[name], now)...)
 			}
 		}
 	}
 	return breaks, nil
+}
+
+// newFirstNames tells of each value of enum was whose first name now comes
+// after an alias in now. A first name gone is a rename, which buf's rules
+// tell of.
+func newFirstNames(was, now protoreflect.EnumDescriptor) []string {
+	var breaks []string
+	for i := range was.Values().Len() {
+		first := was.Values().Get(i)
+		n := first.Number()
+		if was.Values().ByNumber(n) != first {
+			continue // an alias
+		}
+		if nowFirst := now.Values().ByNumber(n); nowFirst != nil && nowFirst.Name() != first.Name() && keeps(now, n, first.Name()) {
+			breaks = append(breaks, fmt.Sprintf("enum %s value %d is now written %s, was %s: sinks write an enum value by its first name", was.FullName(), n, nowFirst.Name(), first.Name()))
+		}
+	}
+	return breaks
 }
 
 // enumsOf adds to enums those the fields of md hold, and those of the

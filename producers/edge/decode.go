@@ -256,12 +256,12 @@ func eventFromJSON(i int, je *jsonEvent, err error) (*spatev1.Event, []FieldErro
 		errs = append(errs, FieldError{Index: i, Field: field, Detail: fmt.Sprintf(format, args...)})
 	}
 	var attrs [6]string
-	for i, v := range attrStrings(je, attrs[:]) {
+	for a, v := range attrStrings(je, attrs[:]) {
 		if v != nil {
 			if s, ok := unquote(v); !ok {
-				bad(stringAttrs[i], "must be a string")
+				bad(stringAttrs[a], "must be a string")
 			} else {
-				attrs[i] = s
+				attrs[a] = s
 			}
 		}
 	}

@@ -274,18 +274,17 @@ func claimValue(token string, place int) string {
 // claimValues returns claimValue(token, k) for k from 0 to n-1, as
 // substrings of one string.
 func claimValues(token string, n int) []any {
+	head := pending + ":" + token + ":"
 	var b strings.Builder
-	b.Grow(n * (len(pending) + len(token) + 2 + len(strconv.Itoa(n))))
+	b.Grow(n * (len(head) + len(strconv.Itoa(n))))
 	var num [20]byte
 	for k := range n {
-		b.WriteString(pending + ":")
-		b.WriteString(token)
-		b.WriteByte(':')
+		b.WriteString(head)
 		b.Write(strconv.AppendInt(num[:0], int64(k), 10))
 	}
 	all, vals := b.String(), make([]any, n)
 	for k, at := 0, 0; k < n; k++ {
-		end := at + len(pending) + len(token) + 2 + len(strconv.AppendInt(num[:0], int64(k), 10))
+		end := at + len(head) + len(strconv.AppendInt(num[:0], int64(k), 10))
 		vals[k], at = all[at:end], end
 	}
 	return vals
