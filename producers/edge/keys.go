@@ -265,14 +265,15 @@ func (k *apiKey) authorize(evsTypes, evsSources []string) []FieldError {
 	return errs
 }
 
-// admit takes n events from k's bucket, or says how long to wait. n is at
-// most k's burst.
+// admit takes n events from k's bucket, or says how long to wait: at least
+// a nanosecond, which Retry-After rounds up to a second. n is at most k's
+// burst.
 func (k *apiKey) admit(n int, now time.Time) (wait time.Duration, ok bool) {
 	if k.limiter == nil {
 		return 0, true
 	}
 	if n > k.limiter.Burst() {
-		return 0, false // more than the burst (reloaded since it was checked)
+		return time.Second, false // more than the burst (reloaded since it was checked)
 	}
 	// AllowN takes nothing when it refuses. A reservation cancelled
 	// instead would not give back all it took while later ones are out:
@@ -280,6 +281,8 @@ func (k *apiKey) admit(n int, now time.Time) (wait time.Duration, ok bool) {
 	if k.limiter.AllowN(now, n) {
 		return 0, true
 	}
+	// At a high rate the wait is under a nanosecond, and tokens may come
+	// in since AllowN looked, leaving none missing.
 	missing := float64(n) - k.limiter.TokensAt(now)
-	return time.Duration(missing / float64(k.limiter.Limit()) * float64(time.Second)), false
+	return max(time.Nanosecond, time.Duration(missing/float64(k.limiter.Limit())*float64(time.Second))), false
 }

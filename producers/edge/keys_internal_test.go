@@ -85,3 +85,20 @@ func TestRefusedRequestsSpendNoTokens(t *testing.T) {
 		t.Errorf("%g tokens after refusals alone, want 0 as before them", tokens)
 	}
 }
+
+// TestRefusalsAlwaysWait: a request over its key's burst, which the keys
+// file lowered after the request was checked against it, is told to wait,
+// so that its 429 has a Retry-After.
+func TestRefusalsAlwaysWait(t *testing.T) {
+	ks, err := LoadKeys("keys.yaml", []byte("keys:\n  - name: k\n    sha256: "+HashKey("x")+"\n    rate: 100\n    burst: 5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait, ok := ks.keys[0].admit(10, time.Now())
+	if ok {
+		t.Fatal("10 events admitted past a burst of 5")
+	}
+	if got := retryAfter(wait); wait <= 0 || got != "1" {
+		t.Errorf("wait %v, Retry-After %q; want a wait, of 1 s", wait, got)
+	}
+}
