@@ -243,20 +243,24 @@ func (s *Server) Ready(context.Context) error {
 // take adds n to an in-flight count unless that would exceed limit, and
 // then notes the time (see Ready) when note: what is in flight turned it
 // away. n over the limit alone, which would never fit, is refused without
-// a note, and without being added even for a moment, which could turn
-// away another that fits.
+// a note. What does not fit is never added, even for a moment, which could
+// turn away another that fits.
 func (s *Server) take(c *atomic.Int64, n, limit int64, note bool) bool {
 	if n > limit {
 		return false
 	}
-	if c.Add(n) > limit {
-		c.Add(-n)
-		if note {
-			s.lastShed.Store(time.Now().UnixNano())
+	for {
+		held := c.Load()
+		if held+n > limit {
+			if note {
+				s.lastShed.Store(time.Now().UnixNano())
+			}
+			return false
 		}
-		return false
+		if c.CompareAndSwap(held, held+n) {
+			return true
+		}
 	}
-	return true
 }
 
 // overloaded is the refusal of a request over an in-flight cap.

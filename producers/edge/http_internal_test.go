@@ -108,37 +108,51 @@ func TestChunkedBodiesAndTheCap(t *testing.T) {
 	}
 }
 
-// TestTakeNeverAddsWhatCannotFit: a request that can never fit a cap is
-// refused without being added to the count, even for a moment: a request
-// that fits, beside it, is not turned away.
+// TestTakeNeverAddsWhatCannotFit: a request that cannot fit a cap, ever or
+// beside what is held, is refused without being added to the count, even
+// for a moment: a request that fits, beside it, is not turned away.
 func TestTakeNeverAddsWhatCannotFit(t *testing.T) {
-	s := &Server{}
-	var count atomic.Int64
 	const limit = 1 << 20
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				s.take(&count, 2*limit, limit, true)
+	for _, c := range []struct {
+		name       string
+		held, over int64
+	}{
+		{"never fits", 0, 2 * limit},
+		{"fits alone, not beside what is held", limit / 2, limit/2 + 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := &Server{}
+			var count atomic.Int64
+			count.Store(c.held)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+						if s.take(&count, c.over, limit, true) {
+							t.Error("a take over the cap taken")
+							return
+						}
+					}
+				}
+			})
+			refused := 0
+			for range 200_000 {
+				if !s.take(&count, 1, limit, true) {
+					refused++
+					continue
+				}
+				count.Add(-1)
 			}
-		}
-	})
-	refused := 0
-	for range 200_000 {
-		if !s.take(&count, 1, limit, true) {
-			refused++
-			continue
-		}
-		count.Add(-1)
-	}
-	close(stop)
-	wg.Wait()
-	if refused > 0 {
-		t.Errorf("%d of 200000 one-byte takes refused beside one that can never fit, want none", refused)
+			close(stop)
+			wg.Wait()
+			if refused > 0 {
+				t.Errorf("%d of 200000 one-byte takes refused beside one that cannot fit, want none", refused)
+			}
+		})
 	}
 }
 
