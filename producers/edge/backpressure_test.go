@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -239,11 +240,14 @@ func TestBodiesCountBeforeTheyAreRead(t *testing.T) {
 }
 
 // TestBodyOfUnknownLengthOverTheCap: a body of unknown length (chunked)
-// counts against the cap as it is read; past the cap the request is
-// answered 503 overloaded, and what it held is given back.
+// counts against the cap as it is read; past the cap, beside another
+// request's bytes, the request is answered 503 overloaded, and what it
+// held is given back.
 func TestBodyOfUnknownLengthOverTheCap(t *testing.T) {
 	t.Parallel()
-	f := start(t, edge.Config{MaxInflightBytes: 2 << 20})
+	reg := prometheus.NewRegistry()
+	f := start(t, edge.Config{MaxInflightBytes: 4 << 20, Metrics: reg})
+	holdRequestBytes(t, f, reg, 2<<20)
 	req := protobufRequest(t, "big")
 	req.Events[0].Extensions = map[string]string{"pad": strings.Repeat("x", 3<<20)}
 	body, err := proto.Marshal(req)
@@ -257,15 +261,74 @@ func TestBodyOfUnknownLengthOverTheCap(t *testing.T) {
 	r.Header.Set("Content-Type", "application/x-protobuf")
 	resp, msg := roundTrip(t, r)
 	if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(msg, []byte("overloaded")) {
-		t.Fatalf("a 3 MiB body of unknown length under a cap of 2 MiB: %d %s, want 503 overloaded", resp.StatusCode, msg)
+		t.Fatalf("a 3 MiB body of unknown length beside 2 MiB, under a cap of 4 MiB: %d %s, want 503 overloaded", resp.StatusCode, msg)
+	}
+	if held := inflightRequestBytes(t, reg); held != 2<<20 {
+		t.Errorf("%d request bytes in flight after the refusal, want the 2 MiB held beside it: the refused body's are given back", held)
 	}
 	small, err := proto.Marshal(protobufRequest(t, "small"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if code, msg := f.post(t, "application/x-protobuf", small); code != http.StatusAccepted {
-		t.Fatalf("a small request after it: %d %s, want 202: the refused body's bytes are given back", code, msg)
+		t.Fatalf("a small request after it: %d %s, want 202", code, msg)
 	}
+}
+
+// holdRequestBytes keeps n bytes of a request body in flight on f until
+// the test ends: an upload of that length that hangs before its last
+// byte. It returns once the edge counts them (reg holds its metrics).
+func holdRequestBytes(t *testing.T, f *fixture, reg *prometheus.Registry, n int) {
+	t.Helper()
+	before := inflightRequestBytes(t, reg)
+	hangingUploads(t, &http.Transport{}, 1, make([]byte, n-1), func(pr io.Reader) *http.Request {
+		r, err := http.NewRequest(http.MethodPost, f.url+"/v1/events", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/x-protobuf")
+		r.ContentLength = int64(n)
+		return r
+	})
+	spatetest.Eventually(t, 10*time.Second, func() string {
+		if held := inflightRequestBytes(t, reg); held != before+int64(n) {
+			return fmt.Sprintf("%d request bytes in flight, want %d", held, before+int64(n))
+		}
+		return ""
+	})
+}
+
+// inflightRequestBytes reads the edge's gauge of request bytes in flight.
+func inflightRequestBytes(t *testing.T, reg *prometheus.Registry) int64 {
+	t.Helper()
+	return gauge(t, reg, "spate_edge_inflight_bytes", "of", "requests")
+}
+
+// gauge reads the gauge name of reg, of the series with the label and
+// value given (none: its only one).
+func gauge(t *testing.T, reg *prometheus.Registry, name string, label ...string) int64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(label) == 0 {
+				return int64(m.GetGauge().GetValue())
+			}
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label[0] && l.GetValue() == label[1] {
+					return int64(m.GetGauge().GetValue())
+				}
+			}
+		}
+	}
+	t.Fatalf("no gauge %s %v", name, label)
+	return 0
 }
 
 func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
@@ -325,25 +388,29 @@ func hangingUploads(t *testing.T, tr *http.Transport, n int, head []byte, newReq
 }
 
 // TestCompressedBodyCountsDecompressed: a gzip body that decompresses to
-// 2 MiB, under a cap of 1 MiB, is refused overloaded on /v1/events and
-// over Connect alike, though it is 2 KiB on the wire.
+// 2 MiB, beside 3 MiB in flight under a cap of 4 MiB, is refused
+// overloaded on /v1/events and over Connect alike, though it is 2 KiB on
+// the wire.
 func TestCompressedBodyCountsDecompressed(t *testing.T) {
 	t.Parallel()
-	f := start(t, edge.Config{MaxInflightBytes: 1 << 20})
+	reg := prometheus.NewRegistry()
+	f := start(t, edge.Config{MaxInflightBytes: 4 << 20, Metrics: reg})
+	holdRequestBytes(t, f, reg, 3<<20)
 	for _, req := range gzipPosts(t, f, gzipPublish(t, 2<<20)) {
 		resp, b := roundTrip(t, req)
 		if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(b, []byte("overloaded")) && !bytes.Contains(b, []byte("unavailable")) {
-			t.Errorf("%s: %d %.200s, want 503: 2 MiB gzipped, over a cap of 1 MiB", req.URL.Path, resp.StatusCode, b)
+			t.Errorf("%s: %d %.200s, want 503: 2 MiB gzipped, beside 3 MiB under a cap of 4 MiB", req.URL.Path, resp.StatusCode, b)
 		}
 	}
 }
 
 // TestCompressedConnectBodyIsChargedAsItIsRead: a gzip body of 3.5 MiB
-// decompressed, under a cap of 256 KiB, is refused over Connect as over
-// /v1/events, once its decompressed bytes read pass the cap: it costs the
-// edge about the cap, not its whole size decompressed and decoded, which
-// Connect would allocate before any handler saw it. Not parallel: it
-// measures what the process allocates.
+// decompressed, under a cap of 256 KiB, is refused as too large over
+// Connect as over /v1/events, once its decompressed bytes read pass the
+// cap (the body cap is lowered to it): it costs the edge about the cap,
+// not its whole size decompressed and decoded, which Connect would
+// allocate before any handler saw it. Not parallel: it measures what the
+// process allocates.
 func TestCompressedConnectBodyIsChargedAsItIsRead(t *testing.T) {
 	f := start(t, edge.Config{MaxInflightBytes: 256 << 10})
 	const decompressed = 3<<20 + 512<<10
@@ -353,8 +420,8 @@ func TestCompressedConnectBodyIsChargedAsItIsRead(t *testing.T) {
 		runtime.ReadMemStats(&before)
 		resp, b := roundTrip(t, req)
 		runtime.ReadMemStats(&after)
-		if resp.StatusCode != http.StatusServiceUnavailable {
-			t.Errorf("%s: %d %.200s, want 503", req.URL.Path, resp.StatusCode, b)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge && !bytes.Contains(b, []byte("resource_exhausted")) {
+			t.Errorf("%s: %d %.200s, want too large", req.URL.Path, resp.StatusCode, b)
 		}
 		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > decompressed {
 			t.Errorf("%s: %d KiB allocated to refuse a body over the 256 KiB cap, more than the %d KiB it decompresses to", req.URL.Path, alloc>>10, decompressed>>10)
@@ -437,9 +504,11 @@ func TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead(t *testing.T) {
 }
 
 // TestARequestThatCanNeverFitLeavesTheEdgeReady: on an idle edge, a
-// request larger than an in-flight cap is refused, but the edge stays
-// ready: it says nothing of the load, and one client repeating it must not
-// keep every edge out of its load balancer.
+// request larger than an in-flight cap is refused as too large, not 503:
+// retrying it could never help. The request caps are lowered to the
+// in-flight ones. The edge stays ready: it says nothing of the load, and
+// one client repeating it must not keep every edge out of its load
+// balancer.
 func TestARequestThatCanNeverFitLeavesTheEdgeReady(t *testing.T) {
 	t.Parallel()
 	t.Run("events", func(t *testing.T) {
@@ -449,8 +518,8 @@ func TestARequestThatCanNeverFitLeavesTheEdgeReady(t *testing.T) {
 		for _, id := range []string{"a", "b", "c", "d", "e"} {
 			evs = append(evs, orderJSON(id, "s"))
 		}
-		if code, body := f.post(t, "application/cloudevents-batch+json", []byte("["+strings.Join(evs, ",")+"]")); code != http.StatusServiceUnavailable {
-			t.Fatalf("5 events under a cap of 4: %d %s, want 503", code, body)
+		if code, body := f.post(t, "application/cloudevents-batch+json", []byte("["+strings.Join(evs, ",")+"]")); code != http.StatusBadRequest || !strings.Contains(string(body), "at most 4 are taken") {
+			t.Fatalf("5 events under a cap of 4: %d %s, want 400, at most 4", code, body)
 		}
 		if err := f.srv.Ready(t.Context()); err != nil {
 			t.Errorf("Ready = %v, want ready", err)
@@ -465,8 +534,16 @@ func TestARequestThatCanNeverFitLeavesTheEdgeReady(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if code, body := f.post(t, "application/x-protobuf", b); code != http.StatusServiceUnavailable {
-			t.Fatalf("a 2 MiB body under a 1 MiB in-flight cap: %d %.100s, want 503", code, body)
+		if code, body := f.post(t, "application/x-protobuf", b); code != http.StatusRequestEntityTooLarge {
+			t.Fatalf("a 2 MiB body under a 1 MiB in-flight cap: %d %.100s, want 413", code, body)
+		}
+		// Gzip, on /v1/events and Connect: 413, and Connect's
+		// resource_exhausted.
+		for _, req := range gzipPosts(t, f, gzipPublish(t, 2<<20)) {
+			resp, b := roundTrip(t, req)
+			if resp.StatusCode != http.StatusRequestEntityTooLarge && !bytes.Contains(b, []byte("resource_exhausted")) {
+				t.Errorf("%s: %d %.200s, want too large: 2 MiB gzipped, under a 1 MiB in-flight cap", req.URL.Path, resp.StatusCode, b)
+			}
 		}
 		if err := f.srv.Ready(t.Context()); err != nil {
 			t.Errorf("Ready = %v, want ready", err)
@@ -482,7 +559,8 @@ func TestARequestThatCanNeverFitLeavesTheEdgeReady(t *testing.T) {
 func TestUnreadyWhileShedding(t *testing.T) {
 	t.Parallel()
 	cl, unstall := stalledProducer(t, 1)
-	srv, base := serveEdge(t, cl, edge.Config{PublishTimeout: time.Minute, MaxInflightEvents: 4})
+	reg := prometheus.NewRegistry()
+	srv, base := serveEdge(t, cl, edge.Config{PublishTimeout: time.Minute, MaxInflightEvents: 4, Metrics: reg})
 	post := func(body string) (int, edge.Problem) {
 		resp, err := http.Post(base+"/v1/events", "application/cloudevents-batch+json", strings.NewReader(body))
 		if err != nil {
@@ -505,6 +583,9 @@ func TestUnreadyWhileShedding(t *testing.T) {
 		}
 		return ""
 	})
+	if n, size := gauge(t, reg, "spate_edge_inflight_events"), gauge(t, reg, "spate_edge_inflight_bytes", "of", "records"); n != 3 || size < 3*50 {
+		t.Errorf("in flight: %d events, %d bytes of records; want 3, and their bytes", n, size)
+	}
 	code, p := post("[" + orderJSON("d", "s") + "," + orderJSON("e", "s") + "]")
 	if code != http.StatusServiceUnavailable || p.Type != "urn:spate:problem:overloaded" {
 		t.Fatalf("2 events with 1 of 4 in-flight slots free: %d %+v, want 503 overloaded", code, p)

@@ -82,7 +82,7 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			r.Body = struct {
 				io.Reader
 				io.Closer
-			}{&chargedReader{r.Body, c, connectError(overloaded("request bytes"))}, r.Body} // Connect answers with its code
+			}{&chargedReader{r.Body, c, connectError(overloaded("request bytes")), connectError(bodyTooLarge("body", s.cfg.MaxBodyBytes))}, r.Body} // Connect answers with its code
 		}
 		ctx := context.WithValue(context.WithValue(r.Context(), keyKey{}, key), chargeKey{}, c)
 		next.ServeHTTP(w, r.WithContext(ctx))

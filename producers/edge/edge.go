@@ -12,6 +12,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -40,16 +41,30 @@ import (
 	"github.com/spate-io/spate/schemas"
 )
 
+// The caps and the timeout of a Config left zero.
+const (
+	DefaultMaxBodyBytes      = 4 << 20
+	DefaultMaxEvents         = 1000
+	DefaultPublishTimeout    = 10 * time.Second
+	DefaultMaxInflightEvents = 10000
+	DefaultMaxInflightBytes  = 64 << 20
+)
+
 // Config tunes a Server. Its zero value works.
 type Config struct {
 	// Topic events are published to. Zero: producers.DefaultTopic.
 	Topic string
-	// MaxBodyBytes caps a request body; larger ones get 413. Zero: 4 MiB.
+	// MaxBodyBytes caps a request body; larger ones get 413. Zero:
+	// DefaultMaxBodyBytes. It is lowered to MaxInflightBytes if over it: a
+	// body larger could never be taken, and would be refused 503 (retry)
+	// for ever.
 	MaxBodyBytes int64
-	// MaxEvents caps the events of one request. Zero: 1000.
+	// MaxEvents caps the events of one request; more get 400. Zero:
+	// DefaultMaxEvents. It is lowered to MaxInflightEvents if over it,
+	// likewise.
 	MaxEvents int
 	// PublishTimeout bounds the wait for Kafka's acknowledgement; past it the
-	// request gets 503 with Retry-After. Zero: 10 s. A request's events are
+	// request gets 503 with Retry-After. Zero: DefaultPublishTimeout. A request's events are
 	// published for this long whatever becomes of the request: a client
 	// that hangs up still gets its events written, and its retry gets
 	// their receipts from the dedupe store.
@@ -61,12 +76,12 @@ type Config struct {
 	// MaxInflightEvents caps the events handed to Kafka and not yet
 	// acknowledged (or failed), timed-out requests' included; a request
 	// that would go over is answered 503 with Retry-After at once. Zero:
-	// 10000.
+	// DefaultMaxInflightEvents.
 	MaxInflightEvents int64
 	// MaxInflightBytes caps the bytes of the request bodies being handled,
 	// likewise; and, apart from those, the bytes of the events handed to
 	// Kafka and not yet acknowledged, timed-out requests' included. Zero:
-	// 64 MiB.
+	// DefaultMaxInflightBytes.
 	MaxInflightBytes int64
 	// Dedupe, when set, makes publishing idempotent: an event sent again
 	// (same source and id) within its window gets its first receipt back
@@ -177,26 +192,19 @@ func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
 	if cfg.Topic == "" {
 		cfg.Topic = producers.DefaultTopic
 	}
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 4 << 20
-	}
-	if cfg.MaxEvents == 0 {
-		cfg.MaxEvents = 1000
-	}
-	if cfg.PublishTimeout == 0 {
-		cfg.PublishTimeout = 10 * time.Second
-	}
-	if cfg.MaxInflightEvents == 0 {
-		cfg.MaxInflightEvents = 10000
-	}
-	if cfg.MaxInflightBytes == 0 {
-		cfg.MaxInflightBytes = 64 << 20
-	}
+	cfg.MaxBodyBytes = cmp.Or(cfg.MaxBodyBytes, DefaultMaxBodyBytes)
+	cfg.MaxEvents = cmp.Or(cfg.MaxEvents, DefaultMaxEvents)
+	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, DefaultPublishTimeout)
+	cfg.MaxInflightEvents = cmp.Or(cfg.MaxInflightEvents, DefaultMaxInflightEvents)
+	cfg.MaxInflightBytes = cmp.Or(cfg.MaxInflightBytes, DefaultMaxInflightBytes)
+	cfg.MaxBodyBytes = min(cfg.MaxBodyBytes, cfg.MaxInflightBytes)
+	cfg.MaxEvents = int(min(int64(cfg.MaxEvents), cfg.MaxInflightEvents))
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cl: cl, reg: reg, cfg: cfg, log: log, metrics: newMetrics(cfg.Metrics)}
+	s := &Server{cl: cl, reg: reg, cfg: cfg, log: log}
+	s.metrics = newMetrics(cfg.Metrics, s)
 	s.keys.Store(cfg.Keys)
 
 	mux := http.NewServeMux()

@@ -201,10 +201,7 @@ func (s *Server) discardUnread(r *http.Request) {
 // gzip one (Content-Encoding: gzip), whose decompressed size is capped at
 // limit too: a gzip bomb costs at most limit bytes of memory.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([]byte, error) {
-	tooLarge := func(what string) error {
-		return &refusal{status: http.StatusRequestEntityTooLarge, kind: "body-too-large", title: "Request body too large",
-			detail: fmt.Sprintf("the %s exceeds %d bytes", what, limit)}
-	}
+	tooLarge := func(what string) error { return bodyTooLarge(what, limit) }
 	var in io.Reader = http.MaxBytesReader(w, r.Body, limit)
 	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
 	switch enc {
@@ -225,18 +222,25 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 	}
 	// A body charged for its whole length before it came (chargeBody) is
 	// read into one buffer of that length; others as they come, charged.
-	body, err := readAll(&chargedReader{in, c, errOverCap}, c.charged)
+	body, err := readAll(&chargedReader{in, c, errOverCap, errTooLarge}, c.charged)
 	switch mbe := (*http.MaxBytesError)(nil); {
 	case errors.Is(err, errOverCap):
 		return nil, overloaded("request bytes")
-	case errors.As(err, &mbe):
+	case errors.Is(err, errTooLarge) && enc == "gzip", int64(len(body)) > limit:
+		return nil, tooLarge("decompressed body")
+	case errors.As(err, &mbe), errors.Is(err, errTooLarge):
 		return nil, tooLarge("body")
 	case err != nil:
 		return nil, &refusal{status: http.StatusBadRequest, kind: "unreadable-body", title: "Unreadable body", detail: "the request body could not be read"}
-	case int64(len(body)) > limit:
-		return nil, tooLarge("decompressed body")
 	}
 	return body, nil
+}
+
+// bodyTooLarge is the refusal of a body, or what it decompresses to (what),
+// over limit bytes.
+func bodyTooLarge(what string, limit int64) *refusal {
+	return &refusal{status: http.StatusRequestEntityTooLarge, kind: "body-too-large", title: "Request body too large",
+		detail: fmt.Sprintf("the %s exceeds %d bytes", what, limit)}
 }
 
 // readAll is io.ReadAll, reading into a buffer of size bytes and a little
@@ -263,8 +267,13 @@ type charge struct {
 // charged at a time, as they are read.
 const chargeStep = 64 << 10
 
-// errOverCap is a charged body's read past the in-flight cap.
-var errOverCap = errors.New("request bytes over the in-flight cap")
+// errOverCap is a charged body's read past the in-flight cap; errTooLarge
+// one past the cap with nothing else in flight, which the body cap, no
+// larger, refuses too (Config.MaxBodyBytes): only its error is read first.
+var (
+	errOverCap  = errors.New("request bytes over the in-flight cap")
+	errTooLarge = errors.New("request bytes over the in-flight cap alone")
+)
 
 // chargeBody charges r's body against the in-flight cap: its whole length
 // when known (and not compressed), else nothing until it is read. It
@@ -314,16 +323,20 @@ func (c *charge) release() {
 	c.charged = 0
 }
 
-// chargedReader reads through c, failing with over once past the cap.
+// chargedReader reads through c, failing with over once past the cap, or
+// tooLarge once past it alone: a body that could never be taken.
 type chargedReader struct {
-	r    io.Reader
-	c    *charge
-	over error
+	r              io.Reader
+	c              *charge
+	over, tooLarge error
 }
 
 func (r *chargedReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	if !r.c.add(n) {
+		if r.c.read > r.c.s.cfg.MaxInflightBytes {
+			return 0, r.tooLarge
+		}
 		return 0, r.over
 	}
 	return n, err

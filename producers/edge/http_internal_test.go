@@ -76,17 +76,19 @@ func TestUnchargedBodyIsReadAsItComes(t *testing.T) {
 // TestChunkedBodiesAndTheCap: a body of unknown length is charged in
 // steps as it is read. One under the cap is read though a step more would
 // pass the cap (alone, or beside another body); one that alone is over the
-// cap is refused. Neither turns the edge unready: nothing that fits was
-// turned away.
+// cap is refused as too large: it could never be taken. None of these
+// turns the edge unready, as nothing that fits was turned away; one
+// refused for what is in flight beside it does, for a moment.
 func TestChunkedBodiesAndTheCap(t *testing.T) {
 	for _, c := range []struct {
 		name             string
 		cap, other, size int64
-		read             bool
+		refused          int // 0: read
 	}{
-		{"alone, under the cap but a step from it", 100 << 10, 0, 70 << 10, true},
-		{"beside another, a step over what is free", 1 << 20, 1<<20 - 40<<10, 32 << 10, true},
-		{"alone, over the cap", 1 << 20, 0, 2 << 20, false},
+		{"alone, under the cap but a step from it", 100 << 10, 0, 70 << 10, 0},
+		{"beside another, a step over what is free", 1 << 20, 1<<20 - 40<<10, 32 << 10, 0},
+		{"alone, over the cap", 1 << 20, 0, 2 << 20, http.StatusRequestEntityTooLarge},
+		{"beside another, over what is free", 1 << 20, 512 << 10, 768 << 10, http.StatusServiceUnavailable},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := &Server{}
@@ -96,13 +98,13 @@ func TestChunkedBodiesAndTheCap(t *testing.T) {
 			r.ContentLength = -1
 			ch, _ := s.chargeBody(r)
 			_, err := readBody(httptest.NewRecorder(), r, s.cfg.MaxBodyBytes, ch)
-			if ref := (*refusal)(nil); c.read && err != nil || !c.read && (!errors.As(err, &ref) || ref.status != http.StatusServiceUnavailable) {
-				t.Errorf("read: %v, want read %v (else 503)", err, c.read)
+			if ref := (*refusal)(nil); c.refused == 0 && err != nil || c.refused != 0 && (!errors.As(err, &ref) || ref.status != c.refused) {
+				t.Errorf("read: %v, want refused %d (0: read)", err, c.refused)
 			}
 			ch.release()
 			s.inflightBytes.Add(-c.other)
-			if err := s.Ready(t.Context()); err != nil {
-				t.Errorf("Ready = %v once the body is answered, want ready", err)
+			if err := s.Ready(t.Context()); (err == nil) != (c.refused != http.StatusServiceUnavailable) {
+				t.Errorf("Ready = %v once the body is answered, want unready only after a 503", err)
 			}
 		})
 	}

@@ -13,7 +13,9 @@ type metrics struct {
 	events   *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics returns s's metrics, registered with reg unless it is nil: the
+// counters, and gauges of what s holds in flight against its caps.
+func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spate_edge_requests_total",
@@ -30,7 +32,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.events)
+		gauge := func(name, help string, labels prometheus.Labels, of func() int64) prometheus.Collector {
+			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels},
+				func() float64 { return float64(of()) })
+		}
+		const bytesHelp = "Bytes in flight, against --max-inflight-bytes (each kind apart): of request bodies being handled (requests), of events handed to Kafka and not yet settled (records)."
+		reg.MustRegister(m.requests, m.duration, m.events,
+			gauge("spate_edge_inflight_events", "Events handed to Kafka and not yet settled, against --max-inflight-events.", nil, s.inflightEvents.Load),
+			gauge("spate_edge_inflight_bytes", bytesHelp, prometheus.Labels{"of": "requests"}, s.inflightBytes.Load),
+			gauge("spate_edge_inflight_bytes", bytesHelp, prometheus.Labels{"of": "records"}, s.inflightRecordBytes.Load))
 	}
 	return m
 }
