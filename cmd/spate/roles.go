@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"runtime/debug"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
@@ -61,6 +63,7 @@ func newEdgeCmd() *cobra.Command {
 	var f roleFlags
 	var addr, keysFile, dedupeURL, tlsCert, tlsKey, tlsClientCA string
 	var dedupeWindow time.Duration
+	var limits edgeLimits
 	cmd := &cobra.Command{
 		Use:   "edge",
 		Short: "Run the ingestion edge: HTTP and Connect/gRPC in, Kafka out",
@@ -68,6 +71,10 @@ func newEdgeCmd() *cobra.Command {
   spate edge --keys keys.yaml --tls-cert edge.pem --tls-key edge-key.pem --tls-client-ca producers-ca.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := limits.config()
+			if err != nil {
+				return err
+			}
 			e, err := f.env()
 			if err != nil {
 				return err
@@ -99,7 +106,8 @@ func newEdgeCmd() *cobra.Command {
 			if err := e.checkTopics(cmd.Context(), e.topic); err != nil {
 				return err
 			}
-			srv, cl, err := e.newEdge(edge.Config{Keys: keys, Dedupe: dd, TLS: tlsCfg})
+			cfg.Keys, cfg.Dedupe, cfg.TLS = keys, dd, tlsCfg
+			srv, cl, err := e.newEdge(cfg)
 			if err != nil {
 				return err
 			}
@@ -129,9 +137,67 @@ func newEdgeCmd() *cobra.Command {
 	cmd.Flags().StringVar(&dedupeURL, "dedupe-redis-url", "", "Redis (7.0 or later) that remembers published event ids, so that a retry is not published twice; none: every event is published")
 	cmd.Flags().DurationVar(&dedupeWindow, "dedupe-window", 24*time.Hour, "how long event ids are remembered")
 	cmd.Flags().StringVar(&keysFile, "keys", "", "file of API keys producers must present (reloaded on SIGHUP, as are the TLS files; make keys with spate keys new); none: anyone may publish")
+	limits.register(cmd.Flags())
 	annotateEnv(cmd.Flags())
 	return cmd
 }
+
+// edgeLimits are the edge's caps and its publish timeout, as flags.
+type edgeLimits struct {
+	maxBody, maxInflightBytes byteSize
+	maxEvents                 int
+	maxInflightEvents         int64
+	publishTimeout            time.Duration
+}
+
+func (l *edgeLimits) register(fs *pflag.FlagSet) {
+	l.maxBody, l.maxInflightBytes = edge.DefaultMaxBodyBytes, edge.DefaultMaxInflightBytes
+	fs.Var(&l.maxBody, "max-body-bytes", "largest request body taken, and what a gzip one may decompress to; larger ones get 413 (e.g. 512KiB, 4MiB)")
+	fs.IntVar(&l.maxEvents, "max-events", edge.DefaultMaxEvents, "most events one request may hold; more get 400")
+	fs.Int64Var(&l.maxInflightEvents, "max-inflight-events", edge.DefaultMaxInflightEvents, "events handed to Kafka and not yet acknowledged, at most; a request that would go over gets 503 with Retry-After")
+	fs.Var(&l.maxInflightBytes, "max-inflight-bytes", "bytes of the request bodies being handled, at most, and apart from those of the events handed to Kafka and not yet acknowledged; a request that would go over gets 503 with Retry-After")
+	fs.DurationVar(&l.publishTimeout, "publish-timeout", edge.DefaultPublishTimeout, "how long a request waits for Kafka to acknowledge its events; past it, 503 and an unknown outcome (retry with the same ids)")
+}
+
+// config returns the edge configuration of the flags, refusing caps that
+// are not positive, and request caps over the in-flight ones: a request
+// that full could never be taken.
+func (l *edgeLimits) config() (edge.Config, error) {
+	switch {
+	case l.maxBody <= 0, l.maxInflightBytes <= 0:
+		return edge.Config{}, errors.New("--max-body-bytes and --max-inflight-bytes: want a positive size")
+	case l.maxEvents <= 0, l.maxInflightEvents <= 0:
+		return edge.Config{}, errors.New("--max-events and --max-inflight-events: want a positive number")
+	case l.publishTimeout <= 0:
+		return edge.Config{}, fmt.Errorf("--publish-timeout %v: want a positive duration", l.publishTimeout)
+	case l.maxBody > l.maxInflightBytes:
+		return edge.Config{}, fmt.Errorf("--max-body-bytes %v is over --max-inflight-bytes %v: a body that large could never be taken", &l.maxBody, &l.maxInflightBytes)
+	case int64(l.maxEvents) > l.maxInflightEvents:
+		return edge.Config{}, fmt.Errorf("--max-events %d is over --max-inflight-events %d: a request that full could never be taken", l.maxEvents, l.maxInflightEvents)
+	}
+	return edge.Config{MaxBodyBytes: int64(l.maxBody), MaxEvents: l.maxEvents, MaxInflightEvents: l.maxInflightEvents,
+		MaxInflightBytes: int64(l.maxInflightBytes), PublishTimeout: l.publishTimeout}, nil
+}
+
+// byteSize is a flag of bytes, written as a number with or without a unit:
+// 4194304, 4MiB, 4MB (4,000,000).
+type byteSize int64
+
+func (b *byteSize) String() string { return humanize.IBytes(uint64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return errors.New("want a size in bytes, such as 4194304, 4MiB or 512KiB")
+	}
+	if n > math.MaxInt64 {
+		return errors.New("too large")
+	}
+	*b = byteSize(n)
+	return nil
+}
+
+func (b *byteSize) Type() string { return "size" }
 
 // edgeTLS returns the edge's TLS files from its flags; no certificate:
 // nil, cleartext.

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,8 +19,8 @@ import (
 )
 
 // spate edge refuses TLS flags that do not go together, unreadable
-// certificates and a dedupe window that is not positive, before it serves
-// anything.
+// certificates, a dedupe window that is not positive and caps that are
+// not, or that no request could fit, before it serves anything.
 func TestEdgeRefusesBadFlags(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	for _, tc := range []struct {
@@ -29,8 +32,67 @@ func TestEdgeRefusesBadFlags(t *testing.T) {
 		{[]string{"--tls-cert", "c.pem"}, "--tls-cert needs --tls-key"},
 		{[]string{"--tls-cert", missing, "--tls-key", missing}, "no such file"},
 		{[]string{"--dedupe-redis-url", "redis://127.0.0.1:1/0", "--dedupe-window", "0s"}, "--dedupe-window 0s: want a positive duration"},
+		{[]string{"--max-body-bytes", "4 fathoms"}, "want a size in bytes"},
+		{[]string{"--max-body-bytes", "0"}, "want a positive size"},
+		{[]string{"--max-inflight-events", "-1"}, "want a positive number"},
+		{[]string{"--publish-timeout", "0s"}, "--publish-timeout 0s: want a positive duration"},
+		{[]string{"--max-body-bytes", "8MiB", "--max-inflight-bytes", "4MiB"}, "--max-body-bytes 8.0 MiB is over --max-inflight-bytes 4.0 MiB"},
+		{[]string{"--max-events", "2000", "--max-inflight-events", "1000"}, "--max-events 2000 is over --max-inflight-events 1000"},
 	} {
 		wantRefused(t, append([]string{"edge", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, tc.args...), tc.want)
+	}
+}
+
+// spate edge takes its caps from its flags: a request of more events than
+// --max-events gets 400, a body over --max-body-bytes 413, and a request
+// within both 202.
+func TestEdgeLimitFlags(t *testing.T) {
+	t.Parallel()
+	brokers := strings.Join(spatetest.Kafka(t, 1, "spate.events"), ",")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := runSpate(ctx, "edge", "--kafka-brokers", brokers, "--edge-addr", addr, "--admin-addr", "127.0.0.1:0",
+			"--max-events", "2", "--max-body-bytes", "2KiB")
+		done <- err
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("spate edge: %v", err)
+		}
+	})
+	post := func(n int, pad int) (int, string) {
+		var evs []string
+		for i := range n {
+			evs = append(evs, fmt.Sprintf(`{"specversion":"1.0","id":"o-%d-%d","source":"/t","type":"shop.order.placed.v1","subject":"c","pad":%q,`+
+				`"data":{"orderId":"o","customerId":"c","amountCents":"1","currency":"EUR"}}`, n, i, strings.Repeat("x", pad)))
+		}
+		resp, err := http.Post("http://"+addr+"/v1/events", "application/cloudevents-batch+json", strings.NewReader("["+strings.Join(evs, ",")+"]"))
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	spatetest.Eventually(t, 30*time.Second, func() string {
+		if code, body := post(2, 0); code != http.StatusAccepted {
+			return fmt.Sprintf("2 events: %d %s, want 202", code, body)
+		}
+		return ""
+	})
+	if code, body := post(3, 0); code != http.StatusBadRequest || !strings.Contains(body, "at most 2 are taken") {
+		t.Errorf("3 events under --max-events 2: %d %s, want 400", code, body)
+	}
+	if code, body := post(1, 3<<10); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("3 KiB under --max-body-bytes 2KiB: %d %s, want 413", code, body)
 	}
 }
 
