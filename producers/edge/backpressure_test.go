@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -500,6 +501,42 @@ func TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead(t *testing.T) {
 				t.Fatal("no request answered in 30 s: the compressed requests were not charged before they were read")
 			}
 		})
+	}
+}
+
+// TestCompressedGRPCRequestHoldsItsMessage: once Connect decoded a gRPC
+// request of compressed messages, charged the body cap before it was
+// read, it holds what its message takes, not the cap, while its events
+// wait for Kafka.
+func TestCompressedGRPCRequestHoldsItsMessage(t *testing.T) {
+	t.Parallel()
+	cl, unstall := stalledProducer(t, 1)
+	reg := prometheus.NewRegistry()
+	_, base := serveEdge(t, cl, edge.Config{PublishTimeout: time.Minute, MaxBodyBytes: 1 << 20, Metrics: reg})
+	req := protobufRequest(t, "gz-1")
+	done := make(chan error, 1)
+	go func() {
+		_, err := spatev1connect.NewIngestServiceClient(h2cClient(), base, connect.WithGRPC(), connect.WithSendGzip()).
+			Publish(context.Background(), connect.NewRequest(req))
+		done <- err
+	}()
+	spatetest.Eventually(t, 10*time.Second, func() string {
+		if n := cl.BufferedProduceRecords(); n != 1 {
+			return fmt.Sprintf("%d records buffered, want 1", n)
+		}
+		return ""
+	})
+	// Its message, or the bytes read if more (gzip and gRPC's framing of
+	// so small a message take more).
+	if held, size := inflightRequestBytes(t, reg), int64(proto.Size(req)); held < size || held > 1<<10 {
+		t.Errorf("%d request bytes in flight while the request waits for Kafka, want about its message's %d, not the 1 MiB body cap", held, size)
+	}
+	unstall()
+	if err := <-done; err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if held := inflightRequestBytes(t, reg); held != 0 {
+		t.Errorf("%d request bytes in flight once answered, want 0", held)
 	}
 }
 

@@ -317,6 +317,18 @@ func (c *charge) reserve(n int64, note bool) bool {
 	return true
 }
 
+// resize charges max(n, read) bytes: more, failing as atLeast does, or
+// less, giving back the rest.
+func (c *charge) resize(n int64) bool {
+	n = max(n, c.read)
+	if n >= c.charged {
+		return c.atLeast(n)
+	}
+	c.s.inflightBytes.Add(n - c.charged)
+	c.charged = n
+	return true
+}
+
 // release gives back what the body was charged; again, nothing.
 func (c *charge) release() {
 	c.s.inflightBytes.Add(-c.charged)

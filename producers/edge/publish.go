@@ -410,9 +410,11 @@ var connectCodes = map[int]connect.Code{
 
 func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.PublishRequest]) (*connect.Response[spatev1.PublishResponse], error) {
 	key, _ := ctx.Value(keyKey{}).(*apiKey) // authenticateConnect found it and counted the body's bytes
-	// A body Connect decompressed was charged what it may decompress to,
-	// or all of a smaller cap: count it as decoded.
-	if c, ok := ctx.Value(chargeKey{}).(*charge); ok && !c.atLeast(int64(proto.Size(req.Msg))) {
+	// The request holds its message now, not its body: count it as
+	// decoded. A body Connect decompressed was charged what it may
+	// decompress to (the body cap), which would otherwise stay charged
+	// until its events are settled.
+	if c, ok := ctx.Value(chargeKey{}).(*charge); ok && !c.resize(int64(proto.Size(req.Msg))) {
 		return nil, connectError(overloaded("request bytes"))
 	}
 	rs, err := in.s.publish(ctx, key, req.Msg.GetEvents())
