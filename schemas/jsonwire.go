@@ -28,7 +28,13 @@ import (
 //     its field's range;
 //   - nesting deeper than wireMaxDepth.
 //
-// FuzzJSONWire checks it against protojson.
+// It also tells whether what it wrote is the message's canonical encoding
+// (proto.MarshalOptions{Deterministic: true}), so that the edge need not
+// encode the decoded message again: fields in order of number, none of a
+// oneof, no zero value of a field without presence, no packable list.
+//
+// FuzzJSONWire checks it against protojson, and its canonical encodings
+// against proto.Marshal.
 
 // jsonPlan is what the JSON path needs to know of a message type, looked up
 // once.
@@ -46,6 +52,11 @@ type jsonField struct {
 	enum  protoreflect.EnumValueDescriptors
 	msg   *jsonPlan // of a message field the path reads
 	plain bool      // the path reads a value of this field
+	// What makes the path's writing of a value not canonical: proto.Marshal
+	// leaves out a zero value of a field without presence (implicit),
+	// packs a list (packed), and writes a oneof's fields after the others
+	// for dynamic messages but in order of number for generated ones.
+	implicit, packed, realOneof bool
 }
 
 // newJSONPlan returns the plan of md, or nil if md is not a proto3 message
@@ -71,9 +82,10 @@ func buildJSONPlan(md protoreflect.MessageDescriptor, built map[protoreflect.Mes
 	built[md] = p
 	for i := range fds.Len() {
 		fd := fds.Get(i)
-		f := jsonField{num: fd.Number(), kind: fd.Kind(), list: fd.IsList()}
+		f := jsonField{num: fd.Number(), kind: fd.Kind(), list: fd.IsList(),
+			implicit: !fd.HasPresence() && !fd.IsList(), packed: fd.IsPacked()}
 		if od := fd.ContainingOneof(); od != nil {
-			f.oneof = 1 + od.Index()
+			f.oneof, f.realOneof = 1+od.Index(), !od.IsSynthetic()
 		}
 		switch fd.Kind() {
 		case protoreflect.BoolKind, protoreflect.StringKind,
@@ -118,22 +130,28 @@ func fieldsByName(md protoreflect.MessageDescriptor) (map[string]int, bool) {
 }
 
 // appendJSONWire appends to b the wire format of the JSON object data as a
-// message of plan p, and reports whether it could; see above.
-func appendJSONWire(b []byte, data []byte, p *jsonPlan) ([]byte, bool) {
-	r := jsonReader{data: data}
+// message of plan p, and reports whether it could, and whether what it
+// appended is canonical; see above.
+func appendJSONWire(b []byte, data []byte, p *jsonPlan) (out []byte, canonical, ok bool) {
+	r := jsonReader{data: data, canonical: true}
 	r.space()
-	b, ok := r.message(b, p, 0)
+	b, ok = r.message(b, p, 0)
 	if !ok {
-		return nil, false
+		return nil, false, false
 	}
 	r.space()
-	return b, r.at == len(r.data)
+	if r.at != len(r.data) {
+		return nil, false, false
+	}
+	return b, r.canonical, true
 }
 
-// jsonReader reads plain JSON from data, from at.
+// jsonReader reads plain JSON from data, from at; canonical stays true
+// while what it wrote is the canonical encoding.
 type jsonReader struct {
-	data []byte
-	at   int
+	data      []byte
+	at        int
+	canonical bool
 }
 
 func (r *jsonReader) space() {
@@ -226,6 +244,7 @@ func (r *jsonReader) message(b []byte, p *jsonPlan, depth int) ([]byte, bool) {
 		return b, true
 	}
 	var seen, oneofs uint64 // by field index, by oneof index + 1
+	var last protowire.Number
 	for {
 		name, ok := r.str()
 		if !ok || !r.take(':') {
@@ -243,6 +262,10 @@ func (r *jsonReader) message(b []byte, p *jsonPlan, depth int) ([]byte, bool) {
 		if f.oneof > 0 {
 			oneofs |= 1 << f.oneof
 		}
+		if f.num < last || f.realOneof {
+			r.canonical = false
+		}
+		last = f.num
 		if f.list {
 			if b, ok = r.list(b, f, depth); !ok {
 				return nil, false
@@ -266,6 +289,9 @@ func (r *jsonReader) list(b []byte, f *jsonField, depth int) ([]byte, bool) {
 	if r.take(']') {
 		return b, true
 	}
+	if f.packed {
+		r.canonical = false // written one by one
+	}
 	for {
 		var ok bool
 		if b, ok = r.value(b, f, depth); !ok {
@@ -288,6 +314,7 @@ func (r *jsonReader) value(b []byte, f *jsonField, depth int) ([]byte, bool) {
 		if !ok {
 			return nil, false
 		}
+		r.zero(f, len(s) == 0)
 		return protowire.AppendBytes(protowire.AppendTag(b, f.num, protowire.BytesType), s), true
 	case protoreflect.MessageKind:
 		if r.next() != '{' {
@@ -317,6 +344,7 @@ func (r *jsonReader) value(b []byte, f *jsonField, depth int) ([]byte, bool) {
 		default:
 			return nil, false
 		}
+		r.zero(f, v == 0)
 		return protowire.AppendVarint(protowire.AppendTag(b, f.num, protowire.VarintType), v), true
 	case protoreflect.EnumKind:
 		if r.next() == '"' {
@@ -328,6 +356,7 @@ func (r *jsonReader) value(b []byte, f *jsonField, depth int) ([]byte, bool) {
 			if v == nil {
 				return nil, false
 			}
+			r.zero(f, v.Number() == 0)
 			return protowire.AppendVarint(protowire.AppendTag(b, f.num, protowire.VarintType), uint64(int64(v.Number()))), true
 		}
 	}
@@ -355,6 +384,7 @@ func (r *jsonReader) value(b []byte, f *jsonField, depth int) ([]byte, bool) {
 	default:
 		v = int64(n)
 	}
+	r.zero(f, n == 0)
 	switch f.kind {
 	case protoreflect.Uint32Kind, protoreflect.Uint64Kind:
 		return protowire.AppendVarint(protowire.AppendTag(b, f.num, protowire.VarintType), n), true
@@ -371,6 +401,14 @@ func (r *jsonReader) value(b []byte, f *jsonField, depth int) ([]byte, bool) {
 	}
 	// int32, int64 and enums: a negative one is sign-extended to 64 bits.
 	return protowire.AppendVarint(protowire.AppendTag(b, f.num, protowire.VarintType), uint64(v)), true
+}
+
+// zero notes a value of f, zero if isZero, which proto.Marshal would leave
+// out if f has no presence: what was written is then not canonical.
+func (r *jsonReader) zero(f *jsonField, isZero bool) {
+	if isZero && f.implicit {
+		r.canonical = false
+	}
 }
 
 // intKind returns the bits of an integer kind (enums: int32) and whether it

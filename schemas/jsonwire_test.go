@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
@@ -8,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
@@ -15,16 +17,32 @@ import (
 )
 
 // checkJSONWire fails t unless the JSON path reads data as md into the
-// message protojson reads, or gives up. It reports whether the path read it.
+// message protojson reads, or gives up, and unless what it calls canonical
+// is what proto.Marshal writes, of a dynamic message and of md's generated
+// type, if it has one. It reports whether the path read it.
 func checkJSONWire(t testing.TB, data []byte, md protoreflect.MessageDescriptor) bool {
 	t.Helper()
 	p := newJSONPlan(md)
 	if p == nil {
 		t.Fatalf("%s has no JSON plan", md.FullName())
 	}
-	b, ok := appendJSONWire(nil, data, p)
+	b, isCanonical, ok := appendJSONWire(nil, data, p)
 	if !ok {
 		return false
+	}
+	if isCanonical {
+		ms := []proto.Message{dynamicpb.NewMessage(md)}
+		if mt, err := protoregistry.GlobalTypes.FindMessageByName(md.FullName()); err == nil && mt.Descriptor() == md {
+			ms = append(ms, mt.New().Interface())
+		}
+		for _, m := range ms {
+			if err := proto.Unmarshal(b, m); err != nil {
+				t.Fatalf("JSON path wrote wire bytes that do not decode for %s: %v", data, err)
+			}
+			if want, err := canonical.Marshal(m); err != nil || !bytes.Equal(b, want) {
+				t.Fatalf("JSON path called its writing of %s canonical:\n got  %x\n want %x (%v), of a %T", data, b, want, err, m)
+			}
+		}
 	}
 	got := dynamicpb.NewMessage(md)
 	if err := proto.Unmarshal(b, got); err != nil {
@@ -122,6 +140,50 @@ func TestJSONWire(t *testing.T) {
 			t.Error("the JSON path gave up on nesting within wireMaxDepth")
 		}
 	})
+}
+
+// TestJSONWireCanonical: the JSON path tells which of its writings are
+// canonical; of the others, proto.Marshal leaves out a zero value of a
+// field without presence, packs a list, orders fields by number and writes
+// a oneof's last (dynamic messages). checkJSONWire checks each claim.
+func TestJSONWireCanonical(t *testing.T) {
+	all, _, _ := jsonTestTypes(t)
+	for _, c := range []struct {
+		data      string
+		canonical bool
+	}{
+		{`{}`, true},
+		{`{"b":true,"i32":-1,"str":"x","en":"E_ONE","camelName":"y"}`, true},
+		{`{"msg":{"i32":3,"repMsg":[{}]},"repStr":["","a"],"repMsg":[{"str":"a"}]}`, true},
+		{`{"optI32":0}`, true},
+		{`{"repI32":[]}`, true},
+		{`{"msg":{}}`, true},
+		{`{"i32":1,"b":true}`, false},
+		{`{"i32":0}`, false},
+		{`{"str":""}`, false},
+		{`{"b":false}`, false},
+		{`{"en":"E_ZERO"}`, false},
+		{`{"en":0}`, false},
+		{`{"msg":{"u64":0}}`, false},
+		{`{"repI32":[1]}`, false},
+		{`{"repEn":["E_ONE"]}`, false},
+		{`{"oStr":"a"}`, false},
+	} {
+		if !checkJSONWire(t, []byte(c.data), all) {
+			t.Fatalf("%s: the JSON path gave up", c.data)
+		}
+		if _, isCanonical, _ := appendJSONWire(nil, []byte(c.data), newJSONPlan(all)); isCanonical != c.canonical {
+			t.Errorf("%s: canonical = %v, want %v", c.data, isCanonical, c.canonical)
+		}
+	}
+	placed := (&shopv1.OrderPlaced{}).ProtoReflect().Descriptor()
+	bench := []byte(`{"orderId":"o-1","customerId":"c-1","amountCents":4200,"currency":"EUR","items":[{"sku":"tea-1","quantity":2,"priceCents":2100}]}`)
+	if !checkJSONWire(t, bench, placed) {
+		t.Fatal("the JSON path gave up on an order")
+	}
+	if _, isCanonical, _ := appendJSONWire(nil, bench, newJSONPlan(placed)); !isCanonical {
+		t.Errorf("an order in field order, without zeros: not canonical, want canonical")
+	}
 }
 
 // TestRegistryTakesTheJSONPath checks that the shop types have a plan, that

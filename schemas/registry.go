@@ -245,14 +245,21 @@ func (r *Registry) Message(eventType string) (protoreflect.MessageType, error) {
 // payload that breaks the schema's constraints is refused with a
 // *ViolationsError.
 func (r *Registry) Decode(eventType, contentType string, data []byte) (proto.Message, error) {
-	m, err := r.decode(eventType, contentType, data, true)
+	m, _, err := r.decodeChecked(eventType, contentType, data)
+	return m, err
+}
+
+// decodeChecked is Decode, also returning the canonical encoding that
+// decode may give.
+func (r *Registry) decodeChecked(eventType, contentType string, data []byte) (proto.Message, []byte, error) {
+	m, wire, err := r.decode(eventType, contentType, data, true)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := r.check(eventType, contentType, m); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return m, nil
+	return m, wire, nil
 }
 
 // check enforces the constraints of m's schema, naming fields as a payload
@@ -322,43 +329,50 @@ func jsonNames(md protoreflect.MessageDescriptor, path *validate.FieldPath) *val
 // know, following protobuf's rule for readers, as sinks must: an event that
 // a producer wrote with a newer version of the schema still applies.
 func (r *Registry) Parse(eventType, contentType string, data []byte) (proto.Message, error) {
-	return r.decode(eventType, contentType, data, false)
+	m, _, err := r.decode(eventType, contentType, data, false)
+	return m, err
 }
 
-func (r *Registry) decode(eventType, contentType string, data []byte, strict bool) (proto.Message, error) {
+// decode decodes a payload as Decode (strict) or Parse do, and returns
+// with the message its canonical encoding when it has it at no cost: a
+// JSON payload read the short way whose wire format is canonical.
+func (r *Registry) decode(eventType, contentType string, data []byte, strict bool) (m proto.Message, wire []byte, err error) {
 	mt, err := r.Message(eventType)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m := mt.New().Interface()
+	m = mt.New().Interface()
 	switch kind, err := contentKind(contentType); {
 	case err != nil:
-		return nil, err
+		return nil, nil, err
 	case kind == ContentTypeJSON:
 		if p := r.jsonIn[eventType]; p != nil {
 			// What the short way reads holds no unknown field: strict or
 			// not, protojson would read the same.
-			if b, ok := appendJSONWire(make([]byte, 0, len(data)), data, p); ok {
+			if b, isCanonical, ok := appendJSONWire(make([]byte, 0, len(data)), data, p); ok {
 				if err := unmarshalProto(proto.UnmarshalOptions{}, b, m); err == nil {
-					return m, nil
+					if isCanonical {
+						return m, b, nil
+					}
+					return m, nil, nil
 				}
 				m = mt.New().Interface()
 			}
 		}
 		if err := (protojson.UnmarshalOptions{DiscardUnknown: !strict}).Unmarshal(data, m); err != nil {
-			return nil, cleanErr(err)
+			return nil, nil, cleanErr(err)
 		}
 	default:
 		if err := unmarshalProto(proto.UnmarshalOptions{}, data, m); err != nil {
-			return nil, cleanErr(err)
+			return nil, nil, cleanErr(err)
 		}
 		if strict {
 			if err := noUnknown(m.ProtoReflect()); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 	}
-	return m, nil
+	return m, nil, nil
 }
 
 // Canonical decodes a payload like Decode and returns its canonical protobuf
@@ -370,9 +384,12 @@ func (r *Registry) Canonical(eventType, contentType string, data []byte) ([]byte
 		}
 		return out, nil
 	}
-	m, err := r.Decode(eventType, contentType, data)
-	if err != nil {
+	m, out, err := r.decodeChecked(eventType, contentType, data)
+	switch {
+	case err != nil:
 		return nil, err
+	case out != nil: // as canonical.Marshal would write it
+		return out, nil
 	}
 	return canonical.Marshal(m)
 }
