@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -504,6 +505,157 @@ func TestCompressedGRPCMessagesAreChargedBeforeTheyAreRead(t *testing.T) {
 	}
 }
 
+// TestTooLargeOnABusyEdge: a body that is too large is told so (413, or
+// Connect's resource_exhausted), not 503, when the edge knows it: a
+// length over the body cap, however busy the edge, and a gzip body at its
+// first byte past the cap, though the cap was all the room left in flight.
+func TestTooLargeOnABusyEdge(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	f := start(t, edge.Config{MaxBodyBytes: 1 << 20, MaxInflightBytes: 4 << 20, Metrics: reg})
+	for range 3 {
+		holdRequestBytes(t, f, reg, 1<<20)
+	}
+	big := make([]byte, 2<<20)
+	if code, body := f.post(t, "application/x-protobuf", big); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a length of 2 MiB over a body cap of 1 MiB, 1 MiB free in flight: %d %.100s, want 413", code, body)
+	}
+	for _, req := range gzipPosts(t, f, gzipPublish(t, 2<<20)) {
+		resp, b := roundTrip(t, req)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge && !bytes.Contains(b, []byte("resource_exhausted")) {
+			t.Errorf("%s: %d %.200s, want too large: 2 MiB gzipped, over a body cap of 1 MiB, 1 MiB free in flight", req.URL.Path, resp.StatusCode, b)
+		}
+	}
+	if held := inflightRequestBytes(t, reg); held != 3<<20 {
+		t.Errorf("%d request bytes in flight after the refusals, want the 3 MiB held", held)
+	}
+}
+
+// TestConnectBodyOverTheCapIsNotReadOn: a Connect body of unknown length
+// over the body cap is answered resource_exhausted once it passes the cap,
+// without reading on to its end (here it never comes), and what it was
+// charged is given back.
+func TestConnectBodyOverTheCapIsNotReadOn(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	f := start(t, edge.Config{MaxBodyBytes: 1 << 20, MaxInflightBytes: 4 << 20, Metrics: reg})
+	answers := hangingUploads(t, &http.Transport{}, 1, make([]byte, 3<<20), func(pr io.Reader) *http.Request {
+		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr) // no length
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/proto")
+		return r
+	})
+	select {
+	case resp := <-answers:
+		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusServiceUnavailable {
+			t.Errorf("3 MiB and more over a body cap of 1 MiB: %d, want resource_exhausted", resp.StatusCode)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no answer in 30 s: the body over the cap was read on")
+	}
+	if held := inflightRequestBytes(t, reg); held != 0 {
+		t.Errorf("%d request bytes in flight once answered, want 0", held)
+	}
+}
+
+// TestRecordsOverTheCapAreTooLarge: a request whose body fits the caps but
+// whose events take more as records (each gets the time it was received)
+// than the in-flight cap could ever hold is refused 413, not 503 for ever.
+func TestRecordsOverTheCapAreTooLarge(t *testing.T) {
+	t.Parallel()
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprint("r-", i)
+	}
+	body, err := proto.Marshal(protobufRequest(t, ids...)) // no times
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, edge.Config{MaxInflightBytes: int64(len(body)) + 5}) // the body cap is its length
+	code, msg := f.post(t, "application/x-protobuf", body)
+	if code != http.StatusRequestEntityTooLarge || !bytes.Contains(msg, []byte("as records")) {
+		t.Fatalf("1000 events whose records outgrow the cap: %d %.200s, want 413", code, msg)
+	}
+	if err := f.srv.Ready(t.Context()); err != nil {
+		t.Errorf("Ready = %v, want ready", err)
+	}
+}
+
+// TestGRPCTakesWhatConnectTakes: with the body and in-flight caps alike, a
+// gRPC message is taken or refused as the same message sent unary over
+// the Connect protocol, though gRPC's envelope adds 5 bytes to its body.
+func TestGRPCTakesWhatConnectTakes(t *testing.T) {
+	t.Parallel()
+	const caps = 64 << 10
+	f := start(t, edge.Config{MaxBodyBytes: caps, MaxInflightBytes: caps})
+	taken := func(req *http.Request) bool {
+		resp, b := roundTrip(t, req)
+		switch status := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); {
+		case resp.StatusCode == http.StatusOK && (status == "" || status == "0"):
+			return true
+		case status == "8" || bytes.Contains(b, []byte("resource_exhausted")):
+			return false
+		default:
+			t.Fatalf("%s: %d grpc-status %q %.200s, want taken or resource_exhausted", req.Header.Get("Content-Type"), resp.StatusCode, status, b)
+			return false
+		}
+	}
+	var both [2]int // refused, taken
+	for size := caps - 8; size <= caps; size++ {
+		msg := paddedPublish(t, size)
+		connectReq, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, bytes.NewReader(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		connectReq.Header.Set("Content-Type", "application/proto")
+		enveloped := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
+		grpcReq, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, bytes.NewReader(append(enveloped, msg...)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		grpcReq.Header.Set("Content-Type", "application/grpc")
+		grpcReq.Header.Set("Te", "trailers")
+		overConnect := taken(connectReq)
+		resp, err := h2cClient().Do(grpcReq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		overGRPC := resp.Trailer.Get("Grpc-Status") == "0"
+		if overConnect != overGRPC {
+			t.Errorf("a message of %d bytes: taken over Connect %v, over gRPC %v; want alike", size, overConnect, overGRPC)
+		}
+		if overConnect {
+			both[1]++
+		} else {
+			both[0]++
+		}
+	}
+	if both[0] == 0 || both[1] == 0 {
+		t.Errorf("%d sizes refused, %d taken: want the cap among them", both[0], both[1])
+	}
+}
+
+// paddedPublish returns a PublishRequest of one event, padded to size
+// bytes with field 2, which the edge does not know.
+func paddedPublish(t *testing.T, size int) []byte {
+	t.Helper()
+	msg, err := proto.Marshal(protobufRequest(t, "p-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pad := size - len(msg) - 1; pad >= 0; pad-- {
+		if b := protowire.AppendBytes(protowire.AppendTag(msg, 2, protowire.BytesType), make([]byte, pad)); len(b) == size {
+			return b
+		}
+	}
+	t.Fatalf("no padding makes %d bytes", size)
+	return nil
+}
+
 // TestCompressedGRPCRequestHoldsItsMessage: once Connect decoded a gRPC
 // request of compressed messages, charged the body cap before it was
 // read, it holds what its message takes, not the cap, while its events
@@ -564,7 +716,7 @@ func TestARequestThatCanNeverFitLeavesTheEdgeReady(t *testing.T) {
 	})
 	t.Run("bytes", func(t *testing.T) {
 		t.Parallel()
-		f := start(t, edge.Config{MaxInflightBytes: 1 << 20}) // bodies of up to 4 MiB
+		f := start(t, edge.Config{MaxInflightBytes: 1 << 20}) // the body cap lowered to it
 		req := protobufRequest(t, "big")
 		req.Events[0].Extensions = map[string]string{"pad": strings.Repeat("x", 2<<20)}
 		b, err := proto.Marshal(req)

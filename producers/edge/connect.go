@@ -45,11 +45,13 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 		}
 		// The body's bytes count against the in-flight cap as Connect
 		// reads them, before it decodes the request.
-		c, ok := s.chargeBody(r)
-		if !ok {
+		// A body holds one message, and gRPC's envelope of it.
+		limit := s.cfg.MaxBodyBytes + grpcEnvelope
+		c, err := s.chargeBody(r, limit)
+		if err != nil {
 			// Answered at once, as /v1/events does: the body is not
 			// read, and the connection closes after the answer.
-			errw.Write(w, r, connectError(overloaded("request bytes")))
+			errw.Write(w, r, connectError(err))
 			return
 		}
 		defer c.release()
@@ -73,7 +75,7 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			// Messages compressed one by one, which Connect decompresses
 			// (up to MaxBodyBytes) before anything here sees them: charged
 			// that much before they are read.
-			if !c.atLeast(min(s.cfg.MaxBodyBytes, s.cfg.MaxInflightBytes)) {
+			if !c.atLeast(s.cfg.MaxBodyBytes) {
 				errw.Write(w, r, connectError(overloaded("request bytes")))
 				return
 			}
@@ -82,7 +84,7 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			r.Body = struct {
 				io.Reader
 				io.Closer
-			}{&chargedReader{r.Body, c, connectError(overloaded("request bytes")), connectError(bodyTooLarge("body", s.cfg.MaxBodyBytes))}, r.Body} // Connect answers with its code
+			}{&chargedReader{r.Body, c, limit, connectError(overloaded("request bytes")), connectError(bodyTooLarge("body", s.cfg.MaxBodyBytes))}, r.Body} // Connect answers with its code
 		}
 		ctx := context.WithValue(context.WithValue(r.Context(), keyKey{}, key), chargeKey{}, c)
 		next.ServeHTTP(w, r.WithContext(ctx))

@@ -41,6 +41,10 @@ import (
 	"github.com/spate-io/spate/schemas"
 )
 
+// grpcEnvelope is the bytes gRPC puts before each message: a flag and
+// the length.
+const grpcEnvelope = 5
+
 // The caps and the timeout of a Config left zero.
 const (
 	DefaultMaxBodyBytes      = 4 << 20
@@ -54,10 +58,11 @@ const (
 type Config struct {
 	// Topic events are published to. Zero: producers.DefaultTopic.
 	Topic string
-	// MaxBodyBytes caps a request body; larger ones get 413. Zero:
-	// DefaultMaxBodyBytes. It is lowered to MaxInflightBytes if over it: a
-	// body larger could never be taken, and would be refused 503 (retry)
-	// for ever.
+	// MaxBodyBytes caps a request body, or the message of a gRPC one;
+	// larger ones get 413. Zero: DefaultMaxBodyBytes. It is lowered to
+	// MaxInflightBytes less gRPC's 5-byte envelope of a message if over
+	// it: a body larger could never be taken, and would be refused 503
+	// (retry) for ever.
 	MaxBodyBytes int64
 	// MaxEvents caps the events of one request; more get 400. Zero:
 	// DefaultMaxEvents. It is lowered to MaxInflightEvents if over it,
@@ -197,7 +202,7 @@ func New(cl *kgo.Client, reg *schemas.Registry, cfg Config) *Server {
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, DefaultPublishTimeout)
 	cfg.MaxInflightEvents = cmp.Or(cfg.MaxInflightEvents, DefaultMaxInflightEvents)
 	cfg.MaxInflightBytes = cmp.Or(cfg.MaxInflightBytes, DefaultMaxInflightBytes)
-	cfg.MaxBodyBytes = min(cfg.MaxBodyBytes, cfg.MaxInflightBytes)
+	cfg.MaxBodyBytes = max(1, min(cfg.MaxBodyBytes, cfg.MaxInflightBytes-grpcEnvelope))
 	cfg.MaxEvents = int(min(int64(cfg.MaxEvents), cfg.MaxInflightEvents))
 	log := cfg.Logger
 	if log == nil {

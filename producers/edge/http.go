@@ -60,9 +60,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The body's bytes count against the in-flight cap until the answer.
-	c, ok := s.chargeBody(r)
-	if !ok {
-		writeRefusal(w, overloaded("request bytes"))
+	c, err := s.chargeBody(r, s.cfg.MaxBodyBytes)
+	if err != nil {
+		writeRefusal(w, err)
 		return
 	}
 	defer c.release()
@@ -222,13 +222,14 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 	}
 	// A body charged for its whole length before it came (chargeBody) is
 	// read into one buffer of that length; others as they come, charged.
-	body, err := readAll(&chargedReader{in, c, errOverCap, errTooLarge}, c.charged)
+	// A gzip one is refused at its first byte past limit, uncharged.
+	body, err := readAll(&chargedReader{in, c, limit, errOverCap, errTooLarge}, c.charged)
 	switch mbe := (*http.MaxBytesError)(nil); {
 	case errors.Is(err, errOverCap):
 		return nil, overloaded("request bytes")
-	case errors.Is(err, errTooLarge) && enc == "gzip", int64(len(body)) > limit:
+	case errors.Is(err, errTooLarge):
 		return nil, tooLarge("decompressed body")
-	case errors.As(err, &mbe), errors.Is(err, errTooLarge):
+	case errors.As(err, &mbe):
 		return nil, tooLarge("body")
 	case err != nil:
 		return nil, &refusal{status: http.StatusBadRequest, kind: "unreadable-body", title: "Unreadable body", detail: "the request body could not be read"}
@@ -268,24 +269,27 @@ type charge struct {
 const chargeStep = 64 << 10
 
 // errOverCap is a charged body's read past the in-flight cap; errTooLarge
-// one past the cap with nothing else in flight, which the body cap, no
-// larger, refuses too (Config.MaxBodyBytes): only its error is read first.
+// one past what a body may hold.
 var (
 	errOverCap  = errors.New("request bytes over the in-flight cap")
-	errTooLarge = errors.New("request bytes over the in-flight cap alone")
+	errTooLarge = errors.New("request bytes over the body cap")
 )
 
 // chargeBody charges r's body against the in-flight cap: its whole length
-// when known (and not compressed), else nothing until it is read. It
-// reports false, charging nothing, when that is over the cap.
-func (s *Server) chargeBody(r *http.Request) (*charge, bool) {
+// when known (and not compressed), else nothing until it is read. A known
+// length over limit, the most the body may hold, is refused 413, and one
+// that does not fit beside what is in flight 503, both charging nothing.
+func (s *Server) chargeBody(r *http.Request, limit int64) (*charge, error) {
 	c := &charge{s: s}
 	if n := r.ContentLength; n > 0 && r.Header.Get("Content-Encoding") == "" {
-		if !c.atLeast(min(n, s.cfg.MaxBodyBytes)) {
-			return nil, false
+		if n > limit {
+			return nil, bodyTooLarge("body", limit)
+		}
+		if !c.atLeast(n) {
+			return nil, overloaded("request bytes")
 		}
 	}
-	return c, true
+	return c, nil
 }
 
 // add counts n more bytes read, charging a step more when they are past
@@ -335,20 +339,23 @@ func (c *charge) release() {
 	c.charged = 0
 }
 
-// chargedReader reads through c, failing with over once past the cap, or
-// tooLarge once past it alone: a body that could never be taken.
+// chargedReader reads through c, failing with tooLarge, uncharged, past
+// limit bytes in all, and with over past the in-flight cap. limit is at
+// most the cap (Config.MaxBodyBytes), so what is refused over is refused
+// for what else is in flight.
 type chargedReader struct {
 	r              io.Reader
 	c              *charge
+	limit          int64
 	over, tooLarge error
 }
 
 func (r *chargedReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
+	if r.c.read+int64(n) > r.limit {
+		return 0, r.tooLarge
+	}
 	if !r.c.add(n) {
-		if r.c.read > r.c.s.cfg.MaxInflightBytes {
-			return 0, r.tooLarge
-		}
 		return 0, r.over
 	}
 	return n, err

@@ -57,9 +57,9 @@ func TestUnchargedBodyIsReadAsItComes(t *testing.T) {
 	r := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader("[]"))
 	r.ContentLength = 8 << 20
 	r.Header.Set("Content-Encoding", "identity")
-	c, ok := s.chargeBody(r)
-	if !ok || c.charged != 0 {
-		t.Fatalf("charged %d (%v) up front for a body with a Content-Encoding, want nothing", c.charged, ok)
+	c, err := s.chargeBody(r, s.cfg.MaxBodyBytes)
+	if err != nil || c.charged != 0 {
+		t.Fatalf("charged %v (%v) up front for a body with a Content-Encoding, want nothing", c, err)
 	}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -91,12 +91,11 @@ func TestChunkedBodiesAndTheCap(t *testing.T) {
 		{"beside another, over what is free", 1 << 20, 512 << 10, 768 << 10, http.StatusServiceUnavailable},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			s := &Server{}
-			s.cfg.MaxBodyBytes, s.cfg.MaxInflightBytes, s.cfg.MaxInflightEvents = 4<<20, c.cap, 1000
+			s := New(nil, schemas.Builtin(), Config{MaxInflightBytes: c.cap}) // the body cap lowered to it
 			s.inflightBytes.Store(c.other)
 			r := httptest.NewRequest(http.MethodPost, "/v1/events", io.MultiReader(bytes.NewReader(make([]byte, c.size))))
 			r.ContentLength = -1
-			ch, _ := s.chargeBody(r)
+			ch, _ := s.chargeBody(r, s.cfg.MaxBodyBytes)
 			_, err := readBody(httptest.NewRecorder(), r, s.cfg.MaxBodyBytes, ch)
 			if ref := (*refusal)(nil); c.refused == 0 && err != nil || c.refused != 0 && (!errors.As(err, &ref) || ref.status != c.refused) {
 				t.Errorf("read: %v, want refused %d (0: read)", err, c.refused)

@@ -261,6 +261,11 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 	for _, ev := range fresh {
 		size += int64(cachedSize.Size(ev))
 	}
+	if size > s.cfg.MaxInflightBytes { // its body fitted, but records take more: Time was added, say
+		settled(nil)
+		return refuseFresh(&refusal{status: http.StatusRequestEntityTooLarge, kind: "too-large", title: "Request too large",
+			detail: fmt.Sprintf("the events take %d bytes as records, more than the %d this edge holds in flight; send fewer", size, s.cfg.MaxInflightBytes)}, "invalid")
+	}
 	if !s.take(&s.inflightEvents, n, s.cfg.MaxInflightEvents, true) {
 		settled(nil)
 		return refuseFresh(overloaded("events"), "overloaded")
