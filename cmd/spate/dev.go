@@ -23,7 +23,6 @@ import (
 	"github.com/spate-io/spate/consumers"
 	"github.com/spate-io/spate/consumers/fanout"
 	"github.com/spate-io/spate/consumers/projection"
-	"github.com/spate-io/spate/producers/edge"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 	"github.com/spate-io/spate/throwaway"
@@ -42,6 +41,7 @@ type devFlags struct {
 	config      string
 	keys        string
 	edgeOnly    bool
+	limits      edgeLimits
 	given       func(name string) bool
 }
 
@@ -85,6 +85,7 @@ throwaway data; a SIGHUP sent while the terminal is open reloads --keys.`,
 	fs.BoolVar(&f.edgeOnly, "edge-only", false, "run the edge alone (no projector, fan-out or Postgres), e.g. to measure it with spate bench edge")
 	fs.StringVar(&f.keys, "keys", "", "file of API keys producers must present (reloaded on SIGHUP); none: anyone may publish")
 	fs.StringVar(&f.config, "config", "", "spate.yaml with the projections and routes (default: the shop example, schemas/shop/v1/spate.yaml)")
+	f.limits.register(fs)
 	f.given = fs.Changed
 	annotateEnv(fs)
 	return cmd
@@ -99,7 +100,12 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 	terminalGone := terminalWatch() // before SIGHUP is caught
 	hup, stopHangups := catchHangups()
 	defer stopHangups()
-	// The files first: a mistake in one is told before anything starts.
+	// The flags and files first: a mistake in one is told before anything
+	// starts.
+	edgeCfg, err := f.limits.config()
+	if err != nil {
+		return err
+	}
 	reg, err := loadRegistry(f.schemas)
 	if err != nil {
 		return err
@@ -188,7 +194,8 @@ func runDev(ctx context.Context, f *devFlags, stdout, stderr io.Writer) (err err
 		return err
 	}
 	defer ddb.Close()
-	srv, cl, err := e.newEdge(edge.Config{Keys: keys, Dedupe: dd})
+	edgeCfg.Keys, edgeCfg.Dedupe = keys, dd
+	srv, cl, err := e.newEdge(edgeCfg)
 	if err != nil {
 		return err
 	}

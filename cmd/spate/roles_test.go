@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/spf13/pflag"
 
 	"github.com/spate-io/spate/spatetest"
 	"github.com/spate-io/spate/throwaway"
@@ -36,7 +37,8 @@ func TestEdgeRefusesBadFlags(t *testing.T) {
 		{[]string{"--max-body-bytes", "0"}, "want a positive size"},
 		{[]string{"--max-inflight-events", "-1"}, "want a positive number"},
 		{[]string{"--publish-timeout", "0s"}, "--publish-timeout 0s: want a positive duration"},
-		{[]string{"--max-body-bytes", "8MiB", "--max-inflight-bytes", "4MiB"}, "--max-body-bytes 8.0 MiB is over --max-inflight-bytes 4.0 MiB"},
+		{[]string{"--max-body-bytes", "8MiB", "--max-inflight-bytes", "4MiB"}, "--max-body-bytes (8388608 bytes) must be at least 5 bytes under --max-inflight-bytes (4194304 bytes)"},
+		{[]string{"--max-body-bytes", "1000000", "--max-inflight-bytes", "1000004"}, "--max-body-bytes (1000000 bytes) must be at least 5 bytes under --max-inflight-bytes (1000004 bytes)"},
 		{[]string{"--max-events", "2000", "--max-inflight-events", "1000"}, "--max-events 2000 is over --max-inflight-events 1000"},
 	} {
 		wantRefused(t, append([]string{"edge", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, tc.args...), tc.want)
@@ -93,6 +95,26 @@ func TestEdgeLimitFlags(t *testing.T) {
 	}
 	if code, body := post(1, 3<<10); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("3 KiB under --max-body-bytes 2KiB: %d %s, want 413", code, body)
+	}
+}
+
+// In-flight caps under the request caps' defaults are taken: the request
+// caps left to their defaults are lowered to fit them (edge.New).
+func TestEdgeLimitsDefaultsGiveWay(t *testing.T) {
+	for _, args := range [][]string{
+		{"--max-inflight-bytes", "1MiB"},
+		{"--max-inflight-events", "500"},
+		{"--max-inflight-bytes", "64KiB", "--max-inflight-events", "1"},
+	} {
+		fs := pflag.NewFlagSet("edge", pflag.ContinueOnError)
+		var l edgeLimits
+		l.register(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.config(); err != nil {
+			t.Errorf("%v: %v, want taken", args, err)
+		}
 	}
 }
 
