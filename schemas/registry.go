@@ -68,6 +68,42 @@ type Registry struct {
 	// validator is built on first use: only Decode, the edge's, checks
 	// constraints, and a sink need not pay for it, nor fail on a rule.
 	validator func() (protovalidate.Validator, error)
+	// resolver finds the extensions (and the messages of
+	// google.protobuf.Any values) that payloads hold, among the registry's
+	// files first.
+	resolver typeResolver
+}
+
+// typeResolver finds types among the registry's files, the ones loaded at
+// run time included, and then among those compiled in.
+type typeResolver struct{ files *dynamicpb.Types }
+
+func (t typeResolver) FindExtensionByName(name protoreflect.FullName) (protoreflect.ExtensionType, error) {
+	if x, err := t.files.FindExtensionByName(name); err == nil {
+		return x, nil
+	}
+	return protoregistry.GlobalTypes.FindExtensionByName(name)
+}
+
+func (t typeResolver) FindExtensionByNumber(message protoreflect.FullName, field protoreflect.FieldNumber) (protoreflect.ExtensionType, error) {
+	if x, err := t.files.FindExtensionByNumber(message, field); err == nil {
+		return x, nil
+	}
+	return protoregistry.GlobalTypes.FindExtensionByNumber(message, field)
+}
+
+func (t typeResolver) FindMessageByName(name protoreflect.FullName) (protoreflect.MessageType, error) {
+	if mt, err := protoregistry.GlobalTypes.FindMessageByName(name); err == nil {
+		return mt, nil // generated, as the registry's own payloads of it
+	}
+	return t.files.FindMessageByName(name)
+}
+
+func (t typeResolver) FindMessageByURL(url string) (protoreflect.MessageType, error) {
+	if mt, err := protoregistry.GlobalTypes.FindMessageByURL(url); err == nil {
+		return mt, nil
+	}
+	return t.files.FindMessageByURL(url)
 }
 
 // Violation is a payload field that breaks a constraint of its schema.
@@ -169,11 +205,16 @@ func sameFile(a, b protoreflect.FileDescriptor) bool {
 // types; others are dynamic. Two messages claiming one type is an error.
 func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 	r := &Registry{types: make(map[string]protoreflect.MessageType), wire: make(map[string]*wirePlan), jsonIn: make(map[string]*jsonPlan)}
+	all := new(protoregistry.Files)
 	for _, fd := range files {
 		if err := r.addMessages(fd.Messages()); err != nil {
 			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
 		}
+		if err := registerWithImports(all, fd); err != nil {
+			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
+		}
 	}
+	r.resolver = typeResolver{dynamicpb.NewTypes(all)}
 	for typ, mt := range r.types {
 		if p := newWirePlan(mt.Descriptor()); p != nil {
 			r.wire[typ] = p
@@ -190,6 +231,21 @@ func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 		return protovalidate.New(protovalidate.WithMessageDescriptors(mds...))
 	})
 	return r, nil
+}
+
+// registerWithImports registers fd in files, after the files it imports,
+// each once.
+func registerWithImports(files *protoregistry.Files, fd protoreflect.FileDescriptor) error {
+	if _, err := files.FindFileByPath(fd.Path()); err == nil {
+		return nil
+	}
+	imports := fd.Imports()
+	for i := range imports.Len() {
+		if err := registerWithImports(files, imports.Get(i).FileDescriptor); err != nil {
+			return err
+		}
+	}
+	return files.RegisterFile(fd)
 }
 
 func (r *Registry) addMessages(mds protoreflect.MessageDescriptors) error {
@@ -350,7 +406,7 @@ func (r *Registry) decode(eventType, contentType string, data []byte, strict boo
 			// What the short way reads holds no unknown field: strict or
 			// not, protojson would read the same.
 			if b, isCanonical, ok := appendJSONWire(make([]byte, 0, len(data)), data, p); ok {
-				if err := unmarshalProto(proto.UnmarshalOptions{}, b, m); err == nil {
+				if err := unmarshalProto(proto.UnmarshalOptions{Resolver: r.resolver}, b, m); err == nil {
 					if isCanonical {
 						return m, b, nil
 					}
@@ -359,11 +415,11 @@ func (r *Registry) decode(eventType, contentType string, data []byte, strict boo
 				m = mt.New().Interface()
 			}
 		}
-		if err := (protojson.UnmarshalOptions{DiscardUnknown: !strict}).Unmarshal(data, m); err != nil {
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: !strict, Resolver: r.resolver}).Unmarshal(data, m); err != nil {
 			return nil, nil, cleanErr(err)
 		}
 	default:
-		if err := unmarshalProto(proto.UnmarshalOptions{}, data, m); err != nil {
+		if err := unmarshalProto(proto.UnmarshalOptions{Resolver: r.resolver}, data, m); err != nil {
 			return nil, nil, cleanErr(err)
 		}
 		if strict {
@@ -407,7 +463,7 @@ func (r *Registry) canonicalAlready(eventType, contentType string, data []byte) 
 		return nil, nil
 	}
 	m := mt.New().Interface()
-	if err := unmarshalProto(proto.UnmarshalOptions{DiscardUnknown: true}, data, m); err != nil {
+	if err := unmarshalProto(proto.UnmarshalOptions{DiscardUnknown: true, Resolver: r.resolver}, data, m); err != nil {
 		return nil, nil
 	}
 	out, err := canonical.Marshal(m)

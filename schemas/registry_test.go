@@ -1,6 +1,7 @@
 package schemas_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -717,6 +718,75 @@ func TestLoadDescriptorSet(t *testing.T) {
 	}
 	if _, err := schemas.Load([]byte("not protobuf")); err == nil {
 		t.Error("Load of garbage: no error")
+	}
+}
+
+// TestLoadedExtensions: a payload may hold extensions declared in a loaded
+// set, here a proto2 message's, by number in protobuf and by name in JSON:
+// the edge takes it, keeping them in its canonical encoding, and sinks
+// write them.
+func TestLoadedExtensions(t *testing.T) {
+	opts := &descriptorpb.MessageOptions{}
+	proto.SetExtension(opts, spatev1.E_EventType, "ext.noted.v1")
+	fdp := &descriptorpb.FileDescriptorProto{
+		Name:       proto.String("ext/v1/noted.proto"),
+		Package:    proto.String("ext.v1"),
+		Syntax:     proto.String("proto2"),
+		Dependency: []string{"spate/v1/event.proto"},
+		MessageType: []*descriptorpb.DescriptorProto{{
+			Name: proto.String("Noted"),
+			Field: []*descriptorpb.FieldDescriptorProto{{Name: proto.String("id"), Number: proto.Int32(1),
+				Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(), Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum()}},
+			ExtensionRange: []*descriptorpb.DescriptorProto_ExtensionRange{{Start: proto.Int32(100), End: proto.Int32(200)}},
+			Options:        opts,
+		}},
+		Extension: []*descriptorpb.FieldDescriptorProto{{Name: proto.String("note"), Number: proto.Int32(100), Extendee: proto.String(".ext.v1.Noted"),
+			Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(), Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum()}},
+	}
+	set := &descriptorpb.FileDescriptorSet{}
+	for _, f := range []protoreflect.FileDescriptor{
+		descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
+		durationpb.File_google_protobuf_duration_proto, fieldmaskpb.File_google_protobuf_field_mask_proto,
+		validate.File_buf_validate_validate_proto, spatev1.File_spate_v1_event_proto,
+	} {
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
+	}
+	set.File = append(set.File, fdp)
+	b, err := proto.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := schemas.Load(b)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	data := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "n-1")
+	data = protowire.AppendString(protowire.AppendTag(data, 100, protowire.BytesType), "hello")
+	var first []byte // the canonical encoding, all alike
+	for _, c := range []struct{ contentType, payload string }{
+		{schemas.ContentTypeProtobuf, string(data)},
+		{schemas.ContentTypeJSON, `{"id":"n-1","[ext.v1.note]":"hello"}`},
+	} {
+		canonical, err := reg.Canonical("ext.noted.v1", c.contentType, []byte(c.payload))
+		if err != nil {
+			t.Errorf("%s: Canonical: %v, want the extension taken", c.contentType, err)
+			continue
+		}
+		if first == nil {
+			first = canonical
+		} else if !bytes.Equal(canonical, first) {
+			t.Errorf("%s: Canonical = %x, want %x as of the others", c.contentType, canonical, first)
+		}
+		js, err := reg.JSON("ext.noted.v1", schemas.ContentTypeProtobuf, canonical)
+		if err != nil || !strings.Contains(string(js), `"[ext.v1.note]":"hello"`) {
+			t.Errorf("%s: what sinks write: %s (%v), want the extension", c.contentType, js, err)
+		}
+	}
+	if again, err := reg.Canonical("ext.noted.v1", schemas.ContentTypeProtobuf, first); err != nil || !bytes.Equal(again, first) {
+		t.Errorf("the canonical encoding, again: %x (%v), want it as it is", again, err)
+	}
+	if _, err := reg.Decode("ext.noted.v1", schemas.ContentTypeJSON, []byte(`{"id":"n-1","[ext.v1.nope]":"x"}`)); err == nil {
+		t.Error("an extension the set does not declare: taken, want refused")
 	}
 }
 
