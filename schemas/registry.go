@@ -210,9 +210,7 @@ func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 		if err := r.addMessages(fd.Messages()); err != nil {
 			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
 		}
-		if err := registerWithImports(all, fd); err != nil {
-			return nil, fmt.Errorf("register %s: %w", fd.Path(), err)
-		}
+		registerWithImports(all, fd)
 	}
 	r.resolver = typeResolver{dynamicpb.NewTypes(all)}
 	for typ, mt := range r.types {
@@ -234,18 +232,18 @@ func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 }
 
 // registerWithImports registers fd in files, after the files it imports,
-// each once.
-func registerWithImports(files *protoregistry.Files, fd protoreflect.FileDescriptor) error {
+// each once by path. A file declaring a name another already declares (a
+// copy of a compiled-in file under a path of its own, say) is left out:
+// its extensions are not found, as before extensions were looked up.
+func registerWithImports(files *protoregistry.Files, fd protoreflect.FileDescriptor) {
 	if _, err := files.FindFileByPath(fd.Path()); err == nil {
-		return nil
+		return
 	}
 	imports := fd.Imports()
 	for i := range imports.Len() {
-		if err := registerWithImports(files, imports.Get(i).FileDescriptor); err != nil {
-			return err
-		}
+		registerWithImports(files, imports.Get(i).FileDescriptor)
 	}
-	return files.RegisterFile(fd)
+	files.RegisterFile(fd) // an error leaves it out (see above)
 }
 
 func (r *Registry) addMessages(mds protoreflect.MessageDescriptors) error {

@@ -790,6 +790,38 @@ func TestLoadedExtensions(t *testing.T) {
 	}
 }
 
+// A set may declare a name a compiled-in file declares too, under a path
+// of its own (a copy of shop.proto, say, whose event types were renamed):
+// it loads, as it did before the registry looked up extensions.
+func TestLoadTakesNamesDeclaredTwice(t *testing.T) {
+	opts := &descriptorpb.MessageOptions{}
+	proto.SetExtension(opts, spatev1.E_EventType, "mine.order.placed.v1")
+	set := &descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{
+		protodesc.ToFileDescriptorProto(descriptorpb.File_google_protobuf_descriptor_proto),
+		protodesc.ToFileDescriptorProto(timestamppb.File_google_protobuf_timestamp_proto),
+		protodesc.ToFileDescriptorProto(spatev1.File_spate_v1_event_proto),
+		{
+			Name: proto.String("mine/shop.proto"), Package: proto.String("shop.v1"), Syntax: proto.String("proto3"),
+			Dependency: []string{"spate/v1/event.proto"},
+			MessageType: []*descriptorpb.DescriptorProto{
+				{Name: proto.String("LineItem")}, // as shop/v1/shop.proto's
+				{Name: proto.String("Mine"), Options: opts},
+			},
+		},
+	}}
+	b, err := proto.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := schemas.Load(b)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if _, err := reg.Canonical("mine.order.placed.v1", schemas.ContentTypeJSON, []byte(`{}`)); err != nil {
+		t.Errorf("its event type: %v", err)
+	}
+}
+
 // BenchmarkCanonical measures what the edge does to every payload: decode
 // strictly, check constraints, encode canonically.
 //
