@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -531,6 +532,35 @@ func TestTooLargeOnABusyEdge(t *testing.T) {
 	}
 }
 
+// TestTooLargeReachesAClientSendingItAll: a client that sends its whole
+// body before it reads the answer, as many do, gets the 413 of a length
+// over the body cap (twice the cap here), not a reset or a broken pipe,
+// on /v1/events and over Connect.
+func TestTooLargeReachesAClientSendingItAll(t *testing.T) {
+	t.Parallel()
+	f := start(t, edge.Config{})
+	const size = 2 * edge.DefaultMaxBodyBytes // more than the kernel's buffers take unread
+	for _, to := range []struct{ path, ct, want string }{
+		{"/v1/events", "application/x-protobuf", "HTTP/1.1 413"},
+		{spatev1connect.IngestServicePublishProcedure, "application/proto", `"code":"resource_exhausted","message":"the body exceeds 4194304 bytes"`},
+	} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", to.path, to.ct, size)
+		if _, err := conn.Write(append([]byte(head), make([]byte, size)...)); err != nil {
+			t.Errorf("%s: sending the body: %v, want it taken before the answer", to.path, err)
+		}
+		answer, _ := io.ReadAll(conn)
+		conn.Close()
+		if !bytes.Contains(answer, []byte(to.want)) {
+			t.Errorf("%s: answer %.200q, want %s", to.path, answer, to.want)
+		}
+	}
+}
+
 // TestConnectBodyOverTheCapIsNotReadOn: a Connect body of unknown length
 // over the body cap is answered resource_exhausted once it passes the cap,
 // without reading on to its end (here it never comes), and what it was
@@ -557,6 +587,33 @@ func TestConnectBodyOverTheCapIsNotReadOn(t *testing.T) {
 	}
 	if held := inflightRequestBytes(t, reg); held != 0 {
 		t.Errorf("%d request bytes in flight once answered, want 0", held)
+	}
+}
+
+// TestConnectMessageDecodedOverTheCapIsTooLarge: a Connect request whose
+// body fits the caps but whose message takes more decoded than the
+// in-flight cap (map entries sent without their values) is refused
+// resource_exhausted, not unavailable for ever.
+func TestConnectMessageDecodedOverTheCapIsTooLarge(t *testing.T) {
+	t.Parallel()
+	var body []byte
+	for i := range 200 {
+		ev := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), fmt.Sprint("m-", i))
+		for k := range 64 {
+			entry := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), fmt.Sprint("k", k)) // no value
+			ev = protowire.AppendBytes(protowire.AppendTag(ev, 9, protowire.BytesType), entry)
+		}
+		body = protowire.AppendBytes(protowire.AppendTag(body, 1, protowire.BytesType), ev)
+	}
+	f := start(t, edge.Config{MaxInflightBytes: int64(len(body)) + 1024})
+	req, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/proto")
+	resp, msg := roundTrip(t, req)
+	if !bytes.Contains(msg, []byte("resource_exhausted")) {
+		t.Fatalf("a %d-byte body decoding to more than the cap: %d %.200s, want resource_exhausted", len(body), resp.StatusCode, msg)
 	}
 }
 

@@ -50,7 +50,11 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 		c, err := s.chargeBody(r, limit)
 		if err != nil {
 			// Answered at once, as /v1/events does: the body is not
-			// read, and the connection closes after the answer.
+			// read (past the cap, if too large), and the connection
+			// closes after the answer.
+			if tooLarge(err) {
+				s.discardTooLarge(r)
+			}
 			errw.Write(w, r, connectError(err))
 			return
 		}

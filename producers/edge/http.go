@@ -62,6 +62,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	// The body's bytes count against the in-flight cap until the answer.
 	c, err := s.chargeBody(r, s.cfg.MaxBodyBytes)
 	if err != nil {
+		if tooLarge(err) {
+			s.discardTooLarge(r)
+		}
 		writeRefusal(w, err)
 		return
 	}
@@ -192,8 +195,20 @@ func (s *Server) discardBody(r *http.Request) {
 // would ask it for the body. Not asked, it gets the answer at once, and
 // the connection closes after it.
 func (s *Server) discardUnread(r *http.Request) {
+	s.discardUnreadUpTo(r, s.cfg.MaxBodyBytes)
+}
+
+// discardTooLarge is discardUnread for a body refused for the length it
+// declares, up to twice the body cap: as much as reading it up to the cap,
+// then discarding the rest, would take. A client that sends its whole body
+// before it reads gets the answer, not a reset, for bodies up to that.
+func (s *Server) discardTooLarge(r *http.Request) {
+	s.discardUnreadUpTo(r, 2*s.cfg.MaxBodyBytes)
+}
+
+func (s *Server) discardUnreadUpTo(r *http.Request, n int64) {
 	if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
-		s.discardBody(r)
+		io.Copy(io.Discard, io.LimitReader(r.Body, n))
 	}
 }
 
@@ -244,6 +259,12 @@ func bodyTooLarge(what string, limit int64) *refusal {
 		detail: fmt.Sprintf("the %s exceeds %d bytes", what, limit)}
 }
 
+// tooLarge reports whether err refuses a request as too large (413).
+func tooLarge(err error) bool {
+	r, ok := errors.AsType[*refusal](err)
+	return ok && r.status == http.StatusRequestEntityTooLarge
+}
+
 // readAll is io.ReadAll, reading into a buffer of size bytes and a little
 // more when size is above zero: a body of known length is read without the
 // buffers that growing as it comes would take (about as many bytes again).
@@ -277,13 +298,14 @@ var (
 
 // chargeBody charges r's body against the in-flight cap: its whole length
 // when known (and not compressed), else nothing until it is read. A known
-// length over limit, the most the body may hold, is refused 413, and one
-// that does not fit beside what is in flight 503, both charging nothing.
+// length over limit, the most the body may hold, is refused 413 (see
+// tooLarge), and one that does not fit beside what is in flight 503, both
+// charging nothing.
 func (s *Server) chargeBody(r *http.Request, limit int64) (*charge, error) {
 	c := &charge{s: s}
 	if n := r.ContentLength; n > 0 && r.Header.Get("Content-Encoding") == "" {
 		if n > limit {
-			return nil, bodyTooLarge("body", limit)
+			return nil, bodyTooLarge("body", s.cfg.MaxBodyBytes)
 		}
 		if !c.atLeast(n) {
 			return nil, overloaded("request bytes")

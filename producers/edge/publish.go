@@ -418,9 +418,16 @@ func (in ingest) Publish(ctx context.Context, req *connect.Request[spatev1.Publi
 	// The request holds its message now, not its body: count it as
 	// decoded. A body Connect decompressed was charged what it may
 	// decompress to (the body cap), which would otherwise stay charged
-	// until its events are settled.
-	if c, ok := ctx.Value(chargeKey{}).(*charge); ok && !c.resize(int64(proto.Size(req.Msg))) {
-		return nil, connectError(overloaded("request bytes"))
+	// until its events are settled. A message that decoded larger than
+	// the cap (map entries without values, say) could never be taken.
+	if c, ok := ctx.Value(chargeKey{}).(*charge); ok {
+		switch size := int64(proto.Size(req.Msg)); {
+		case size > in.s.cfg.MaxInflightBytes:
+			return nil, connectError(&refusal{status: http.StatusRequestEntityTooLarge, kind: "too-large", title: "Request too large",
+				detail: fmt.Sprintf("the request takes %d bytes decoded, more than the %d this edge holds in flight; send fewer events", size, in.s.cfg.MaxInflightBytes)})
+		case !c.resize(size):
+			return nil, connectError(overloaded("request bytes"))
+		}
 	}
 	rs, err := in.s.publish(ctx, key, req.Msg.GetEvents())
 	if err != nil {
