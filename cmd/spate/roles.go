@@ -153,7 +153,7 @@ type edgeLimits struct {
 
 func (l *edgeLimits) register(fs *pflag.FlagSet) {
 	l.maxBody, l.maxInflightBytes, l.given = edge.DefaultMaxBodyBytes, edge.DefaultMaxInflightBytes, fs.Changed
-	fs.Var(&l.maxBody, "max-body-bytes", "largest request body taken, and what a gzip one may decompress to; larger ones get 413 (e.g. 512KiB, 4MiB; default lowered to fit --max-inflight-bytes)")
+	fs.Var(&l.maxBody, "max-body-bytes", "largest request body taken, and what a gzip one may decompress to; larger ones get 413 (e.g. 512KiB, 4MiB; at most --max-inflight-bytes, less 5 bytes, gRPC's envelope of a message, to which the default is lowered)")
 	fs.IntVar(&l.maxEvents, "max-events", edge.DefaultMaxEvents, "most events one request may hold; more get 400 (default lowered to --max-inflight-events)")
 	fs.Int64Var(&l.maxInflightEvents, "max-inflight-events", edge.DefaultMaxInflightEvents, "events handed to Kafka and not yet acknowledged, at most; a request that would go over gets 503 with Retry-After")
 	fs.Var(&l.maxInflightBytes, "max-inflight-bytes", "bytes of the request bodies being handled, at most, and apart from those of the events handed to Kafka and not yet acknowledged; a request that would go over gets 503 with Retry-After")
@@ -163,18 +163,19 @@ func (l *edgeLimits) register(fs *pflag.FlagSet) {
 // config returns the edge configuration of the flags. It refuses caps that
 // are not positive, and request caps given over the in-flight ones: a
 // request that full could never be taken. Request caps left to their
-// defaults are lowered to fit instead (edge.New).
+// defaults are lowered to fit instead, and a body cap within 5 bytes of
+// the in-flight one is lowered to leave room for gRPC's envelope of a
+// message (edge.New).
 func (l *edgeLimits) config() (edge.Config, error) {
-	const envelope = 5 // gRPC's, of a message (edge.Config.MaxBodyBytes)
 	switch {
-	case l.maxBody <= 0, l.maxInflightBytes <= envelope:
-		return edge.Config{}, errors.New("--max-body-bytes and --max-inflight-bytes: want a positive size, the second over 5 bytes")
+	case l.maxBody <= 0, l.maxInflightBytes <= 0:
+		return edge.Config{}, errors.New("--max-body-bytes and --max-inflight-bytes: want a positive size")
 	case l.maxEvents <= 0, l.maxInflightEvents <= 0:
 		return edge.Config{}, errors.New("--max-events and --max-inflight-events: want a positive number")
 	case l.publishTimeout <= 0:
 		return edge.Config{}, fmt.Errorf("--publish-timeout %v: want a positive duration", l.publishTimeout)
-	case l.given("max-body-bytes") && int64(l.maxBody) > int64(l.maxInflightBytes)-envelope:
-		return edge.Config{}, fmt.Errorf("--max-body-bytes (%d bytes) must be at least 5 bytes under --max-inflight-bytes (%d bytes), for gRPC's envelope of a message: a larger body could never be taken",
+	case l.given("max-body-bytes") && l.maxBody > l.maxInflightBytes:
+		return edge.Config{}, fmt.Errorf("--max-body-bytes (%d bytes) is over --max-inflight-bytes (%d bytes): a body that large could never be taken",
 			l.maxBody, l.maxInflightBytes)
 	case l.given("max-events") && int64(l.maxEvents) > l.maxInflightEvents:
 		return edge.Config{}, fmt.Errorf("--max-events %d is over --max-inflight-events %d: a request that full could never be taken", l.maxEvents, l.maxInflightEvents)

@@ -37,8 +37,8 @@ func TestEdgeRefusesBadFlags(t *testing.T) {
 		{[]string{"--max-body-bytes", "0"}, "want a positive size"},
 		{[]string{"--max-inflight-events", "-1"}, "want a positive number"},
 		{[]string{"--publish-timeout", "0s"}, "--publish-timeout 0s: want a positive duration"},
-		{[]string{"--max-body-bytes", "8MiB", "--max-inflight-bytes", "4MiB"}, "--max-body-bytes (8388608 bytes) must be at least 5 bytes under --max-inflight-bytes (4194304 bytes)"},
-		{[]string{"--max-body-bytes", "1000000", "--max-inflight-bytes", "1000004"}, "--max-body-bytes (1000000 bytes) must be at least 5 bytes under --max-inflight-bytes (1000004 bytes)"},
+		{[]string{"--max-body-bytes", "8MiB", "--max-inflight-bytes", "4MiB"}, "--max-body-bytes (8388608 bytes) is over --max-inflight-bytes (4194304 bytes)"},
+		{[]string{"--max-body-bytes", "1000001", "--max-inflight-bytes", "1000000"}, "--max-body-bytes (1000001 bytes) is over --max-inflight-bytes (1000000 bytes)"},
 		{[]string{"--max-events", "2000", "--max-inflight-events", "1000"}, "--max-events 2000 is over --max-inflight-events 1000"},
 	} {
 		wantRefused(t, append([]string{"edge", "--edge-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, tc.args...), tc.want)
@@ -99,12 +99,16 @@ func TestEdgeLimitFlags(t *testing.T) {
 }
 
 // In-flight caps under the request caps' defaults are taken: the request
-// caps left to their defaults are lowered to fit them (edge.New).
+// caps left to their defaults are lowered to fit them, and a body cap
+// given equal to the in-flight one, to leave room for gRPC's envelope of a
+// message (edge.New).
 func TestEdgeLimitsDefaultsGiveWay(t *testing.T) {
 	for _, args := range [][]string{
 		{"--max-inflight-bytes", "1MiB"},
 		{"--max-inflight-events", "500"},
 		{"--max-inflight-bytes", "64KiB", "--max-inflight-events", "1"},
+		{"--max-body-bytes", "64MiB"}, // the in-flight cap's default: lowered for gRPC's envelope
+		{"--max-body-bytes", "1MiB", "--max-inflight-bytes", "1MiB"},
 	} {
 		fs := pflag.NewFlagSet("edge", pflag.ContinueOnError)
 		var l edgeLimits
