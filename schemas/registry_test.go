@@ -683,14 +683,7 @@ func TestMalformedMapEntryOfLoadedType(t *testing.T) {
 
 func TestLoadDescriptorSet(t *testing.T) {
 	fd := dynamicFile(t, "ok", "dyn.thing.made.v1", "dyn.part.made.v1")
-	set := &descriptorpb.FileDescriptorSet{}
-	for _, f := range []protoreflect.FileDescriptor{
-		descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
-		durationpb.File_google_protobuf_duration_proto, fieldmaskpb.File_google_protobuf_field_mask_proto,
-		validate.File_buf_validate_validate_proto, spatev1.File_spate_v1_event_proto, fd,
-	} {
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-	}
+	set := setWith(protodesc.ToFileDescriptorProto(fd))
 	b, err := proto.Marshal(set)
 	if err != nil {
 		t.Fatal(err)
@@ -711,7 +704,7 @@ func TestLoadDescriptorSet(t *testing.T) {
 		t.Errorf("a loaded type's constraint: got error %v, want a violation of thingId (named as JSON names it)", err)
 	}
 
-	set.File = set.File[6:] // without its imports
+	set.File = set.File[len(set.File)-1:] // without its imports
 	b, _ = proto.Marshal(set)
 	if _, err := schemas.Load(b); err == nil {
 		t.Error("Load of a set without the files it imports: no error")
@@ -743,16 +736,7 @@ func TestLoadedExtensions(t *testing.T) {
 		Extension: []*descriptorpb.FieldDescriptorProto{{Name: proto.String("note"), Number: proto.Int32(100), Extendee: proto.String(".ext.v1.Noted"),
 			Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(), Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum()}},
 	}
-	set := &descriptorpb.FileDescriptorSet{}
-	for _, f := range []protoreflect.FileDescriptor{
-		descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
-		durationpb.File_google_protobuf_duration_proto, fieldmaskpb.File_google_protobuf_field_mask_proto,
-		validate.File_buf_validate_validate_proto, spatev1.File_spate_v1_event_proto,
-	} {
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-	}
-	set.File = append(set.File, fdp)
-	b, err := proto.Marshal(set)
+	b, err := proto.Marshal(setWith(fdp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -796,20 +780,14 @@ func TestLoadedExtensions(t *testing.T) {
 func TestLoadTakesNamesDeclaredTwice(t *testing.T) {
 	opts := &descriptorpb.MessageOptions{}
 	proto.SetExtension(opts, spatev1.E_EventType, "mine.order.placed.v1")
-	set := &descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{
-		protodesc.ToFileDescriptorProto(descriptorpb.File_google_protobuf_descriptor_proto),
-		protodesc.ToFileDescriptorProto(timestamppb.File_google_protobuf_timestamp_proto),
-		protodesc.ToFileDescriptorProto(spatev1.File_spate_v1_event_proto),
-		{
-			Name: proto.String("mine/shop.proto"), Package: proto.String("shop.v1"), Syntax: proto.String("proto3"),
-			Dependency: []string{"spate/v1/event.proto"},
-			MessageType: []*descriptorpb.DescriptorProto{
-				{Name: proto.String("LineItem")}, // as shop/v1/shop.proto's
-				{Name: proto.String("Mine"), Options: opts},
-			},
+	b, err := proto.Marshal(setWith(&descriptorpb.FileDescriptorProto{
+		Name: proto.String("mine/shop.proto"), Package: proto.String("shop.v1"), Syntax: proto.String("proto3"),
+		Dependency: []string{"spate/v1/event.proto"},
+		MessageType: []*descriptorpb.DescriptorProto{
+			{Name: proto.String("LineItem")}, // as shop/v1/shop.proto's
+			{Name: proto.String("Mine"), Options: opts},
 		},
-	}}
-	b, err := proto.Marshal(set)
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -820,6 +798,21 @@ func TestLoadTakesNamesDeclaredTwice(t *testing.T) {
 	if _, err := reg.Canonical("mine.order.placed.v1", schemas.ContentTypeJSON, []byte(`{}`)); err != nil {
 		t.Errorf("its event type: %v", err)
 	}
+}
+
+// setWith returns a descriptor set of files and of what user files import
+// from Spate and protobuf: as buf build writes one.
+func setWith(files ...*descriptorpb.FileDescriptorProto) *descriptorpb.FileDescriptorSet {
+	set := &descriptorpb.FileDescriptorSet{}
+	for _, f := range []protoreflect.FileDescriptor{
+		descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
+		durationpb.File_google_protobuf_duration_proto, fieldmaskpb.File_google_protobuf_field_mask_proto,
+		validate.File_buf_validate_validate_proto, spatev1.File_spate_v1_event_proto,
+	} {
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
+	}
+	set.File = append(set.File, files...)
+	return set
 }
 
 // BenchmarkCanonical measures what the edge does to every payload: decode
@@ -851,16 +844,7 @@ func BenchmarkCanonical(b *testing.B) {
 // An unchanged copy, source code info aside, loads.
 func TestLoadRefusesAChangedCompiledInFile(t *testing.T) {
 	load := func(shop *descriptorpb.FileDescriptorProto) error {
-		set := &descriptorpb.FileDescriptorSet{}
-		for _, f := range []protoreflect.FileDescriptor{
-			descriptorpb.File_google_protobuf_descriptor_proto, timestamppb.File_google_protobuf_timestamp_proto,
-			durationpb.File_google_protobuf_duration_proto, fieldmaskpb.File_google_protobuf_field_mask_proto,
-			validate.File_buf_validate_validate_proto, spatev1.File_spate_v1_event_proto,
-		} {
-			set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-		}
-		set.File = append(set.File, shop)
-		b, err := proto.Marshal(set)
+		b, err := proto.Marshal(setWith(shop))
 		if err != nil {
 			t.Fatal(err)
 		}

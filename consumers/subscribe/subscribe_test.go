@@ -160,24 +160,8 @@ func eventuallyNonePending(t *testing.T, rdb *redis.Client, stream, group string
 // metric returns the value of the series of name labelled stream, or -1.
 func metric(t *testing.T, reg *prometheus.Registry, name, stream string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "stream" && l.GetValue() == stream {
-					if m.Counter != nil {
-						return m.Counter.GetValue()
-					}
-					return m.Gauge.GetValue()
-				}
-			}
-		}
+	if v, ok := spatetest.Value(t, reg, name, "stream", stream); ok {
+		return v
 	}
 	return -1
 }

@@ -311,27 +311,12 @@ func inflightRequestBytes(t *testing.T, reg *prometheus.Registry) int64 {
 // value given (none: its only one).
 func gauge(t *testing.T, reg *prometheus.Registry, name string, label ...string) int64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	label = append(label, "", "")
+	v, ok := spatetest.Value(t, reg, name, label[0], label[1])
+	if !ok {
+		t.Fatalf("no gauge %s %v", name, label[:2])
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(label) == 0 {
-				return int64(m.GetGauge().GetValue())
-			}
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label[0] && l.GetValue() == label[1] {
-					return int64(m.GetGauge().GetValue())
-				}
-			}
-		}
-	}
-	t.Fatalf("no gauge %s %v", name, label)
-	return 0
+	return int64(v)
 }
 
 func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
@@ -452,6 +437,19 @@ func gzipPublish(t *testing.T, size int) []byte {
 	return gz.Bytes()
 }
 
+// gzipTooLarge fails t unless a gzip body decompressing to size bytes is
+// refused as too large (413, or Connect's resource_exhausted) on
+// /v1/events and over Connect; where says of the caps.
+func gzipTooLarge(t *testing.T, f *fixture, size int, where string) {
+	t.Helper()
+	for _, req := range gzipPosts(t, f, gzipPublish(t, size)) {
+		resp, b := roundTrip(t, req)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge && !bytes.Contains(b, []byte("resource_exhausted")) {
+			t.Errorf("%s: %d %.200s, want too large: %d bytes gzipped, %s", req.URL.Path, resp.StatusCode, b, size, where)
+		}
+	}
+}
+
 // gzipPosts returns a post of the gzip protobuf body to /v1/events, and
 // one to Connect's Publish.
 func gzipPosts(t *testing.T, f *fixture, body []byte) []*http.Request {
@@ -521,12 +519,7 @@ func TestTooLargeOnABusyEdge(t *testing.T) {
 	if code, body := f.post(t, "application/x-protobuf", big); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("a length of 2 MiB over a body cap of 1 MiB, 1 MiB free in flight: %d %.100s, want 413", code, body)
 	}
-	for _, req := range gzipPosts(t, f, gzipPublish(t, 2<<20)) {
-		resp, b := roundTrip(t, req)
-		if resp.StatusCode != http.StatusRequestEntityTooLarge && !bytes.Contains(b, []byte("resource_exhausted")) {
-			t.Errorf("%s: %d %.200s, want too large: 2 MiB gzipped, over a body cap of 1 MiB, 1 MiB free in flight", req.URL.Path, resp.StatusCode, b)
-		}
-	}
+	gzipTooLarge(t, f, 2<<20, "over a body cap of 1 MiB, 1 MiB free in flight")
 	if held := inflightRequestBytes(t, reg); held != 3<<20 {
 		t.Errorf("%d request bytes in flight after the refusals, want the 3 MiB held", held)
 	}
@@ -783,14 +776,7 @@ func TestARequestThatCanNeverFitLeavesTheEdgeReady(t *testing.T) {
 		if code, body := f.post(t, "application/x-protobuf", b); code != http.StatusRequestEntityTooLarge {
 			t.Fatalf("a 2 MiB body under a 1 MiB in-flight cap: %d %.100s, want 413", code, body)
 		}
-		// Gzip, on /v1/events and Connect: 413, and Connect's
-		// resource_exhausted.
-		for _, req := range gzipPosts(t, f, gzipPublish(t, 2<<20)) {
-			resp, b := roundTrip(t, req)
-			if resp.StatusCode != http.StatusRequestEntityTooLarge && !bytes.Contains(b, []byte("resource_exhausted")) {
-				t.Errorf("%s: %d %.200s, want too large: 2 MiB gzipped, under a 1 MiB in-flight cap", req.URL.Path, resp.StatusCode, b)
-			}
-		}
+		gzipTooLarge(t, f, 2<<20, "under a 1 MiB in-flight cap")
 		if err := f.srv.Ready(t.Context()); err != nil {
 			t.Errorf("Ready = %v, want ready", err)
 		}
