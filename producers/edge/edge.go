@@ -68,11 +68,11 @@ type Config struct {
 	// DefaultMaxEvents. It is lowered to MaxInflightEvents if over it,
 	// likewise.
 	MaxEvents int
-	// PublishTimeout bounds the wait for Kafka's acknowledgement; past it the
-	// request gets 503 with Retry-After. Zero: DefaultPublishTimeout. A request's events are
-	// published for this long whatever becomes of the request: a client
-	// that hangs up still gets its events written, and its retry gets
-	// their receipts from the dedupe store.
+	// PublishTimeout bounds the wait for Kafka's acknowledgement; past it
+	// the request gets 503 with Retry-After. Zero: DefaultPublishTimeout.
+	// A request's events are published for this long whatever becomes of
+	// the request: a client that hangs up still gets its events written,
+	// and its retry gets their receipts from the dedupe store.
 	PublishTimeout time.Duration
 	// Logger receives request failures. Zero: no logging.
 	Logger *slog.Logger
