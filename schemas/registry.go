@@ -65,6 +65,10 @@ type Registry struct {
 	// jsonIn holds the plan of each event type whose JSON payloads are
 	// read straight into the wire format (see newJSONPlan).
 	jsonIn map[string]*jsonPlan
+	// checks holds the plan of each event type whose constraints are
+	// checked without protovalidate's walk, unless broken (see
+	// newCheckPlan).
+	checks map[string]*checkPlan
 	// validator is built on first use: only Decode, the edge's, checks
 	// constraints, and a sink need not pay for it, nor fail on a rule.
 	validator func() (protovalidate.Validator, error)
@@ -204,7 +208,8 @@ func sameFile(a, b protoreflect.FileDescriptor) bool {
 // spate.v1.event_type option. Compiled-in messages use their generated Go
 // types; others are dynamic. Two messages claiming one type is an error.
 func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
-	r := &Registry{types: make(map[string]protoreflect.MessageType), wire: make(map[string]*wirePlan), jsonIn: make(map[string]*jsonPlan)}
+	r := &Registry{types: make(map[string]protoreflect.MessageType), wire: make(map[string]*wirePlan), jsonIn: make(map[string]*jsonPlan),
+		checks: make(map[string]*checkPlan)}
 	all := new(protoregistry.Files)
 	for _, fd := range files {
 		if err := r.addMessages(fd.Messages()); err != nil {
@@ -219,6 +224,9 @@ func New(files ...protoreflect.FileDescriptor) (*Registry, error) {
 		}
 		if p := newJSONPlan(mt.Descriptor()); p != nil {
 			r.jsonIn[typ] = p
+		}
+		if p := newCheckPlan(mt.Descriptor()); p != nil {
+			r.checks[typ] = p
 		}
 	}
 	r.validator = sync.OnceValues(func() (protovalidate.Validator, error) {
@@ -322,6 +330,9 @@ func (r *Registry) check(eventType, contentType string, m proto.Message) error {
 	v, err := r.validator()
 	if err != nil {
 		return fmt.Errorf("schemas: constraints: %w", err)
+	}
+	if p := r.checks[eventType]; p != nil && p.passes(m.ProtoReflect()) {
+		return jsonWritable(m)
 	}
 	err = v.Validate(m)
 	if err == nil {
