@@ -132,14 +132,19 @@ func noConstraints(opts proto.Message, ext protoreflect.ExtensionType) bool {
 	if opts == nil {
 		return true
 	}
-	if len(opts.ProtoReflect().GetUnknown()) > 0 {
-		return false
+	rules := rulesIn(opts, ext)
+	return len(opts.ProtoReflect().GetUnknown()) == 0 && (rules == nil || proto.Size(rules.Interface()) == 0)
+}
+
+// rulesIn returns a copy of the rules of ext in opts, nil if it holds
+// none. They are read by their names: options decoded with a resolver of
+// their own hold them as a dynamic message, not as ext's Go type.
+func rulesIn(opts proto.Message, ext protoreflect.ExtensionType) protoreflect.Message {
+	r, xd := opts.ProtoReflect(), ext.TypeDescriptor()
+	if !r.Has(xd) {
+		return nil
 	}
-	if !proto.HasExtension(opts, ext) {
-		return true
-	}
-	rules, ok := proto.GetExtension(opts, ext).(proto.Message)
-	return ok && proto.Size(rules) == 0
+	return proto.Clone(r.Get(xd).Message().Interface()).ProtoReflect()
 }
 
 // rulesOfKind names the field of validate.FieldRules that holds the rules
@@ -157,13 +162,13 @@ var rulesOfKind = map[protoreflect.Kind]protoreflect.Name{
 // if any of them is of a kind the plan does not check.
 func (c *fieldCheck) readRules(fd protoreflect.FieldDescriptor) (constrained, ok bool) {
 	opts := fd.Options()
-	if opts == nil || !proto.HasExtension(opts, validate.E_Field) {
-		return false, noConstraints(opts, validate.E_Field)
+	if noConstraints(opts, validate.E_Field) {
+		return false, true
 	}
 	if len(opts.ProtoReflect().GetUnknown()) > 0 {
 		return false, false
 	}
-	rules := proto.Clone(proto.GetExtension(opts, validate.E_Field).(*validate.FieldRules)).ProtoReflect()
+	rules := rulesIn(opts, validate.E_Field)
 	typeField := rules.WhichOneof(rules.Descriptor().Oneofs().ByName("type"))
 	if typeField == nil {
 		return false, proto.Size(rules.Interface()) == 0

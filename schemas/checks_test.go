@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"strings"
 	"testing"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
@@ -13,7 +14,11 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	shopv1 "github.com/spate-io/spate/schemas/shop/v1"
 )
 
@@ -225,4 +230,70 @@ func FuzzChecks(f *testing.F) {
 			checkAgrees(t, v, md, data)
 		}
 	})
+}
+
+// Rules in options decoded with a resolver of their own are a dynamic
+// message, not validate.FieldRules: New plans them all the same, and
+// their constraints hold.
+func TestCheckPlanOfDynamicRules(t *testing.T) {
+	rules := &validate.FieldRules{}
+	if err := prototext.Unmarshal([]byte(`string: {min_len: 3}`), rules); err != nil {
+		t.Fatal(err)
+	}
+	fieldOpts := &descriptorpb.FieldOptions{}
+	proto.SetExtension(fieldOpts, validate.E_Field, rules)
+	msgOpts := &descriptorpb.MessageOptions{}
+	proto.SetExtension(msgOpts, spatev1.E_EventType, "dr.d.made.v1")
+	b, err := proto.Marshal(&descriptorpb.FileDescriptorProto{Name: proto.String("dr.proto"), Package: proto.String("dr"), Syntax: proto.String("proto3"),
+		Dependency: []string{"buf/validate/validate.proto", "spate/v1/event.proto"},
+		MessageType: []*descriptorpb.DescriptorProto{{Name: proto.String("D"), Options: msgOpts,
+			Field: []*descriptorpb.FieldDescriptorProto{{Name: proto.String("s"), Number: proto.Int32(1), Options: fieldOpts,
+				Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := &descriptorpb.FileDescriptorSet{}
+	for _, f := range []protoreflect.FileDescriptor{descriptorpb.File_google_protobuf_descriptor_proto, durationpb.File_google_protobuf_duration_proto,
+		timestamppb.File_google_protobuf_timestamp_proto, fieldmaskpb.File_google_protobuf_field_mask_proto, validate.File_buf_validate_validate_proto} {
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
+	}
+	own, err := protodesc.NewFiles(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fdp descriptorpb.FileDescriptorProto
+	if err := (proto.UnmarshalOptions{Resolver: dynamicRules{dynamicpb.NewTypes(own)}}).Unmarshal(b, &fdp); err != nil {
+		t.Fatal(err)
+	}
+	if _, dynamic := fdp.MessageType[0].Field[0].Options.ProtoReflect().Get(validate.E_Field.TypeDescriptor()).Message().Interface().(*dynamicpb.Message); !dynamic {
+		t.Fatal("the rules were decoded as their Go type; the test wants them dynamic")
+	}
+	fd, err := protodesc.NewFile(&fdp, protoregistry.GlobalFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := New(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.checks["dr.d.made.v1"] == nil {
+		t.Error("no plan of dynamic rules")
+	}
+	if _, err := reg.Decode("dr.d.made.v1", ContentTypeJSON, []byte(`{"s":"ab"}`)); err == nil || !strings.Contains(err.Error(), "at least 3 characters") {
+		t.Errorf(`{"s":"ab"}: %v, want too short`, err)
+	}
+	if _, err := reg.Decode("dr.d.made.v1", ContentTypeJSON, []byte(`{"s":"abc"}`)); err != nil {
+		t.Errorf(`{"s":"abc"}: %v, want taken`, err)
+	}
+}
+
+// dynamicRules resolves buf.validate's field rules as a dynamic type of
+// its own, and other types as compiled in.
+type dynamicRules struct{ *dynamicpb.Types }
+
+func (d dynamicRules) FindExtensionByNumber(message protoreflect.FullName, field protoreflect.FieldNumber) (protoreflect.ExtensionType, error) {
+	if xd := validate.E_Field.TypeDescriptor(); message == xd.ContainingMessage().FullName() && field == xd.Number() {
+		return d.Types.FindExtensionByNumber(message, field)
+	}
+	return protoregistry.GlobalTypes.FindExtensionByNumber(message, field)
 }
