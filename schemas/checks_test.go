@@ -141,6 +141,12 @@ func checkAgrees(t testing.TB, v protovalidate.Validator, md protoreflect.Messag
 }
 
 func TestCheckPlans(t *testing.T) {
+	reg := Builtin()
+	for _, typ := range reg.Types() {
+		if reg.checks[typ] == nil {
+			t.Errorf("%s has no plan: protovalidate walks every payload", typ)
+		}
+	}
 	rules, left := checkTypes(t)
 	for name, md := range left {
 		if newCheckPlan(md) != nil {
