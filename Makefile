@@ -83,6 +83,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzLoadedType$$' -fuzztime=$(FUZZTIME) ./schemas/
 	$(GO) test -run='^$$' -fuzz='^FuzzWireJSON$$' -fuzztime=$(FUZZTIME) ./schemas/
 	$(GO) test -run='^$$' -fuzz='^FuzzJSONWire$$' -fuzztime=$(FUZZTIME) ./schemas/
+	$(GO) test -run='^$$' -fuzz='^FuzzChecks$$' -fuzztime=$(FUZZTIME) ./schemas/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseDeadLetter$$' -fuzztime=$(FUZZTIME) ./consumers/
 	$(GO) test -run='^$$' -fuzz='^FuzzEvent$$' -fuzztime=$(FUZZTIME) ./cekafka/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeJSONEvent$$' -fuzztime=$(FUZZTIME) ./producers/edge/
