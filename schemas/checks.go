@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"math"
 	"regexp"
 	"unicode/utf8"
 
@@ -49,7 +50,7 @@ type fieldCheck struct {
 // of a message without constraints costs little).
 func newCheckPlan(md protoreflect.MessageDescriptor) *checkPlan {
 	p, ok := buildCheckPlan(md, map[protoreflect.MessageDescriptor]*checkPlan{})
-	if !ok || p == nil {
+	if !ok {
 		return nil
 	}
 	return p
@@ -225,53 +226,41 @@ func (c *fieldCheck) readRules(fd protoreflect.FieldDescriptor) (constrained, ok
 // readBounds reads an integer's gt, gte, lt and lte as inclusive bounds,
 // and reports false for bounds that protovalidate reads as a range to stay
 // out of (the lower over the upper), or that nothing could meet.
-func (c *fieldCheck) readBounds(kind protoreflect.Kind, take func(protoreflect.Name) (protoreflect.Value, bool)) bool {
+func (c *fieldCheck) readBounds(kind protoreflect.Kind, take func(protoreflect.Name) (protoreflect.Value, bool)) (ok bool) {
 	switch kind {
 	case protoreflect.Uint32Kind, protoreflect.Uint64Kind, protoreflect.Fixed32Kind, protoreflect.Fixed64Kind:
-		if v, ok := take("gt"); ok {
-			if v.Uint() == ^uint64(0) {
-				return false
-			}
-			n := v.Uint() + 1
-			c.minUint = &n
-		} else if v, ok := take("gte"); ok {
-			n := v.Uint()
-			c.minUint = &n
-		}
-		if v, ok := take("lt"); ok {
-			if v.Uint() == 0 {
-				return false
-			}
-			n := v.Uint() - 1
-			c.maxUint = &n
-		} else if v, ok := take("lte"); ok {
-			n := v.Uint()
-			c.maxUint = &n
-		}
-		return c.minUint == nil || c.maxUint == nil || *c.minUint <= *c.maxUint
+		c.minUint, c.maxUint, ok = bounds(take, protoreflect.Value.Uint, 0, math.MaxUint64)
+	default:
+		c.signed = true
+		c.minInt, c.maxInt, ok = bounds(take, protoreflect.Value.Int, math.MinInt64, math.MaxInt64)
 	}
-	c.signed = true
+	return ok
+}
+
+// bounds is readBounds for values of type T, as of reads them, whose
+// range runs from lowest to highest.
+func bounds[T int64 | uint64](take func(protoreflect.Name) (protoreflect.Value, bool), of func(protoreflect.Value) T, lowest, highest T) (lo, hi *T, ok bool) {
 	if v, ok := take("gt"); ok {
-		if v.Int() == int64(^uint64(0)>>1) {
-			return false
+		if of(v) == highest {
+			return nil, nil, false
 		}
-		n := v.Int() + 1
-		c.minInt = &n
+		n := of(v) + 1
+		lo = &n
 	} else if v, ok := take("gte"); ok {
-		n := v.Int()
-		c.minInt = &n
+		n := of(v)
+		lo = &n
 	}
 	if v, ok := take("lt"); ok {
-		if v.Int() == -int64(^uint64(0)>>1)-1 {
-			return false
+		if of(v) == lowest {
+			return nil, nil, false
 		}
-		n := v.Int() - 1
-		c.maxInt = &n
+		n := of(v) - 1
+		hi = &n
 	} else if v, ok := take("lte"); ok {
-		n := v.Int()
-		c.maxInt = &n
+		n := of(v)
+		hi = &n
 	}
-	return c.minInt == nil || c.maxInt == nil || *c.minInt <= *c.maxInt
+	return lo, hi, lo == nil || hi == nil || *lo <= *hi
 }
 
 // passes reports whether m meets every constraint of the plan: false
