@@ -24,6 +24,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/spate-io/spate/throwaway"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 const (
@@ -260,4 +261,33 @@ func Kafka(t testing.TB, partitions int32, topics ...string) []string {
 	}
 	t.Cleanup(c.Close)
 	return c.ListenAddrs()
+}
+
+// StalledKafka starts a cluster like Kafka's, of one topic, whose produce
+// requests wait until unstall is called (at the latest, at cleanup): a
+// client sees a slow broker, which answers everything else.
+func StalledKafka(t testing.TB, topic string, partitions int32) (c *kfake.Cluster, unstall func()) {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
+	if err != nil {
+		t.Fatalf("spatetest.StalledKafka: %v", err)
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	unstall = func() { once.Do(func() { close(release) }) }
+	t.Cleanup(func() {
+		unstall()
+		c.Close()
+	})
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		select {
+		case <-release:
+			c.DropControl()
+		default:
+			c.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	return c, unstall
 }

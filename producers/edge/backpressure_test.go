@@ -24,9 +24,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -140,46 +138,17 @@ func TestStalledBrokerShedsLoadWithBoundedMemory(t *testing.T) {
 	})
 }
 
-// stalledProducer returns a producing client of a stalledBroker, closed at
-// cleanup.
+// stalledProducer returns a producing client of a spatetest.StalledKafka,
+// closed at cleanup.
 func stalledProducer(t *testing.T, partitions int32) (cl *kgo.Client, unstall func()) {
 	t.Helper()
-	c, unstall := stalledBroker(t, partitions)
+	c, unstall := spatetest.StalledKafka(t, topic, partitions)
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
 	return cl, unstall
-}
-
-// stalledBroker starts a broker whose produce requests wait until unstall
-// is called (at the latest, when the test ends): the client sees a slow
-// broker, which answers everything else.
-func stalledBroker(t *testing.T, partitions int32) (c *kfake.Cluster, unstall func()) {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	release := make(chan struct{})
-	var once sync.Once
-	unstall = func() { once.Do(func() { close(release) }) }
-	t.Cleanup(func() {
-		unstall()
-		c.Close()
-	})
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		select {
-		case <-release:
-			c.DropControl()
-		default:
-			c.SleepControl(func() { <-release })
-		}
-		return nil, nil, false
-	})
-	return c, unstall
 }
 
 // TestTimedOutEventsKeepTheirBytesCounted: events whose publish timed out

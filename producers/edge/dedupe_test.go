@@ -236,7 +236,7 @@ func TestCloseKeepsClaimsOfUnsettledRecords(t *testing.T) {
 	for _, settles := range []bool{true, false} {
 		t.Run(fmt.Sprint("settled before the close ends ", settles), func(t *testing.T) {
 			t.Parallel()
-			c, unstall := stalledBroker(t, 1)
+			c, unstall := spatetest.StalledKafka(t, topic, 1)
 			dd := newDedupe(t)
 			client := func() *kgo.Client {
 				cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, producers.Opts()...)...)
