@@ -35,7 +35,8 @@ given on the command line wins over the environment. Flags that choose what a
 command acts on (spate dlq's selections, spate offsets reset --to, --force
 and --reapply, spate tail --group and --from, spate replay projection --from,
 --partial-history, --skip-rejected and --retry-skipped, spate replay stream's
-range, filters and target, and the load of spate bench edge) are taken from
+range, filters and target, spate dedupe's --key and --dry-run, and the load
+of spate bench edge) are taken from
 the command line only; each says so in its help.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -45,7 +46,7 @@ the command line only; each says so in its help.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newTailCmd(), newReplayCmd(), newDLQCmd(), newOffsetsCmd(), newKeysCmd(), newSchemaCmd(), newBenchCmd())
+	root.AddCommand(newDevCmd(), newEdgeCmd(), newProjectCmd(), newFanoutCmd(), newTailCmd(), newReplayCmd(), newDLQCmd(), newOffsetsCmd(), newDedupeCmd(), newKeysCmd(), newSchemaCmd(), newBenchCmd())
 	return root
 }
 

@@ -34,7 +34,9 @@ import (
 // published (its claim has no receipt yet) gets 409, retry later. When a
 // publish fails, the claim is released; when its outcome is unknown (a
 // timeout), the claim stays until Kafka settles the record, so a retry can
-// never write it twice.
+// never write it twice. The claims of an edge that stopped before Kafka
+// settled its records stay for the window; Held and Resolve let an
+// operator end them (spate dedupe).
 //
 // The claims of concurrent requests go to Redis together, in one pipeline
 // (SET NX GET: Redis 7.0 or later), and so do the receipts of those that
@@ -290,6 +292,31 @@ func claimValues(token string, n int) []any {
 	return vals
 }
 
+// newToken returns a request's token: when it claims, in milliseconds
+// since 1970 (base 36), a dot, and 48 random bits (hex). The time tells
+// spate dedupe resolve where in Kafka to look for the records of a claim
+// that never settled. Tokens of earlier versions are 16 hex digits, and
+// say no time.
+func newToken(now time.Time) string {
+	var b [24]byte
+	t := strconv.AppendInt(b[:0], now.UnixMilli(), 36)
+	t = append(t, '.')
+	return string(fmt.Appendf(t, "%012x", rand.Uint64()>>16))
+}
+
+// tokenTime returns when the request with token claimed, if it says.
+func tokenTime(token string) (time.Time, bool) {
+	ms, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return time.Time{}, false
+	}
+	n, err := strconv.ParseInt(ms, 36, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(n), true
+}
+
 // receiptsKey holds the receipts of the request with token.
 func (d *Dedupe) receiptsKey(token string) string {
 	return d.prefix + "dedupe-receipts:" + token
@@ -369,7 +396,7 @@ return 0
 // another request; then it claims none. When ctx ends first, what it
 // claimed is given back.
 func (d *Dedupe) claim(ctx context.Context, by scope, evs []*spatev1.Event) (token string, prior []*spatev1.Receipt, busy bool, err error) {
-	j := &claimJob{keys: make([]string, len(evs)), token: fmt.Sprintf("%016x", rand.Uint64()), ch: make(chan struct{})}
+	j := &claimJob{keys: make([]string, len(evs)), token: newToken(time.Now()), ch: make(chan struct{})}
 	for i, ev := range evs {
 		j.keys[i] = d.key(by, ev)
 	}
