@@ -36,13 +36,6 @@ type Problem struct {
 	Errors []FieldError `json:"errors,omitempty"`
 }
 
-type receiptJSON struct {
-	ID        string `json:"id"`
-	Topic     string `json:"topic"`
-	Partition int32  `json:"partition"`
-	Offset    int64  `json:"offset"`
-}
-
 func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	key, err := s.authenticate(r.Context(), r.Header) // before reading what may be a large body
 	if err != nil {
@@ -418,19 +411,31 @@ func writeReceipts(w http.ResponseWriter, ct string, rs []*spatev1.Receipt) {
 		if err != nil {
 			panic(err) // a PublishResponse always marshals
 		}
-		w.Header().Set("Content-Type", ct)
-		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		w.WriteHeader(http.StatusAccepted)
-		w.Write(b)
+		writeBody(w, http.StatusAccepted, ct, b)
 		return
 	}
-	out := struct {
-		Receipts []receiptJSON `json:"receipts"`
-	}{make([]receiptJSON, len(rs))}
+	writeBody(w, http.StatusAccepted, "application/json", appendReceiptsJSON(nil, rs))
+}
+
+// appendReceiptsJSON appends {"receipts":[{"id","topic","partition",
+// "offset"}, ...]} and a newline, as encoding/json would write them but
+// for its escapes of <, > and &, which JSON does not need; without
+// reflection, which took 2.5% of the edge's CPU at 100-event JSON batches.
+func appendReceiptsJSON(b []byte, rs []*spatev1.Receipt) []byte {
+	b = append(b, `{"receipts":[`...)
 	for i, r := range rs {
-		out.Receipts[i] = receiptJSON{ID: r.Id, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		// Ids and topics are valid UTF-8 (JSON and protobuf decoding
+		// refuse other strings), which is all AppendQuote can fail on.
+		b, _ = jsontext.AppendQuote(append(b, `{"id":`...), r.Id)
+		b, _ = jsontext.AppendQuote(append(b, `,"topic":`...), r.Topic)
+		b = strconv.AppendInt(append(b, `,"partition":`...), int64(r.Partition), 10)
+		b = strconv.AppendInt(append(b, `,"offset":`...), r.Offset, 10)
+		b = append(b, '}')
 	}
-	writeJSON(w, http.StatusAccepted, "application/json", out)
+	return append(b, "]}\n"...)
 }
 
 func writeProblem(w http.ResponseWriter, status int, kind, title, detail string, errs []FieldError) {
@@ -448,7 +453,10 @@ func writeJSON(w http.ResponseWriter, status int, ct string, v any) {
 	if err != nil {
 		panic(err) // our own types always marshal
 	}
-	b = append(b, '\n')
+	writeBody(w, status, ct, append(b, '\n'))
+}
+
+func writeBody(w http.ResponseWriter, status int, ct string, b []byte) {
 	w.Header().Set("Content-Type", ct)
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)

@@ -3,16 +3,19 @@ package edge
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"unicode/utf8"
 
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/proto/spate/v1/spatev1connect"
@@ -237,4 +240,47 @@ func TestConnectUnaryEncodings(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzReceiptsJSON: the receipts a JSON request gets read as what they
+// are, for any id and topic, and they are what encoding/json writes but
+// for its escapes: of <, > and &, and of U+2028 and U+2029.
+func FuzzReceiptsJSON(f *testing.F) {
+	f.Add("e1", "spate.events", int32(0), int64(0), "e2")
+	f.Add(`"<a&b>"\`, "t", int32(11), int64(1)<<62, "\u2028\x00é")
+	f.Add("", "t", int32(-1), int64(-1), "\x7f")
+	f.Fuzz(func(t *testing.T, id, topic string, partition int32, offset int64, id2 string) {
+		if !utf8.ValidString(id) || !utf8.ValidString(topic) || !utf8.ValidString(id2) {
+			t.Skip("ids and topics are valid UTF-8")
+		}
+		rs := []*spatev1.Receipt{{Id: id, Topic: topic, Partition: partition, Offset: offset}, {Id: id2, Topic: topic, Partition: partition + 1, Offset: offset - 1}}
+		type receiptJSON struct {
+			ID        string `json:"id"`
+			Topic     string `json:"topic"`
+			Partition int32  `json:"partition"`
+			Offset    int64  `json:"offset"`
+		}
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		out := struct {
+			Receipts []receiptJSON `json:"receipts"`
+		}{}
+		for _, r := range rs {
+			out.Receipts = append(out.Receipts, receiptJSON{r.Id, r.Topic, r.Partition, r.Offset})
+		}
+		if err := enc.Encode(out); err != nil {
+			t.Fatal(err)
+		}
+		got := appendReceiptsJSON(nil, rs)
+		if !strings.ContainsAny(id+topic+id2, "\u2028\u2029") && !bytes.Equal(got, want.Bytes()) {
+			t.Errorf("appendReceiptsJSON:\n%s\nencoding/json:\n%s", got, want.Bytes())
+		}
+		var read struct {
+			Receipts []receiptJSON `json:"receipts"`
+		}
+		if err := json.Unmarshal(got, &read); err != nil || !reflect.DeepEqual(read, out) {
+			t.Errorf("appendReceiptsJSON:\n%s\nreads as %+v (%v), want %+v", got, read, err, out)
+		}
+	})
 }
