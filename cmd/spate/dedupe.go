@@ -15,6 +15,7 @@ import (
 
 	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/consumers"
+	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
 	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 )
@@ -34,10 +35,12 @@ those events get 409 for the rest of the window, since Kafka may or may not
 have written them. show tells such claims apart; resolve looks for each
 one's record in Kafka and ends the claim: with the record's receipt when
 Kafka has it, so that retries get it, or by releasing it when Kafka does
-not, so that a retry publishes the event. Either way no event is written
-twice.
+not, so that a retry publishes the event. Once the edge has stopped,
+neither writes an event twice.
 
-Name each event by its source and id, in pairs.`,
+Name each event by its source and id, in pairs, and give the --topic of the
+edges that published it and the --key that sent it: both are part of what
+the store holds it by.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
@@ -53,11 +56,17 @@ type dedupeFlags struct {
 	key      string
 }
 
-func (f *dedupeFlags) register(fs *pflag.FlagSet) {
-	f.logFlags.register(fs)
-	f.kafkaFlags.register(fs, []string{"127.0.0.1:9092"})
+// register adds the flags; withKafka, those of the logs and Kafka's
+// brokers too, besides --topic.
+func (f *dedupeFlags) register(fs *pflag.FlagSet, withKafka bool) {
+	if withKafka {
+		f.logFlags.register(fs)
+		f.kafkaFlags.register(fs, []string{"127.0.0.1:9092"})
+	} else {
+		fs.StringVar(&f.topic, "topic", producers.DefaultTopic, "Kafka topic of the edges that published the events (their --topic)")
+	}
 	fs.StringVar(&f.redisURL, "dedupe-redis-url", "redis://127.0.0.1:6379/0", "the Redis of the edges' dedupe store (their --dedupe-redis-url); spate dev prints the URL of its server")
-	fs.StringVar(&f.key, "key", "", "the name of the API key (or client certificate), in the edges' --keys file, that sent the events; none for edges without keys")
+	fs.StringVar(&f.key, "key", "", "the name the events were sent under: the API key's or client certificate's in the edges' --keys file or, without one, the client certificate's (its first URI or DNS name, else its common name); none for edges without either")
 }
 
 // open returns the dedupe store of the flags and the Redis client to close.
@@ -70,18 +79,26 @@ func (f *dedupeFlags) open() (*edge.Dedupe, *redis.Client, error) {
 	return edge.NewDedupe(rdb, 0, ""), rdb, nil
 }
 
-// dedupeEvents reads the events named by args, source and id in pairs.
+// dedupeEvents checks that args name events, by source and id in pairs.
 func dedupeEvents(_ *cobra.Command, args []string) error {
-	if len(args) == 0 || len(args)%2 != 0 {
+	switch {
+	case len(args) == 1:
+		return fmt.Errorf("name each event by its source and id, in pairs: got 1 argument")
+	case len(args) == 0 || len(args)%2 != 0:
 		return fmt.Errorf("name each event by its source and id, in pairs: got %d arguments", len(args))
 	}
 	return nil
 }
 
+// eventsOf returns the events args name, each once.
 func eventsOf(args []string) []*spatev1.Event {
 	evs := make([]*spatev1.Event, 0, len(args)/2)
+	seen := map[eventRef]bool{}
 	for i := 0; i < len(args); i += 2 {
-		evs = append(evs, &spatev1.Event{Source: args[i], Id: args[i+1]})
+		if ref := (eventRef{args[i], args[i+1]}); !seen[ref] {
+			seen[ref] = true
+			evs = append(evs, &spatev1.Event{Source: ref.source, Id: ref.id})
+		}
 	}
 	return evs
 }
@@ -100,7 +117,7 @@ func newDedupeShowCmd() *cobra.Command {
              its publish failed and was released
 
 and how long the store remembers it still. It changes nothing, and needs
-no Kafka.`,
+no Kafka. A wrong --topic or --key shows every event as not held.`,
 		Example: `  spate dedupe show /shop order-1001 --dedupe-redis-url redis://redis:6379/0
   spate dedupe show /shop order-1001 /shop order-1002 --key checkout`,
 		Args: dedupeEvents,
@@ -125,7 +142,7 @@ no Kafka.`,
 			return w.Flush()
 		},
 	}
-	f.register(cmd.Flags())
+	f.register(cmd.Flags(), false)
 	annotateEnv(cmd.Flags())
 	cmdLineOnly(cmd.Flags(), "key")
 	return cmd
@@ -166,22 +183,23 @@ func newDedupeResolveCmd() *cobra.Command {
 		Use:   "resolve SOURCE ID [SOURCE ID ...]",
 		Short: "End the claims an edge left when it stopped before Kafka answered: with the record Kafka has, or released",
 		Long: `Resolve ends the claims of events whose publish never settled, because the
-edge publishing them stopped before Kafka answered. For each such claim it
-looks in --topic for the event's record (the same source and id, sent with
-the same --key) among the records written from a minute before the claim
-to a minute after it: the edge hands a record to Kafka right after its
-claim. Then:
+edge publishing them stopped before Kafka answered. It looks in --topic for
+each claimed event's record (the same source and id, sent under the same
+--key), reading every record from a minute before the earliest claim to
+the topic's end: the edge produces a record after claiming it. Then:
 
   found      the claim becomes the record's receipt: retries get it, as if
              the edge had recorded it itself
   not found  the claim is released: the next retry publishes the event
 
-A claim younger than --older-than is left alone: an edge that is still
-running keeps a claim until Kafka answers, however long Kafka takes, and
-it may still write the record. So resolve the claims of an edge that has
-stopped, once it has. Events already published, not held, or claimed by an
-earlier version (whose claims do not say when they were made) are left
-alone too. With --dry-run, resolve searches and says what it would do.`,
+A claim is left alone when it is younger than --older-than: an edge that
+is still running keeps a claim until Kafka answers, however long Kafka
+takes, and may still write the record. So resolve the claims of an edge
+that has stopped, once it has. A claim whose record is not found is left
+alone too when Kafka no longer holds every record it could be (retention
+removed the oldest of them). So are events already published, not held,
+or claimed by an earlier version (whose claims do not say when they were
+made). With --dry-run, resolve searches and says what it would do.`,
 		Example: `  spate dedupe resolve /shop order-1001 /shop order-1002 --kafka-brokers kafka:9092 --dedupe-redis-url redis://redis:6379/0
   spate dedupe resolve /shop order-1001 --key checkout --dry-run`,
 		Args: dedupeEvents,
@@ -202,18 +220,19 @@ alone too. With --dry-run, resolve searches and says what it would do.`,
 			return r.resolve(cmd.Context(), eventsOf(args), time.Now())
 		},
 	}
-	f.register(cmd.Flags())
-	cmd.Flags().DurationVar(&olderThan, "older-than", 10*time.Minute, "resolve only claims at least this old: a running edge keeps its claims until Kafka answers")
+	f.register(cmd.Flags(), true)
 	annotateEnv(cmd.Flags())
+	cmd.Flags().DurationVar(&olderThan, "older-than", 10*time.Minute, "resolve only claims at least this old: a running edge keeps its claims until Kafka answers")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "search Kafka and say what would be done, changing nothing")
-	cmdLineOnly(cmd.Flags(), "key", "dry-run")
+	cmdLineOnly(cmd.Flags(), "key", "older-than", "dry-run")
 	return cmd
 }
 
-// resolveSpan is how far from its claim's time an event's record is
-// searched for, either way: the edge produces it right after the claim,
-// with its own clock, and a produce retried keeps its first timestamp.
-const resolveSpan = time.Minute
+// resolveSkew is how long before its claim's time an event's record is
+// searched from: the edge produces it after the claim, and stamps it with
+// the same clock (with the topic's message.timestamp.type CreateTime), or
+// Kafka does (LogAppendTime), whose clock may be behind.
+const resolveSkew = time.Minute
 
 type dedupeResolver struct {
 	d         *edge.Dedupe
@@ -237,7 +256,7 @@ func (r dedupeResolver) resolve(ctx context.Context, evs []*spatev1.Event, now t
 		fmt.Fprintf(r.out, "%s %s: %s\n", evs[i].Source, evs[i].Id, fmt.Sprintf(format, a...))
 	}
 	var todo []int
-	var from, to time.Time
+	var from time.Time // the earliest claim to resolve
 	for i, h := range hs {
 		switch {
 		case h.Receipt != nil:
@@ -253,7 +272,6 @@ func (r dedupeResolver) resolve(ctx context.Context, evs []*spatev1.Event, now t
 			if from.IsZero() || h.Since.Before(from) {
 				from = h.Since
 			}
-			to = later(to, h.Since)
 		}
 	}
 	if len(todo) == 0 {
@@ -263,13 +281,15 @@ func (r dedupeResolver) resolve(ctx context.Context, evs []*spatev1.Event, now t
 	for _, i := range todo {
 		want[eventRef{evs[i].Source, evs[i].Id}] = i
 	}
-	found, err := r.search(ctx, from.Add(-resolveSpan), to.Add(resolveSpan), want)
+	found, whole, err := r.search(ctx, from.Add(-resolveSkew), want)
 	if err != nil {
 		return err
 	}
 	for _, i := range todo {
 		rec := found[i]
 		switch {
+		case rec == nil && !whole:
+			say(i, "not found, but Kafka no longer holds every record since its claim (retention removed the oldest): left alone; send it again with a new id")
 		case r.dryRun && rec != nil:
 			say(i, "in Kafka at %s: would take that receipt (dry run)", receiptText(rec))
 		case r.dryRun:
@@ -291,30 +311,37 @@ func (r dedupeResolver) resolve(ctx context.Context, evs []*spatev1.Event, now t
 	return nil
 }
 
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
-}
-
-// search reads the records of the topic written from one time to another
-// and returns the receipts of those of the events wanted (by their index),
-// sent with the resolver's key: the first of each.
-func (r dedupeResolver) search(ctx context.Context, from, to time.Time, want map[eventRef]int) (map[int]*spatev1.Receipt, error) {
+// search reads the records of the topic stamped from a time on, to the
+// topic's end, and returns the receipts of those of the events wanted (by
+// their index) that were sent under the resolver's key, the first of each.
+// Records are read to the end, not to some time after from: a record's
+// place in a partition does not follow its stamp (edges' clocks differ,
+// and a produce retried keeps its first stamp). whole says whether Kafka
+// held every record that could be one of them until the search ended: it
+// does not when retention removed records stamped from that time on, and
+// the oldest it holds may not be the oldest written.
+func (r dedupeResolver) search(ctx context.Context, from time.Time, want map[eventRef]int) (found map[int]*spatev1.Receipt, whole bool, err error) {
 	cl, err := kgo.NewClient(r.e.kafkaOpts("spate-dedupe")...)
 	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
+		return nil, false, fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
+	logStarts, ends, err := bounds(ctx, adm, r.e.topic)
+	if err != nil {
+		return nil, false, err
+	}
 	starts, err := position{kind: atTime, time: from}.resolve(ctx, adm, r.e.topic)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	ends, err := position{kind: atTime, time: to}.resolve(ctx, adm, r.e.topic)
-	if err != nil {
-		return nil, err
+	// Where a partition's first record is stamped from then on and records
+	// before it were removed, those may have been too.
+	whole = true
+	for p, start := range starts {
+		if start == logStarts[p] && start > 0 {
+			whole = false
+		}
 	}
 	var total int64
 	for p, end := range ends {
@@ -322,7 +349,7 @@ func (r dedupeResolver) search(ctx context.Context, from, to time.Time, want map
 	}
 	prog := startProgress(r.stderr, r.e.log, "searching "+r.e.topic, total)
 	defer prog.finish()
-	found := map[int]*spatev1.Receipt{}
+	found = map[int]*spatev1.Receipt{}
 	err = consumers.ReadRange(ctx, r.e.kafkaOpts("spate-dedupe"), r.e.topic, starts, ends, func(rec *kgo.Record) error {
 		prog.add(1)
 		var ref eventRef
@@ -343,5 +370,18 @@ func (r dedupeResolver) search(ctx context.Context, from, to time.Time, want map
 		}
 		return nil
 	})
-	return found, err
+	if err != nil {
+		return nil, false, err
+	}
+	// Records retention removed during the search were not read.
+	after, _, err := bounds(ctx, adm, r.e.topic)
+	if err != nil {
+		return nil, false, err
+	}
+	for p, start := range starts {
+		if after[p] > start {
+			whole = false
+		}
+	}
+	return found, whole, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +16,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/spate-io/spate/cekafka"
 	"github.com/spate-io/spate/producers"
 	"github.com/spate-io/spate/producers/edge"
+	spatev1 "github.com/spate-io/spate/proto/spate/v1"
 	"github.com/spate-io/spate/schemas"
 	"github.com/spate-io/spate/spatetest"
 )
@@ -118,7 +121,7 @@ func TestDedupeResolve(t *testing.T) {
 
 	spate := func(args ...string) string {
 		t.Helper()
-		out, errs, err := runSpate(context.Background(), append(args, "--key", "alpha", "--dedupe-redis-url", redisURL, "--kafka-brokers", brokers)...)
+		out, errs, err := runSpate(context.Background(), append(args, "--key", "alpha", "--dedupe-redis-url", redisURL)...)
 		if err != nil {
 			t.Fatalf("spate %s: %v\n%s%s", strings.Join(args, " "), err, out, errs)
 		}
@@ -137,7 +140,7 @@ func TestDedupeResolve(t *testing.T) {
 		}
 	}
 
-	resolve := append([]string{"dedupe", "resolve"}, events[:4]...)
+	resolve := append([]string{"dedupe", "resolve", "--kafka-brokers", brokers}, events[:4]...)
 	out := spate(resolve...)
 	if n := strings.Count(out, "left alone, a running edge may still settle it (--older-than 10m0s)"); n != 2 {
 		t.Errorf("resolve of claims seconds old:\n%s\nwant both left alone", out)
@@ -222,5 +225,137 @@ func TestDedupeNeedsPairs(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "in pairs") {
 			t.Errorf("spate %s: %v, want an error asking for pairs", strings.Join(args, " "), err)
 		}
+	}
+}
+
+// resolveFixture is a topic, and a dedupe store in which a test leaves
+// claims as an edge that stopped leaves them.
+type resolveFixture struct {
+	t        *testing.T
+	brokers  string
+	redisURL string
+	dedupe   *edge.Dedupe
+	source   string
+	cl       *kgo.Client
+}
+
+func newResolveFixture(t *testing.T) *resolveFixture {
+	t.Helper()
+	brokers := spatetest.Kafka(t, 1, producers.DefaultTopic)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	url := spatetest.Redis(t)
+	return &resolveFixture{t: t, brokers: strings.Join(brokers, ","), redisURL: url,
+		dedupe: edge.NewDedupe(spatetest.RedisClientOf(t, url), time.Hour, ""), source: "/resolve/" + spatetest.KeyPrefix(t), cl: cl}
+}
+
+// claim leaves the claim of event id an edge made at `at`, and returns its
+// key.
+func (x *resolveFixture) claim(id string, at time.Time) string {
+	x.t.Helper()
+	hs, err := x.dedupe.Held(context.Background(), producers.DefaultTopic, "", []*spatev1.Event{{Source: x.source, Id: id}})
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	token := strconv.FormatInt(at.UnixMilli(), 36) + ".0123456789ab" // as newToken makes them
+	if err := spatetest.RedisClientOf(x.t, x.redisURL).Set(context.Background(), hs[0].Key, "pending:"+token+":0", time.Hour).Err(); err != nil {
+		x.t.Fatal(err)
+	}
+	return hs[0].Key
+}
+
+// produce writes the record of event id, stamped ts.
+func (x *resolveFixture) produce(id string, ts time.Time) {
+	x.t.Helper()
+	r := cekafka.Record(producers.DefaultTopic, &spatev1.Event{Source: x.source, Id: id, Type: "shop.order.placed.v1"})
+	r.Timestamp = ts
+	if err := x.cl.ProduceSync(context.Background(), r).FirstErr(); err != nil {
+		x.t.Fatal(err)
+	}
+}
+
+func (x *resolveFixture) resolve(ids ...string) string {
+	x.t.Helper()
+	args := []string{"dedupe", "resolve", "--older-than", "0", "--dedupe-redis-url", x.redisURL, "--kafka-brokers", x.brokers}
+	for _, id := range ids {
+		args = append(args, x.source, id)
+	}
+	out, errs, err := runSpate(context.Background(), args...)
+	if err != nil {
+		x.t.Fatalf("spate %s: %v\n%s%s", strings.Join(args, " "), err, out, errs)
+	}
+	return out
+}
+
+func (x *resolveFixture) holds(key string) string {
+	x.t.Helper()
+	v, err := spatetest.RedisClientOf(x.t, x.redisURL).Get(context.Background(), key).Result()
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return v
+}
+
+// TestDedupeResolveReadsToTheEnd: a claimed event's record is found after
+// a record stamped later (another edge's clock ahead), and when stamped
+// long after its claim (by a broker's clock, LogAppendTime).
+func TestDedupeResolveReadsToTheEnd(t *testing.T) {
+	t.Parallel()
+	x := newResolveFixture(t)
+	at := time.Now().Add(-20 * time.Minute)
+	x.claim("e1", at)
+	x.claim("e2", at)
+	x.produce("other", at.Add(2*time.Minute))
+	x.produce("e1", at.Add(time.Millisecond))
+	x.produce("e2", at.Add(5*time.Minute))
+	out := x.resolve("e1", "e2")
+	for _, want := range []string{x.source + " e1: in Kafka at spate.events/0@1", x.source + " e2: in Kafka at spate.events/0@2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("resolve:\n%s\nwant %q", out, want)
+		}
+	}
+}
+
+// TestDedupeResolveTakesEachEventOnce: an event named twice is resolved
+// once, with its record's receipt.
+func TestDedupeResolveTakesEachEventOnce(t *testing.T) {
+	t.Parallel()
+	x := newResolveFixture(t)
+	at := time.Now().Add(-20 * time.Minute)
+	key := x.claim("e1", at)
+	x.produce("e1", at.Add(time.Millisecond))
+	out := x.resolve("e1", "e1")
+	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "e1: in Kafka at spate.events/0@0: retries now get that receipt") {
+		t.Errorf("resolve of e1 named twice:\n%s", out)
+	}
+	if v := x.holds(key); v != "spate.events\x000\x000" {
+		t.Errorf("e1's key holds %q, want its record's receipt", v)
+	}
+}
+
+// TestDedupeResolveAfterRetention: a claim whose record is not found is
+// left alone when records that may have been it were removed: before the
+// search, or during it.
+func TestDedupeResolveAfterRetention(t *testing.T) {
+	t.Parallel()
+	x := newResolveFixture(t)
+	at := time.Now().Add(-20 * time.Minute)
+	key := x.claim("e1", at)
+	x.produce("e1", at.Add(time.Millisecond))
+	x.produce("later", time.Now())
+	var gone kadm.Offsets
+	gone.Add(kadm.Offset{Topic: producers.DefaultTopic, Partition: 0, At: 1})
+	if _, err := kadm.NewClient(x.cl).DeleteRecords(context.Background(), gone); err != nil {
+		t.Fatal(err)
+	}
+	out := x.resolve("e1")
+	if !strings.Contains(out, "e1: not found, but Kafka no longer holds every record since its claim") {
+		t.Errorf("resolve once retention removed e1's record:\n%s", out)
+	}
+	if v := x.holds(key); !strings.HasPrefix(v, "pending:") {
+		t.Errorf("e1's key holds %q, want its claim still", v)
 	}
 }

@@ -35,9 +35,9 @@ given on the command line wins over the environment. Flags that choose what a
 command acts on (spate dlq's selections, spate offsets reset --to, --force
 and --reapply, spate tail --group and --from, spate replay projection --from,
 --partial-history, --skip-rejected and --retry-skipped, spate replay stream's
-range, filters and target, spate dedupe's --key and --dry-run, and the load
-of spate bench edge) are taken from
-the command line only; each says so in its help.`,
+range, filters and target, spate dedupe's --key, --older-than and --dry-run,
+and the load of spate bench edge) are taken from the command line only; each
+says so in its help.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {

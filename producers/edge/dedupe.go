@@ -457,14 +457,21 @@ func (d *Dedupe) receiptsOf(ctx context.Context, evs []*spatev1.Event, vals []st
 	for n, i := range others {
 		token, place, ok := strings.Cut(strings.TrimPrefix(vals[i], pending+":"), ":")
 		if places[n], err = strconv.Atoi(place); !ok || err != nil {
-			return true, nil // a claim that names no place: in flight
+			busy = true // a claim that names no place (an earlier version's): in flight
+			continue
 		}
 		gets[n] = p.Get(ctx, d.receiptsKey(token))
+	}
+	if p.Len() == 0 {
+		return busy, nil
 	}
 	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return false, err
 	}
 	for n, i := range others {
+		if gets[n] == nil {
+			continue
+		}
 		v, err := gets[n].Result()
 		if errors.Is(err, redis.Nil) {
 			busy = true

@@ -225,36 +225,51 @@ func TestClaimsExpireWithTheWindow(t *testing.T) {
 
 // TestHeldTellsWhenAClaimWasMade: a claim's token says when it was made,
 // to the millisecond; a claim of an earlier version, whose token is 16 hex
-// digits, says no time, and Held gives it a zero Since. A receipt that a
-// resolved claim holds in its key is read as the event's.
+// digits, says no time, and Held gives it a zero Since. An event whose
+// request settled gets its receipt, even beside an earlier version's claim
+// that names no place; so does a resolved claim, which holds its receipt
+// in its key.
 func TestHeldTellsWhenAClaimWasMade(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := spatetest.RedisClient(t)
 	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
-	now, old, settled := &spatev1.Event{Id: "now", Source: "s"}, &spatev1.Event{Id: "old", Source: "s"}, &spatev1.Event{Id: "done", Source: "s"}
+	ev := func(id string) *spatev1.Event { return &spatev1.Event{Id: id, Source: "s"} }
+	placeless, now, old, settled, resolved := ev("placeless"), ev("now"), ev("old"), ev("settled"), ev("resolved")
+	token, prior, busy, err := d.claim(ctx, testScope, []*spatev1.Event{settled})
+	if err != nil || busy {
+		t.Fatalf("claim: busy %v, %v", busy, err)
+	}
+	if err := d.settle(testScope, token, []*spatev1.Event{settled}, prior, []*spatev1.Receipt{{Id: "settled", Topic: "t", Partition: 1, Offset: 7}}); err != nil {
+		t.Fatal(err)
+	}
 	before := time.Now().Truncate(time.Millisecond)
 	if _, _, busy, err := d.claim(ctx, testScope, []*spatev1.Event{now}); err != nil || busy {
 		t.Fatalf("claim: busy %v, %v", busy, err)
 	}
 	after := time.Now()
-	if err := rdb.Set(ctx, d.key(testScope, old), claimValue("0123456789abcdef", 0), time.Hour).Err(); err != nil {
-		t.Fatal(err)
+	for e, v := range map[*spatev1.Event]string{placeless: pending + ":0123456789abcdef", old: claimValue("0123456789abcdef", 0), resolved: "t\x003\x0042"} {
+		if err := rdb.Set(ctx, d.key(testScope, e), v, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := rdb.Set(ctx, d.key(testScope, settled), "t\x003\x0042", time.Hour).Err(); err != nil {
-		t.Fatal(err)
-	}
-	hs, err := d.Held(ctx, testScope.topic, testScope.principal, []*spatev1.Event{now, old, settled})
+	hs, err := d.Held(ctx, testScope.topic, testScope.principal, []*spatev1.Event{placeless, now, old, settled, resolved})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := hs[0]; h.Claim == "" || h.Receipt != nil || h.Since.Before(before) || h.Since.After(after) || h.TTL <= 0 || h.TTL > time.Hour {
+	if h := hs[0]; h.Claim == "" || h.Receipt != nil || !h.Since.IsZero() {
+		t.Errorf("a claim that names no place: %+v", h)
+	}
+	if h := hs[1]; h.Claim == "" || h.Receipt != nil || h.Since.Before(before) || h.Since.After(after) || h.TTL <= 0 || h.TTL > time.Hour {
 		t.Errorf("a claim made between %v and %v: %+v", before, after, h)
 	}
-	if h := hs[1]; h.Claim == "" || !h.Since.IsZero() {
+	if h := hs[2]; h.Claim == "" || !h.Since.IsZero() {
 		t.Errorf("a claim of an earlier version: %+v, want it claimed, at no time said", h)
 	}
-	if h := hs[2]; h.Claim != "" || h.Receipt == nil || h.Receipt.Id != "done" || h.Receipt.Topic != "t" || h.Receipt.Partition != 3 || h.Receipt.Offset != 42 {
-		t.Errorf("a receipt held in the key: %+v", h)
+	for i, want := range map[int]string{3: "settled t/1@7", 4: "resolved t/3@42"} {
+		h := hs[i]
+		if h.Claim != "" || h.Receipt == nil || fmt.Sprintf("%s %s/%d@%d", h.Receipt.Id, h.Receipt.Topic, h.Receipt.Partition, h.Receipt.Offset) != want {
+			t.Errorf("event %d: %+v, want the receipt %s", i, h, want)
+		}
 	}
 }

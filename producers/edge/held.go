@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -42,9 +43,7 @@ func (d *Dedupe) Held(ctx context.Context, topic, principal string, evs []*spate
 		hs[i].Key = d.key(by, ev)
 		gets[i], ttls[i] = p.Get(ctx, hs[i].Key), p.PTTL(ctx, hs[i].Key)
 	}
-	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("dedupe: %w", err)
-	}
+	p.Exec(ctx) // each command tells its own error: redis.Nil for a key not held
 	vals := make([]string, len(evs))
 	receipts := make([]*spatev1.Receipt, len(evs))
 	var claimed []int
@@ -52,6 +51,9 @@ func (d *Dedupe) Held(ctx context.Context, topic, principal string, evs []*spate
 		v, err := gets[i].Result()
 		if errors.Is(err, redis.Nil) {
 			continue
+		}
+		if err = cmp.Or(err, ttls[i].Err()); err != nil {
+			return nil, fmt.Errorf("dedupe: %w", err)
 		}
 		vals[i] = v
 		switch ttl := ttls[i].Val(); {
