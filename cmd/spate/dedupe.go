@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -196,10 +198,12 @@ A claim is left alone when it is younger than --older-than: an edge that
 is still running keeps a claim until Kafka answers, however long Kafka
 takes, and may still write the record. So resolve the claims of an edge
 that has stopped, once it has. A claim whose record is not found is left
-alone too when Kafka no longer holds every record it could be (retention
-removed the oldest of them). So are events already published, not held,
-or claimed by an earlier version (whose claims do not say when they were
-made). With --dry-run, resolve searches and says what it would do.`,
+alone too when Kafka may have removed it: retention removed records from
+where the search begins, or the topic is compacted. So are events already
+published, not held, or claimed by an earlier version (whose claims do not
+say when they were made). Transactional records are not taken: an edge
+never writes one. With --dry-run, resolve searches and says what it would
+do.`,
 		Example: `  spate dedupe resolve /shop order-1001 /shop order-1002 --kafka-brokers kafka:9092 --dedupe-redis-url redis://redis:6379/0
   spate dedupe resolve /shop order-1001 --key checkout --dry-run`,
 		Args: dedupeEvents,
@@ -265,6 +269,8 @@ func (r dedupeResolver) resolve(ctx context.Context, evs []*spatev1.Event, now t
 			say(i, "not held: nothing to resolve")
 		case h.Since.IsZero():
 			say(i, "claimed by an earlier version, which does not say when: left alone; look for its record with kcat, and send it again with a new id if Kafka lacks it")
+		case h.Since.After(now):
+			say(i, "claimed at %s, later than this machine's clock says it is now: left alone", h.Since.UTC().Format(time.RFC3339))
 		case now.Sub(h.Since) < r.olderThan:
 			say(i, "claimed %s ago: left alone, a running edge may still settle it (--older-than %v)", now.Sub(h.Since).Round(time.Second), r.olderThan)
 		default:
@@ -281,15 +287,15 @@ func (r dedupeResolver) resolve(ctx context.Context, evs []*spatev1.Event, now t
 	for _, i := range todo {
 		want[eventRef{evs[i].Source, evs[i].Id}] = i
 	}
-	found, whole, err := r.search(ctx, from.Add(-resolveSkew), want)
+	found, cut, err := r.search(ctx, from.Add(-resolveSkew), want)
 	if err != nil {
 		return err
 	}
 	for _, i := range todo {
 		rec := found[i]
 		switch {
-		case rec == nil && !whole:
-			say(i, "not found, but Kafka no longer holds every record since its claim (retention removed the oldest): left alone; send it again with a new id")
+		case rec == nil && cut != "":
+			say(i, "not found, but %s: left alone; send it again with a new id if Kafka lacks it", cut)
 		case r.dryRun && rec != nil:
 			say(i, "in Kafka at %s: would take that receipt (dry run)", receiptText(rec))
 		case r.dryRun:
@@ -316,32 +322,28 @@ func (r dedupeResolver) resolve(ctx context.Context, evs []*spatev1.Event, now t
 // their index) that were sent under the resolver's key, the first of each.
 // Records are read to the end, not to some time after from: a record's
 // place in a partition does not follow its stamp (edges' clocks differ,
-// and a produce retried keeps its first stamp). whole says whether Kafka
-// held every record that could be one of them until the search ended: it
-// does not when retention removed records stamped from that time on, and
-// the oldest it holds may not be the oldest written.
-func (r dedupeResolver) search(ctx context.Context, from time.Time, want map[eventRef]int) (found map[int]*spatev1.Receipt, whole bool, err error) {
+// and a produce retried keeps its first stamp). cut says why a record not
+// found may have been written all the same ("" when it was not): Kafka
+// removed records that could have been it, by retention or compaction.
+func (r dedupeResolver) search(ctx context.Context, from time.Time, want map[eventRef]int) (found map[int]*spatev1.Receipt, cut string, err error) {
 	cl, err := kgo.NewClient(r.e.kafkaOpts("spate-dedupe")...)
 	if err != nil {
-		return nil, false, fmt.Errorf("kafka client: %w", err)
+		return nil, "", fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	logStarts, ends, err := bounds(ctx, adm, r.e.topic)
+	if compacted, err := isCompacted(ctx, adm, r.e.topic); err != nil {
+		return nil, "", err
+	} else if compacted {
+		cut = "the topic is compacted, which may have removed it"
+	}
+	_, ends, err := bounds(ctx, adm, r.e.topic)
 	if err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	starts, err := position{kind: atTime, time: from}.resolve(ctx, adm, r.e.topic)
 	if err != nil {
-		return nil, false, err
-	}
-	// Where a partition's first record is stamped from then on and records
-	// before it were removed, those may have been too.
-	whole = true
-	for p, start := range starts {
-		if start == logStarts[p] && start > 0 {
-			whole = false
-		}
+		return nil, "", err
 	}
 	var total int64
 	for p, end := range ends {
@@ -352,6 +354,11 @@ func (r dedupeResolver) search(ctx context.Context, from time.Time, want map[eve
 	found = map[int]*spatev1.Receipt{}
 	err = consumers.ReadRange(ctx, r.e.kafkaOpts("spate-dedupe"), r.e.topic, starts, ends, func(rec *kgo.Record) error {
 		prog.add(1)
+		if rec.Attrs.IsTransactional() {
+			// Not an edge's (its producer is idempotent, never
+			// transactional): a copy, committed or aborted, or a marker.
+			return nil
+		}
 		var ref eventRef
 		var principal string
 		for _, h := range rec.Headers {
@@ -371,17 +378,40 @@ func (r dedupeResolver) search(ctx context.Context, from time.Time, want map[eve
 		return nil
 	})
 	if err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
-	// Records retention removed during the search were not read.
-	after, _, err := bounds(ctx, adm, r.e.topic)
+	// Where retention removed records from where the search began, or up
+	// to there (those could have been stamped from then on too), by the
+	// time it ended, it may have missed the record.
+	logStarts, _, err := bounds(ctx, adm, r.e.topic)
 	if err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	for p, start := range starts {
-		if after[p] > start {
-			whole = false
+		if logStarts[p] > start || logStarts[p] == start && start > 0 {
+			cut = cmp.Or(cut, "Kafka no longer holds every record since its claim (retention removed the oldest), which may have been it")
 		}
 	}
-	return found, whole, nil
+	return found, cut, nil
+}
+
+// isCompacted reports whether topic's cleanup.policy compacts it.
+func isCompacted(ctx context.Context, adm *kadm.Client, topic string) (bool, error) {
+	rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return false, fmt.Errorf("configs of %s: %w", topic, err)
+	}
+	rc, err := rcs.On(topic, nil)
+	if err == nil {
+		err = rc.Err
+	}
+	if err != nil {
+		return false, fmt.Errorf("configs of %s: %w", topic, err)
+	}
+	for _, c := range rc.Configs {
+		if c.Key == "cleanup.policy" && c.Value != nil && strings.Contains(*c.Value, "compact") {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -239,14 +241,18 @@ type resolveFixture struct {
 	cl       *kgo.Client
 }
 
-func newResolveFixture(t *testing.T) *resolveFixture {
+// newResolveFixture's topic has one partition and the configs given.
+func newResolveFixture(t *testing.T, configs map[string]*string) *resolveFixture {
 	t.Helper()
-	brokers := spatetest.Kafka(t, 1, producers.DefaultTopic)
+	brokers := spatetest.Kafka(t, 1)
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, producers.Opts()...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
+	if _, err := kadm.NewClient(cl).CreateTopic(context.Background(), 1, 1, configs, producers.DefaultTopic); err != nil {
+		t.Fatal(err)
+	}
 	url := spatetest.Redis(t)
 	return &resolveFixture{t: t, brokers: strings.Join(brokers, ","), redisURL: url,
 		dedupe: edge.NewDedupe(spatetest.RedisClientOf(t, url), time.Hour, ""), source: "/resolve/" + spatetest.KeyPrefix(t), cl: cl}
@@ -255,12 +261,16 @@ func newResolveFixture(t *testing.T) *resolveFixture {
 // claim leaves the claim of event id an edge made at `at`, and returns its
 // key.
 func (x *resolveFixture) claim(id string, at time.Time) string {
+	return x.claimAs(id, strconv.FormatInt(at.UnixMilli(), 36)+".0123456789ab") // as newToken makes them
+}
+
+// claimAs leaves the claim of event id under token.
+func (x *resolveFixture) claimAs(id, token string) string {
 	x.t.Helper()
 	hs, err := x.dedupe.Held(context.Background(), producers.DefaultTopic, "", []*spatev1.Event{{Source: x.source, Id: id}})
 	if err != nil {
 		x.t.Fatal(err)
 	}
-	token := strconv.FormatInt(at.UnixMilli(), 36) + ".0123456789ab" // as newToken makes them
 	if err := spatetest.RedisClientOf(x.t, x.redisURL).Set(context.Background(), hs[0].Key, "pending:"+token+":0", time.Hour).Err(); err != nil {
 		x.t.Fatal(err)
 	}
@@ -300,19 +310,22 @@ func (x *resolveFixture) holds(key string) string {
 }
 
 // TestDedupeResolveReadsToTheEnd: a claimed event's record is found after
-// a record stamped later (another edge's clock ahead), and when stamped
-// long after its claim (by a broker's clock, LogAppendTime).
+// a record stamped later (another edge's clock ahead), when stamped long
+// after its claim (by a broker's clock, LogAppendTime), and when stamped
+// a little before it (a broker's clock behind).
 func TestDedupeResolveReadsToTheEnd(t *testing.T) {
 	t.Parallel()
-	x := newResolveFixture(t)
+	x := newResolveFixture(t, nil)
 	at := time.Now().Add(-20 * time.Minute)
-	x.claim("e1", at)
-	x.claim("e2", at)
+	for _, id := range []string{"e1", "e2", "e3"} {
+		x.claim(id, at)
+	}
+	x.produce("e3", at.Add(-30*time.Second))
 	x.produce("other", at.Add(2*time.Minute))
 	x.produce("e1", at.Add(time.Millisecond))
 	x.produce("e2", at.Add(5*time.Minute))
-	out := x.resolve("e1", "e2")
-	for _, want := range []string{x.source + " e1: in Kafka at spate.events/0@1", x.source + " e2: in Kafka at spate.events/0@2"} {
+	out := x.resolve("e1", "e2", "e3")
+	for _, want := range []string{x.source + " e1: in Kafka at spate.events/0@2", x.source + " e2: in Kafka at spate.events/0@3", x.source + " e3: in Kafka at spate.events/0@0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("resolve:\n%s\nwant %q", out, want)
 		}
@@ -323,7 +336,7 @@ func TestDedupeResolveReadsToTheEnd(t *testing.T) {
 // once, with its record's receipt.
 func TestDedupeResolveTakesEachEventOnce(t *testing.T) {
 	t.Parallel()
-	x := newResolveFixture(t)
+	x := newResolveFixture(t, nil)
 	at := time.Now().Add(-20 * time.Minute)
 	key := x.claim("e1", at)
 	x.produce("e1", at.Add(time.Millisecond))
@@ -341,7 +354,7 @@ func TestDedupeResolveTakesEachEventOnce(t *testing.T) {
 // search, or during it.
 func TestDedupeResolveAfterRetention(t *testing.T) {
 	t.Parallel()
-	x := newResolveFixture(t)
+	x := newResolveFixture(t, nil)
 	at := time.Now().Add(-20 * time.Minute)
 	key := x.claim("e1", at)
 	x.produce("e1", at.Add(time.Millisecond))
@@ -357,5 +370,69 @@ func TestDedupeResolveAfterRetention(t *testing.T) {
 	}
 	if v := x.holds(key); !strings.HasPrefix(v, "pending:") {
 		t.Errorf("e1's key holds %q, want its claim still", v)
+	}
+}
+
+// TestDedupeResolveLeavesAlone: resolve leaves alone a claim of an
+// earlier version, which does not say when it was made, one made later
+// than the resolver's clock says it is, and any not found in a compacted
+// topic, which may have removed its record.
+func TestDedupeResolveLeavesAlone(t *testing.T) {
+	t.Parallel()
+	x := newResolveFixture(t, map[string]*string{"cleanup.policy": kadm.StringPtr("compact")})
+	keys := map[string]string{
+		"old":     x.claimAs("old", "0123456789abcdef"),
+		"ahead":   x.claim("ahead", time.Now().Add(time.Hour)),
+		"missing": x.claim("missing", time.Now().Add(-20*time.Minute)),
+	}
+	out := x.resolve("old", "ahead", "missing")
+	for _, want := range []string{
+		x.source + " old: claimed by an earlier version, which does not say when: left alone",
+		x.source + " ahead: claimed at ",
+		"later than this machine's clock says it is now: left alone",
+		x.source + " missing: not found, but the topic is compacted, which may have removed it: left alone",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("resolve:\n%s\nwant %q", out, want)
+		}
+	}
+	for id, key := range keys {
+		if v := x.holds(key); !strings.HasPrefix(v, "pending:") {
+			t.Errorf("%s's key holds %q, want its claim still", id, v)
+		}
+	}
+}
+
+// TestDedupeResolveSkipsTransactionalRecords: an edge's producer is never
+// transactional, so a transactional record of an event, aborted here, is
+// not its record: the claim is released.
+func TestDedupeResolveSkipsTransactionalRecords(t *testing.T) {
+	t.Parallel()
+	x := newResolveFixture(t, nil)
+	at := time.Now().Add(-20 * time.Minute)
+	key := x.claim("e1", at)
+	tx, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(x.brokers, ",")...), kgo.TransactionalID("resolve-"+spatetest.KeyPrefix(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	ctx := context.Background()
+	if err := tx.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	r := cekafka.Record(producers.DefaultTopic, &spatev1.Event{Source: x.source, Id: "e1", Type: "shop.order.placed.v1"})
+	r.Timestamp = at.Add(time.Millisecond)
+	if err := tx.ProduceSync(ctx, r).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.EndTransaction(ctx, kgo.TryAbort); err != nil {
+		t.Fatal(err)
+	}
+	out := x.resolve("e1")
+	if !strings.Contains(out, x.source+" e1: not in Kafka: claim released") {
+		t.Errorf("resolve with e1's record aborted:\n%s", out)
+	}
+	if _, err := spatetest.RedisClientOf(t, x.redisURL).Get(ctx, key).Result(); !errors.Is(err, redis.Nil) {
+		t.Errorf("e1's key: %v, want it gone", err)
 	}
 }

@@ -423,8 +423,9 @@ func writeReceipts(w http.ResponseWriter, ct string, rs []*spatev1.Receipt) {
 
 // appendReceiptsJSON appends {"receipts":[{"id","topic","partition",
 // "offset"}, ...]} and a newline, as encoding/json would write them but
-// for its escapes of <, > and &, which JSON does not need; without
-// reflection, which took 2.5% of the edge's CPU at 100-event JSON batches.
+// for its escapes of <, >, &, U+2028 and U+2029, which JSON does not need;
+// without reflection, which took 2.5% of the edge's CPU at 100-event JSON
+// batches.
 func appendReceiptsJSON(b []byte, rs []*spatev1.Receipt) []byte {
 	b = append(b, `{"receipts":[`...)
 	for i, r := range rs {
