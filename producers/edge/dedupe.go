@@ -30,9 +30,11 @@ import (
 // claiming request's token and the event's place in the request. Once
 // Kafka acknowledged the request's events, their receipts go to one key of
 // the request's, all in one value: a request of many events costs one
-// write, not one an event. A copy sent while the first is still being
-// published (its claim has no receipt yet) gets 409, retry later. When a
-// publish fails, the claim is released; when its outcome is unknown (a
+// write, not one an event; when all were written, while the request's
+// answer goes out. A copy sent while the first is still being published
+// (its claim has no receipt yet) gets 409, retry later; a copy that meets
+// receipts this store is recording waits for them. When a publish fails,
+// the claim is released, before the answer; when its outcome is unknown (a
 // timeout), the claim stays until Kafka settles the record, so a retry can
 // never write it twice. The claims of an edge that stopped before Kafka
 // settled its records stay for the window; Held and Resolve let an
@@ -52,6 +54,9 @@ type Dedupe struct {
 	jobs batcher[dedupeJob]
 	// retrying counts the settles trying again in the background.
 	retrying sync.WaitGroup
+	// recording holds, by token, the requests whose receipts settleAsync
+	// is recording: a channel closed once it tried.
+	recording sync.Map
 }
 
 // NewDedupe returns a store in rdb remembering events for window, under
@@ -430,6 +435,9 @@ func (d *Dedupe) claim(ctx context.Context, by scope, evs []*spatev1.Event) (tok
 	}
 	if err == nil && len(others) > 0 {
 		busy, err = d.receiptsOf(ctx, evs, j.vals, others, prior)
+		if busy && err == nil && d.awaitRecording(ctx, j.vals, others, prior) {
+			busy, err = d.receiptsOf(ctx, evs, j.vals, others, prior)
+		}
 	}
 	if busy || err != nil { // give back what this request claimed; the pending ones are another's
 		var keys []string
@@ -543,6 +551,50 @@ func (d *Dedupe) settle(by scope, token string, evs []*spatev1.Event, prior, rs 
 		}
 	}()
 	return fmt.Errorf("dedupe settle (trying again in the background): %w", err)
+}
+
+// settleAsync is settle, run in the background, counted by wg; err, if
+// not nil, is called with its error. A claim of this store that meets the
+// request's claims in the meantime waits for the receipts rather than
+// answer busy: a retry sent to the same edge right after the request's
+// answer gets its receipt.
+func (d *Dedupe) settleAsync(by scope, token string, evs []*spatev1.Event, prior, rs []*spatev1.Receipt, wg *sync.WaitGroup, onErr func(error)) {
+	done := make(chan struct{})
+	d.recording.Store(token, done)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := d.settle(by, token, evs, prior, rs)
+		d.recording.Delete(token)
+		close(done)
+		if err != nil {
+			onErr(err)
+		}
+	}()
+}
+
+// awaitRecording waits, up to ctx, for settleAsync to record the receipts
+// of the requests whose claims vals holds at others, where prior has none
+// yet. It reports whether it waited for any, and all it waited for ended.
+func (d *Dedupe) awaitRecording(ctx context.Context, vals []string, others []int, prior []*spatev1.Receipt) bool {
+	waited := false
+	for _, i := range others {
+		if prior[i] != nil {
+			continue
+		}
+		token, _, _ := strings.Cut(strings.TrimPrefix(vals[i], pending+":"), ":")
+		ch, ok := d.recording.Load(token)
+		if !ok {
+			continue
+		}
+		select {
+		case <-ch.(chan struct{}):
+			waited = true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return waited
 }
 
 // settleRetryMax caps the wait between two tries of a settle that failed.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -272,4 +273,64 @@ func TestHeldTellsWhenAClaimWasMade(t *testing.T) {
 			t.Errorf("event %d: %+v, want the receipt %s", i, h, want)
 		}
 	}
+}
+
+// holdReceipts is a go-redis hook that holds back the pipelines writing a
+// request's receipts (held is closed once one is held) until one reading
+// them has run: a retry's claim then reads before the receipts it meets
+// are written.
+type holdReceipts struct {
+	held, read         chan struct{}
+	heldOnce, readOnce sync.Once
+}
+
+func (h *holdReceipts) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *holdReceipts) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *holdReceipts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		writes, reads := false, false
+		for _, c := range cmds {
+			if args := c.Args(); len(args) >= 2 && strings.Contains(fmt.Sprint(args[1]), "dedupe-receipts:") {
+				writes = writes || args[0] == "set"
+				reads = reads || args[0] == "get"
+			}
+		}
+		if writes {
+			h.heldOnce.Do(func() { close(h.held) })
+			<-h.read
+		}
+		err := next(ctx, cmds)
+		if reads {
+			h.readOnce.Do(func() { close(h.read) })
+		}
+		return err
+	}
+}
+
+// TestRetryMeetsReceiptsBeingRecorded: a request's receipts are recorded
+// while its answer goes out (settleAsync). A retry to the same store that
+// reads them before they are written waits for them, and gets its receipt
+// rather than busy (409).
+func TestRetryMeetsReceiptsBeingRecorded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := spatetest.RedisClient(t)
+	hold := &holdReceipts{held: make(chan struct{}), read: make(chan struct{})}
+	rdb.AddHook(hold)
+	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
+	evs := []*spatev1.Event{{Id: "e1", Source: "s"}}
+	token, prior, busy, err := d.claim(ctx, testScope, evs)
+	if err != nil || busy {
+		t.Fatalf("claim: busy %v, %v", busy, err)
+	}
+	var settling sync.WaitGroup
+	d.settleAsync(testScope, token, evs, prior, []*spatev1.Receipt{{Id: "e1", Topic: "t", Partition: 2, Offset: 9}}, &settling, func(err error) { t.Error(err) })
+	<-hold.held // the retry's claim goes in a round trip of its own
+	_, prior, busy, err = d.claim(ctx, testScope, evs)
+	if err != nil || busy || prior[0] == nil || prior[0].Partition != 2 || prior[0].Offset != 9 {
+		t.Fatalf("retry while the receipts are being recorded: busy %v, receipts %v, %v; want the receipt t/2@9", busy, prior, err)
+	}
+	settling.Wait()
 }

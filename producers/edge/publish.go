@@ -236,12 +236,22 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 		s.metrics.events.WithLabelValues("duplicate").Add(float64(len(evs) - len(fresh)))
 	}
 	settled := func(rs []*spatev1.Receipt) {
-		if s.cfg.Dedupe != nil {
-			// Record what Kafka settled, whenever that is: a claim whose
-			// record may still be written must not be released early.
-			if err := s.cfg.Dedupe.settle(scope{s.cfg.Topic, key.principal()}, token, evs, prior, spread(rs, prior)); err != nil {
-				s.log.Warn("dedupe", "err", err)
-			}
+		d := s.cfg.Dedupe
+		if d == nil {
+			return
+		}
+		// Record what Kafka settled, whenever that is: a claim whose
+		// record may still be written must not be released early.
+		by, all := scope{s.cfg.Topic, key.principal()}, spread(rs, prior)
+		if allWritten(rs) {
+			// Receipts alone are recorded while the answer goes out
+			// (Close waits for them); claims to release are released
+			// before, so that a retry publishes at once.
+			d.settleAsync(by, token, evs, prior, all, &s.settling, func(err error) { s.log.Warn("dedupe", "err", err) })
+			return
+		}
+		if err := d.settle(by, token, evs, prior, all); err != nil {
+			s.log.Warn("dedupe", "err", err)
 		}
 	}
 	if len(fresh) == 0 {
@@ -289,6 +299,17 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 		return nil, err
 	}
 	return merge(prior, rs), nil
+}
+
+// allWritten reports whether rs holds a receipt of a written record for
+// every event, and at least one.
+func allWritten(rs []*spatev1.Receipt) bool {
+	for _, r := range rs {
+		if r == nil || r == unknownOutcome {
+			return false
+		}
+	}
+	return len(rs) > 0
 }
 
 // unknownOutcome stands, among the receipts settled is given, for an event
