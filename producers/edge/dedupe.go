@@ -434,8 +434,9 @@ func (d *Dedupe) claim(ctx context.Context, by scope, evs []*spatev1.Event) (tok
 		}
 	}
 	if err == nil && len(others) > 0 {
+		recording := d.recordingOf(j.vals, others) // before the read: one that ends after it is waited for
 		busy, err = d.receiptsOf(ctx, evs, j.vals, others, prior)
-		if busy && err == nil && d.awaitRecording(ctx, j.vals, others, prior) {
+		if busy && err == nil && d.awaitRecording(ctx, recording, others, prior) {
 			busy, err = d.receiptsOf(ctx, evs, j.vals, others, prior)
 		}
 	}
@@ -553,8 +554,8 @@ func (d *Dedupe) settle(by scope, token string, evs []*spatev1.Event, prior, rs 
 	return fmt.Errorf("dedupe settle (trying again in the background): %w", err)
 }
 
-// settleAsync is settle, run in the background, counted by wg; err, if
-// not nil, is called with its error. A claim of this store that meets the
+// settleAsync is settle, run in the background, counted by wg; onErr is
+// called with its error, if any. A claim of this store that meets the
 // request's claims in the meantime waits for the receipts rather than
 // answer busy: a retry sent to the same edge right after the request's
 // answer gets its receipt.
@@ -573,22 +574,33 @@ func (d *Dedupe) settleAsync(by scope, token string, evs []*spatev1.Event, prior
 	}()
 }
 
-// awaitRecording waits, up to ctx, for settleAsync to record the receipts
-// of the requests whose claims vals holds at others, where prior has none
-// yet. It reports whether it waited for any, and all it waited for ended.
-func (d *Dedupe) awaitRecording(ctx context.Context, vals []string, others []int, prior []*spatev1.Receipt) bool {
-	waited := false
-	for _, i := range others {
-		if prior[i] != nil {
-			continue
-		}
+// recordingOf returns, by place in others, the channel of the request whose
+// claim vals holds there if settleAsync is recording its receipts.
+func (d *Dedupe) recordingOf(vals []string, others []int) []chan struct{} {
+	var chs []chan struct{}
+	for n, i := range others {
 		token, _, _ := strings.Cut(strings.TrimPrefix(vals[i], pending+":"), ":")
-		ch, ok := d.recording.Load(token)
-		if !ok {
+		if ch, ok := d.recording.Load(token); ok {
+			if chs == nil {
+				chs = make([]chan struct{}, len(others))
+			}
+			chs[n] = ch.(chan struct{})
+		}
+	}
+	return chs
+}
+
+// awaitRecording waits, up to ctx, for the recordings chs (recordingOf)
+// of the events at others that prior has no receipt of yet. It reports
+// whether it waited for any, and all it waited for ended.
+func (d *Dedupe) awaitRecording(ctx context.Context, chs []chan struct{}, others []int, prior []*spatev1.Receipt) bool {
+	waited := false
+	for n, i := range others {
+		if chs == nil || chs[n] == nil || prior[i] != nil {
 			continue
 		}
 		select {
-		case <-ch.(chan struct{}):
+		case <-chs[n]:
 			waited = true
 		case <-ctx.Done():
 			return false

@@ -278,9 +278,11 @@ func TestHeldTellsWhenAClaimWasMade(t *testing.T) {
 // holdReceipts is a go-redis hook that holds back the pipelines writing a
 // request's receipts (held is closed once one is held) until one reading
 // them has run: a retry's claim then reads before the receipts it meets
-// are written.
+// are written. If after is set, the reading pipeline then returns only
+// once it is closed.
 type holdReceipts struct {
 	held, read         chan struct{}
+	after              <-chan struct{}
 	heldOnce, readOnce sync.Once
 }
 
@@ -303,7 +305,11 @@ func (h *holdReceipts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 		}
 		err := next(ctx, cmds)
 		if reads {
-			h.readOnce.Do(func() { close(h.read) })
+			first := false
+			h.readOnce.Do(func() { first = true; close(h.read) })
+			if first && h.after != nil {
+				<-h.after
+			}
 		}
 		return err
 	}
@@ -311,26 +317,36 @@ func (h *holdReceipts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 
 // TestRetryMeetsReceiptsBeingRecorded: a request's receipts are recorded
 // while its answer goes out (settleAsync). A retry to the same store that
-// reads them before they are written waits for them, and gets its receipt
-// rather than busy (409).
+// reads them before they are written gets its receipt rather than busy
+// (409): it waits for them, whether they are still being recorded when it
+// has read, or were recorded just after its read.
 func TestRetryMeetsReceiptsBeingRecorded(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	rdb := spatetest.RedisClient(t)
-	hold := &holdReceipts{held: make(chan struct{}), read: make(chan struct{})}
-	rdb.AddHook(hold)
-	d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
-	evs := []*spatev1.Event{{Id: "e1", Source: "s"}}
-	token, prior, busy, err := d.claim(ctx, testScope, evs)
-	if err != nil || busy {
-		t.Fatalf("claim: busy %v, %v", busy, err)
+	for _, recordedBeforeTheWait := range []bool{false, true} {
+		t.Run(fmt.Sprint("recorded before the wait ", recordedBeforeTheWait), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := spatetest.RedisClient(t)
+			hold := &holdReceipts{held: make(chan struct{}), read: make(chan struct{})}
+			rdb.AddHook(hold)
+			d := NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))
+			evs := []*spatev1.Event{{Id: "e1", Source: "s"}}
+			token, prior, busy, err := d.claim(ctx, testScope, evs)
+			if err != nil || busy {
+				t.Fatalf("claim: busy %v, %v", busy, err)
+			}
+			var settling sync.WaitGroup
+			d.settleAsync(testScope, token, evs, prior, []*spatev1.Receipt{{Id: "e1", Topic: "t", Partition: 2, Offset: 9}}, &settling, func(err error) { t.Error(err) })
+			if recordedBeforeTheWait {
+				ch, _ := d.recording.Load(token)
+				hold.after = ch.(chan struct{}) // closed once settleAsync is done
+			}
+			<-hold.held // the retry's claim goes in a round trip of its own
+			_, prior, busy, err = d.claim(ctx, testScope, evs)
+			if err != nil || busy || prior[0] == nil || prior[0].Partition != 2 || prior[0].Offset != 9 {
+				t.Fatalf("retry while the receipts are being recorded: busy %v, receipts %v, %v; want the receipt t/2@9", busy, prior, err)
+			}
+			settling.Wait()
+		})
 	}
-	var settling sync.WaitGroup
-	d.settleAsync(testScope, token, evs, prior, []*spatev1.Receipt{{Id: "e1", Topic: "t", Partition: 2, Offset: 9}}, &settling, func(err error) { t.Error(err) })
-	<-hold.held // the retry's claim goes in a round trip of its own
-	_, prior, busy, err = d.claim(ctx, testScope, evs)
-	if err != nil || busy || prior[0] == nil || prior[0].Partition != 2 || prior[0].Offset != 9 {
-		t.Fatalf("retry while the receipts are being recorded: busy %v, receipts %v, %v; want the receipt t/2@9", busy, prior, err)
-	}
-	settling.Wait()
 }

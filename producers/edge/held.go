@@ -18,9 +18,9 @@ type Held struct {
 	Key string
 	// Receipt is the event's first receipt, once its publish settled.
 	Receipt *spatev1.Receipt
-	// Claim is the claim of a publish that has not settled, "" when
-	// there is none: the publish of a running edge, or of one that
-	// stopped before Kafka answered it.
+	// Claim is the claim of a publish whose receipts are not recorded,
+	// "" when there is none: the publish of a running edge, or of one
+	// that stopped before Kafka answered it or before it recorded them.
 	Claim string
 	// Since is when Claim was made, zero when it does not say (a claim
 	// of an earlier version).

@@ -246,7 +246,10 @@ func (s *Server) publish(ctx context.Context, key *apiKey, evs []*spatev1.Event)
 		if allWritten(rs) {
 			// Receipts alone are recorded while the answer goes out
 			// (Close waits for them); claims to release are released
-			// before, so that a retry publishes at once.
+			// before, so that a retry publishes at once. settled runs
+			// in publishFresh's callback, which s.settling counts: it
+			// is above zero when settleAsync adds to it, as a
+			// WaitGroup that Close may be waiting on requires.
 			d.settleAsync(by, token, evs, prior, all, &s.settling, func(err error) { s.log.Warn("dedupe", "err", err) })
 			return
 		}
