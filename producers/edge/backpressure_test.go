@@ -312,6 +312,34 @@ func bodiesCountBeforeTheyAreRead(t *testing.T, path, ct string, known bool) {
 	}
 }
 
+// TestConnectRefusalNearItsEndIsAnsweredAtOnce: a Connect upload of
+// unknown length refused over the cap, with less than 256 KiB of it sent
+// and not read, is answered at once though its client sends no more:
+// net/http, left to itself, reads on up to 256 KiB before it answers, and
+// would wait for the rest until its read timeout (30 s).
+func TestConnectRefusalNearItsEndIsAnsweredAtOnce(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	f := start(t, edge.Config{MaxInflightBytes: 4 << 20, Metrics: reg})
+	holdRequestBytes(t, f, reg, 4<<20-64<<10)
+	answers := hangingUploads(t, &http.Transport{}, 1, make([]byte, 128<<10), func(pr io.Reader) *http.Request {
+		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr) // no length: chunked
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/proto")
+		return r
+	})
+	select {
+	case resp := <-answers:
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", resp.StatusCode)
+		}
+	case <-time.After(20 * time.Second): // well under the edge's read timeout
+		t.Fatal("the upload over the cap is not answered while its client waits")
+	}
+}
+
 // hangingUploads sends n requests that newReq makes of a body over tr,
 // each body sending head and then hanging until the test ends, and returns
 // the answers as they come, their bodies read.

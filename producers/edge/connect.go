@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/go-json-experiment/json/jsontext"
@@ -85,10 +86,19 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			}
 			fallthrough
 		default:
-			r.Body = struct {
-				io.Reader
-				io.Closer
-			}{&chargedReader{r.Body, c, limit, connectError(overloaded("request bytes")), connectError(bodyTooLarge("body", s.cfg.MaxBodyBytes))}, r.Body} // Connect answers with its code
+			// Refused, the body is answered (Connect writes its code)
+			// once what its client still sends within refusedDrainWait
+			// is read, up to twice the cap, and the connection closes
+			// after the answer: not read on, as net/http would, until a
+			// client that sends no more times out.
+			body := r.Body
+			r.Body = chargedBody{&chargedReader{r: body, c: c, limit: limit,
+				over: connectError(overloaded("request bytes")), tooLarge: connectError(bodyTooLarge("body", s.cfg.MaxBodyBytes)),
+				refused: func() { w.Header().Set("Connection", "close") },
+			}, body, func() {
+				http.NewResponseController(w).SetReadDeadline(time.Now().Add(refusedDrainWait))
+				io.Copy(io.Discard, io.LimitReader(body, 2*s.cfg.MaxBodyBytes))
+			}}
 		}
 		ctx := context.WithValue(context.WithValue(r.Context(), keyKey{}, key), chargeKey{}, c)
 		next.ServeHTTP(w, r.WithContext(ctx))

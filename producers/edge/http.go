@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
 	"google.golang.org/protobuf/proto"
@@ -231,7 +232,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, c *charge) ([
 	// A body charged for its whole length before it came (chargeBody) is
 	// read into one buffer of that length; others as they come, charged.
 	// A gzip one is refused at its first byte past limit, uncharged.
-	body, err := readAll(&chargedReader{in, c, limit, errOverCap, errTooLarge}, c.charged)
+	body, err := readAll(&chargedReader{r: in, c: c, limit: limit, over: errOverCap, tooLarge: errTooLarge}, c.charged)
 	switch mbe := (*http.MaxBytesError)(nil); {
 	case errors.Is(err, errOverCap):
 		return nil, overloaded("request bytes")
@@ -357,24 +358,58 @@ func (c *charge) release() {
 // chargedReader reads through c, failing with tooLarge, uncharged, past
 // limit bytes in all, and with over past the in-flight cap. limit is at
 // most the cap (Config.MaxBodyBytes), so what is refused over is refused
-// for what else is in flight.
+// for what else is in flight. refused, if not nil, is called before either
+// failure is returned, and failed notes one.
 type chargedReader struct {
 	r              io.Reader
 	c              *charge
 	limit          int64
 	over, tooLarge error
+	refused        func()
+	failed         bool
 }
 
 func (r *chargedReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	if r.c.read+int64(n) > r.limit {
-		return 0, r.tooLarge
+		return 0, r.fail(r.tooLarge)
 	}
 	if !r.c.add(n) {
-		return 0, r.over
+		return 0, r.fail(r.over)
 	}
 	return n, err
 }
+
+func (r *chargedReader) fail(err error) error {
+	r.failed = true
+	if r.refused != nil {
+		r.refused()
+	}
+	return err
+}
+
+// chargedBody is a request body read through a chargedReader. Once that
+// refused the body, Close calls drain instead of the body's Close, which
+// for a body of unknown length reads on, up to 256 KiB, and would wait
+// for a client that sends no more before the answer goes out.
+type chargedBody struct {
+	*chargedReader
+	body  io.Closer
+	drain func()
+}
+
+func (b chargedBody) Close() error {
+	if b.failed {
+		b.drain()
+		return nil
+	}
+	return b.body.Close()
+}
+
+// refusedDrainWait is how long the rest of a refused body of unknown
+// length is read on before the answer, so that a client still sending it
+// gets the answer and not a reset, while one that stopped waits no longer.
+const refusedDrainWait = time.Second
 
 // jsonErr is what a client is told of malformed JSON: the parser's words,
 // which name the problem and where it is.
