@@ -208,6 +208,13 @@ func TestDedupeResolve(t *testing.T) {
 func serveTestEdge(t *testing.T, cl *kgo.Client, cfg edge.Config) (*edge.Server, string) {
 	t.Helper()
 	srv := edge.New(cl, schemas.Builtin(), cfg)
+	return srv, serveOnLoopback(t, srv)
+}
+
+// serveOnLoopback serves srv on a loopback port until the test ends, and
+// returns its URL.
+func serveOnLoopback(t *testing.T, srv *edge.Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +228,7 @@ func serveTestEdge(t *testing.T, cl *kgo.Client, cfg edge.Config) (*edge.Server,
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return srv, "http://" + ln.Addr().String()
+	return "http://" + ln.Addr().String()
 }
 
 // TestDedupeNeedsPairs: events are named by source and id, in pairs.

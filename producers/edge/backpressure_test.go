@@ -322,14 +322,7 @@ func TestConnectRefusalNearItsEndIsAnsweredAtOnce(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	f := start(t, edge.Config{MaxInflightBytes: 4 << 20, Metrics: reg})
 	holdRequestBytes(t, f, reg, 4<<20-64<<10)
-	answers := hangingUploads(t, &http.Transport{}, 1, make([]byte, 128<<10), func(pr io.Reader) *http.Request {
-		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr) // no length: chunked
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Header.Set("Content-Type", "application/proto")
-		return r
-	})
+	answers := hangingConnectUpload(t, f, 128<<10)
 	select {
 	case resp := <-answers:
 		if resp.StatusCode != http.StatusServiceUnavailable {
@@ -338,6 +331,20 @@ func TestConnectRefusalNearItsEndIsAnsweredAtOnce(t *testing.T) {
 	case <-time.After(20 * time.Second): // well under the edge's read timeout
 		t.Fatal("the upload over the cap is not answered while its client waits")
 	}
+}
+
+// hangingConnectUpload sends a Connect Publish whose body, of unknown
+// length (chunked), is n bytes and then hangs until the test ends, and
+// returns its answer as it comes.
+func hangingConnectUpload(t *testing.T, f *fixture, n int) <-chan *http.Response {
+	return hangingUploads(t, &http.Transport{}, 1, make([]byte, n), func(pr io.Reader) *http.Request {
+		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/proto")
+		return r
+	})
 }
 
 // hangingUploads sends n requests that newReq makes of a body over tr,
@@ -559,14 +566,7 @@ func TestConnectBodyOverTheCapIsNotReadOn(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
 	f := start(t, edge.Config{MaxBodyBytes: 1 << 20, MaxInflightBytes: 4 << 20, Metrics: reg})
-	answers := hangingUploads(t, &http.Transport{}, 1, make([]byte, 3<<20), func(pr io.Reader) *http.Request {
-		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr) // no length
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Header.Set("Content-Type", "application/proto")
-		return r
-	})
+	answers := hangingConnectUpload(t, f, 3<<20)
 	select {
 	case resp := <-answers:
 		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusServiceUnavailable {
