@@ -486,3 +486,43 @@ func TestDedupeStoreDownPublishesNothing(t *testing.T) {
 		t.Fatalf("high watermark %d with the dedupe store down, want nothing written", hw)
 	}
 }
+
+// holdWrites is a go-redis hook that holds back every pipeline writing
+// receipts until release is closed.
+type holdWrites struct{ release chan struct{} }
+
+func (h holdWrites) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h holdWrites) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h holdWrites) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if args := c.Args(); len(args) >= 2 && args[0] == "set" && strings.Contains(fmt.Sprint(args[1]), "dedupe-receipts:") {
+				<-h.release
+				break
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestCloseWaitsForReceiptsBeingRecorded: receipts are recorded while the
+// answer goes out, and Close waits for them: here, with their write held
+// back, until it gives up (its context ended, and 5 s more), saying so.
+func TestCloseWaitsForReceiptsBeingRecorded(t *testing.T) {
+	t.Parallel()
+	rdb := spatetest.RedisClient(t)
+	hold := holdWrites{release: make(chan struct{})}
+	rdb.AddHook(hold)
+	defer close(hold.release)
+	f := start(t, edge.Config{Dedupe: edge.NewDedupe(rdb, time.Hour, spatetest.KeyPrefix(t))})
+	if code, body := f.post(t, "application/cloudevents+json", []byte(orderJSON("e1", "s"))); code != http.StatusAccepted {
+		t.Fatalf("publish: %d %s", code, body)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := f.srv.Close(ctx); err == nil || !strings.Contains(err.Error(), "outcomes not recorded in the dedupe store") {
+		t.Fatalf("Close with the receipts' write held back: %v, want it to say they were not recorded", err)
+	}
+}
