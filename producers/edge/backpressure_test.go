@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -330,6 +331,42 @@ func TestConnectRefusalNearItsEndIsAnsweredAtOnce(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second): // well under the edge's read timeout
 		t.Fatal("the upload over the cap is not answered while its client waits")
+	}
+}
+
+// TestRefusalOverH2CKeepsTheConnection: over h2c, a Connect body refused
+// part way ends its stream alone: the connection's next request goes on
+// it, not on a new one (Connection: close would end every stream of it).
+func TestRefusalOverH2CKeepsTheConnection(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	f := start(t, edge.Config{MaxInflightBytes: 4 << 20, Metrics: reg})
+	holdRequestBytes(t, f, reg, 4<<20-64<<10)
+	tr := h2cClient().Transport.(*http.Transport)
+	answers := hangingUploads(t, tr, 1, make([]byte, 128<<10), func(pr io.Reader) *http.Request {
+		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/proto")
+		return r
+	})
+	if resp := <-answers; resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", resp.StatusCode)
+	}
+	var reused bool
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
+	r, err := http.NewRequestWithContext(ctx, http.MethodGet, f.url+"/healthz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := tr.RoundTrip(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !reused {
+		t.Error("the next request went on a new connection: the refusal closed the first")
 	}
 }
 

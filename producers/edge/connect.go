@@ -86,19 +86,26 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 			}
 			fallthrough
 		default:
-			// Refused, the body is answered (Connect writes its code)
-			// once what its client still sends within refusedDrainWait
-			// is read, up to twice the cap, and the connection closes
-			// after the answer: not read on, as net/http would, until a
-			// client that sends no more times out.
 			body := r.Body
-			r.Body = chargedBody{&chargedReader{r: body, c: c, limit: limit,
-				over: connectError(overloaded("request bytes")), tooLarge: connectError(bodyTooLarge("body", s.cfg.MaxBodyBytes)),
-				refused: func() { w.Header().Set("Connection", "close") },
-			}, body, func() {
-				http.NewResponseController(w).SetReadDeadline(time.Now().Add(refusedDrainWait))
-				io.Copy(io.Discard, io.LimitReader(body, 2*s.cfg.MaxBodyBytes))
-			}}
+			cr := &chargedReader{r: body, c: c, limit: limit,
+				over: connectError(overloaded("request bytes")), tooLarge: connectError(bodyTooLarge("body", s.cfg.MaxBodyBytes))}
+			var drain func()
+			if r.ProtoMajor == 1 {
+				// Refused, the body is answered (Connect writes its code)
+				// once what its client still sends within
+				// refusedDrainWait is read, up to twice the cap, and the
+				// connection closes after the answer: not read on, as
+				// net/http would, until a client that sends no more times
+				// out. (HTTP/2 closes the stream alone, at once; there
+				// Connection: close would end every stream of the
+				// connection.)
+				cr.refused = func() { w.Header().Set("Connection", "close") }
+				drain = func() {
+					http.NewResponseController(w).SetReadDeadline(time.Now().Add(refusedDrainWait))
+					io.Copy(io.Discard, io.LimitReader(body, 2*s.cfg.MaxBodyBytes))
+				}
+			}
+			r.Body = chargedBody{cr, body, drain}
 		}
 		ctx := context.WithValue(context.WithValue(r.Context(), keyKey{}, key), chargeKey{}, c)
 		next.ServeHTTP(w, r.WithContext(ctx))

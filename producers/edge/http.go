@@ -389,9 +389,10 @@ func (r *chargedReader) fail(err error) error {
 }
 
 // chargedBody is a request body read through a chargedReader. Once that
-// refused the body, Close calls drain instead of the body's Close, which
-// for a body of unknown length reads on, up to 256 KiB, and would wait
-// for a client that sends no more before the answer goes out.
+// refused the body, Close calls drain, if not nil, instead of the body's
+// Close, which over HTTP/1.1 for a body of unknown length reads on, up to
+// 256 KiB, and would wait for a client that sends no more before the
+// answer goes out.
 type chargedBody struct {
 	*chargedReader
 	body  io.Closer
@@ -399,7 +400,7 @@ type chargedBody struct {
 }
 
 func (b chargedBody) Close() error {
-	if b.failed {
+	if b.failed && b.drain != nil {
 		b.drain()
 		return nil
 	}
