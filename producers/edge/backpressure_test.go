@@ -3,6 +3,7 @@ package edge_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"encoding/binary"
@@ -334,25 +335,40 @@ func TestConnectRefusalNearItsEndIsAnsweredAtOnce(t *testing.T) {
 	}
 }
 
-// TestRefusalOverH2CKeepsTheConnection: over h2c, a Connect body refused
-// part way ends its stream alone: the connection's next request goes on
-// it, not on a new one (Connection: close would end every stream of it).
+// TestRefusalOverH2CKeepsTheConnection: over h2c, a Connect or gRPC body
+// refused part way ends its stream alone: the connection's next request
+// goes on it, not on a new one (Connection: close would end every stream
+// of it).
 func TestRefusalOverH2CKeepsTheConnection(t *testing.T) {
 	t.Parallel()
+	for _, ct := range []string{"application/proto", "application/grpc"} {
+		t.Run(ct, func(t *testing.T) {
+			t.Parallel()
+			refusalOverH2CKeepsTheConnection(t, ct)
+		})
+	}
+}
+
+func refusalOverH2CKeepsTheConnection(t *testing.T, ct string) {
 	reg := prometheus.NewRegistry()
 	f := start(t, edge.Config{MaxInflightBytes: 4 << 20, Metrics: reg})
 	holdRequestBytes(t, f, reg, 4<<20-64<<10)
 	tr := h2cClient().Transport.(*http.Transport)
-	answers := hangingUploads(t, tr, 1, make([]byte, 128<<10), func(pr io.Reader) *http.Request {
+	head := make([]byte, 128<<10)
+	if ct == "application/grpc" { // a message of 1 MiB is coming
+		head = append(binary.BigEndian.AppendUint32([]byte{0}, 1<<20), head...)
+	}
+	answers := hangingUploads(t, tr, 1, head, func(pr io.Reader) *http.Request {
 		r, err := http.NewRequest(http.MethodPost, f.url+spatev1connect.IngestServicePublishProcedure, pr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.Header.Set("Content-Type", "application/proto")
+		r.Header.Set("Content-Type", ct)
 		return r
 	})
-	if resp := <-answers; resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("the upload over the cap: %d, want 503 (Unavailable)", resp.StatusCode)
+	resp := <-answers
+	if status := cmp.Or(resp.Trailer.Get("Grpc-Status"), resp.Header.Get("Grpc-Status"), strconv.Itoa(resp.StatusCode)); status != "503" && status != "14" {
+		t.Fatalf("the upload over the cap: %s, want 503 (Unavailable), or gRPC's 14", status)
 	}
 	var reused bool
 	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
@@ -360,11 +376,11 @@ func TestRefusalOverH2CKeepsTheConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := tr.RoundTrip(r)
+	next, err := tr.RoundTrip(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	next.Body.Close()
 	if !reused {
 		t.Error("the next request went on a new connection: the refusal closed the first")
 	}

@@ -101,7 +101,11 @@ func (s *Server) authenticateConnect(next http.Handler) http.Handler {
 				// connection.)
 				cr.refused = func() { w.Header().Set("Connection", "close") }
 				drain = func() {
-					http.NewResponseController(w).SetReadDeadline(time.Now().Add(refusedDrainWait))
+					c.release() // what is discarded is not held
+					if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(refusedDrainWait)); err != nil {
+						body.Close() // a writer that cannot: net/http's bounded read
+						return
+					}
 					io.Copy(io.Discard, io.LimitReader(body, 2*s.cfg.MaxBodyBytes))
 				}
 			}
